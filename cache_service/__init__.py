@@ -1,0 +1,3 @@
+"""Semantic response cache sidecar for OpenAI-compatible LLM APIs."""
+
+__version__ = "0.1.0"

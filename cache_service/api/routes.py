@@ -1,0 +1,254 @@
+"""HTTP routes: the OpenAI/Anthropic-compatible proxy, the cache-lookup API, stats, health."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from starlette.responses import Response
+
+from cache_service.api.schemas import (
+    AnthropicRequest,
+    ChatRequest,
+    LookupRequest,
+    StoreRequest,
+)
+from cache_service.errors import BadRequest, NotFound, PayloadTooLarge
+from cache_service.pipeline import ANTHROPIC, OPENAI, Flavor, Pipeline
+from cache_service.policy import parse_directives
+from cache_service.scope import ANSWER_PARAMS, build_keys, tenant_of
+from cache_service.stats import Outcome
+
+router = APIRouter()
+
+
+def pipeline_of(request: Request) -> Pipeline:
+    p: Pipeline = request.app.state.pipeline
+    return p
+
+
+def request_id(request: Request) -> str:
+    return request.headers.get("x-request-id") or uuid.uuid4().hex
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    """The body as a JSON object, refusing oversized bodies before buffering them whole."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise BadRequest("request body is empty; expected a JSON object")
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadRequest(f"request body is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object")
+    return data
+
+
+def validate(schema: type[BaseModel], data: dict[str, Any]) -> BaseModel:
+    try:
+        return schema.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        more = f" (and {len(e.errors()) - 1} more problems)" if len(e.errors()) > 1 else ""
+        raise BadRequest(f"{where}: {first['msg']}{more}", param=where or None) from e
+
+
+def lower_headers(request: Request) -> dict[str, str]:
+    return {k.lower(): v for k, v in request.headers.items()}
+
+
+async def _proxy(request: Request, flavor: Flavor, schema: type[BaseModel]) -> Response:
+    pipeline = pipeline_of(request)
+    body = await read_json(request, pipeline.s.settings.max_body_bytes)
+    validate(schema, body)
+    ctx = pipeline.context(flavor, body, lower_headers(request), request_id(request))
+    return await pipeline.handle(ctx)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    return await _proxy(request, OPENAI, ChatRequest)
+
+
+@router.post("/v1/messages")
+async def anthropic_messages(request: Request) -> Response:
+    return await _proxy(request, ANTHROPIC, AnthropicRequest)
+
+
+# ------------------------------------------------------------------ cache-lookup API
+
+
+def _api_keys(
+    pipeline: Pipeline, req: LookupRequest | StoreRequest, headers: dict[str, str]
+) -> Any:
+    if (req.messages is None) == (req.prompt is None):
+        raise BadRequest("give exactly one of 'messages' or 'prompt'", param="messages")
+    messages = (
+        [m.model_dump(exclude_none=True) for m in req.messages]
+        if req.messages is not None
+        else [{"role": "user", "content": req.prompt}]
+    )
+    extra = req.model_extra or {}
+    body = {"model": req.model, "messages": messages}
+    body.update({k: extra[k] for k in ANSWER_PARAMS if k in extra})
+    tenant = req.namespace or tenant_of(headers)
+    # Its own api tag: what an app stores here is whatever shape it likes, so it must
+    # never be served as a chat.completion by the proxy.
+    return build_keys(
+        body, tenant, api="lookup", max_semantic_chars=pipeline.s.settings.semantic_max_chars
+    )
+
+
+@router.post("/v1/cache/lookup")
+async def cache_lookup(request: Request) -> JSONResponse:
+    pipeline = pipeline_of(request)
+    data = await read_json(request, pipeline.s.settings.max_body_bytes)
+    req = validate(LookupRequest, data)
+    assert isinstance(req, LookupRequest)
+    threshold = pipeline.threshold(req.threshold, param="threshold")
+    headers = lower_headers(request)
+    keys = _api_keys(pipeline, req, headers)
+    ctx = pipeline.context(
+        OPENAI, {"model": req.model, "messages": []}, headers, request_id(request)
+    )
+    ctx.keys, ctx.threshold = keys, threshold
+    found = await pipeline.lookup(ctx)
+    if found is None or found.entry is None:
+        pipeline.record(ctx, Outcome.MISS, 0, 0)
+        best = ctx.lookup.best_rejected if ctx.lookup else None
+        return JSONResponse(
+            {
+                "hit": False,
+                "namespace": keys.tenant,
+                "best_similarity": best,
+                "reason": ctx.lookup.reason if ctx.lookup else "no_candidates",
+            }
+        )
+    entry = found.entry
+    outcome = Outcome.EXACT_HIT if found.match == "exact" else Outcome.SEMANTIC_HIT
+    pipeline.record(ctx, outcome, entry.prompt_tokens, entry.completion_tokens)
+    view = pipeline.entry_view(entry)
+    return JSONResponse(
+        {
+            "hit": True,
+            "match": found.match,
+            "similarity": found.similarity,
+            "entry_id": entry.id,
+            "age": view["age"],
+            "namespace": entry.namespace,
+            "response": entry.response,
+            "entry": view,
+        },
+        headers={"x-cache": "HIT", "x-cache-entry": entry.id},
+    )
+
+
+@router.post("/v1/cache/store")
+async def cache_store(request: Request) -> JSONResponse:
+    pipeline = pipeline_of(request)
+    settings = pipeline.s.settings
+    data = await read_json(request, settings.max_body_bytes)
+    req = validate(StoreRequest, data)
+    assert isinstance(req, StoreRequest)
+    keys = _api_keys(pipeline, req, lower_headers(request))
+    ttl = parse_directives(
+        None,
+        None if req.ttl is None else str(req.ttl),
+        default_ttl_s=settings.default_ttl_s,
+        max_ttl_s=settings.max_ttl_s,
+    ).ttl_s
+    vector = None
+    if keys.semantic_ok:
+        vector = await pipeline.s.batcher.embed(keys.prompt, 10.0)
+    cache = pipeline.s.cache
+    entry = cache.new_entry(
+        scope=keys.scope,
+        exact_key=keys.exact_key,
+        namespace=keys.tenant,
+        model=keys.model,
+        prompt=keys.prompt,
+        embedding=vector,
+        response={"value": req.response},
+        ttl_s=ttl or settings.default_ttl_s,
+        prompt_tokens=req.prompt_tokens,
+        completion_tokens=req.completion_tokens,
+        meta={"api": "lookup"},
+    )
+    await asyncio.to_thread(cache.put, entry)
+    return JSONResponse(
+        {"entry_id": entry.id, "namespace": entry.namespace, "expires": entry.expires},
+        status_code=201,
+    )
+
+
+@router.delete("/v1/cache/entries/{entry_id}")
+async def delete_entry(request: Request, entry_id: str) -> JSONResponse:
+    cache = pipeline_of(request).s.cache
+    entry = await asyncio.to_thread(cache.delete, entry_id)
+    if entry is None:
+        raise NotFound(f"no cache entry with id {entry_id!r}", param="entry_id")
+    return JSONResponse({"deleted": 1, "entry_id": entry_id})
+
+
+@router.delete("/v1/cache")
+async def delete_entries(
+    request: Request, namespace: str | None = None, model: str | None = None
+) -> JSONResponse:
+    if namespace is None and model is None:
+        raise BadRequest(
+            "name a namespace and/or a model to invalidate (query parameters)", param="namespace"
+        )
+    cache = pipeline_of(request).s.cache
+    count = await asyncio.to_thread(cache.delete_where, namespace=namespace, model=model)
+    return JSONResponse({"deleted": count, "namespace": namespace, "model": model})
+
+
+# ------------------------------------------------------------------ stats and health
+
+
+@router.get("/v1/cache/stats")
+async def cache_stats(request: Request) -> JSONResponse:
+    s = pipeline_of(request).s
+    snapshot = s.stats.snapshot()
+    snapshot["cache"] = {
+        "vectors": len(s.cache.index),
+        "index_ready": s.cache.ready,
+        "embedding_batches": s.batcher.batches,
+        "embedded": s.batcher.embedded,
+    }
+    return JSONResponse(snapshot)
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    state = getattr(request.app.state, "pipeline", None)
+    ready = state is not None and state.s.cache.ready
+    body = {
+        "ready": ready,
+        "model_loaded": state is not None,
+        "index_ready": bool(state and state.s.cache.ready),
+        "entries_indexed": len(state.s.cache.index) if state else 0,
+    }
+    return JSONResponse(body, status_code=200 if ready else 503)

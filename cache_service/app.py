@@ -1,0 +1,161 @@
+"""create_app(settings): the FastAPI app and the lifespan that builds its services.
+
+Nothing heavy happens at import time or in create_app: the model loads, the store opens and
+the index rebuilds in the lifespan, so tests inject fakes at the protocol seams and the CLI
+decides when to pay for the real thing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cache_service.acceptance import AcceptConfig
+from cache_service.api.routes import router
+from cache_service.backends.faiss_index import FaissIndex
+from cache_service.backends.store import DiskCacheStore
+from cache_service.backends.upstream import HttpUpstream
+from cache_service.cache import SemanticCache
+from cache_service.embedding import EmbeddingBatcher
+from cache_service.errors import ServiceError, error_body
+from cache_service.pipeline import Pipeline, Services
+from cache_service.pricing import PriceTable
+from cache_service.protocols import Clock, Embedder, EntryStore, SystemClock, Upstream
+from cache_service.settings import ConfigError, Settings
+from cache_service.stats import Stats
+
+log = logging.getLogger("cache_service")
+
+
+def create_app(
+    settings: Settings,
+    *,
+    embedder: Embedder | None = None,
+    upstream: Upstream | None = None,
+    store: EntryStore | None = None,
+    clock: Clock | None = None,
+) -> FastAPI:
+    if upstream is None and settings.upstream_url is None:
+        raise ConfigError("no upstream: set upstream_url (or run `serve`, which simulates one)")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        the_clock = clock or SystemClock()
+        the_store: EntryStore = (
+            store
+            if store is not None
+            else await asyncio.to_thread(
+                DiskCacheStore, settings.store_dir, settings.store_size_limit_bytes
+            )
+        )
+        the_embedder: Embedder = (
+            embedder if embedder is not None else await asyncio.to_thread(_load_embedder, settings)
+        )
+        index = FaissIndex(the_embedder.dim)
+        cache = SemanticCache(
+            the_store,
+            index,
+            the_clock,
+            AcceptConfig(threshold=settings.similarity_threshold),
+            search_k=settings.search_k,
+        )
+        the_upstream = upstream or HttpUpstream(
+            settings.upstream_url or "",
+            api_key=settings.upstream_api_key,
+            timeout_s=settings.upstream_timeout_s,
+            connect_timeout_s=settings.upstream_connect_timeout_s,
+        )
+        batcher = EmbeddingBatcher(the_embedder, max_batch=settings.embed_batch_max)
+        services = Services(
+            settings=settings,
+            cache=cache,
+            batcher=batcher,
+            upstream=the_upstream,
+            stats=Stats(),
+            prices=PriceTable.with_overrides(
+                {k: v.model_dump() for k, v in settings.prices.items()}
+            ),
+            clock=the_clock,
+        )
+        app.state.pipeline = Pipeline(services)
+        # The index is derived from the store; until it is rebuilt, exact hits are served
+        # and semantic lookups are skipped (readyz says so), instead of refusing traffic.
+        rebuild = asyncio.create_task(_rebuild(cache))
+        sweeper = asyncio.create_task(_sweep_forever(cache, settings.sweep_interval_s))
+        try:
+            yield
+        finally:
+            for task in (rebuild, sweeper):
+                task.cancel()
+            await asyncio.gather(rebuild, sweeper, return_exceptions=True)
+            await the_upstream.aclose()
+            batcher.close()
+            the_store.close()
+
+    app = FastAPI(
+        title="cache-service",
+        summary="Semantic response cache sidecar for OpenAI-compatible LLM APIs",
+        lifespan=lifespan,
+    )
+    app.include_router(router)
+    _install_error_handlers(app)
+    return app
+
+
+def _load_embedder(settings: Settings) -> Embedder:
+    from cache_service.backends.embedder import SentenceTransformerEmbedder
+
+    return SentenceTransformerEmbedder(
+        settings.model_dir, settings.embedder_backend, settings.embed_threads
+    )
+
+
+async def _rebuild(cache: SemanticCache) -> None:
+    count = await asyncio.to_thread(cache.rebuild)
+    log.info("index rebuilt from store", extra={"entries": count})
+
+
+async def _sweep_forever(cache: SemanticCache, interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            removed = await asyncio.to_thread(cache.sweep)
+            if removed:
+                log.info("swept expired entries", extra={"removed": removed})
+        except Exception:
+            log.exception("sweep failed; will try again")
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first: dict[str, Any] = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        msg = f"{where}: {first.get('msg', 'invalid request')}"
+        return JSONResponse(error_body(msg, "invalid_request_error", param=where), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return JSONResponse(
+            error_body(str(exc.detail), kind), status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return JSONResponse(
+            error_body("internal error in the cache sidecar", "server_error"), status_code=500
+        )

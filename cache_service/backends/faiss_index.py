@@ -1,0 +1,89 @@
+"""FAISS vectors, one exact inner-product index per scope.
+
+Per-scope indexes make tenant isolation structural (a search cannot see another scope's
+vectors, whatever the threshold) and keep each search small. Flat (exact) search: a scope
+rarely holds more than tens of thousands of prompts, where a flat scan of 384-d vectors is
+a few milliseconds and, unlike HNSW, supports removal and never misses a near duplicate.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+import faiss
+import numpy as np
+
+from cache_service.protocols import SearchHit, Vector
+
+
+class _Scope:
+    __slots__ = ("by_id", "by_label", "index")
+
+    def __init__(self, dim: int) -> None:
+        self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self.by_label: dict[int, str] = {}
+        self.by_id: dict[str, int] = {}
+
+
+class FaissIndex:
+    def __init__(self, dim: int, omp_threads: int = 1) -> None:
+        # A single query is too small to split across threads; OpenMP's spin-up costs more
+        # than the scan and competes with the embedder for the two cores.
+        faiss.omp_set_num_threads(omp_threads)
+        self.dim = dim
+        self._scopes: dict[str, _Scope] = {}
+        self._next_label = 0
+        # FAISS indexes are not safe for concurrent add and search.
+        self._lock = threading.Lock()
+
+    def add(self, scope: str, entry_id: str, vector: Vector) -> None:
+        vec = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, self.dim)
+        with self._lock:
+            s = self._scopes.get(scope)
+            if s is None:
+                s = self._scopes[scope] = _Scope(self.dim)
+            if entry_id in s.by_id:  # re-adding (rebuild racing a store) must not duplicate
+                return
+            label = self._next_label
+            self._next_label += 1
+            s.index.add_with_ids(vec, np.array([label], dtype=np.int64))
+            s.by_label[label] = entry_id
+            s.by_id[entry_id] = label
+
+    def search(self, scope: str, vector: Vector, k: int) -> list[SearchHit]:
+        vec = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, self.dim)
+        with self._lock:
+            s = self._scopes.get(scope)
+            if s is None or s.index.ntotal == 0:
+                return []
+            scores, labels = s.index.search(vec, min(k, s.index.ntotal))
+            return [
+                SearchHit(s.by_label[int(label)], float(score))
+                for score, label in zip(scores[0], labels[0], strict=True)
+                if label >= 0
+            ]
+
+    def remove(self, scope: str, entry_ids: Iterable[str]) -> None:
+        with self._lock:
+            s = self._scopes.get(scope)
+            if s is None:
+                return
+            labels = [s.by_id.pop(i) for i in entry_ids if i in s.by_id]
+            if labels:
+                s.index.remove_ids(np.array(labels, dtype=np.int64))  # type: ignore[arg-type]
+                for label in labels:
+                    del s.by_label[label]
+            if s.index.ntotal == 0:
+                del self._scopes[scope]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._scopes.clear()
+
+    def scopes(self) -> int:
+        return len(self._scopes)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(s.index.ntotal for s in self._scopes.values())

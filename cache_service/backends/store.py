@@ -1,0 +1,137 @@
+"""Entries in diskcache (SQLite + files): durable across restarts and crash-safe per write.
+
+Layout: ``e:<id>`` holds the entry, ``x:<exact key>`` the id of the entry answering that
+exact request. Both carry the entry's expiry so diskcache drops them together; readers
+still check expiry themselves, since diskcache only culls on writes and sweeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import diskcache
+import numpy as np
+
+from cache_service.protocols import Entry
+
+_ENTRY = "e:"
+_EXACT = "x:"
+
+
+def _to_record(entry: Entry) -> dict[str, Any]:
+    # Plain types only: a record must stay readable after the Entry class changes.
+    return {
+        "v": 1,
+        "id": entry.id,
+        "scope": entry.scope,
+        "exact_key": entry.exact_key,
+        "namespace": entry.namespace,
+        "model": entry.model,
+        "prompt": entry.prompt,
+        "embedding": None if entry.embedding is None else entry.embedding.astype("<f4").tobytes(),
+        "response": entry.response,
+        "created": entry.created,
+        "expires": entry.expires,
+        "prompt_tokens": entry.prompt_tokens,
+        "completion_tokens": entry.completion_tokens,
+        "meta": entry.meta,
+    }
+
+
+def _from_record(r: dict[str, Any]) -> Entry:
+    emb = r["embedding"]
+    return Entry(
+        id=r["id"],
+        scope=r["scope"],
+        exact_key=r["exact_key"],
+        namespace=r["namespace"],
+        model=r["model"],
+        prompt=r["prompt"],
+        embedding=None if emb is None else np.frombuffer(emb, dtype="<f4").copy(),
+        response=r["response"],
+        created=r["created"],
+        expires=r["expires"],
+        prompt_tokens=r["prompt_tokens"],
+        completion_tokens=r["completion_tokens"],
+        meta=r.get("meta") or {},
+    )
+
+
+class DiskCacheStore:
+    def __init__(self, directory: Path, size_limit: int = 2 * 1024**3) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self._cache = diskcache.Cache(
+            str(directory),
+            size_limit=size_limit,
+            eviction_policy="least-recently-stored",
+            # Readers must never wait on a long write; SQLite WAL is diskcache's default.
+            timeout=10,
+        )
+
+    def _ttl(self, entry: Entry) -> float | None:
+        if entry.expires is None:
+            return None
+        return max(entry.expires - entry.created, 0.001)
+
+    def put(self, entry: Entry) -> None:
+        ttl = self._ttl(entry)
+        # One transaction: a crash leaves either both keys or neither. The entry is written
+        # first within it, so even a torn write can only leave an entry without its exact
+        # key (harmless), never an exact key without its entry.
+        with self._cache.transact():
+            old_id = self._cache.get(_EXACT + entry.exact_key)
+            self._cache.set(_ENTRY + entry.id, _to_record(entry), expire=ttl)
+            self._cache.set(_EXACT + entry.exact_key, entry.id, expire=ttl)
+            if isinstance(old_id, str) and old_id != entry.id:
+                self._cache.delete(_ENTRY + old_id)
+
+    def get(self, entry_id: str) -> Entry | None:
+        record = self._cache.get(_ENTRY + entry_id)
+        return None if record is None else _from_record(record)
+
+    def get_by_exact_key(self, exact_key: str) -> Entry | None:
+        entry_id = self._cache.get(_EXACT + exact_key)
+        if not isinstance(entry_id, str):
+            return None
+        entry = self.get(entry_id)
+        if entry is None or entry.exact_key != exact_key:
+            return None
+        return entry
+
+    def delete(self, entry_id: str) -> Entry | None:
+        with self._cache.transact():
+            record = self._cache.pop(_ENTRY + entry_id, default=None)
+            if record is None:
+                return None
+            entry = _from_record(record)
+            if self._cache.get(_EXACT + entry.exact_key) == entry_id:
+                self._cache.delete(_EXACT + entry.exact_key)
+        return entry
+
+    def iter_entries(self) -> Iterator[Entry]:
+        for key in self._cache.iterkeys():
+            if isinstance(key, str) and key.startswith(_ENTRY):
+                record = self._cache.get(key)
+                if record is not None:
+                    yield _from_record(record)
+
+    def expired_ids(self, now: float) -> list[str]:
+        return [e.id for e in self.iter_entries() if e.expired(now)]
+
+    def cull(self) -> int:
+        """Let diskcache drop what it knows has expired; returns how many keys went."""
+        return int(self._cache.expire())
+
+    def __contains__(self, entry_id: str) -> bool:
+        return (_ENTRY + entry_id) in self._cache
+
+    def __len__(self) -> int:
+        return sum(1 for k in self._cache.iterkeys() if isinstance(k, str) and k.startswith(_ENTRY))
+
+    def volume(self) -> int:
+        return int(self._cache.volume())
+
+    def close(self) -> None:
+        self._cache.close()

@@ -1,0 +1,120 @@
+"""The real upstream: an OpenAI-compatible API over httpx.
+
+Transport failures become our own errors here (connection → 502, timeout → 504), so the
+pipeline never sees an httpx exception and an upstream problem is never reported as a bug
+of the sidecar.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from cache_service.errors import UpstreamTimeout, UpstreamUnavailable
+from cache_service.protocols import UpstreamResponse, UpstreamStream
+
+# Caller headers worth passing on. Everything else (host, content-length, our X-Cache-*,
+# hop-by-hop headers) is either recomputed by httpx or meaningless upstream.
+FORWARDED_HEADERS = (
+    "authorization",
+    "x-api-key",
+    "openai-organization",
+    "openai-project",
+    "openai-beta",
+    "anthropic-version",
+    "anthropic-beta",
+    "user-agent",
+)
+
+# Upstream answer headers worth returning to the caller.
+RETURNED_HEADERS = (
+    "retry-after",
+    "retry-after-ms",
+    "openai-processing-ms",
+    "openai-version",
+    "x-request-id",
+    "openai-organization",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+)
+
+
+def pick_returned_headers(headers: httpx.Headers) -> dict[str, str]:
+    return {k: headers[k] for k in RETURNED_HEADERS if k in headers}
+
+
+class HttpUpstream:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 60.0,
+        connect_timeout_s: float = 5.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url + "/",
+            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            transport=transport,
+        )
+
+    def _headers(self, headers: dict[str, str]) -> dict[str, str]:
+        out = {k: v for k, v in headers.items() if k in FORWARDED_HEADERS}
+        if self._api_key:
+            out.pop("x-api-key", None)
+            out["authorization"] = f"Bearer {self._api_key}"
+        out["content-type"] = "application/json"
+        return out
+
+    async def send(
+        self, path: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> UpstreamResponse:
+        try:
+            r = await self._client.post(
+                path, content=json.dumps(body).encode(), headers=self._headers(headers)
+            )
+        except httpx.TimeoutException as e:
+            raise UpstreamTimeout(f"upstream did not answer in time ({type(e).__name__})") from e
+        except httpx.HTTPError as e:
+            raise UpstreamUnavailable(f"upstream unreachable: {type(e).__name__}: {e}") from e
+        return UpstreamResponse(r.status_code, pick_returned_headers(r.headers), r.content)
+
+    async def stream(
+        self, path: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> UpstreamStream:
+        request = self._client.build_request(
+            "POST", path, content=json.dumps(body).encode(), headers=self._headers(headers)
+        )
+        try:
+            r = await self._client.send(request, stream=True)
+        except httpx.TimeoutException as e:
+            raise UpstreamTimeout(f"upstream did not answer in time ({type(e).__name__})") from e
+        except httpx.HTTPError as e:
+            raise UpstreamUnavailable(f"upstream unreachable: {type(e).__name__}: {e}") from e
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in r.aiter_raw():
+                    yield chunk
+            except httpx.TimeoutException as e:
+                raise UpstreamTimeout("upstream stream stalled") from e
+            except httpx.HTTPError as e:
+                raise UpstreamUnavailable(f"upstream stream broke: {type(e).__name__}") from e
+            finally:
+                await r.aclose()
+
+        return UpstreamStream(r.status_code, pick_returned_headers(r.headers), chunks())
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

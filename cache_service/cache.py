@@ -1,0 +1,202 @@
+"""The cache core: exact lookup, semantic search with acceptance, store, expiry.
+
+Synchronous on purpose: every method is a short burst of SQLite, FAISS and CPU, run by the
+async layer in a worker thread. The benchmarks/quality harness drives this same class, so
+what is measured there is what serves requests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from cache_service.acceptance import AcceptConfig, accept
+from cache_service.protocols import Clock, Entry, EntryStore, Vector, VectorIndex
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    entry: Entry | None = None
+    similarity: float | None = None
+    """Similarity of the served entry (1.0 for an exact match)."""
+    match: str | None = None
+    """"exact" or "semantic" on a hit."""
+    best_rejected: float | None = None
+    """Highest similarity among candidates the policy refused: how close a miss came."""
+    reason: str = "miss"
+    """Why the best candidate was refused (guard name, "below_threshold", "no_candidates")."""
+
+
+class SemanticCache:
+    def __init__(
+        self,
+        store: EntryStore,
+        index: VectorIndex,
+        clock: Clock,
+        accept_config: AcceptConfig,
+        *,
+        search_k: int = 4,
+    ) -> None:
+        self.store = store
+        self.index = index
+        self.clock = clock
+        self.accept_config = accept_config
+        self.search_k = search_k
+        self.ready = False
+        # entry id -> (scope, expires): what the sweep needs without reading every entry.
+        self._tracked: dict[str, tuple[str, float | None]] = {}
+        self._lock = threading.Lock()
+
+    # --- reads
+
+    def get_exact(self, exact_key: str) -> Entry | None:
+        entry = self.store.get_by_exact_key(exact_key)
+        if entry is None or entry.expired(self.clock.now()):
+            return None
+        return entry
+
+    def search(
+        self, scope: str, vector: Vector, prompt: str, threshold: float | None = None
+    ) -> Lookup:
+        config = self.accept_config
+        if threshold is not None and threshold != config.threshold:
+            config = dataclasses.replace(config, threshold=threshold)
+        hits = self.index.search(scope, vector, self.search_k)
+        if not hits:
+            return Lookup(reason="no_candidates")
+        now = self.clock.now()
+        best_rejected: float | None = None
+        reason = "below_threshold"
+        for hit in hits:  # best first
+            if hit.similarity < config.threshold:
+                # Candidates come sorted, so nothing after this one can pass either.
+                if best_rejected is None:
+                    best_rejected = hit.similarity
+                break
+            entry = self.store.get(hit.entry_id)
+            if entry is None or entry.expired(now) or entry.scope != scope:
+                # Evicted or expired under us: the index is only a hint, the store decides.
+                self.index.remove(scope, [hit.entry_id])
+                continue
+            decision = accept(prompt, entry.prompt, hit.similarity, config)
+            if decision.accepted:
+                return Lookup(entry, hit.similarity, "semantic", best_rejected, "ok")
+            if best_rejected is None:
+                best_rejected, reason = hit.similarity, decision.reason
+        return Lookup(best_rejected=best_rejected, reason=reason)
+
+    # --- writes
+
+    def new_entry(
+        self,
+        *,
+        scope: str,
+        exact_key: str,
+        namespace: str,
+        model: str,
+        prompt: str,
+        embedding: Vector | None,
+        response: dict[str, Any],
+        ttl_s: float,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        meta: dict[str, Any] | None = None,
+    ) -> Entry:
+        now = self.clock.now()
+        return Entry(
+            id=uuid.uuid4().hex,
+            scope=scope,
+            exact_key=exact_key,
+            namespace=namespace,
+            model=model,
+            prompt=prompt,
+            embedding=embedding,
+            response=response,
+            created=now,
+            expires=now + ttl_s,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            meta=meta or {},
+        )
+
+    def put(self, entry: Entry) -> None:
+        replaced = self.store.get_by_exact_key(entry.exact_key)
+        # Store before index: any id the index returns then either resolves or is dropped.
+        self.store.put(entry)
+        if replaced is not None and replaced.id != entry.id:
+            self._forget(replaced.id, replaced.scope)
+        self._track(entry)
+
+    def _track(self, entry: Entry) -> None:
+        if entry.embedding is not None:
+            self.index.add(entry.scope, entry.id, entry.embedding)
+        with self._lock:
+            self._tracked[entry.id] = (entry.scope, entry.expires)
+
+    def _forget(self, entry_id: str, scope: str) -> None:
+        self.index.remove(scope, [entry_id])
+        with self._lock:
+            self._tracked.pop(entry_id, None)
+
+    def delete(self, entry_id: str) -> Entry | None:
+        entry = self.store.delete(entry_id)
+        if entry is not None:
+            self._forget(entry.id, entry.scope)
+        return entry
+
+    def delete_where(self, *, namespace: str | None = None, model: str | None = None) -> int:
+        doomed = [
+            e
+            for e in self.store.iter_entries()
+            if (namespace is None or e.namespace == namespace)
+            and (model is None or e.model == model)
+        ]
+        for e in doomed:
+            self.delete(e.id)
+        return len(doomed)
+
+    # --- maintenance
+
+    def rebuild(self) -> int:
+        """Load every live entry's vector into the index: the store is the truth, the index
+        is derived from it, so a restart (or a crash mid-write) cannot lose an entry."""
+        now = self.clock.now()
+        count = 0
+        expired: list[str] = []
+        for entry in self.store.iter_entries():
+            if entry.expired(now):
+                expired.append(entry.id)
+                continue
+            self._track(entry)
+            count += 1
+        for entry_id in expired:
+            self.store.delete(entry_id)
+        self.ready = True
+        return count
+
+    def sweep(self) -> int:
+        """Remove expired entries and the vectors of entries the store no longer holds
+        (expired or evicted by diskcache's size limit)."""
+        now = self.clock.now()
+        with self._lock:
+            tracked = list(self._tracked.items())
+        live: list[tuple[str, str]] = []
+        for entry_id, (scope, expires) in tracked:
+            if expires is not None and now >= expires:
+                self.store.delete(entry_id)
+                self._forget(entry_id, scope)
+            else:
+                live.append((entry_id, scope))
+        removed = len(tracked) - len(live)
+        # Only pay for a full membership check when the store holds fewer entries than we
+        # track, i.e. diskcache evicted some under its size limit.
+        if len(self.store) < len(live):
+            for entry_id, scope in live:
+                if entry_id not in self.store:
+                    self._forget(entry_id, scope)
+                    removed += 1
+        self.store.cull()
+        return removed

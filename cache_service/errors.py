@@ -1,0 +1,75 @@
+"""The exception tree and its HTTP mapping, in OpenAI's error shape so SDKs raise the
+right exception class (400 BadRequestError, 429 RateLimitError, 5xx APIStatusError)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ServiceError(Exception):
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, param=self.param, code=self.code)
+
+
+class BadRequest(ServiceError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class NotFound(ServiceError):
+    status = 404
+    type = "not_found_error"
+
+
+class PayloadTooLarge(ServiceError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class RateLimited(ServiceError):
+    status = 429
+    type = "rate_limit_error"
+
+
+class UpstreamUnavailable(ServiceError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_unavailable"
+
+
+class UpstreamTimeout(ServiceError):
+    status = 504
+    type = "upstream_error"
+    code = "upstream_timeout"
+
+
+class NotReady(ServiceError):
+    status = 503
+    type = "server_error"
+    code = "not_ready"
+
+
+def error_body(
+    message: str, type_: str, *, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}

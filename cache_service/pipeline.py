@@ -1,0 +1,426 @@
+"""The one orchestrator: scope → exact → embed → search/accept → upstream → store → record.
+
+Everything blocking (SQLite, FAISS, the model) is handed to threads; this module only
+decides and awaits. Each request leaves exactly one outcome in the stats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.responses import Response, StreamingResponse
+
+from cache_service import sse
+from cache_service.cache import Lookup, SemanticCache
+from cache_service.embedding import EmbeddingBatcher
+from cache_service.errors import BadRequest, ServiceError, error_body
+from cache_service.policy import (
+    CacheDirectives,
+    DirectiveError,
+    anthropic_store_refusal,
+    lookup_allowed,
+    parse_directives,
+    store_refusal,
+)
+from cache_service.pricing import PriceTable
+from cache_service.protocols import Clock, Entry, Upstream, UpstreamResponse, Vector
+from cache_service.scope import RequestKeys, build_keys, tenant_of
+from cache_service.settings import Settings
+from cache_service.stats import Outcome, Stats
+
+log = logging.getLogger("cache_service.pipeline")
+
+JSON = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class Flavor:
+    """What differs between the OpenAI and Anthropic wire formats."""
+
+    api: str
+    path: str
+    refusal: Callable[..., str | None]
+    usage_keys: tuple[str, str]
+
+
+OPENAI = Flavor("openai", "chat/completions", store_refusal, ("prompt_tokens", "completion_tokens"))
+ANTHROPIC = Flavor(
+    "anthropic", "messages", anthropic_store_refusal, ("input_tokens", "output_tokens")
+)
+
+
+def usage_of(body: Any, flavor: Flavor) -> tuple[int, int]:
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
+        return 0, 0
+    p, c = (usage.get(k) for k in flavor.usage_keys)
+    return (p if isinstance(p, int) else 0, c if isinstance(c, int) else 0)
+
+
+@dataclass(slots=True)
+class Services:
+    settings: Settings
+    cache: SemanticCache
+    batcher: EmbeddingBatcher
+    upstream: Upstream
+    stats: Stats
+    prices: PriceTable
+    clock: Clock
+    inflight: dict[str, asyncio.Future[UpstreamResponse]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Ctx:
+    """What one request learned on its way through the pipeline."""
+
+    flavor: Flavor
+    body: dict[str, Any]
+    headers: dict[str, str]
+    keys: RequestKeys
+    directives: CacheDirectives
+    threshold: float | None
+    request_id: str
+    started: float
+    vector: Vector | None = None
+    embed_timeout: bool = False
+    lookup: Lookup | None = None
+
+
+class Pipeline:
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    # ---------------------------------------------------------------- entry points
+
+    def context(
+        self, flavor: Flavor, body: dict[str, Any], headers: dict[str, str], request_id: str
+    ) -> Ctx:
+        st = self.s.settings
+        try:
+            directives = parse_directives(
+                headers.get("cache-control"),
+                headers.get("x-cache-ttl"),
+                default_ttl_s=st.default_ttl_s,
+                max_ttl_s=st.max_ttl_s,
+            )
+        except DirectiveError as e:
+            raise BadRequest(str(e), param="X-Cache-TTL") from e
+        threshold = self.threshold(headers.get("x-cache-threshold"), param="X-Cache-Threshold")
+        system = body.get("system") if flavor is ANTHROPIC else None
+        keys = build_keys(
+            body,
+            tenant_of(headers),
+            system=system,
+            api=flavor.api,
+            max_semantic_chars=st.semantic_max_chars,
+        )
+        return Ctx(
+            flavor, body, headers, keys, directives, threshold, request_id, time.perf_counter()
+        )
+
+    def threshold(self, raw: Any, *, param: str) -> float | None:
+        """A per-request threshold may only be stricter than the operator's floor."""
+        if raw is None or raw == "":
+            return None
+        try:
+            value = float(raw)
+        except (TypeError, ValueError) as e:
+            raise BadRequest(f"{param} must be a number between 0 and 1", param=param) from e
+        floor = self.s.settings.min_threshold
+        if not floor <= value <= 1:
+            raise BadRequest(
+                f"{param} must be between the operator's floor {floor} and 1, got {value}",
+                param=param,
+            )
+        return value
+
+    async def handle(self, ctx: Ctx) -> Response:
+        stream = bool(ctx.body.get("stream"))
+        if stream and ctx.flavor is not OPENAI:
+            # Anthropic's event stream is relayed untouched and never stored.
+            return await self._passthrough_stream(ctx)
+        if ctx.directives.read and lookup_allowed(ctx.body):
+            hit = await self.lookup(ctx)
+            if hit is not None:
+                return self._hit(ctx, hit, stream)
+            outcome = Outcome.MISS
+        else:
+            outcome = Outcome.BYPASS
+        if stream:
+            return await self._miss_stream(ctx, outcome)
+        return await self._miss(ctx, outcome)
+
+    # ---------------------------------------------------------------- lookup
+
+    async def lookup(self, ctx: Ctx) -> Lookup | None:
+        cache = self.s.cache
+        entry = await asyncio.to_thread(cache.get_exact, ctx.keys.exact_key)
+        if entry is not None:
+            return Lookup(entry, 1.0, "exact", reason="ok")
+        if not (ctx.keys.semantic_ok and cache.ready):
+            return None
+        try:
+            ctx.vector = await self.s.batcher.embed(
+                ctx.keys.prompt, self.s.settings.embed_timeout_ms / 1000
+            )
+        except TimeoutError:
+            # Fail open: a slow embedder must cost a cache hit, never an answer.
+            ctx.embed_timeout = True
+            log.warning("embedding missed its deadline", extra={"request_id": ctx.request_id})
+            return None
+        found = await asyncio.to_thread(
+            cache.search, ctx.keys.scope, ctx.vector, ctx.keys.prompt, ctx.threshold
+        )
+        ctx.lookup = found
+        return found if found.entry is not None else None
+
+    def _hit(self, ctx: Ctx, hit: Lookup, stream: bool) -> Response:
+        entry = hit.entry
+        assert entry is not None
+        now = self.s.clock.now()
+        self.record(
+            ctx,
+            Outcome.EXACT_HIT if hit.match == "exact" else Outcome.SEMANTIC_HIT,
+            entry.prompt_tokens,
+            entry.completion_tokens,
+        )
+        headers = {
+            "x-cache": "HIT",
+            "x-cache-match": hit.match or "exact",
+            "x-cache-similarity": f"{hit.similarity or 1.0:.4f}",
+            "x-cache-entry": entry.id,
+            "age": str(max(0, int(now - entry.created))),
+            "x-request-id": ctx.request_id,
+        }
+        if stream:
+            include_usage = bool((ctx.body.get("stream_options") or {}).get("include_usage"))
+            return StreamingResponse(
+                _aiter(sse.replay(entry.response, include_usage=include_usage)),
+                media_type="text/event-stream",
+                headers=headers,
+            )
+        return Response(json.dumps(entry.response), media_type=JSON, headers=headers)
+
+    # ---------------------------------------------------------------- misses
+
+    async def _fetch(self, ctx: Ctx) -> tuple[UpstreamResponse, bool]:
+        """Call upstream, or join an identical call already in flight (single flight).
+        Returns the answer and whether it was shared."""
+        key = ctx.keys.exact_key
+        shared = self.s.inflight.get(key) if ctx.directives.read else None
+        if shared is not None:
+            try:
+                return await asyncio.shield(shared), True
+            except asyncio.CancelledError:
+                if not shared.cancelled():
+                    raise  # this request itself was cancelled
+                # the leader's client went away mid-call: make our own call
+        future: asyncio.Future[UpstreamResponse] = asyncio.get_running_loop().create_future()
+        lead = ctx.directives.read and key not in self.s.inflight
+        if lead:
+            self.s.inflight[key] = future
+        try:
+            resp = await self.s.upstream.send(ctx.flavor.path, ctx.body, ctx.headers)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as e:
+            future.set_exception(e)
+            future.exception()  # mark retrieved: with no followers nobody else reads it
+            raise
+        else:
+            future.set_result(resp)
+        finally:
+            if lead:
+                self.s.inflight.pop(key, None)
+        return resp, False
+
+    async def _miss(self, ctx: Ctx, outcome: Outcome) -> Response:
+        try:
+            resp, shared = await self._fetch(ctx)
+        except ServiceError:
+            self.record(ctx, Outcome.ERROR, 0, 0)
+            raise
+        try:
+            parsed = resp.json()
+        except ValueError:
+            parsed = None
+        # A shared answer was paid for (and stored) once, by the request that fetched it.
+        p, c = (0, 0) if shared else usage_of(parsed, ctx.flavor)
+        extra = {"x-cache-coalesced": "true"} if shared else {}
+        if ctx.directives.write and not shared:
+            refusal = ctx.flavor.refusal(
+                resp.status, parsed, cache_tool_calls=self.s.settings.cache_tool_calls
+            )
+            stored = refusal is None and await self._store(ctx, parsed, p, c)
+            extra["x-cache-stored"] = "true" if stored else "false"
+            if refusal is not None:
+                log.info("not stored", extra={"request_id": ctx.request_id, "why": refusal})
+        self.record(ctx, outcome if resp.status < 400 else Outcome.ERROR, p, c)
+        return self._relay(ctx, resp, "MISS" if outcome is Outcome.MISS else "BYPASS", extra)
+
+    def _relay(
+        self, ctx: Ctx, resp: UpstreamResponse, state: str, extra: dict[str, str]
+    ) -> Response:
+        headers = {**resp.headers, **extra, "x-cache": state, "x-request-id": ctx.request_id}
+        self._add_lookup_headers(ctx, headers)
+        return Response(resp.body, status_code=resp.status, media_type=JSON, headers=headers)
+
+    def _add_lookup_headers(self, ctx: Ctx, headers: dict[str, str]) -> None:
+        if ctx.lookup is not None and ctx.lookup.best_rejected is not None:
+            headers["x-cache-best-similarity"] = f"{ctx.lookup.best_rejected:.4f}"
+            headers["x-cache-rejected-by"] = ctx.lookup.reason
+
+    async def _store(self, ctx: Ctx, response: dict[str, Any], p: int, c: int) -> bool:
+        vector = ctx.vector
+        if vector is None and ctx.keys.semantic_ok:
+            try:
+                # No lookup embedding (no-cache, or the lookup timed out): embed now, with
+                # a generous deadline since the caller is already paying upstream latency.
+                vector = await self.s.batcher.embed(ctx.keys.prompt, 10.0)
+            except TimeoutError:
+                vector = None  # stored for exact matches only
+        entry = self.s.cache.new_entry(
+            scope=ctx.keys.scope,
+            exact_key=ctx.keys.exact_key,
+            namespace=ctx.keys.tenant,
+            model=ctx.keys.model,
+            prompt=ctx.keys.prompt,
+            embedding=vector if ctx.keys.semantic_ok else None,
+            response=response,
+            ttl_s=ctx.directives.ttl_s or self.s.settings.default_ttl_s,
+            prompt_tokens=p,
+            completion_tokens=c,
+            meta={"api": ctx.flavor.api},
+        )
+        try:
+            await asyncio.to_thread(self.s.cache.put, entry)
+        except Exception:
+            # The caller still gets the answer; a store failure costs a future hit only.
+            log.exception("store failed", extra={"request_id": ctx.request_id})
+            return False
+        return True
+
+    async def _miss_stream(self, ctx: Ctx, outcome: Outcome) -> Response:
+        body = dict(ctx.body)
+        wanted_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        if not wanted_usage:
+            # Ask for usage anyway (to store and account it) and drop that chunk on relay.
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        try:
+            up = await self.s.upstream.stream(ctx.flavor.path, body, ctx.headers)
+        except ServiceError:
+            self.record(ctx, Outcome.ERROR, 0, 0)
+            raise
+        if up.status >= 400:
+            data = b"".join([c async for c in up.chunks])
+            self.record(ctx, Outcome.ERROR, 0, 0)
+            resp = UpstreamResponse(up.status, up.headers, data)
+            return self._relay(ctx, resp, "MISS" if outcome is Outcome.MISS else "BYPASS", {})
+
+        async def relay() -> AsyncIterator[bytes]:
+            parser = sse.SSEParser()
+            assembler = sse.ChatStreamAssembler()
+            try:
+                async for raw in up.chunks:
+                    for data in parser.feed(raw):
+                        chunk = assembler.add(data)
+                        if (
+                            not wanted_usage
+                            and chunk is not None
+                            and not chunk.get("choices")
+                            and chunk.get("usage")
+                        ):
+                            continue
+                        yield sse.encode(data)
+            except ServiceError as e:
+                # Headers are gone already; tell the client in-band, OpenAI style.
+                yield sse.encode(error_body(e.message, e.type, code=e.code))
+            finally:
+                await up.aclose()
+                completion = assembler.completion()
+                p, c = usage_of(completion, OPENAI)
+                if assembler.complete and ctx.directives.write:
+                    refusal = store_refusal(
+                        200, completion, cache_tool_calls=self.s.settings.cache_tool_calls
+                    )
+                    if refusal is None:
+                        await self._store(ctx, completion, p, c)
+                self.record(ctx, outcome if assembler.complete else Outcome.ERROR, p, c)
+
+        headers = {
+            **up.headers,
+            "x-cache": "MISS" if outcome is Outcome.MISS else "BYPASS",
+            "x-request-id": ctx.request_id,
+        }
+        self._add_lookup_headers(ctx, headers)
+        return StreamingResponse(relay(), media_type="text/event-stream", headers=headers)
+
+    async def _passthrough_stream(self, ctx: Ctx) -> Response:
+        up = await self.s.upstream.stream(ctx.flavor.path, ctx.body, ctx.headers)
+
+        async def relay() -> AsyncIterator[bytes]:
+            try:
+                async for raw in up.chunks:
+                    yield raw
+            finally:
+                await up.aclose()
+                self.record(ctx, Outcome.BYPASS, 0, 0)
+
+        headers = {**up.headers, "x-cache": "BYPASS", "x-request-id": ctx.request_id}
+        media = "text/event-stream" if up.status < 400 else JSON
+        return StreamingResponse(relay(), status_code=up.status, media_type=media, headers=headers)
+
+    # ---------------------------------------------------------------- accounting
+
+    def record(
+        self, ctx: Ctx, outcome: Outcome, prompt_tokens: int, completion_tokens: int
+    ) -> None:
+        dollars = self.s.prices.cost(ctx.keys.model, prompt_tokens, completion_tokens)
+        self.s.stats.record(
+            ctx.keys.tenant,
+            ctx.keys.model,
+            outcome,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            dollars=dollars,
+            embed_timeout=ctx.embed_timeout,
+        )
+        log.info(
+            "request",
+            extra={
+                "request_id": ctx.request_id,
+                "namespace": ctx.keys.tenant,
+                "model": ctx.keys.model,
+                "outcome": outcome.value,
+                "similarity": ctx.lookup.similarity if ctx.lookup else None,
+                "ms": round((time.perf_counter() - ctx.started) * 1000, 2),
+            },
+        )
+
+    def entry_view(self, entry: Entry) -> dict[str, Any]:
+        now = self.s.clock.now()
+        return {
+            "id": entry.id,
+            "namespace": entry.namespace,
+            "model": entry.model,
+            "prompt": entry.prompt,
+            "created": entry.created,
+            "expires": entry.expires,
+            "age": max(0.0, now - entry.created),
+            "usage": {
+                "prompt_tokens": entry.prompt_tokens,
+                "completion_tokens": entry.completion_tokens,
+            },
+        }
+
+
+async def _aiter(chunks: Any) -> AsyncIterator[bytes]:
+    for c in chunks:
+        yield c

@@ -1,0 +1,157 @@
+"""One small interface per I/O boundary.
+
+Everything that touches a disk, a model, the network or the wall clock sits behind one of
+these, so the pure logic (scope, policy, quota) and the pipeline can be tested with fakes at
+exactly these seams and nowhere else.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+Vector = npt.NDArray[np.float32]
+
+
+@runtime_checkable
+class Clock(Protocol):
+    def now(self) -> float:
+        """Wall-clock seconds since the epoch (TTLs, budgets' calendar windows)."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes backwards (buckets, deadlines)."""
+        ...
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+class Embedder(Protocol):
+    @property
+    def dim(self) -> int: ...
+
+    def embed(self, texts: Sequence[str]) -> Vector:
+        """Return an (n, dim) float32 array of L2-normalised embeddings. Blocking, CPU-bound."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    entry_id: str
+    similarity: float
+
+
+class VectorIndex(Protocol):
+    """Vectors partitioned by scope; a scope's vectors never answer another scope's search."""
+
+    def add(self, scope: str, entry_id: str, vector: Vector) -> None: ...
+
+    def search(self, scope: str, vector: Vector, k: int) -> list[SearchHit]: ...
+
+    def remove(self, scope: str, entry_ids: Iterable[str]) -> None: ...
+
+    def clear(self) -> None: ...
+
+    def __len__(self) -> int: ...
+
+
+@dataclass(slots=True)
+class Entry:
+    """One stored answer and everything needed to serve, verify, expire and re-index it."""
+
+    id: str
+    scope: str
+    exact_key: str
+    namespace: str
+    model: str
+    prompt: str
+    embedding: Vector | None
+    response: dict[str, Any]
+    created: float
+    expires: float | None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def expired(self, now: float) -> bool:
+        return self.expires is not None and now >= self.expires
+
+
+class EntryStore(Protocol):
+    def put(self, entry: Entry) -> None:
+        """Persist the entry and its exact key atomically enough that a crash never leaves
+        an exact key pointing at a missing entry being served (readers re-check)."""
+        ...
+
+    def get(self, entry_id: str) -> Entry | None: ...
+
+    def get_by_exact_key(self, exact_key: str) -> Entry | None: ...
+
+    def delete(self, entry_id: str) -> Entry | None: ...
+
+    def iter_entries(self) -> Iterable[Entry]: ...
+
+    def expired_ids(self, now: float) -> list[str]: ...
+
+    def cull(self) -> int:
+        """Drop what the backend itself knows has expired."""
+        ...
+
+    def __contains__(self, entry_id: str) -> bool: ...
+
+    def __len__(self) -> int: ...
+
+    def volume(self) -> int:
+        """Bytes on disk."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class UpstreamResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        import json
+
+        return json.loads(self.body)
+
+
+@dataclass(slots=True)
+class UpstreamStream:
+    """An open streamed answer: status and headers known, body still arriving."""
+
+    status: int
+    headers: dict[str, str]
+    chunks: AsyncIterator[bytes]
+
+    async def aclose(self) -> None:
+        aclose = getattr(self.chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+class Upstream(Protocol):
+    async def send(
+        self, path: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> UpstreamResponse: ...
+
+    async def stream(
+        self, path: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> UpstreamStream: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,159 @@
+"""Settings: defaults < one YAML config file < environment (CACHE_*) < command line.
+
+Validated once at start, so a wrong value stops the process with a message that names the
+key, instead of surfacing as a strange answer at 2 a.m.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """A setting is wrong; the message says which one and why."""
+
+
+class PriceSetting(BaseModel):
+    input: float = Field(ge=0, description="USD per million prompt tokens")
+    output: float = Field(ge=0, description="USD per million completion tokens")
+
+
+class Settings(BaseSettings):
+    """Every knob of the sidecar. Attribute docs double as the README's settings table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CACHE_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    # --- serving
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    data_dir: Path = Path("data")
+    """Where the entry store and spend ledger live. Survives restarts."""
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    """Requests larger than this get 413 before any parsing."""
+
+    # --- upstream
+    upstream_url: str | None = None
+    """OpenAI-compatible base URL including /v1. None: `serve` starts the simulated upstream."""
+    upstream_api_key: str | None = None
+    """If set, replaces the caller's Authorization header; otherwise it is passed through."""
+    upstream_timeout_s: float = Field(60.0, gt=0)
+    upstream_connect_timeout_s: float = Field(5.0, gt=0)
+    simulated_upstream_port: int = Field(8081, ge=0, le=65535)
+    """Port of the bundled simulated upstream when no upstream_url is configured (0: any free)."""
+
+    # --- embedding
+    embedder_backend: Literal["auto", "onnx", "torch"] = "auto"
+    """auto: the ONNX export under models/ when present (≈3x faster here), else torch."""
+    model_dir: Path = Path("models")
+    embed_threads: int = Field(1, ge=1, le=64)
+    """Intra-op threads per forward pass. 1 on a 2-core box: 2 threads measured 3x slower."""
+    embed_batch_max: int = Field(32, ge=1, le=1024)
+    embed_timeout_ms: float = Field(500.0, gt=0)
+    """An embedding slower than this fails open: the request goes upstream as a miss."""
+    semantic_max_chars: int = Field(1000, ge=1)
+    """Longer prompts are matched exactly only: MiniLM reads 256 word pieces, so two long
+    prompts that differ only past that window would look identical to it."""
+
+    # --- matching
+    similarity_threshold: float = Field(0.86, gt=0, le=1)
+    """Cosine similarity a candidate must reach before the acceptance guards look at it."""
+    min_threshold: float = Field(0.80, gt=0, le=1)
+    """Floor for per-request thresholds: a caller may ask for stricter, never looser."""
+    search_k: int = Field(4, ge=1, le=64)
+    """Candidates read per semantic lookup; the best accepted one wins."""
+    cache_tool_calls: bool = False
+    """Store answers that call tools. Off: a tool call usually depends on live state."""
+
+    # --- storage
+    default_ttl_s: float = Field(7 * 24 * 3600, gt=0)
+    max_ttl_s: float = Field(30 * 24 * 3600, gt=0)
+    """Upper bound for X-Cache-TTL and store requests."""
+    store_size_limit_bytes: int = Field(2 * 1024**3, ge=1024**2)
+    sweep_interval_s: float = Field(60.0, gt=0)
+
+    # --- money
+    prices: dict[str, PriceSetting] = Field(default_factory=dict)
+    """USD per million tokens by model; merged over the shipped defaults."""
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Settings:
+        if self.min_threshold > self.similarity_threshold:
+            raise ValueError("min_threshold must not exceed similarity_threshold")
+        if self.default_ttl_s > self.max_ttl_s:
+            raise ValueError("default_ttl_s must not exceed max_ttl_s")
+        return self
+
+    @property
+    def store_dir(self) -> Path:
+        return self.data_dir / "entries"
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file {path} does not exist") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Build validated settings; raise ConfigError naming every wrong key."""
+    path = config_file or os.environ.get("CACHE_CONFIG")
+    file_data = _read_yaml(Path(path)) if path else {}
+    explicit = {k: v for k, v in overrides.items() if v is not None}
+
+    class _Layered(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, _YamlSource(settings_cls, file_data))
+
+    try:
+        layered = _Layered(**explicit)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in e.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from e
+    return Settings.model_construct(**dict(layered))

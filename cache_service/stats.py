@@ -1,0 +1,109 @@
+"""Counters behind GET /v1/cache/stats: what the cache answered and what that saved."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class Outcome(StrEnum):
+    EXACT_HIT = "exact_hit"
+    SEMANTIC_HIT = "semantic_hit"
+    MISS = "miss"
+    BYPASS = "bypass"
+    ERROR = "error"
+
+
+@dataclass(slots=True)
+class Counters:
+    requests: int = 0
+    exact_hits: int = 0
+    semantic_hits: int = 0
+    misses: int = 0
+    bypasses: int = 0
+    errors: int = 0
+    embed_timeouts: int = 0
+    prompt_tokens_saved: int = 0
+    completion_tokens_saved: int = 0
+    dollars_saved: float = 0.0
+    upstream_prompt_tokens: int = 0
+    upstream_completion_tokens: int = 0
+    dollars_spent: float = 0.0
+
+    def add(self, other: Counters) -> None:
+        for name in self.__slots__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        hits = self.exact_hits + self.semantic_hits
+        # Bypasses are requests the caller told us not to look up: they do not count
+        # against the hit rate of requests the cache was allowed to answer.
+        eligible = hits + self.misses
+        d["hits"] = hits
+        d["hit_rate"] = round(hits / eligible, 4) if eligible else 0.0
+        d["dollars_saved"] = round(self.dollars_saved, 6)
+        d["dollars_spent"] = round(self.dollars_spent, 6)
+        return d
+
+
+class Stats:
+    """Updated only from the event loop, so no lock is needed."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[tuple[str, str], Counters] = defaultdict(Counters)
+
+    def record(
+        self,
+        namespace: str,
+        model: str,
+        outcome: Outcome,
+        *,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        dollars: float = 0.0,
+        embed_timeout: bool = False,
+    ) -> None:
+        """Tokens and dollars are saved on a hit and spent on a miss."""
+        c = self._by_key[(namespace, model)]
+        c.requests += 1
+        if embed_timeout:
+            c.embed_timeouts += 1
+        if outcome is Outcome.EXACT_HIT:
+            c.exact_hits += 1
+        elif outcome is Outcome.SEMANTIC_HIT:
+            c.semantic_hits += 1
+        elif outcome is Outcome.MISS:
+            c.misses += 1
+        elif outcome is Outcome.BYPASS:
+            c.bypasses += 1
+        else:
+            c.errors += 1
+        if outcome in (Outcome.EXACT_HIT, Outcome.SEMANTIC_HIT):
+            c.prompt_tokens_saved += prompt_tokens
+            c.completion_tokens_saved += completion_tokens
+            c.dollars_saved += dollars
+        elif outcome in (Outcome.MISS, Outcome.BYPASS):
+            c.upstream_prompt_tokens += prompt_tokens
+            c.upstream_completion_tokens += completion_tokens
+            c.dollars_spent += dollars
+
+    def snapshot(self) -> dict[str, Any]:
+        total = Counters()
+        namespaces: dict[str, Counters] = defaultdict(Counters)
+        models: dict[str, Counters] = defaultdict(Counters)
+        for (ns, model), c in self._by_key.items():
+            total.add(c)
+            namespaces[ns].add(c)
+            models[model].add(c)
+        return {
+            "total": total.as_dict(),
+            "by_namespace": {k: v.as_dict() for k, v in sorted(namespaces.items())},
+            "by_model": {k: v.as_dict() for k, v in sorted(models.items())},
+            "by_namespace_model": [
+                {"namespace": ns, "model": m, **c.as_dict()}
+                for (ns, m), c in sorted(self._by_key.items())
+            ],
+        }

@@ -1,0 +1,289 @@
+"""Property tests for the guarantees stated in ``cache_service.quota``'s module docstring.
+
+Windows are checked only at their start points ``s = t_i`` (an admission time): any 60 s
+window holding admissions is covered by the one starting at its first admission, so that is
+every window that matters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cache_service.quota import (
+    Denial,
+    Limits,
+    QuotaManager,
+    Reservation,
+    SlidingWindow,
+    TokenBucket,
+)
+
+W = 60.0
+P = ("project", "p")
+G = ("global", "total")
+FAST = settings(max_examples=150, deadline=None)
+
+
+class FakeClock:
+    def __init__(self, wall: float, mono: float = 1000.0) -> None:
+        self.wall = wall
+        self.mono = mono
+
+    def now(self) -> float:
+        return self.wall
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        self.wall += seconds
+        self.mono += seconds
+
+
+def ts(iso: str) -> float:
+    return datetime.fromisoformat(iso).replace(tzinfo=UTC).timestamp()
+
+
+# Steps that land on and around the window edge as well as arbitrary ones.
+steps = st.one_of(
+    st.just(0.0),
+    st.sampled_from([0.001, 1.0, 30.0, 59.999, 60.0, 60.001]),
+    st.floats(min_value=0.0, max_value=90.0, allow_nan=False),
+)
+
+
+@dataclass
+class Admitted:
+    at: float
+    scopes: tuple[tuple[str, str], ...]
+    estimate: int
+    reservation: Reservation
+    final: int  # estimate while in flight, actual once settled, 0 once released
+    released: bool = False
+    overrun: int = 0
+
+
+rate_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("advance"), steps),
+        st.tuples(
+            st.just("reserve"),
+            st.sampled_from([(P,), (G,), (P, G)]),
+            st.integers(min_value=0, max_value=400),
+        ),
+        st.tuples(
+            st.just("settle"), st.integers(0, 1000), st.integers(min_value=0, max_value=600)
+        ),
+        st.tuples(st.just("release"), st.integers(0, 1000)),
+    ),
+    max_size=80,
+)
+
+
+@FAST
+@given(
+    rpm=st.tuples(st.integers(1, 8), st.integers(1, 8)),
+    tpm=st.tuples(st.integers(100, 1500), st.integers(100, 1500)),
+    ops=rate_ops,
+)
+def test_every_60s_window_respects_rpm_and_tpm(
+    rpm: tuple[int, int], tpm: tuple[int, int], ops: list[tuple[object, ...]]
+) -> None:
+    """For each scope and every window [s, s + 60):
+    * admitted, unreleased requests <= rpm;
+    * tokens charged for requests admitted in it (actual once settled, estimate in flight,
+      0 released) <= tpm + their overruns (actual - estimate where positive);
+    and a denied reserve changes nothing anywhere (all-or-nothing)."""
+    clock = FakeClock(ts("2026-11-22T12:00:00"))
+    qm = QuotaManager(clock)
+    limits = {P: (rpm[0], tpm[0]), G: (rpm[1], tpm[1])}
+    for (kind, name), (r, t) in limits.items():
+        qm.configure(kind, name, Limits(rpm=r, tpm=t))
+    log: list[Admitted] = []
+    pending: list[Admitted] = []
+
+    for op in ops:
+        if op[0] == "advance":
+            assert isinstance(op[1], float)
+            clock.advance(op[1])
+        elif op[0] == "reserve":
+            scopes, tokens = op[1], op[2]
+            assert isinstance(scopes, tuple) and isinstance(tokens, int)
+            before = qm.snapshot()
+            result = qm.reserve(list(scopes), tokens, 0.0)
+            if isinstance(result, Denial):
+                assert qm.snapshot() == before
+                assert result.retryable == (tokens <= limits[result.scope][1])
+            else:
+                entry = Admitted(clock.mono, scopes, tokens, result, tokens)
+                log.append(entry)
+                pending.append(entry)
+        elif pending:
+            index = op[1]
+            assert isinstance(index, int)
+            entry = pending.pop(index % len(pending))
+            if op[0] == "settle":
+                actual = op[2]
+                assert isinstance(actual, int)
+                qm.settle(entry.reservation, actual, 0.0)
+                entry.final = actual
+                entry.overrun = max(0, actual - entry.estimate)
+            else:
+                qm.release(entry.reservation)
+                entry.final = 0
+                entry.released = True
+
+    for scope, (r, t) in limits.items():
+        mine = [e for e in log if scope in e.scopes]
+        for start in mine:
+            # exactly the implementation's "still counts" test: at + 60 > now
+            window = [e for e in mine if start.at <= e.at and e.at < start.at + W]
+            assert sum(not e.released for e in window) <= r
+            assert sum(e.final for e in window) <= t + sum(e.overrun for e in window)
+
+
+@FAST
+@given(
+    capacity=st.integers(1, 500),
+    ops=st.lists(
+        st.one_of(
+            st.tuples(st.just("advance"), steps),
+            st.tuples(st.just("take"), st.integers(0, 200)),
+        ),
+        max_size=60,
+    ),
+)
+def test_sliding_window_retry_after_is_exact(
+    capacity: int, ops: list[tuple[str, float | int]]
+) -> None:
+    """Waiting exactly ``time_until`` always suffices, and a millisecond less never does."""
+    window = SlidingWindow(capacity)
+    now = 5000.0
+    for kind, value in ops:
+        if kind == "advance":
+            now += value
+            continue
+        amount = int(value)
+        if window.try_take(amount, now) is not None:
+            continue
+        wait = window.time_until(amount, now)
+        if amount > capacity:
+            assert wait == float("inf")
+            continue
+        assert wait > 0
+        # the earlier time first: the window treats a later call at an earlier time as "now"
+        if wait > 1e-3:
+            assert not window.admits(amount, now + wait - 1e-3)
+        assert window.admits(amount, now + wait)
+        now += wait
+
+
+budget_ops = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("advance"),
+            st.one_of(st.floats(0.0, 6 * 3600.0, allow_nan=False), st.just(1.0)),
+        ),
+        st.tuples(st.just("reserve"), st.integers(0, 60)),  # cents
+        st.tuples(st.just("settle"), st.integers(0, 1000), st.floats(0.0, 1.5)),
+        st.tuples(st.just("release"), st.integers(0, 1000)),
+    ),
+    max_size=80,
+)
+
+
+@FAST
+@given(
+    daily_cents=st.integers(0, 300),
+    monthly_cents=st.integers(0, 1000),
+    overruns=st.booleans(),
+    ops=budget_ops,
+)
+def test_budgets_never_exceeded_by_admitted_estimates(
+    daily_cents: int, monthly_cents: int, overruns: bool, ops: list[tuple[object, ...]]
+) -> None:
+    """Every admission has ``used + estimate <= limit`` in both calendar windows (used =
+    spent + held). Without overruns (actual <= estimate) ``used <= limit`` at all times, and
+    the actual spend booked in any one UTC day / month stays within its limit."""
+    clock = FakeClock(ts("2026-11-30T18:00:00"))  # crosses a day and a month boundary
+    qm = QuotaManager(clock)
+    daily, monthly = daily_cents / 100, monthly_cents / 100
+    qm.configure(*P, Limits(daily_budget_usd=daily, monthly_budget_usd=monthly))
+    pending: list[tuple[Reservation, float]] = []
+    booked: dict[str, float] = {}
+    eps = 1e-9
+
+    for op in ops:
+        if op[0] == "advance":
+            assert isinstance(op[1], float)
+            clock.advance(op[1])
+        elif op[0] == "reserve":
+            assert isinstance(op[1], int)
+            cost = op[1] / 100
+            snap = qm.scope_snapshot(P)
+            result = qm.reserve([P], 1, cost)
+            if isinstance(result, Reservation):
+                assert snap["daily_budget"]["used"] + cost <= daily + eps
+                assert snap["monthly_budget"]["used"] + cost <= monthly + eps
+                assert snap["daily_budget"]["used"] < daily
+                pending.append((result, cost))
+            else:
+                assert result.limit in ("daily_budget", "monthly_budget")
+        elif pending:
+            assert isinstance(op[1], int)
+            reservation, cost = pending.pop(op[1] % len(pending))
+            if op[0] == "settle":
+                assert isinstance(op[2], float)
+                actual = round(cost * op[2], 2) if overruns else round(cost * min(1.0, op[2]), 2)
+                qm.settle(reservation, 1, actual)
+                for key in (clock_day(clock), clock_day(clock)[:7]):
+                    booked[key] = booked.get(key, 0.0) + actual
+            else:
+                qm.release(reservation)
+        if not overruns:
+            snap = qm.scope_snapshot(P)
+            assert snap["daily_budget"]["used"] <= daily + eps
+            assert snap["monthly_budget"]["used"] <= monthly + eps
+
+    if not overruns:
+        for key, spent in booked.items():
+            assert spent <= (daily if len(key) == 10 else monthly) + eps
+
+
+def clock_day(clock: FakeClock) -> str:
+    return datetime.fromtimestamp(clock.wall, tz=UTC).strftime("%Y-%m-%d")
+
+
+@FAST
+@given(
+    capacity=st.integers(1, 50),
+    per_minute=st.integers(1, 50),
+    ops=st.lists(
+        st.one_of(
+            st.tuples(st.just("advance"), steps),
+            st.tuples(st.just("take"), st.integers(1, 10)),
+        ),
+        max_size=60,
+    ),
+)
+def test_token_bucket_bound(
+    capacity: int, per_minute: int, ops: list[tuple[str, float | int]]
+) -> None:
+    """The weaker bucket guarantee: over any [a, b], taken <= capacity + (b - a) * rate."""
+    rate = per_minute / W
+    bucket = TokenBucket(capacity, rate, now=0.0)
+    now = 0.0
+    taken: list[tuple[float, int]] = []
+    for kind, value in ops:
+        if kind == "advance":
+            now += value
+        elif bucket.try_take(int(value), now):
+            taken.append((now, int(value)))
+    for i, (a, _) in enumerate(taken):
+        for b, _ in taken[i:]:
+            total = sum(n for t, n in taken if a <= t <= b)
+            assert total <= capacity + (b - a) * rate + 1e-6
