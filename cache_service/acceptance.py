@@ -31,6 +31,9 @@ class AcceptConfig:
     check_numbers: bool = True
     check_quoted: bool = True
     check_negation: bool = True
+    # "Why do deer make sounds?" and "How do deer make sounds?" want different answers; "how"
+    # and "what" are left out because "How do I X" / "What is the way to X" are paraphrases.
+    check_question_word: bool = True
     # Content words present on one side only (after light stemming). A substitution
     # ("Spain" -> "Colombia") or an added qualifier ("cartoon face") changes what is asked.
     max_unmatched_words: int = 0
@@ -38,6 +41,9 @@ class AcceptConfig:
     # ("from A to B" -> "from B to A"); moving a whole clause keeps most bigrams intact.
     check_word_order: bool = True
     max_broken_bigrams: int = 1
+    # Heavy rewording breaks bigrams without any role swap, so only near-identical word bags
+    # (at most this many content words on one side only) are checked for order.
+    order_max_unmatched: int = 2
 
 
 @dataclass(frozen=True)
@@ -336,6 +342,15 @@ def _negated(words: list[str]) -> bool:
         "have", "has", "had", "ca"})) % 2 == 1  # fmt: skip
 
 
+_QUESTION_WORDS = frozenset({"why", "where", "who", "whom", "whose", "when", "which"})
+
+
+def _wh(words: list[str]) -> frozenset[str]:
+    # Only the leading question word decides what kind of answer is wanted; a "which" or
+    # "when" deep inside a clause ("the year when ...") does not.
+    return frozenset(w for w in words[:3] if w in _QUESTION_WORDS)
+
+
 @dataclass(frozen=True)
 class Comparison:
     """The lexical differences between two prompts that the guards act on."""
@@ -345,6 +360,7 @@ class Comparison:
     numbers_differ: bool
     quoted_differ: bool
     negation_differs: bool
+    question_word_differs: bool
     unmatched_a: tuple[str, ...]
     unmatched_b: tuple[str, ...]
     broken_bigrams: int
@@ -383,6 +399,7 @@ def compare(a: str, b: str) -> Comparison:
         numbers_differ=_numbers(wa) != _numbers(wb),
         quoted_differ=_quoted(a) != _quoted(b),
         negation_differs=_negated(wa) != _negated(wb),
+        question_word_differs=_wh(wa) != _wh(wb),
         unmatched_a=tuple(sorted(sa - sb)),
         unmatched_b=tuple(sorted(sb - sa)),
         broken_bigrams=min(broken, broken_b),
@@ -411,8 +428,14 @@ def decide(c: Comparison, similarity: float, config: AcceptConfig) -> Decision:
         return Decision(False, "quoted_differ")
     if config.check_negation and c.negation_differs:
         return Decision(False, "negation_mismatch")
+    if config.check_question_word and c.question_word_differs:
+        return Decision(False, "question_word_differs")
     if len(c.unmatched_a) + len(c.unmatched_b) > config.max_unmatched_words:
         return Decision(False, "content_words_differ")
-    if config.check_word_order and c.broken_bigrams > config.max_broken_bigrams:
+    if (
+        config.check_word_order
+        and c.broken_bigrams > config.max_broken_bigrams
+        and len(c.unmatched_a) + len(c.unmatched_b) <= config.order_max_unmatched
+    ):
         return Decision(False, "word_order_differs")
     return Decision(True, "ok")

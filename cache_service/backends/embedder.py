@@ -32,7 +32,7 @@ def bundled_model_path() -> Path:
 
 
 def onnx_path(model_dir: Path) -> Path:
-    return model_dir / manifest(model_dir)["onnx_dir"]
+    return model_dir / str(manifest(model_dir)["onnx_dir"])
 
 
 def _offline() -> None:

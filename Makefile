@@ -1,0 +1,44 @@
+# The two README commands: `make run` (sidecar + simulated upstream) and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+ONNX   := models/all-MiniLM-L6-v2-onnx/onnx/model.onnx
+
+.PHONY: setup run test lint bench bench-quality clean
+
+setup: $(STAMP) $(ONNX)
+
+# torch is pinned and installed first: pip then takes the CPU wheel on this machine's disk
+# instead of resolving a multi-GB CUDA build for sentence-transformers.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+# Exported once from the bundled weights; serving then loads this file, never the hub.
+$(ONNX): $(STAMP) models/manifest.json
+	HF_HUB_OFFLINE=1 $(PY) -m cache_service export-model
+
+run: setup
+	$(PY) -m cache_service serve $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: setup lint
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) benchmarks/latency.py
+
+bench-quality: setup
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m benchmarks.quality.run
+
+clean:
+	rm -rf $(VENV) data models/all-MiniLM-L6-v2-onnx

@@ -1,0 +1,384 @@
+"""The whole request path in-process: real FAISS, real diskcache on tmp_path, the real
+pipeline and routes, the simulated upstream over ASGI; only the embedder is a fake."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from cache_service.settings import Settings
+from tests.conftest import Harness, harness
+from tests.fakes import FakeClock, HashingEmbedder
+
+Q = "How do I reset my password?"
+PARAPHRASE = "how do I reset my password"  # same words: the hashing embedder scores 1.0
+
+
+@pytest.fixture
+async def h(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+) -> AsyncIterator[Harness]:
+    async with harness(settings_factory(), embedder, clock) as h:
+        yield h
+
+
+def sse_events(text: str) -> list[Any]:
+    out: list[Any] = []
+    for block in text.split("\n\n"):
+        if block.startswith("data: "):
+            data = block[6:]
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+def content_of_stream(text: str) -> str:
+    parts = []
+    for e in sse_events(text):
+        if isinstance(e, dict):
+            for c in e.get("choices", []):
+                parts.append(c["delta"].get("content") or "")
+    return "".join(parts)
+
+
+async def test_miss_then_exact_then_semantic_hit(h: Harness) -> None:
+    miss = await h.chat(Q)
+    assert miss.status_code == 200
+    assert miss.headers["x-cache"] == "MISS"
+    assert miss.headers["x-cache-stored"] == "true"
+
+    exact = await h.chat(Q)
+    assert exact.headers["x-cache"] == "HIT"
+    assert exact.headers["x-cache-match"] == "exact"
+    assert exact.json() == miss.json()
+
+    semantic = await h.chat(PARAPHRASE)
+    assert semantic.headers["x-cache"] == "HIT"
+    assert semantic.headers["x-cache-match"] == "semantic"
+    assert float(semantic.headers["x-cache-similarity"]) > 0.99
+    assert semantic.headers["x-cache-entry"] == exact.headers["x-cache-entry"]
+    assert semantic.headers["age"] == "0"
+    assert semantic.json()["choices"] == miss.json()["choices"]
+    assert await h.upstream_calls() == 1
+
+
+async def test_scope_separates_model_system_params_tenant_and_turns(h: Harness) -> None:
+    await h.chat(Q)
+    variants: list[dict[str, Any]] = [
+        {"model": "gpt-4o"},
+        {"temperature": 1.5},
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+        {"response_format": {"type": "json_object"}},
+        {"headers": {"X-Cache-Namespace": "tenant-b"}},
+        {"headers": {"Authorization": "Bearer sk-other"}},
+    ]
+    for extra in variants:
+        r = await h.chat(Q, **extra)
+        assert r.headers["x-cache"] == "MISS", extra
+    with_system = await h.client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "gpt-4o-mini",
+            "messages": [
+                {"role": "system", "content": "Answer in French."},
+                {"role": "user", "content": Q},
+            ],
+        },
+    )
+    assert with_system.headers["x-cache"] == "MISS"
+    with_history = await h.client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "gpt-4o-mini",
+            "messages": [
+                {"role": "user", "content": "I use the mobile app."},
+                {"role": "assistant", "content": "OK."},
+                {"role": "user", "content": Q},
+            ],
+        },
+    )
+    assert with_history.headers["x-cache"] == "MISS"
+    assert await h.upstream_calls() == 1 + len(variants) + 2
+
+
+async def test_tenants_never_share_answers(h: Harness) -> None:
+    a = await h.chat(Q, headers={"X-Cache-Namespace": "a"})
+    b = await h.chat(Q, headers={"X-Cache-Namespace": "b"})
+    assert (a.headers["x-cache"], b.headers["x-cache"]) == ("MISS", "MISS")
+    assert (await h.chat(Q, headers={"X-Cache-Namespace": "a"})).headers["x-cache"] == "HIT"
+    # X-Project-Id is the tenant when no namespace is given.
+    p = await h.chat(Q, headers={"X-Project-Id": "a"})
+    assert p.headers["x-cache"] == "HIT"
+
+
+async def test_cache_control_no_cache_refreshes_and_no_store_skips(h: Harness) -> None:
+    first = await h.chat(Q)
+    refreshed = await h.chat(Q, headers={"Cache-Control": "no-cache"})
+    assert refreshed.headers["x-cache"] == "BYPASS"
+    again = await h.chat(Q)
+    assert again.headers["x-cache"] == "HIT"
+    assert again.headers["x-cache-entry"] != first.headers.get("x-cache-entry")
+
+    nostore = await h.chat("a question nobody asked", headers={"Cache-Control": "no-store"})
+    assert nostore.headers["x-cache"] == "BYPASS"
+    after = await h.chat("a question nobody asked")
+    assert after.headers["x-cache"] == "MISS"
+    assert await h.upstream_calls() == 4
+
+
+async def test_ttl_header_expires_entry(h: Harness, clock: FakeClock) -> None:
+    await h.chat(Q, headers={"X-Cache-TTL": "10"})
+    clock.advance(9)
+    assert (await h.chat(Q)).headers["x-cache"] == "HIT"
+    clock.advance(2)
+    assert (await h.chat(Q)).headers["x-cache"] == "MISS"
+    assert (await h.chat(PARAPHRASE)).headers["x-cache"] == "HIT"  # the fresh entry
+
+
+async def test_bad_ttl_is_a_clear_400(h: Harness) -> None:
+    r = await h.chat(Q, headers={"X-Cache-TTL": "soon"})
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "X-Cache-TTL"
+
+
+@pytest.mark.parametrize("fault", ["500", "503", "429"])
+async def test_upstream_errors_are_relayed_and_never_cached(h: Harness, fault: str) -> None:
+    await h.faults(fault, retry_after=1)
+    r = await h.chat(Q)
+    assert r.status_code == int(fault)
+    assert "error" in r.json()
+    assert r.headers["x-cache-stored"] == "false"
+    if fault == "429":
+        assert r.headers["retry-after"] == "1"
+    ok = await h.chat(Q)
+    assert ok.status_code == 200
+    assert ok.headers["x-cache"] == "MISS"
+    stats = (await h.client.get("/v1/cache/stats")).json()["total"]
+    assert stats["errors"] == 1
+
+
+async def test_unstorable_answers(h: Harness) -> None:
+    n2 = await h.chat(Q, n=2)
+    assert n2.headers["x-cache"] == "BYPASS"
+    truncated = await h.chat("tell me a long story", max_tokens=3)
+    assert truncated.json()["choices"][0]["finish_reason"] == "length"
+    assert truncated.headers["x-cache-stored"] == "false"
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]
+    called = await h.chat("weather?", tools=tools, tool_choice="required")
+    assert called.json()["choices"][0]["message"]["tool_calls"]
+    assert called.headers["x-cache-stored"] == "false"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"[1, 2]", 400, "JSON object"),
+        (b"", 400, "empty"),
+        (json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode(), 400, "model"),
+        (json.dumps({"model": "m", "messages": []}).encode(), 400, "messages"),
+        (json.dumps({"model": "m", "messages": [{"role": "wizard"}]}).encode(), 400, "role"),
+        (json.dumps({"model": 5, "messages": [{"role": "user"}]}).encode(), 400, "model"),
+        (
+            json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 0}),
+            400,
+            "n",
+        ),
+    ],
+)
+async def test_bad_input_gets_openai_style_error(
+    h: Harness, body: bytes | str, status: int, needle: str
+) -> None:
+    r = await h.client.post(
+        "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == status
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error"
+    assert needle in err["message"]
+    assert await h.upstream_calls() == 0
+
+
+async def test_oversized_body_is_413(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+) -> None:
+    async with harness(settings_factory(max_body_bytes=2048), embedder, clock) as h:
+        r = await h.chat("x" * 5000)
+        assert r.status_code == 413
+        assert r.json()["error"]["code"] == "request_too_large"
+        assert await h.upstream_calls() == 0
+
+
+async def test_threshold_header_cannot_go_below_floor(h: Harness) -> None:
+    r = await h.chat(Q, headers={"X-Cache-Threshold": "0.1"})
+    assert r.status_code == 400
+    assert "floor" in r.json()["error"]["message"]
+    await h.chat(Q)
+    strict = await h.chat(PARAPHRASE, headers={"X-Cache-Threshold": "1.0"})
+    assert strict.headers["x-cache"] in ("HIT", "MISS")  # 1.0 is allowed, just strict
+
+
+async def test_streaming_miss_then_streaming_hit(h: Harness) -> None:
+    plain = await h.chat("what is a token bucket?")
+    miss = await h.chat(Q, stream=True)
+    assert miss.headers["x-cache"] == "MISS"
+    assert miss.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(miss.text)
+    assert events[-1] == "[DONE]"
+    # usage was requested upstream for accounting, but the caller did not ask for it
+    assert all(e.get("choices") for e in events if isinstance(e, dict))
+    streamed = content_of_stream(miss.text)
+
+    hit = await h.chat(Q, stream=True, stream_options={"include_usage": True})
+    assert hit.headers["x-cache"] == "HIT"
+    assert content_of_stream(hit.text) == streamed
+    hit_events = sse_events(hit.text)
+    assert hit_events[-1] == "[DONE]"
+    assert hit_events[-2]["usage"]["completion_tokens"] > 0
+
+    as_json = await h.chat(PARAPHRASE)
+    assert as_json.headers["x-cache"] == "HIT"
+    assert as_json.json()["choices"][0]["message"]["content"] == streamed
+    assert plain.headers["x-cache"] == "MISS"
+
+
+async def test_dropped_stream_is_not_stored(h: Harness) -> None:
+    await h.faults("drop")
+    broken = await h.chat(Q, stream=True)
+    assert "[DONE]" not in broken.text
+    after = await h.chat(Q)
+    assert after.headers["x-cache"] == "MISS"
+
+
+async def test_identical_concurrent_misses_make_one_upstream_call(h: Harness) -> None:
+    await h.sim.post("/_sim/config", json={"latency_ms": 200})
+    responses = await asyncio.gather(*(h.chat(Q) for _ in range(20)))
+    assert {r.status_code for r in responses} == {200}
+    assert len({r.json()["choices"][0]["message"]["content"] for r in responses}) == 1
+    assert sum(r.headers.get("x-cache-coalesced") == "true" for r in responses) == 19
+    assert await h.upstream_calls() == 1
+
+
+async def test_unreachable_upstream_is_502(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+) -> None:
+    from cache_service.app import create_app
+    from cache_service.backends.upstream import HttpUpstream
+
+    upstream = HttpUpstream("http://127.0.0.1:9/v1", timeout_s=2, connect_timeout_s=1)
+    app = create_app(settings_factory(), embedder=embedder, upstream=upstream, clock=clock)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://s") as c,
+    ):
+        r = await c.post(
+            "/v1/chat/completions",
+            json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        assert r.status_code == 502
+        assert r.json()["error"]["code"] == "upstream_unavailable"
+
+
+async def test_lookup_store_and_invalidate_api(h: Harness) -> None:
+    miss = await h.client.post("/v1/cache/lookup", json={"model": "m", "prompt": Q})
+    assert miss.json()["hit"] is False
+    stored = await h.client.post(
+        "/v1/cache/store",
+        json={"model": "m", "prompt": Q, "response": {"text": "Use the reset link."}, "ttl": 60},
+    )
+    assert stored.status_code == 201
+    entry_id = stored.json()["entry_id"]
+    hit = await h.client.post("/v1/cache/lookup", json={"model": "m", "prompt": PARAPHRASE})
+    body = hit.json()
+    assert body["hit"] is True
+    assert body["match"] == "semantic"
+    assert body["entry_id"] == entry_id
+    assert body["response"] == {"value": {"text": "Use the reset link."}}
+    other_ns = await h.client.post(
+        "/v1/cache/lookup", json={"model": "m", "prompt": Q, "namespace": "other"}
+    )
+    assert other_ns.json()["hit"] is False
+    # the proxy never serves what the lookup API stored
+    assert (await h.chat(Q)).headers["x-cache"] == "MISS"
+
+    low = await h.client.post(
+        "/v1/cache/lookup", json={"model": "m", "prompt": Q, "threshold": 0.01}
+    )
+    assert low.status_code == 400
+    both = await h.client.post(
+        "/v1/cache/lookup", json={"model": "m", "prompt": Q, "messages": [{"role": "user"}]}
+    )
+    assert both.status_code == 400
+
+    deleted = await h.client.delete(f"/v1/cache/entries/{entry_id}")
+    assert deleted.json()["deleted"] == 1
+    assert (await h.client.delete(f"/v1/cache/entries/{entry_id}")).status_code == 404
+    gone = await h.client.post("/v1/cache/lookup", json={"model": "m", "prompt": Q})
+    assert gone.json()["hit"] is False
+
+
+async def test_invalidate_by_namespace_and_model(h: Harness) -> None:
+    await h.chat(Q, headers={"X-Cache-Namespace": "a"})
+    await h.chat(Q, headers={"X-Cache-Namespace": "b"})
+    assert (await h.client.delete("/v1/cache")).status_code == 400
+    r = await h.client.delete("/v1/cache", params={"namespace": "a"})
+    assert r.json()["deleted"] == 1
+    assert (await h.chat(Q, headers={"X-Cache-Namespace": "a"})).headers["x-cache"] == "MISS"
+    assert (await h.chat(Q, headers={"X-Cache-Namespace": "b"})).headers["x-cache"] == "HIT"
+    r = await h.client.delete("/v1/cache", params={"model": "gpt-4o-mini"})
+    assert r.json()["deleted"] == 2
+
+
+async def test_stats_count_outcomes_tokens_and_dollars(h: Harness) -> None:
+    miss = await h.chat(Q)
+    await h.chat(Q)
+    await h.chat(PARAPHRASE)
+    await h.chat(Q, headers={"Cache-Control": "no-store"})
+    usage = miss.json()["usage"]
+    stats = (await h.client.get("/v1/cache/stats")).json()
+    t = stats["total"]
+    assert (t["requests"], t["exact_hits"], t["semantic_hits"], t["misses"], t["bypasses"]) == (
+        4,
+        1,
+        1,
+        1,
+        1,
+    )
+    assert t["hit_rate"] == pytest.approx(2 / 3, abs=1e-3)
+    assert t["prompt_tokens_saved"] == 2 * usage["prompt_tokens"]
+    assert t["completion_tokens_saved"] == 2 * usage["completion_tokens"]
+    # gpt-4o-mini: $0.15 / $0.60 per million tokens
+    expected = 2 * (usage["prompt_tokens"] * 0.15 + usage["completion_tokens"] * 0.60) / 1e6
+    assert t["dollars_saved"] == pytest.approx(expected, rel=1e-3)
+    assert stats["by_model"]["gpt-4o-mini"]["requests"] == 4
+    assert "anonymous" in stats["by_namespace"]
+
+
+async def test_anthropic_messages_are_cached(h: Harness) -> None:
+    body = {
+        "model": "claude-3-5-haiku",
+        "max_tokens": 200,
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": Q}],
+    }
+    first = await h.client.post("/v1/messages", json=body)
+    assert first.status_code == 200, first.text
+    assert first.headers["x-cache"] == "MISS"
+    second = await h.client.post("/v1/messages", json=body)
+    assert second.headers["x-cache"] == "HIT"
+    assert second.json()["content"] == first.json()["content"]
+    other_system = await h.client.post("/v1/messages", json={**body, "system": "Be verbose."})
+    assert other_system.headers["x-cache"] == "MISS"
+    missing = await h.client.post("/v1/messages", json={"model": "c", "messages": []})
+    assert missing.status_code == 400
+
+
+async def test_health_and_readiness(h: Harness) -> None:
+    assert (await h.client.get("/healthz")).json() == {"status": "ok"}
+    ready = await h.client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["index_ready"] is True

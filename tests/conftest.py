@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from cache_service.app import create_app
+from cache_service.backends.simulated import create_simulated_app
+from cache_service.backends.upstream import HttpUpstream
+from cache_service.settings import Settings, load_settings
+from tests.fakes import FakeClock, HashingEmbedder
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def embedder() -> HashingEmbedder:
+    return HashingEmbedder()
+
+
+@pytest.fixture
+def settings_factory(tmp_path: Path) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        return load_settings(None, data_dir=tmp_path / "data", **overrides)
+
+    return make
+
+
+class Harness:
+    """A sidecar app in-process (real store, index, pipeline; hashing embedder) in front
+    of the simulated upstream, both over ASGI, plus handles on each."""
+
+    def __init__(self, client: httpx.AsyncClient, sim: httpx.AsyncClient, app: FastAPI) -> None:
+        self.client = client
+        self.sim = sim
+        self.app = app
+
+    async def chat(self, content: str, **extra: Any) -> httpx.Response:
+        headers = extra.pop("headers", None)
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]}
+        body.update(extra)
+        return await self.client.post("/v1/chat/completions", json=body, headers=headers)
+
+    async def upstream_calls(self) -> int:
+        r = await self.sim.get("/_sim/stats")
+        calls: int = r.json()["requests"]
+        return calls
+
+    async def faults(self, *faults: str, **opts: Any) -> None:
+        r = await self.sim.post("/_sim/faults", json={"faults": list(faults), **opts})
+        assert r.status_code == 200, r.text
+
+
+@contextlib.asynccontextmanager
+async def harness(
+    settings: Settings, embedder: HashingEmbedder, clock: FakeClock, upstream_url: str | None = None
+) -> AsyncIterator[Harness]:
+    sim_app = create_simulated_app()
+    sim_transport = httpx.ASGITransport(app=sim_app)
+    upstream = HttpUpstream(upstream_url or "http://sim/v1", transport=sim_transport, timeout_s=2)
+    app = create_app(settings, embedder=embedder, upstream=upstream, clock=clock)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sidecar") as c,
+        httpx.AsyncClient(transport=sim_transport, base_url="http://sim") as sim,
+    ):
+        for _ in range(200):
+            if (await c.get("/readyz")).status_code == 200:
+                break
+            await asyncio.sleep(0.01)
+        yield Harness(c, sim, app)

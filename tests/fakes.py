@@ -1,0 +1,50 @@
+"""Fakes for the protocol seams only: a clock to move and a cheap embedder."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from cache_service.protocols import Vector
+
+
+class FakeClock:
+    def __init__(self, start: float = 1_795_000_000.0) -> None:
+        self.t = start
+        self.m = 1000.0
+
+    def now(self) -> float:
+        return self.t
+
+    def monotonic(self) -> float:
+        return self.m
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+        self.m += seconds
+
+
+class HashingEmbedder:
+    """Bag of lower-cased words hashed into 384 signed dimensions: texts with the same
+    words embed identically, texts sharing most words score high, unrelated texts near 0.
+    Stands in for MiniLM where a test is about plumbing, not about meaning."""
+
+    dim = 384
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def embed(self, texts: Sequence[str]) -> Vector:
+        self.calls += 1
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in re.findall(r"\w+", text.lower()):
+                h = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "big")
+                out[row, h % self.dim] += 1.0 if (h >> 32) & 1 else -1.0
+            norm = np.linalg.norm(out[row])
+            if norm:
+                out[row] /= norm
+        return out
