@@ -99,8 +99,15 @@ class Pipeline:
     # ---------------------------------------------------------------- entry points
 
     def context(
-        self, flavor: Flavor, body: dict[str, Any], headers: dict[str, str], request_id: str
+        self,
+        flavor: Flavor,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        request_id: str,
+        keys: RequestKeys | None = None,
     ) -> Ctx:
+        """Everything the pipeline needs from a request; `keys` when the caller (the
+        cache-lookup API) derived them itself."""
         st = self.s.settings
         try:
             directives = parse_directives(
@@ -112,14 +119,14 @@ class Pipeline:
         except DirectiveError as e:
             raise BadRequest(str(e), param="X-Cache-TTL") from e
         threshold = self.threshold(headers.get("x-cache-threshold"), param="X-Cache-Threshold")
-        system = body.get("system") if flavor is ANTHROPIC else None
-        keys = build_keys(
-            body,
-            tenant_of(headers),
-            system=system,
-            api=flavor.api,
-            max_semantic_chars=st.semantic_max_chars,
-        )
+        if keys is None:
+            keys = build_keys(
+                body,
+                tenant_of(headers),
+                system=body.get("system") if flavor is ANTHROPIC else None,
+                api=flavor.api,
+                max_semantic_chars=st.semantic_max_chars,
+            )
         return Ctx(
             flavor, body, headers, keys, directives, threshold, request_id, time.perf_counter()
         )

@@ -44,8 +44,8 @@ class Counters:
         eligible = hits + self.misses
         d["hits"] = hits
         d["hit_rate"] = round(hits / eligible, 4) if eligible else 0.0
-        d["dollars_saved"] = round(self.dollars_saved, 6)
-        d["dollars_spent"] = round(self.dollars_spent, 6)
+        d["dollars_saved"] = round(self.dollars_saved, 10)
+        d["dollars_spent"] = round(self.dollars_spent, 10)
         return d
 
 

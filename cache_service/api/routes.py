@@ -125,10 +125,8 @@ async def cache_lookup(request: Request) -> JSONResponse:
     threshold = pipeline.threshold(req.threshold, param="threshold")
     headers = lower_headers(request)
     keys = _api_keys(pipeline, req, headers)
-    ctx = pipeline.context(
-        OPENAI, {"model": req.model, "messages": []}, headers, request_id(request)
-    )
-    ctx.keys, ctx.threshold = keys, threshold
+    ctx = pipeline.context(OPENAI, data, headers, request_id(request), keys=keys)
+    ctx.threshold = threshold
     found = await pipeline.lookup(ctx)
     if found is None or found.entry is None:
         pipeline.record(ctx, Outcome.MISS, 0, 0)

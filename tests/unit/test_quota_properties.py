@@ -66,6 +66,8 @@ class Admitted:
     overrun: int = 0
 
 
+EDGE_OFFSETS = [-1e-3, -1e-6, 0.0, 1e-6, 1e-3]
+
 reserve = st.tuples(
     st.just("reserve"),
     st.sampled_from([(P,), (G,), (P, G)]),
@@ -74,6 +76,9 @@ reserve = st.tuples(
 rate_ops = st.lists(
     st.one_of(
         st.tuples(st.just("advance"), steps),
+        # Jump to just before / at / after an earlier admission's window edge, where an
+        # off-by-a-little window would show.
+        st.tuples(st.just("edge"), st.integers(0, 1000), st.sampled_from(EDGE_OFFSETS)),
         # Bursts: limits are only tested when they are full.
         st.lists(reserve, min_size=1, max_size=6),
         reserve,
@@ -115,6 +120,12 @@ def test_every_60s_window_respects_rpm_and_tpm(
         if op[0] == "advance":
             assert isinstance(op[1], float)
             clock.advance(op[1])
+        elif op[0] == "edge":
+            if log:
+                index, offset = op[1], op[2]
+                assert isinstance(index, int) and isinstance(offset, float)
+                target = log[index % len(log)].at + W + offset
+                clock.advance(max(0.0, target - clock.mono))
         elif op[0] == "reserve":
             scopes, tokens = op[1], op[2]
             assert isinstance(scopes, tuple) and isinstance(tokens, int)
