@@ -46,7 +46,7 @@ against."""
 LimitName = Literal["rpm", "tpm", "daily_budget", "monthly_budget"]
 Period = Literal["day", "month"]
 
-WINDOW_S = 59.99
+WINDOW_S = 59.9999999
 
 # A budget refused only because of in-flight holds may free up as soon as those settle below
 # their estimate, which could be any moment: suggest a short retry, not the window reset.

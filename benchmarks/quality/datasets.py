@@ -99,9 +99,7 @@ def load_pairs(path: str | Path, fmt: Format) -> list[Pair]:
     raise ValueError(f"unknown format {fmt!r}")
 
 
-def split_sample(
-    pairs: Sequence[Pair], n: int, seed: int = 0, parts: int = 2
-) -> list[list[Pair]]:
+def split_sample(pairs: Sequence[Pair], n: int, seed: int = 0, parts: int = 2) -> list[list[Pair]]:
     """``parts`` disjoint random samples of ``n`` pairs each (fixed seed → reproducible)."""
     idx = list(range(len(pairs)))
     random.Random(seed).shuffle(idx)

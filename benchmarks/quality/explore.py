@@ -82,10 +82,13 @@ def main() -> None:
         for vname, kw in variants.items():
             cfg = dataclasses.replace(base, threshold=t, **kw)
             r = evaluate(data, cfg)
-            print(f"t={t:.2f} {vname:14s} " + " | ".join(
-                f"{n[:6]} P={q.precision:.3f} R={q.recall:.3f} N={q.negatives_served:.3f}"
-                for n, q in r.items()
-            ))
+            print(
+                f"t={t:.2f} {vname:14s} "
+                + " | ".join(
+                    f"{n[:6]} P={q.precision:.3f} R={q.recall:.3f} N={q.negatives_served:.3f}"
+                    for n, q in r.items()
+                )
+            )
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ import numpy as np
 from benchmarks.quality.datasets import standard_sets
 from benchmarks.quality.embed_cache import CACHE_DIR, cached_similarities, load_model
 
-STOP_PIECES = {"[CLS]", "[SEP]", "?", ".", ",", "the", "a", "an", "is", "are", "of", "to", "in",
-               "do", "does", "i", "how", "what", "can", "for", "and", "my", "be", "it", "you"}  # fmt: skip
+STOP_PIECES = {"[CLS]", "[SEP]", "?", ".", ","} | set(
+    "the a an is are of to in do does i how what can for and my be it you".split()  # noqa: SIM905
+)
 
 
 def pair_features(ta: np.ndarray, tb: np.ndarray, ka: np.ndarray, kb: np.ndarray) -> list[float]:

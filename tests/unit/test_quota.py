@@ -358,7 +358,9 @@ def test_burst_of_100_against_rpm_10_admits_exactly_10_in_the_minute(
     assert first_denial.retryable
     assert first_denial.retry_after_s == pytest.approx(60.0)
     assert first_denial.retry_after_header() == "60"
-    assert first_denial.message == "project 'default' is over its requests-per-minute limit (rpm=10)"
+    assert (
+        first_denial.message == "project 'default' is over its requests-per-minute limit (rpm=10)"
+    )
     for r in results[:10]:
         qm.settle(admitted(r), 10, 0.0)
     # The rest of that minute admits nothing, however often the waiters retry.
@@ -753,7 +755,11 @@ def test_import_keeps_larger_existing_spend(qm: QuotaManager, clock: FakeClock) 
         {
             "version": 1,
             "scopes": [
-                {"kind": "project", "name": "default", "daily": {"window": "2026-11-22", "spent_usd": 0.1}}
+                {
+                    "kind": "project",
+                    "name": "default",
+                    "daily": {"window": "2026-11-22", "spent_usd": 0.1},
+                }
             ],
         }
     )
@@ -778,7 +784,9 @@ def test_import_keeps_larger_existing_spend(qm: QuotaManager, clock: FakeClock) 
         },
         {
             "version": 1,
-            "scopes": [{"kind": "p", "name": "y", "monthly": {"window": "2026-11", "spent_usd": -1}}],
+            "scopes": [
+                {"kind": "p", "name": "y", "monthly": {"window": "2026-11", "spent_usd": -1}}
+            ],
         },
     ],
 )
@@ -794,7 +802,9 @@ def test_import_of_another_window_creates_no_scope(qm: QuotaManager) -> None:
     qm.import_spend(
         {
             "version": 1,
-            "scopes": [{"kind": "p", "name": "x", "daily": {"window": "2026-11-21", "spent_usd": 1}}],
+            "scopes": [
+                {"kind": "p", "name": "x", "daily": {"window": "2026-11-21", "spent_usd": 1}}
+            ],
         }
     )
     assert qm.scopes() == []
@@ -857,7 +867,9 @@ def test_manager_check_alerts_uses_actual_spend(qm: QuotaManager, clock: FakeClo
     assert qm.check_alerts(tracker) == []  # held, not spent
     qm.settle(r, 10, 0.85)
     alerts = qm.check_alerts(tracker)
-    assert [(a.scope_kind, a.limit, a.threshold) for a in alerts] == [("project", "daily_budget", 0.8)]
+    assert [(a.scope_kind, a.limit, a.threshold) for a in alerts] == [
+        ("project", "daily_budget", 0.8)
+    ]
     assert qm.check_alerts(tracker) == []
     clock.advance(86_400)
     assert qm.check_alerts(tracker) == []

@@ -82,9 +82,7 @@ rate_ops = st.lists(
         # Bursts: limits are only tested when they are full.
         st.lists(reserve, min_size=1, max_size=6),
         reserve,
-        st.tuples(
-            st.just("settle"), st.integers(0, 1000), st.integers(min_value=0, max_value=600)
-        ),
+        st.tuples(st.just("settle"), st.integers(0, 1000), st.integers(min_value=0, max_value=600)),
         st.tuples(st.just("release"), st.integers(0, 1000)),
     ),
     max_size=80,
