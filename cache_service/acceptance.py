@@ -113,12 +113,15 @@ def _words(text: str) -> list[str]:
 
 
 def _stem(w: str) -> str:
-    # Crude suffix stripping: enough that "studying"/"study" or "books"/"book" match; exact
-    # morphology is not needed because unmatched words are compared on both sides.
-    for suf in ("ies", "ing", "ed", "es", "ly", "s"):
-        if w.endswith(suf) and len(w) - len(suf) >= 3:
-            w = w[: -len(suf)]
-            break
+    # Crude suffix stripping plus a 6-letter prefix: enough that "studying"/"study",
+    # "shoes"/"shoe" or "libraries"/"library" match; exact morphology is not needed.
+    if w.endswith("ies") and len(w) > 4:
+        w = w[:-3] + "y"
+    else:
+        for suf in ("ing", "ed", "ly", "s"):
+            if w.endswith(suf) and not w.endswith("ss") and len(w) - len(suf) >= 3:
+                w = w[: -len(suf)]
+                break
     return w[:6]
 
 

@@ -29,7 +29,11 @@ class Settings(BaseSettings):
     """Every knob of the sidecar. Attribute docs double as the README's settings table."""
 
     model_config = SettingsConfigDict(
-        env_prefix="CACHE_", env_nested_delimiter="__", extra="forbid", validate_default=True
+        env_prefix="CACHE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+        use_attribute_docstrings=True,
     )
 
     # --- serving
@@ -64,10 +68,12 @@ class Settings(BaseSettings):
     prompts that differ only past that window would look identical to it."""
 
     # --- matching
-    similarity_threshold: float = Field(0.86, gt=0, le=1)
-    """Cosine similarity a candidate must reach before the acceptance guards look at it."""
-    min_threshold: float = Field(0.80, gt=0, le=1)
-    """Floor for per-request thresholds: a caller may ask for stricter, never looser."""
+    similarity_threshold: float = Field(0.92, gt=0, le=1)
+    """Cosine similarity a candidate must reach before the acceptance guards look at it
+    (chosen by measurement: benchmarks/quality)."""
+    min_threshold: float = Field(0.92, gt=0, le=1)
+    """Floor for per-request thresholds: a caller may ask for stricter, never looser. Lower
+    it to let callers opt into looser matching."""
     search_k: int = Field(4, ge=1, le=64)
     """Candidates read per semantic lookup; the best accepted one wins."""
     cache_tool_calls: bool = False
