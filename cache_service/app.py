@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -26,10 +28,12 @@ from cache_service.backends.upstream import HttpUpstream
 from cache_service.cache import SemanticCache
 from cache_service.embedding import EmbeddingBatcher
 from cache_service.errors import ServiceError, error_body
+from cache_service.forwarder import Forwarder, Slot, SpendLedger
 from cache_service.pipeline import Pipeline, Services
 from cache_service.pricing import PriceTable
 from cache_service.protocols import Clock, Embedder, EntryStore, SystemClock, Upstream
-from cache_service.settings import ConfigError, Settings
+from cache_service.resilience import CircuitBreaker
+from cache_service.settings import ConfigError, Settings, UpstreamSetting
 from cache_service.stats import Stats
 
 log = logging.getLogger("cache_service")
@@ -39,11 +43,11 @@ def create_app(
     settings: Settings,
     *,
     embedder: Embedder | None = None,
-    upstream: Upstream | None = None,
+    upstream: Upstream | dict[str, Upstream] | None = None,
     store: EntryStore | None = None,
     clock: Clock | None = None,
 ) -> FastAPI:
-    if upstream is None and settings.upstream_url is None:
+    if upstream is None and settings.upstream_url is None and not settings.upstreams:
         raise ConfigError("no upstream: set upstream_url (or run `serve`, which simulates one)")
 
     @contextlib.asynccontextmanager
@@ -67,22 +71,26 @@ def create_app(
             AcceptConfig(threshold=settings.similarity_threshold),
             search_k=settings.search_k,
         )
-        the_upstream = upstream or HttpUpstream(
-            settings.upstream_url or "",
-            api_key=settings.upstream_api_key,
-            timeout_s=settings.upstream_timeout_s,
-            connect_timeout_s=settings.upstream_connect_timeout_s,
+        slots = _slots(settings, upstream, the_clock)
+        prices = PriceTable.with_overrides({k: v.model_dump() for k, v in settings.prices.items()})
+        webhook = _webhook(settings.alerts.webhook_url)
+        forwarder = Forwarder(
+            settings,
+            slots,
+            clock=the_clock,
+            prices=prices,
+            count_tokens=await asyncio.to_thread(_token_counter),
+            ledger=SpendLedger(settings.data_dir / "spend.json"),
+            on_alert=webhook,
         )
         batcher = EmbeddingBatcher(the_embedder, max_batch=settings.embed_batch_max)
         services = Services(
             settings=settings,
             cache=cache,
             batcher=batcher,
-            upstream=the_upstream,
+            forwarder=forwarder,
             stats=Stats(),
-            prices=PriceTable.with_overrides(
-                {k: v.model_dump() for k, v in settings.prices.items()}
-            ),
+            prices=prices,
             clock=the_clock,
         )
         app.state.pipeline = Pipeline(services)
@@ -96,7 +104,8 @@ def create_app(
             for task in (rebuild, sweeper):
                 task.cancel()
             await asyncio.gather(rebuild, sweeper, return_exceptions=True)
-            await the_upstream.aclose()
+            for slot in slots:
+                await slot.client.aclose()
             batcher.close()
             the_store.close()
 
@@ -108,6 +117,53 @@ def create_app(
     app.include_router(router)
     _install_error_handlers(app)
     return app
+
+
+def _slots(
+    settings: Settings, injected: Upstream | dict[str, Upstream] | None, clock: Clock
+) -> list[Slot]:
+    """The fallback chain: configured upstreams in order, or one "primary" at upstream_url.
+    Tests inject clients by upstream name (or one client for "primary")."""
+    by_name = injected if isinstance(injected, dict) else {}
+    configured = settings.upstreams or [
+        UpstreamSetting(name="primary", base_url=settings.upstream_url or "http://unset")
+    ]
+    slots = []
+    for u in configured:
+        client = by_name.get(u.name)
+        if client is None and injected is not None and not isinstance(injected, dict):
+            client = injected
+        if client is None:
+            key = os.environ.get(u.api_key_env) if u.api_key_env else None
+            client = HttpUpstream(
+                u.base_url,
+                api_key=key or settings.upstream_api_key,
+                timeout_s=settings.upstream_timeout_s,
+                connect_timeout_s=settings.upstream_connect_timeout_s,
+            )
+        breaker = CircuitBreaker(clock, settings.breaker_failures, settings.breaker_cooldown_s)
+        slots.append(Slot(u.name, client, u.models, breaker))
+    return slots
+
+
+def _webhook(url: str | None) -> Callable[[dict[str, Any]], Coroutine[Any, Any, None]] | None:
+    if not url:
+        return None
+
+    async def post(payload: dict[str, Any]) -> None:
+        try:
+            async with httpx.AsyncClient(timeout=5) as client:
+                await client.post(url, json=payload)
+        except httpx.HTTPError:
+            log.warning("alert webhook failed", extra={"url": url})
+
+    return post
+
+
+def _token_counter() -> Callable[[str], int]:
+    from cache_service.backends.embedder import load_token_counter
+
+    return load_token_counter()
 
 
 def _load_embedder(settings: Settings) -> Embedder:

@@ -20,6 +20,7 @@ from cache_service import sse
 from cache_service.cache import Lookup, SemanticCache
 from cache_service.embedding import EmbeddingBatcher
 from cache_service.errors import BadRequest, ServiceError, error_body
+from cache_service.forwarder import Forwarder, Ticket
 from cache_service.policy import (
     CacheDirectives,
     DirectiveError,
@@ -29,7 +30,7 @@ from cache_service.policy import (
     store_refusal,
 )
 from cache_service.pricing import PriceTable
-from cache_service.protocols import Clock, Entry, Upstream, UpstreamResponse, Vector
+from cache_service.protocols import Clock, Entry, UpstreamResponse, Vector
 from cache_service.scope import RequestKeys, build_keys, tenant_of
 from cache_service.settings import Settings
 from cache_service.stats import Outcome, Stats
@@ -68,11 +69,12 @@ class Services:
     settings: Settings
     cache: SemanticCache
     batcher: EmbeddingBatcher
-    upstream: Upstream
+    forwarder: Forwarder
     stats: Stats
     prices: PriceTable
     clock: Clock
     inflight: dict[str, asyncio.Future[UpstreamResponse]] = field(default_factory=dict)
+    """Exact key → the upstream call in flight for it (single flight)."""
 
 
 @dataclass(slots=True)
@@ -87,6 +89,7 @@ class Ctx:
     threshold: float | None
     request_id: str
     started: float
+    project: str = "default"
     vector: Vector | None = None
     embed_timeout: bool = False
     lookup: Lookup | None = None
@@ -127,8 +130,17 @@ class Pipeline:
                 api=flavor.api,
                 max_semantic_chars=st.semantic_max_chars,
             )
+        project = headers.get("x-project-id", "").strip() or "default"
         return Ctx(
-            flavor, body, headers, keys, directives, threshold, request_id, time.perf_counter()
+            flavor,
+            body,
+            headers,
+            keys,
+            directives,
+            threshold,
+            request_id,
+            time.perf_counter(),
+            project,
         )
 
     def threshold(self, raw: Any, *, param: str) -> float | None:
@@ -216,14 +228,14 @@ class Pipeline:
 
     # ---------------------------------------------------------------- misses
 
-    async def _fetch(self, ctx: Ctx) -> tuple[UpstreamResponse, bool]:
-        """Call upstream, or join an identical call already in flight (single flight).
-        Returns the answer and whether it was shared."""
+    async def _fetch(self, ctx: Ctx) -> tuple[UpstreamResponse, Ticket | None]:
+        """Call upstream under quota, or join an identical call already in flight (single
+        flight). Returns the answer and, when this request made the call, its ticket."""
         key = ctx.keys.exact_key
         shared = self.s.inflight.get(key) if ctx.directives.read else None
         if shared is not None:
             try:
-                return await asyncio.shield(shared), True
+                return await asyncio.shield(shared), None
             except asyncio.CancelledError:
                 if not shared.cancelled():
                     raise  # this request itself was cancelled
@@ -233,7 +245,9 @@ class Pipeline:
         if lead:
             self.s.inflight[key] = future
         try:
-            resp = await self.s.upstream.send(ctx.flavor.path, ctx.body, ctx.headers)
+            resp, ticket = await self.s.forwarder.send(
+                ctx.flavor.path, ctx.body, ctx.headers, ctx.project
+            )
         except asyncio.CancelledError:
             future.cancel()
             raise
@@ -246,11 +260,11 @@ class Pipeline:
         finally:
             if lead:
                 self.s.inflight.pop(key, None)
-        return resp, False
+        return resp, ticket
 
     async def _miss(self, ctx: Ctx, outcome: Outcome) -> Response:
         try:
-            resp, shared = await self._fetch(ctx)
+            resp, ticket = await self._fetch(ctx)
         except ServiceError:
             self.record(ctx, Outcome.ERROR, 0, 0)
             raise
@@ -259,9 +273,14 @@ class Pipeline:
         except ValueError:
             parsed = None
         # A shared answer was paid for (and stored) once, by the request that fetched it.
-        p, c = (0, 0) if shared else usage_of(parsed, ctx.flavor)
-        extra = {"x-cache-coalesced": "true"} if shared else {}
-        if ctx.directives.write and not shared:
+        p, c = (0, 0) if ticket is None else usage_of(parsed, ctx.flavor)
+        extra = self._ticket_headers(ticket) if ticket else {"x-cache-coalesced": "true"}
+        if ticket is not None:
+            if resp.status < 400:
+                self.s.forwarder.settle(ticket, p, c)
+            else:
+                self.s.forwarder.release(ticket)
+        if ctx.directives.write and ticket is not None and not ticket.downgraded_from:
             refusal = ctx.flavor.refusal(
                 resp.status, parsed, cache_tool_calls=self.s.settings.cache_tool_calls
             )
@@ -278,6 +297,12 @@ class Pipeline:
         headers = {**resp.headers, **extra, "x-cache": state, "x-request-id": ctx.request_id}
         self._add_lookup_headers(ctx, headers)
         return Response(resp.body, status_code=resp.status, media_type=JSON, headers=headers)
+
+    def _ticket_headers(self, ticket: Ticket) -> dict[str, str]:
+        headers = {**ticket.headers, "x-upstream": ticket.upstream}
+        if ticket.downgraded_from:
+            headers["x-model-downgraded"] = f"{ticket.downgraded_from} -> {ticket.model}"
+        return headers
 
     def _add_lookup_headers(self, ctx: Ctx, headers: dict[str, str]) -> None:
         if ctx.lookup is not None and ctx.lookup.best_rejected is not None:
@@ -321,12 +346,15 @@ class Pipeline:
             # Ask for usage anyway (to store and account it) and drop that chunk on relay.
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         try:
-            up = await self.s.upstream.stream(ctx.flavor.path, body, ctx.headers)
+            up, ticket = await self.s.forwarder.stream(
+                ctx.flavor.path, body, ctx.headers, ctx.project
+            )
         except ServiceError:
             self.record(ctx, Outcome.ERROR, 0, 0)
             raise
         if up.status >= 400:
             data = b"".join([c async for c in up.chunks])
+            self.s.forwarder.release(ticket)
             self.record(ctx, Outcome.ERROR, 0, 0)
             resp = UpstreamResponse(up.status, up.headers, data)
             return self._relay(ctx, resp, "MISS" if outcome is Outcome.MISS else "BYPASS", {})
@@ -353,7 +381,10 @@ class Pipeline:
                 await up.aclose()
                 completion = assembler.completion()
                 p, c = usage_of(completion, OPENAI)
-                if assembler.complete and ctx.directives.write:
+                # An interrupted stream was still billed for what it produced: settle at
+                # the reported usage, else at the estimate.
+                self.s.forwarder.settle(ticket, p, c)
+                if assembler.complete and ctx.directives.write and not ticket.downgraded_from:
                     refusal = store_refusal(
                         200, completion, cache_tool_calls=self.s.settings.cache_tool_calls
                     )
@@ -363,6 +394,7 @@ class Pipeline:
 
         headers = {
             **up.headers,
+            **self._ticket_headers(ticket),
             "x-cache": "MISS" if outcome is Outcome.MISS else "BYPASS",
             "x-request-id": ctx.request_id,
         }
@@ -370,7 +402,9 @@ class Pipeline:
         return StreamingResponse(relay(), media_type="text/event-stream", headers=headers)
 
     async def _passthrough_stream(self, ctx: Ctx) -> Response:
-        up = await self.s.upstream.stream(ctx.flavor.path, ctx.body, ctx.headers)
+        up, ticket = await self.s.forwarder.stream(
+            ctx.flavor.path, ctx.body, ctx.headers, ctx.project
+        )
 
         async def relay() -> AsyncIterator[bytes]:
             try:
@@ -378,9 +412,18 @@ class Pipeline:
                     yield raw
             finally:
                 await up.aclose()
+                if up.status < 400:
+                    self.s.forwarder.settle(ticket, 0, 0)  # usage unseen: the estimate
+                else:
+                    self.s.forwarder.release(ticket)
                 self.record(ctx, Outcome.BYPASS, 0, 0)
 
-        headers = {**up.headers, "x-cache": "BYPASS", "x-request-id": ctx.request_id}
+        headers = {
+            **up.headers,
+            **self._ticket_headers(ticket),
+            "x-cache": "BYPASS",
+            "x-request-id": ctx.request_id,
+        }
         media = "text/event-stream" if up.status < 400 else JSON
         return StreamingResponse(relay(), status_code=up.status, media_type=media, headers=headers)
 

@@ -46,7 +46,7 @@ against."""
 LimitName = Literal["rpm", "tpm", "daily_budget", "monthly_budget"]
 Period = Literal["day", "month"]
 
-WINDOW_S = 59.9999999
+WINDOW_S = 60.0
 
 # A budget refused only because of in-flight holds may free up as soon as those settle below
 # their estimate, which could be any moment: suggest a short retry, not the window reset.
@@ -390,7 +390,7 @@ class BudgetWindow:
 
     def admits(self, cost_usd: float, now: float) -> bool:
         self._roll(now)
-        return self._fits(self._spent + self._held, _to_nano(cost_usd))
+        return self._fits(self._spent, _to_nano(cost_usd))
 
     def never_admits(self, cost_usd: float) -> bool:
         """True if even an empty window could not take it."""

@@ -25,6 +25,58 @@ class PriceSetting(BaseModel):
     output: float = Field(ge=0, description="USD per million completion tokens")
 
 
+class UpstreamSetting(BaseModel):
+    """One upstream API in the fallback chain, tried in the listed order."""
+
+    model_config = {"extra": "forbid"}
+
+    name: str = Field(min_length=1)
+    base_url: str
+    api_key_env: str | None = None
+    """Environment variable holding this upstream's key (never the key itself in YAML)."""
+    rpm: int | None = Field(None, ge=0)
+    tpm: int | None = Field(None, ge=0)
+    models: list[str] = Field(default_factory=lambda: ["*"])
+    """Model names (or fnmatch patterns) this upstream serves."""
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+
+class DowngradeSetting(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    at: float = Field(0.9, gt=0, le=1)
+    """Share of the project's daily or monthly budget past which misses use `model`."""
+    model: str
+
+
+class ProjectSetting(BaseModel):
+    """A project's allocation; requests name it with X-Project-Id."""
+
+    model_config = {"extra": "forbid"}
+
+    name: str = Field(min_length=1)
+    rpm: int | None = Field(None, ge=0)
+    tpm: int | None = Field(None, ge=0)
+    daily_budget_usd: float | None = Field(None, ge=0)
+    monthly_budget_usd: float | None = Field(None, ge=0)
+    priority: int = 1
+    """Higher goes first when requests queue for quota."""
+    downgrade: DowngradeSetting | None = None
+
+
+class AlertSetting(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    thresholds: list[float] = Field(default_factory=lambda: [0.8, 0.95])
+    webhook_url: str | None = None
+
+
 class Settings(BaseSettings):
     """Every knob of the sidecar. Attribute docs double as the README's settings table."""
 
@@ -89,6 +141,32 @@ class Settings(BaseSettings):
     # --- money
     prices: dict[str, PriceSetting] = Field(default_factory=dict)
     """USD per million tokens by model; merged over the shipped defaults."""
+
+    # --- quota (only misses reach upstream, and only within these)
+    upstreams: list[UpstreamSetting] = Field(default_factory=list)
+    """Fallback chain. Empty: one upstream named "primary" at upstream_url, no limits."""
+    projects: list[ProjectSetting] = Field(default_factory=list)
+    """Per-project allocations. A request's project is X-Project-Id, else "default";
+    a project not listed gets the limits of the one named "default", if any."""
+    total_daily_budget_usd: float | None = Field(None, ge=0)
+    total_monthly_budget_usd: float | None = Field(None, ge=0)
+    alerts: AlertSetting = Field(default_factory=AlertSetting)
+    on_limit: Literal["queue", "reject"] = "queue"
+    """At a limit: wait for room (bounded by max_queue_wait_s), or answer 429 at once."""
+    max_queue_wait_s: float = Field(10.0, ge=0)
+    default_completion_tokens: int = Field(256, ge=1)
+    """Completion estimate for requests without max_tokens, reserved until usage settles."""
+    max_retries: int = Field(3, ge=0, le=10)
+    """Retries per upstream on 429, 5xx and connection errors, before falling back."""
+    backoff_base_s: float = Field(0.5, gt=0)
+    backoff_max_s: float = Field(8.0, gt=0)
+    retry_after_cap_s: float = Field(30.0, gt=0)
+    """An upstream's Retry-After is honoured up to this many seconds."""
+    breaker_failures: int = Field(5, ge=1)
+    """Consecutive failures that open an upstream's circuit breaker."""
+    breaker_cooldown_s: float = Field(30.0, gt=0)
+    admin_key: str | None = None
+    """Bearer key for the admin API (runtime limit changes). None: admin API disabled."""
 
     @field_validator("upstream_url")
     @classmethod

@@ -99,7 +99,7 @@ def sidecar(upstream: Upstream, data_dir: Path, **env: str) -> Iterator[str]:
             str(data_dir),
         ],
         f"http://127.0.0.1:{port}/readyz",
-        env={"CACHE_UPSTREAM_TIMEOUT_S": "3", **settings_env},
+        env={"CACHE_UPSTREAM_TIMEOUT_S": "1.5", "CACHE_BACKOFF_BASE_S": "0.01", **settings_env},
     ):
         yield f"http://127.0.0.1:{port}"
 
@@ -212,7 +212,7 @@ def test_ttl_expiry(base: str) -> None:
 
 def test_upstream_500_is_never_cached(base: str, upstream: Upstream) -> None:
     c = client(base, **{"X-Cache-Namespace": "errors"}).with_options(max_retries=0)
-    upstream.fault("500")
+    upstream.fault("500", "500", "500", "500")  # the call and its three retries
     with pytest.raises(openai.InternalServerError):
         ask(c, "Is the status page green?")
     answer, h = ask(c, "Is the status page green?")
@@ -222,7 +222,7 @@ def test_upstream_500_is_never_cached(base: str, upstream: Upstream) -> None:
 
 def test_upstream_timeout_is_504(base: str, upstream: Upstream) -> None:
     c = client(base, **{"X-Cache-Namespace": "timeouts"}).with_options(max_retries=0)
-    upstream.fault("timeout:6")
+    upstream.fault(*["timeout:3"] * 4)
     with pytest.raises(openai.APIStatusError) as e:
         ask(c, "Will this time out?")
     assert e.value.status_code == 504

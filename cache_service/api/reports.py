@@ -1,0 +1,53 @@
+"""GET /metrics (Prometheus) and GET /v1/cache/report, from `request.app.state.telemetry`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from cache_service.errors import BadRequest
+from cache_service.report import FORMATS, ReportError, build_report, parse_since, render
+from cache_service.telemetry import Telemetry
+
+router = APIRouter()
+
+
+def telemetry_of(request: Request) -> Telemetry:
+    t: Telemetry = request.app.state.telemetry
+    return t
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    # Off the loop: the cache-size callback may ask the store, which is disk I/O.
+    body, content_type = await asyncio.to_thread(telemetry_of(request).metrics.render)
+    return Response(body, media_type=content_type)
+
+
+@router.get("/v1/cache/report")
+async def cache_report(
+    request: Request, format: str = "json", since: str | None = None
+) -> Response:
+    """The outcome log since `since` (1h, 7d, ISO 8601; default: all of it) as html, md or
+    json. Totals use the definitions of GET /v1/cache/stats."""
+    if format not in FORMATS:
+        raise BadRequest(f"format must be one of {', '.join(FORMATS)}", param="format")
+    try:
+        start = parse_since(since, time.time())
+    except ReportError as e:
+        raise BadRequest(str(e), param="since") from e
+    telemetry = telemetry_of(request)
+    # On the loop: the quota manager behind it is only safe to read from the loop's thread.
+    budgets = telemetry.current_budgets()
+
+    def make() -> tuple[str, str]:
+        # Reading the log and drawing plots both block (SQLite, matplotlib): one thread.
+        report: dict[str, Any] = build_report(telemetry.events(start), since=start, budgets=budgets)
+        return render(report, format)
+
+    text, media_type = await asyncio.to_thread(make)
+    return Response(text, media_type=media_type)

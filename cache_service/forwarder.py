@@ -1,0 +1,490 @@
+"""Everything between a cache miss and the upstream: quota admission (queue or 429),
+the fallback chain, retries with backoff, circuit breakers, settlement, spend persistence
+and alerts. The pipeline asks for an answer; this module decides if, where and when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import heapq
+import itertools
+import json
+import logging
+import math
+import os
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from cache_service.errors import RateLimited, ServiceError, UpstreamUnavailable
+from cache_service.pricing import PriceTable
+from cache_service.protocols import Clock, Upstream, UpstreamResponse, UpstreamStream
+from cache_service.quota import (
+    AlertTracker,
+    Denial,
+    Limits,
+    QuotaManager,
+    Reservation,
+    Scope,
+    estimate_request_tokens,
+)
+from cache_service.resilience import (
+    RETRYABLE_STATUS,
+    CircuitBreaker,
+    backoff_delay,
+    parse_retry_after,
+)
+from cache_service.settings import ProjectSetting, Settings
+
+log = logging.getLogger("cache_service.quota")
+
+GLOBAL: Scope = ("global", "total")
+T = TypeVar("T", UpstreamResponse, UpstreamStream)
+
+
+@dataclass(slots=True)
+class Slot:
+    name: str
+    client: Upstream
+    models: list[str]
+    breaker: CircuitBreaker
+
+    def serves(self, model: str) -> bool:
+        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+
+
+@dataclass(slots=True)
+class Ticket:
+    """One admitted upstream call: settle it with the real usage once known."""
+
+    reservation: Reservation
+    upstream: str
+    model: str
+    project: str
+    attempts: int = 1
+    downgraded_from: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(order=True, slots=True)
+class _Waiter:
+    rank: tuple[int, int]
+    scopes: tuple[Scope, ...] = field(compare=False)
+    tokens: int = field(compare=False)
+    cost: float = field(compare=False)
+    future: asyncio.Future[Reservation] = field(compare=False)
+
+
+class QuotaGate:
+    """Admission with an async queue in front of the pure QuotaManager.
+
+    Waiters are served highest priority first, FIFO within a priority. A waiter refused on
+    a scope blocks every later waiter needing that scope (so a busy low-priority stream
+    cannot starve a high-priority one) but not waiters on other scopes.
+    """
+
+    def __init__(self, manager: QuotaManager, *, on_limit: str, max_wait_s: float) -> None:
+        self.manager = manager
+        self.on_limit = on_limit
+        self.max_wait_s = max_wait_s
+        self._queue: list[_Waiter] = []
+        self._seq = itertools.count()
+        self._changed = asyncio.Event()
+        self._pump: asyncio.Task[None] | None = None
+        self.waited = 0
+
+    def notify(self) -> None:
+        """Something was released or settled: queued requests may fit now."""
+        self._changed.set()
+
+    async def acquire(
+        self, scopes: tuple[Scope, ...], tokens: int, cost: float, priority: int
+    ) -> Reservation:
+        if not self._queue:
+            result = self.manager.reserve(scopes, tokens, cost)
+            if isinstance(result, Reservation):
+                return result
+            denial: Denial | None = result
+        else:
+            # Others queued first: even if room exists now, it is theirs before ours.
+            denial = self.manager.check(scopes, tokens, cost)
+        if denial is not None and (
+            self.on_limit == "reject"
+            or not denial.retryable
+            or denial.retry_after_s > self.max_wait_s
+        ):
+            raise _limit_error(denial)
+        future: asyncio.Future[Reservation] = asyncio.get_running_loop().create_future()
+        waiter = _Waiter((-priority, next(self._seq)), scopes, tokens, cost, future)
+        heapq.heappush(self._queue, waiter)
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.create_task(self._run())
+        self.notify()
+        self.waited += 1
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self.max_wait_s)
+        except TimeoutError:
+            if future.done() and not future.cancelled():
+                return future.result()  # admitted at the last moment
+            future.cancel()
+            last = self.manager.check(scopes, tokens, cost) or denial
+            if last is None:  # room appeared but others still hold the queue
+                last = Denial(*scopes[0], "rpm", 1.0, True, "too many requests are queued")
+            raise _limit_error(last, waited=self.max_wait_s) from None
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.manager.release(future.result())
+            future.cancel()
+            raise
+
+    async def _run(self) -> None:
+        while self._queue:
+            self._changed.clear()
+            blocked: set[Scope] = set()
+            next_try = math.inf
+            kept: list[_Waiter] = []
+            for waiter in sorted(self._queue):
+                if waiter.future.done():
+                    continue
+                if blocked.intersection(waiter.scopes):
+                    kept.append(waiter)
+                    continue
+                result = self.manager.reserve(waiter.scopes, waiter.tokens, waiter.cost)
+                if isinstance(result, Reservation):
+                    waiter.future.set_result(result)
+                else:
+                    blocked.add(result.scope)
+                    next_try = min(next_try, result.retry_after_s)
+                    kept.append(waiter)
+            self._queue = kept
+            heapq.heapify(self._queue)
+            if not self._queue:
+                return
+            # Wake when the earliest limit clears, or sooner if a settlement frees room.
+            with_timeout = min(max(next_try, 0.01), 1.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), with_timeout)
+
+
+def _limit_error(denial: Denial, waited: float | None = None) -> RateLimited:
+    headers = {}
+    retry = denial.retry_after_header()
+    if retry is not None:
+        headers["retry-after"] = retry
+    suffix = f" (waited {waited:g} s in the queue)" if waited else ""
+    return RateLimited(
+        f"Rate limit reached: {denial.message}{suffix}.",
+        param=None,
+        code=f"{denial.scope_kind}_{denial.limit}_exceeded",
+        headers=headers,
+    )
+
+
+class SpendLedger:
+    """Spend and fired alerts on disk, so a restart or crash does not reset a budget.
+    A small JSON file replaced atomically (write, fsync, rename): a crash mid-write leaves
+    the previous version, never a torn one."""
+
+    def __init__(self, path: os.PathLike[str] | str) -> None:
+        self.path = os.fspath(path)
+
+    def load(self) -> dict[str, Any]:
+        try:
+            with open(self.path) as f:
+                data: dict[str, Any] = json.load(f)
+                return data
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError):
+            log.exception("spend ledger unreadable; starting from zero")
+            return {}
+
+    def save(self, data: dict[str, Any]) -> None:
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        tmp = f"{self.path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+
+class Forwarder:
+    def __init__(
+        self,
+        settings: Settings,
+        slots: list[Slot],
+        *,
+        clock: Clock,
+        prices: PriceTable,
+        count_tokens: Callable[[str], int],
+        ledger: SpendLedger | None = None,
+        on_alert: Callable[[dict[str, Any]], Coroutine[Any, Any, None]] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if not slots:
+            raise ValueError("at least one upstream is required")
+        self.settings = settings
+        self.slots = slots
+        self.clock = clock
+        self.prices = prices
+        self.count_tokens = count_tokens
+        self.ledger = ledger
+        self.on_alert = on_alert
+        self.sleep = sleep
+        self.manager = QuotaManager(clock)
+        self.gate = QuotaGate(
+            self.manager, on_limit=settings.on_limit, max_wait_s=settings.max_queue_wait_s
+        )
+        self.alerts = AlertTracker(settings.alerts.thresholds)
+        self.projects = {p.name: p for p in settings.projects}
+        self.counters: dict[str, int] = {"retries": 0, "fallbacks": 0, "rejections": 0}
+        self._configure()
+        if ledger is not None:
+            saved = ledger.load()
+            if saved:
+                self.manager.import_spend(saved["spend"])
+                self.alerts.import_fired(saved.get("alerts", []))
+
+    def _configure(self) -> None:
+        st = self.settings
+        self.manager.configure(
+            *GLOBAL,
+            Limits(
+                daily_budget_usd=st.total_daily_budget_usd,
+                monthly_budget_usd=st.total_monthly_budget_usd,
+            ),
+        )
+        for u in st.upstreams:
+            self.manager.configure("upstream", u.name, Limits(rpm=u.rpm, tpm=u.tpm))
+        for p in st.projects:
+            self.manager.configure("project", p.name, _limits(p))
+
+    def project(self, name: str) -> ProjectSetting | None:
+        """A project not listed gets the "default" project's limits, in a scope of its own:
+        a new project name cannot escape limits, nor eat another project's allocation."""
+        setting = self.projects.get(name) or self.projects.get("default")
+        if setting is not None and ("project", name) not in self.manager.scopes():
+            self.manager.configure("project", name, _limits(setting))
+        return setting
+
+    def set_limits(self, kind: str, name: str, limits: Limits) -> None:
+        self.manager.configure(kind, name, limits)
+        self.gate.notify()
+
+    # ------------------------------------------------------------------ estimates
+
+    def estimate(self, body: dict[str, Any]) -> int:
+        text = json.dumps(body.get("messages", []), ensure_ascii=False)
+        if body.get("system"):
+            text += json.dumps(body["system"], ensure_ascii=False)
+        if body.get("tools"):
+            text += json.dumps(body["tools"], ensure_ascii=False)
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        return estimate_request_tokens(
+            self.count_tokens(text),
+            max_tokens if isinstance(max_tokens, int) else None,
+            self.settings.default_completion_tokens,
+        )
+
+    # ------------------------------------------------------------------ forwarding
+
+    async def send(
+        self, path: str, body: dict[str, Any], headers: dict[str, str], project: str
+    ) -> tuple[UpstreamResponse, Ticket]:
+        async def call(slot: Slot, b: dict[str, Any]) -> UpstreamResponse:
+            return await slot.client.send(path, b, headers)
+
+        return await self._forward(body, project, call, lambda r: r.status, lambda r: r.headers)
+
+    async def stream(
+        self, path: str, body: dict[str, Any], headers: dict[str, str], project: str
+    ) -> tuple[UpstreamStream, Ticket]:
+        async def call(slot: Slot, b: dict[str, Any]) -> UpstreamStream:
+            up = await slot.client.stream(path, b, headers)
+            if up.status in RETRYABLE_STATUS:
+                # Read the error body now, so a retry or fallback can still happen before
+                # anything was sent to the client.
+                data = b"".join([c async for c in up.chunks])
+                return UpstreamStream(up.status, up.headers, _once(data))
+            return up
+
+        return await self._forward(body, project, call, lambda r: r.status, lambda r: r.headers)
+
+    async def _forward(
+        self,
+        body: dict[str, Any],
+        project: str,
+        call: Callable[[Slot, dict[str, Any]], Awaitable[T]],
+        status_of: Callable[[T], int],
+        headers_of: Callable[[T], dict[str, str]],
+    ) -> tuple[T, Ticket]:
+        setting = self.project(project)
+        body, downgraded_from = self._maybe_downgrade(body, setting, project)
+        model = str(body.get("model"))
+        chain = [s for s in self.slots if s.serves(model)]
+        if not chain:
+            raise UpstreamUnavailable(f"no configured upstream serves model {model!r}")
+        tokens = self.estimate(body)
+        cost = self.prices.cost(
+            model, tokens - self._completion_part(body), self._completion_part(body)
+        )
+        priority = setting.priority if setting else 1
+        last_error: ServiceError | None = None
+        last_result: T | None = None
+        last_ticket: Ticket | None = None
+        for position, slot in enumerate(chain):
+            if not slot.breaker.allow():
+                continue
+            if position > 0:
+                self.counters["fallbacks"] += 1
+                log.warning("falling back", extra={"upstream": slot.name, "model": model})
+            scopes = (("project", project), ("upstream", slot.name), GLOBAL)
+            try:
+                reservation = await self.gate.acquire(scopes, tokens, cost, priority)
+            except RateLimited:
+                self.counters["rejections"] += 1
+                raise
+            ticket = Ticket(reservation, slot.name, model, project, 0, downgraded_from)
+            for attempt in range(self.settings.max_retries + 1):
+                ticket.attempts = attempt + 1
+                retry_after: float | None = None
+                try:
+                    result = await call(slot, body)
+                except ServiceError as e:
+                    last_error, last_result = e, None
+                else:
+                    status = status_of(result)
+                    if status not in RETRYABLE_STATUS:
+                        if status < 500:
+                            slot.breaker.success()
+                        ticket.headers = self.ratelimit_headers(project)
+                        return result, ticket
+                    last_error, last_result, last_ticket = None, result, ticket
+                    retry_after = parse_retry_after(headers_of(result))
+                if attempt == self.settings.max_retries:
+                    break
+                delay = backoff_delay(
+                    attempt,
+                    base_s=self.settings.backoff_base_s,
+                    max_s=self.settings.backoff_max_s,
+                    retry_after_s=retry_after,
+                    retry_after_cap_s=self.settings.retry_after_cap_s,
+                )
+                self.counters["retries"] += 1
+                log.info(
+                    "retrying upstream",
+                    extra={
+                        "upstream": slot.name,
+                        "attempt": attempt + 1,
+                        "delay_s": round(delay, 3),
+                    },
+                )
+                await self.sleep(delay)
+            slot.breaker.failure()
+            # Nothing was answered: the failed calls cost nothing, so free the quota.
+            self.release(ticket)
+        if last_result is not None and last_ticket is not None:
+            # Every upstream failed with an HTTP error: relay the last one as it came
+            # (its status, Retry-After and body), never as a 500 of ours.
+            last_ticket.headers = self.ratelimit_headers(project)
+            return last_result, last_ticket
+        if last_error is not None:
+            raise last_error
+        raise UpstreamUnavailable(
+            "every upstream for this model is cooling down after repeated failures",
+            code="upstreams_unavailable",
+        )
+
+    def _completion_part(self, body: dict[str, Any]) -> int:
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        return (
+            max_tokens if isinstance(max_tokens, int) else self.settings.default_completion_tokens
+        )
+
+    def _maybe_downgrade(
+        self, body: dict[str, Any], setting: ProjectSetting | None, project: str
+    ) -> tuple[dict[str, Any], str | None]:
+        """Past the configured share of a budget, misses go to the cheaper model."""
+        if setting is None or setting.downgrade is None:
+            return body, None
+        snap = self.manager.scope_snapshot(("project", project))
+        for window in ("daily_budget", "monthly_budget"):
+            w = snap.get(window) or {}
+            limit, used = w.get("limit"), w.get("used")
+            if limit and used is not None and used >= setting.downgrade.at * limit:
+                original = str(body.get("model"))
+                if original == setting.downgrade.model:
+                    return body, None
+                return {**body, "model": setting.downgrade.model}, original
+        return body, None
+
+    # ------------------------------------------------------------------ settlement
+
+    def settle(self, ticket: Ticket, prompt_tokens: int, completion_tokens: int) -> float:
+        """Charge the real usage; returns its cost. An answer without usage is charged at
+        the estimate, since the upstream billed something we cannot see."""
+        reservation = ticket.reservation
+        if prompt_tokens or completion_tokens:
+            cost = self.prices.cost(ticket.model, prompt_tokens, completion_tokens)
+            tokens = prompt_tokens + completion_tokens
+        else:
+            cost, tokens = reservation.cost_usd, reservation.tokens
+        self.manager.settle(reservation, tokens, cost)
+        self.gate.notify()
+        self._after_change()
+        return cost
+
+    def release(self, ticket: Ticket) -> None:
+        self.manager.release(ticket.reservation)
+        self.gate.notify()
+
+    def _after_change(self) -> None:
+        for alert in self.manager.check_alerts(self.alerts):
+            payload = {
+                "event": "quota_alert",
+                "scope_kind": alert.scope_kind,
+                "scope_name": alert.scope_name,
+                "limit": alert.limit,
+                "window": alert.window,
+                "threshold": alert.threshold,
+                "used": alert.used,
+                "limit_value": alert.limit_value,
+                "message": alert.message,
+            }
+            log.warning(alert.message, extra=payload)
+            if self.on_alert is not None:
+                asyncio.get_running_loop().create_task(self.on_alert(payload))
+        if self.ledger is not None:
+            self.ledger.save(self.export())
+
+    def export(self) -> dict[str, Any]:
+        return {"spend": self.manager.export_spend(), "alerts": self.alerts.export_fired()}
+
+    # ------------------------------------------------------------------ reporting
+
+    def ratelimit_headers(self, project: str) -> dict[str, str]:
+        return self.manager.ratelimit_headers(("project", project))
+
+    def snapshot(self) -> dict[str, Any]:
+        snap = self.manager.snapshot()
+        snap["upstreams"] = [
+            {"name": s.name, "models": s.models, "breaker": s.breaker.state} for s in self.slots
+        ]
+        snap["counters"] = dict(self.counters, queued=self.gate.waited)
+        return snap
+
+
+def _limits(p: ProjectSetting) -> Limits:
+    return Limits(
+        rpm=p.rpm,
+        tpm=p.tpm,
+        daily_budget_usd=p.daily_budget_usd,
+        monthly_budget_usd=p.monthly_budget_usd,
+    )
+
+
+async def _once(data: bytes) -> Any:
+    yield data

@@ -1,0 +1,283 @@
+"""The two storage backends on their own: DiskCacheStore on tmp_path and FaissIndex."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cache_service.backends.faiss_index import FaissIndex
+from cache_service.backends.store import DiskCacheStore
+from cache_service.protocols import Entry, Vector
+from tests.fakes import HashingEmbedder
+
+DIM = HashingEmbedder.dim
+T0 = 1_795_000_000.0
+
+
+def vec(*values: float) -> Vector:
+    """A unit vector in DIM dimensions whose first components are `values`."""
+    v = np.zeros(DIM, dtype=np.float32)
+    v[: len(values)] = values
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def make_entry(
+    entry_id: str = "e1",
+    exact_key: str = "k1",
+    *,
+    embedding: Vector | None = None,
+    expires: float | None = T0 + 3600,
+    **kw: Any,
+) -> Entry:
+    fields: dict[str, Any] = {
+        "scope": "scope-a",
+        "namespace": "ns",
+        "model": "gpt-4o-mini",
+        "prompt": "How do I reset my password?",
+        "response": {"choices": [{"message": {"content": "Use the reset link ☃"}}]},
+        "created": T0,
+        "prompt_tokens": 12,
+        "completion_tokens": 34,
+        "meta": {"api": "openai", "headers": {"x-a": "1"}, "tags": [1, 2.5, None]},
+    }
+    fields.update(kw)
+    if embedding is None:
+        embedding = HashingEmbedder().embed([fields["prompt"]])[0]
+    return Entry(
+        id=entry_id,
+        exact_key=exact_key,
+        embedding=embedding,
+        expires=expires,
+        **fields,
+    )
+
+
+def assert_same_entry(got: Entry | None, want: Entry) -> None:
+    assert got is not None
+    for name in (
+        "id",
+        "scope",
+        "exact_key",
+        "namespace",
+        "model",
+        "prompt",
+        "response",
+        "created",
+        "expires",
+        "prompt_tokens",
+        "completion_tokens",
+        "meta",
+    ):
+        assert getattr(got, name) == getattr(want, name), name
+    if want.embedding is None:
+        assert got.embedding is None
+    else:
+        assert got.embedding is not None
+        assert got.embedding.dtype == np.float32
+        assert got.embedding.shape == want.embedding.shape
+        assert got.embedding.tobytes() == want.embedding.astype(np.float32).tobytes()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[DiskCacheStore]:
+    s = DiskCacheStore(tmp_path / "entries")
+    yield s
+    s.close()
+
+
+# ------------------------------------------------------------------ DiskCacheStore
+
+
+def test_store_round_trips_an_entry_exactly(store: DiskCacheStore) -> None:
+    # Values with awkward float32 bit patterns: must come back bit for bit.
+    emb = np.array([1e-38, -0.0, 3.4e38, 1 / 3] + [0.0] * (DIM - 4), dtype=np.float32)
+    entry = make_entry(embedding=emb)
+    store.put(entry)
+    got = store.get("e1")
+    assert_same_entry(got, entry)
+    assert got is not None
+    assert got.embedding is not None
+    got.embedding[0] = 42.0
+    # The returned array is the caller's own copy, writable, not a view of stored bytes.
+    assert_same_entry(store.get("e1"), entry)
+
+
+def test_store_round_trips_entry_without_embedding_or_expiry(store: DiskCacheStore) -> None:
+    entry = make_entry(expires=None)
+    entry.embedding = None
+    entry.meta = {}
+    store.put(entry)
+    assert_same_entry(store.get("e1"), entry)
+
+
+def test_get_by_exact_key(store: DiskCacheStore) -> None:
+    a = make_entry("a", "key-a")
+    b = make_entry("b", "key-b", prompt="Another question")
+    store.put(a)
+    store.put(b)
+    assert_same_entry(store.get_by_exact_key("key-a"), a)
+    assert_same_entry(store.get_by_exact_key("key-b"), b)
+    assert store.get_by_exact_key("key-c") is None
+    assert store.get("missing") is None
+
+
+def test_reput_of_exact_key_replaces_the_old_entry(store: DiskCacheStore) -> None:
+    store.put(make_entry("old", "k"))
+    store.put(make_entry("new", "k"))
+    got = store.get_by_exact_key("k")
+    assert got is not None
+    assert got.id == "new"
+    assert store.get("old") is None
+    assert len(store) == 1
+
+
+def test_delete(store: DiskCacheStore) -> None:
+    a = make_entry("a", "key-a")
+    store.put(a)
+    store.put(make_entry("b", "key-b"))
+    deleted = store.delete("a")
+    assert_same_entry(deleted, a)
+    assert store.get("a") is None
+    assert store.get_by_exact_key("key-a") is None
+    assert "a" not in store
+    assert store.delete("a") is None
+    assert store.get("b") is not None
+    assert len(store) == 1
+
+
+def test_len_contains_and_iter(store: DiskCacheStore) -> None:
+    assert len(store) == 0
+    assert "e1" not in store
+    ids = {"e1", "e2", "e3"}
+    for i, entry_id in enumerate(sorted(ids)):
+        store.put(make_entry(entry_id, f"k{i}"))
+    assert len(store) == 3  # exact-key records are not counted as entries
+    assert all(i in store for i in ids)
+    assert "e4" not in store
+    assert {e.id for e in store.iter_entries()} == ids
+
+
+def test_expired_ids(store: DiskCacheStore) -> None:
+    store.put(make_entry("short", "k1", expires=T0 + 10))
+    store.put(make_entry("long", "k2", expires=T0 + 1000))
+    store.put(make_entry("forever", "k3", expires=None))
+    assert store.expired_ids(T0 + 5) == []
+    assert store.expired_ids(T0 + 10) == ["short"]  # expiry is inclusive
+    assert sorted(store.expired_ids(T0 + 5000)) == ["long", "short"]
+
+
+def test_reopened_store_still_has_the_entry(tmp_path: Path) -> None:
+    entry = make_entry()
+    first = DiskCacheStore(tmp_path / "entries")
+    first.put(entry)
+    first.close()
+    second = DiskCacheStore(tmp_path / "entries")
+    try:
+        assert_same_entry(second.get("e1"), entry)
+        assert_same_entry(second.get_by_exact_key("k1"), entry)
+        assert len(second) == 1
+        assert second.volume() > 0
+    finally:
+        second.close()
+
+
+# ------------------------------------------------------------------ FaissIndex
+
+
+def test_search_orders_by_similarity() -> None:
+    index = FaissIndex(DIM)
+    q = vec(1, 0, 0)
+    index.add("s", "far", vec(0, 1, 0))  # cos 0
+    index.add("s", "near", vec(1, 0.2, 0))  # cos ≈ 0.98
+    index.add("s", "mid", vec(1, 1, 0))  # cos ≈ 0.707
+    index.add("s", "same", vec(1, 0, 0))  # cos 1
+    hits = index.search("s", q, 3)
+    assert [h.entry_id for h in hits] == ["same", "near", "mid"]
+    assert hits[0].similarity == pytest.approx(1.0, abs=1e-6)
+    assert hits[1].similarity == pytest.approx(1 / np.sqrt(1.04), abs=1e-6)
+    assert hits[2].similarity == pytest.approx(1 / np.sqrt(2), abs=1e-6)
+    assert all(isinstance(h.similarity, float) for h in hits)
+
+
+def test_k_larger_than_scope_returns_all() -> None:
+    index = FaissIndex(DIM)
+    index.add("s", "a", vec(1, 0))
+    index.add("s", "b", vec(0, 1))
+    index.add("other", "c", vec(1, 0))
+    hits = index.search("s", vec(1, 0), 50)
+    assert [h.entry_id for h in hits] == ["a", "b"]
+
+
+def test_scopes_are_isolated() -> None:
+    index = FaissIndex(DIM)
+    index.add("s1", "a", vec(1, 0))
+    assert index.search("s2", vec(1, 0), 4) == []
+    index.add("s2", "b", vec(1, 0))
+    assert [h.entry_id for h in index.search("s2", vec(1, 0), 4)] == ["b"]
+    assert [h.entry_id for h in index.search("s1", vec(1, 0), 4)] == ["a"]
+
+
+def test_readding_an_id_is_idempotent() -> None:
+    index = FaissIndex(DIM)
+    index.add("s", "a", vec(1, 0))
+    index.add("s", "a", vec(1, 0))
+    index.add("s", "a", vec(0, 1))
+    assert len(index) == 1
+    hits = index.search("s", vec(1, 0), 4)
+    assert [h.entry_id for h in hits] == ["a"]
+    assert hits[0].similarity == pytest.approx(1.0, abs=1e-6)  # first vector kept
+
+
+def test_remove() -> None:
+    index = FaissIndex(DIM)
+    index.add("s", "a", vec(1, 0))
+    index.add("s", "b", vec(1, 0.1))
+    index.add("s", "c", vec(0, 1))
+    index.remove("s", ["a", "not-there"])
+    assert len(index) == 2
+    assert [h.entry_id for h in index.search("s", vec(1, 0), 4)] == ["b", "c"]
+    index.remove("no-such-scope", ["b"])  # harmless
+    assert len(index) == 2
+
+
+def test_removed_id_can_be_added_again() -> None:
+    index = FaissIndex(DIM)
+    index.add("s", "a", vec(1, 0))
+    index.add("s", "keep", vec(0, 1))
+    index.remove("s", ["a"])
+    index.add("s", "a", vec(1, 0))
+    assert len(index) == 2
+    assert index.search("s", vec(1, 0), 1)[0].entry_id == "a"
+
+
+def test_scope_is_dropped_when_empty() -> None:
+    index = FaissIndex(DIM)
+    index.add("s1", "a", vec(1, 0))
+    index.add("s2", "b", vec(1, 0))
+    assert index.scopes() == 2
+    index.remove("s1", ["a"])
+    assert index.scopes() == 1
+    assert index.search("s1", vec(1, 0), 4) == []
+    index.remove("s2", ["b"])
+    assert index.scopes() == 0
+    assert len(index) == 0
+
+
+def test_len_counts_all_scopes_and_clear_empties() -> None:
+    index = FaissIndex(DIM)
+    assert len(index) == 0
+    for i in range(5):
+        index.add(f"s{i % 2}", f"id{i}", vec(1, i))
+    assert len(index) == 5
+    assert index.scopes() == 2
+    index.clear()
+    assert len(index) == 0
+    assert index.search("s0", vec(1, 0), 4) == []
+
+
+def test_search_empty_index() -> None:
+    assert FaissIndex(DIM).search("s", vec(1, 0), 4) == []
