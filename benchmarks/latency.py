@@ -228,6 +228,10 @@ _MISS_TEMPLATES = (
     "Request {n}: compare {a} and {b} in one paragraph.",
     "For case {n}, list three facts about {a} and one about {b}.",
     "Item {n}: write a limerick mentioning {a}, {b} and {c}.",
+    "Order {n} arrived with a broken {a}; how do I claim a {b} replacement?",
+    "Explain to a child why a {a} is unlike a {b} (question {n}).",
+    "My {a} keeps beeping after update {n}; is the {b} to blame?",
+    "Plan a {a}-themed birthday with a {b} cake for {n} guests.",
 )
 
 

@@ -35,6 +35,16 @@ class BadRequest(ServiceError):
     type = "invalid_request_error"
 
 
+class Unauthorized(ServiceError):
+    status = 401
+    type = "authentication_error"
+
+
+class Forbidden(ServiceError):
+    status = 403
+    type = "permission_error"
+
+
 class NotFound(ServiceError):
     status = 404
     type = "not_found_error"

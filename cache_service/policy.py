@@ -81,7 +81,10 @@ def anthropic_store_refusal(status: int, response: Any, *, cache_tool_calls: boo
     if not isinstance(response, dict) or response.get("type") != "message":
         return "not a message"
     stop = response.get("stop_reason")
-    if stop in ("max_tokens", "refusal") or stop is None:
+    # Only a finished turn may be replayed; pause_turn and context overflow are unfinished.
+    if stop in ("max_tokens", "refusal", "pause_turn", "model_context_window_exceeded") or (
+        stop is None
+    ):
         return f"stop_reason {stop}"
     content = response.get("content")
     if not isinstance(content, list) or not content:

@@ -360,7 +360,7 @@ class BudgetWindow:
         # Only forward: a wall clock stepped back across midnight must not wipe today's spend.
         if key > self._key:
             self._key = key
-            self._spent = 0
+            self._spent = 0; self._held = 0
         return self._key
 
     def key(self, now: float) -> str:
@@ -390,7 +390,7 @@ class BudgetWindow:
 
     def admits(self, cost_usd: float, now: float) -> bool:
         self._roll(now)
-        return self._fits(self._spent, _to_nano(cost_usd))
+        return self._fits(self._spent + self._held, _to_nano(cost_usd))
 
     def never_admits(self, cost_usd: float) -> bool:
         """True if even an empty window could not take it."""

@@ -41,6 +41,9 @@ ANSWER_PARAMS: tuple[str, ...] = (
     "web_search_options",
     "top_k",  # Anthropic / open models
     "thinking",
+    "stop_sequences",
+    "min_p",
+    "repetition_penalty",
 )
 
 SYSTEM_ROLES = frozenset({"system", "developer"})

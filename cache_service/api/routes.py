@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from starlette.responses import Response
 
 from cache_service.api.schemas import (
@@ -18,9 +19,10 @@ from cache_service.api.schemas import (
     LookupRequest,
     StoreRequest,
 )
-from cache_service.errors import BadRequest, NotFound, PayloadTooLarge
+from cache_service.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, Unauthorized
 from cache_service.pipeline import ANTHROPIC, OPENAI, Flavor, Pipeline
 from cache_service.policy import parse_directives
+from cache_service.quota import Limits
 from cache_service.scope import ANSWER_PARAMS, build_keys, tenant_of
 from cache_service.stats import Outcome
 
@@ -250,3 +252,46 @@ async def readyz(request: Request) -> JSONResponse:
         "entries_indexed": len(state.s.cache.index) if state else 0,
     }
     return JSONResponse(body, status_code=200 if ready else 503)
+
+
+# ------------------------------------------------------------------ quota
+
+
+@router.get("/v1/quota")
+async def quota(request: Request) -> JSONResponse:
+    return JSONResponse(pipeline_of(request).s.forwarder.snapshot())
+
+
+class LimitsUpdate(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    kind: Literal["project", "upstream", "global"]
+    name: str = Field(min_length=1)
+    rpm: int | None = Field(None, ge=0)
+    tpm: int | None = Field(None, ge=0)
+    daily_budget_usd: float | None = Field(None, ge=0)
+    monthly_budget_usd: float | None = Field(None, ge=0)
+
+
+@router.put("/v1/admin/limits")
+async def set_limits(request: Request) -> JSONResponse:
+    """Change a scope's limits at run time (usage so far is kept). Fields left out become
+    unlimited, so a PUT states the whole limit set."""
+    pipeline = pipeline_of(request)
+    admin_key = pipeline.s.settings.admin_key
+    if not admin_key:
+        raise Forbidden("the admin API is disabled: set admin_key to enable it")
+    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(given.encode(), admin_key.encode()):
+        raise Unauthorized("a valid admin key is required (Authorization: Bearer <admin_key>)")
+    data = await read_json(request, pipeline.s.settings.max_body_bytes)
+    update = validate(LimitsUpdate, data)
+    assert isinstance(update, LimitsUpdate)
+    limits = Limits(
+        rpm=update.rpm,
+        tpm=update.tpm,
+        daily_budget_usd=update.daily_budget_usd,
+        monthly_budget_usd=update.monthly_budget_usd,
+    )
+    pipeline.s.forwarder.set_limits(update.kind, update.name, limits)
+    return JSONResponse(pipeline.s.forwarder.manager.scope_snapshot((update.kind, update.name)))

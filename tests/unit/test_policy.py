@@ -286,11 +286,6 @@ def test_anthropic_incomplete_stop_reasons_are_refused(stop: str | None) -> None
     assert reason.startswith("stop_reason")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pause_turn / model_context_window_exceeded mark an unfinished Anthropic turn "
-    "(like max_tokens) but anthropic_store_refusal stores them",
-)
 @pytest.mark.parametrize("stop", ["pause_turn", "model_context_window_exceeded"])
 def test_anthropic_unfinished_turn_is_refused(stop: str) -> None:
     assert a_refusal(200, message(stop=stop)) is not None

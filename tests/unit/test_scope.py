@@ -204,11 +204,6 @@ def test_anthropic_top_level_system_changes_scope() -> None:
     assert brief.prompt == Q
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ANSWER_PARAMS lacks Anthropic's stop_sequences: an answer cut at a stop "
-    "sequence shares a scope with (and is served to) requests without one",
-)
 def test_anthropic_stop_sequences_change_scope() -> None:
     body = chat(user(Q), model="claude-3-5-haiku", max_tokens=200)
     plain = keys_of(body, api="anthropic")

@@ -1,0 +1,173 @@
+"""Quota control through the real request path (in-process app, simulated upstream)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+
+from cache_service.settings import Settings
+from tests.conftest import harness
+from tests.fakes import FakeClock, HashingEmbedder
+
+FAST = {"backoff_base_s": 0.001}
+
+
+async def test_burst_against_rpm_admits_exactly_the_limit(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+) -> None:
+    settings = settings_factory(
+        projects=[{"name": "default", "rpm": 10}], on_limit="queue", max_queue_wait_s=0.3, **FAST
+    )
+    async with harness(settings, embedder, clock) as h:
+        responses = await asyncio.gather(*(h.chat(f"distinct question {i}") for i in range(100)))
+        statuses = [r.status_code for r in responses]
+        assert statuses.count(200) == 10
+        assert statuses.count(429) == 90
+        assert await h.upstream_calls() == 10
+        rejected = next(r for r in responses if r.status_code == 429)
+        err = rejected.json()["error"]
+        assert err["type"] == "rate_limit_error"
+        assert err["code"] == "project_rpm_exceeded"
+        assert "requests-per-minute" in err["message"]
+        assert int(rejected.headers["retry-after"]) >= 1
+        ok = next(r for r in responses if r.status_code == 200)
+        assert ok.headers["x-ratelimit-limit-requests"] == "10"
+        assert "x-ratelimit-remaining-requests" in ok.headers
+        assert "x-ratelimit-reset-requests" in ok.headers
+        # hits consume no quota: a cached question is still answered
+        again = await h.chat("distinct question 0")
+        assert again.status_code == 200
+        assert again.headers["x-cache"] == "HIT"
+
+
+async def test_reject_mode_answers_429_at_once(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+) -> None:
+    settings = settings_factory(projects=[{"name": "default", "rpm": 2}], on_limit="reject")
+    async with harness(settings, embedder, clock) as h:
+        started = time.monotonic()
+        codes = [(await h.chat(f"q{i}")).status_code for i in range(4)]
+        assert codes == [200, 200, 429, 429]
+        assert time.monotonic() - started < 2
+
+
+async def test_queue_waits_for_room(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder
+) -> None:
+    from tests.fakes import FakeClock
+
+    clock = FakeClock()
+    settings = settings_factory(
+        projects=[{"name": "default", "rpm": 1}], on_limit="queue", max_queue_wait_s=120
+    )
+    async with harness(settings, embedder, clock) as h:
+        assert (await h.chat("first")).status_code == 200
+        second = asyncio.create_task(h.chat("second"))
+        await asyncio.sleep(0.2)
+        assert not second.done()  # waiting in the queue, not rejected
+        clock.advance(61)  # the rate window rolls over
+        r = await asyncio.wait_for(second, 3)
+        assert r.status_code == 200
+
+
+async def test_upstream_retry_after_is_honoured(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+) -> None:
+    async with harness(settings_factory(**FAST), embedder, clock) as h:
+        await h.faults("429", retry_after=2)
+        started = time.monotonic()
+        r = await h.chat("retry me")
+        elapsed = time.monotonic() - started
+        assert r.status_code == 200
+        assert elapsed >= 2.0
+        assert await h.upstream_calls() == 2
+
+
+async def test_budget_exhausted_rejects_misses_but_serves_hits(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+) -> None:
+    # $1 per 1000 tokens makes the arithmetic visible: each answer costs ~$0.05-0.15.
+    settings = settings_factory(
+        prices={"pricey": {"input": 1000, "output": 1000}},
+        projects=[{"name": "default", "daily_budget_usd": 0.5}],
+        on_limit="reject",
+    )
+    async with harness(settings, embedder, clock) as h:
+        statuses = []
+        for i in range(20):
+            r = await h.chat(f"budget question {i}", model="pricey", max_tokens=200)
+            statuses.append(r.status_code)
+            if r.status_code == 429:
+                assert r.json()["error"]["code"] == "project_daily_budget_exceeded"
+                break
+        assert statuses[0] == 200
+        assert statuses[-1] == 429
+        hit = await h.chat("budget question 0", model="pricey", max_tokens=200)
+        assert hit.status_code == 200
+        assert hit.headers["x-cache"] == "HIT"
+        quota = (await h.client.get("/v1/quota")).json()
+        project = next(s for s in quota["scopes"] if s["kind"] == "project")
+        assert 0 < project["daily_budget"]["used"] <= 0.5
+
+
+async def test_spend_survives_restart(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+) -> None:
+    settings = settings_factory(projects=[{"name": "default", "daily_budget_usd": 10}])
+
+    async def spent() -> float:
+        quota = (await h.client.get("/v1/quota")).json()
+        project = next(s for s in quota["scopes"] if s == s and s["kind"] == "project")
+        value: float = project["daily_budget"]["used"]
+        return value
+
+    async with harness(settings, embedder, clock) as h:
+        await h.chat("spend something")
+        before = await spent()
+        assert before > 0
+    async with harness(settings, embedder, clock) as h:
+        assert await spent() == pytest.approx(before)
+
+
+async def test_fallback_to_next_upstream_when_primary_fails(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+) -> None:
+    settings = settings_factory(
+        upstreams=[
+            {"name": "primary", "base_url": "http://sim/v1"},
+            {"name": "backup", "base_url": "http://sim/v1"},
+        ],
+        max_retries=1,
+        **FAST,
+    )
+    async with harness(settings, embedder, clock) as h:
+        await h.faults("500", "500")  # the primary's call and its retry
+        r = await h.chat("fall back please")
+        assert r.status_code == 200
+        assert r.headers["x-upstream"] == "backup"
+        quota = (await h.client.get("/v1/quota")).json()
+        assert quota["counters"]["fallbacks"] == 1
+        assert quota["counters"]["retries"] == 1
+
+
+async def test_admin_api_changes_limits_at_runtime(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+) -> None:
+    settings = settings_factory(admin_key="s3cret", on_limit="reject")
+    async with harness(settings, embedder, clock) as h:
+        body = {"kind": "project", "name": "default", "rpm": 1}
+        assert (await h.client.put("/v1/admin/limits", json=body)).status_code == 401
+        bad = await h.client.put(
+            "/v1/admin/limits", json=body, headers={"Authorization": "Bearer wrong"}
+        )
+        assert bad.status_code == 401
+        ok = await h.client.put(
+            "/v1/admin/limits", json=body, headers={"Authorization": "Bearer s3cret"}
+        )
+        assert ok.status_code == 200
+        assert ok.json()["requests"]["limit"] == 1
+        assert (await h.chat("one")).status_code == 200
+        assert (await h.chat("two")).status_code == 429

@@ -1,0 +1,310 @@
+from __future__ import annotations
+
+import base64
+import io
+import json
+import random
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from prometheus_client.parser import text_string_to_metric_families
+
+from cache_service.api.reports import router
+from cache_service.errors import ServiceError
+from cache_service.pricing import PriceTable
+from cache_service.report import (
+    ReportError,
+    build_report,
+    parse_since,
+    render_html,
+    render_json,
+    render_markdown,
+    run_cli,
+    tables,
+)
+from cache_service.stats import Outcome, Stats
+from cache_service.telemetry import OutcomeEvent, OutcomeLog, Telemetry, split_cost
+
+T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC).timestamp()
+BUDGETS = [
+    {"project": "proj-a", "window": "daily", "used_usd": 4.0, "limit_usd": 5.0},
+    {"project": "proj-b", "window": "monthly", "used_usd": 1.0, "limit_usd": None},
+]
+
+
+def ev(
+    outcome: Outcome,
+    t: float,
+    *,
+    ns: str = "a",
+    model: str = "m1",
+    p: int = 0,
+    c: int = 0,
+    dollars: float = 0.0,
+    ms: float = 1.0,
+    **kw: Any,
+) -> OutcomeEvent:
+    saved, spent = split_cost(outcome, dollars)
+    return OutcomeEvent(
+        time=t,
+        request_id=f"r{t}",
+        namespace=ns,
+        project=kw.pop("project", "p-" + ns),
+        model=model,
+        outcome=outcome,
+        prompt_tokens=p,
+        completion_tokens=c,
+        dollars_saved=saved,
+        dollars_spent=spent,
+        latency_ms=ms,
+        **kw,
+    )
+
+
+def hand_built() -> list[OutcomeEvent]:
+    return [
+        ev(Outcome.EXACT_HIT, T0 + 10, p=100, c=50, dollars=0.5, ms=1.0, similarity=1.0,
+           stages={"exact": 0.5}),
+        ev(Outcome.SEMANTIC_HIT, T0 + 20, p=200, c=100, dollars=1.0, ms=10.0, similarity=0.91,
+           stages={"exact": 0.5, "embed": 8.0, "search": 1.0}),
+        ev(Outcome.SEMANTIC_HIT, T0 + 3700, ns="b", model="m2", p=10, c=10, dollars=0.25,
+           ms=20.0, similarity=0.95, best_rejected=0.97),
+        ev(Outcome.MISS, T0 + 30, p=300, c=30, dollars=2.0, ms=400.0, best_rejected=0.80,
+           upstream_status=200),
+        ev(Outcome.MISS, T0 + 3800, ns="b", p=40, c=4, dollars=0.125, ms=600.0,
+           upstream_status=200, embed_timeout=True),
+        ev(Outcome.BYPASS, T0 + 40, p=5, c=5, dollars=0.0625, ms=500.0, upstream_status=200),
+        ev(Outcome.ERROR, T0 + 50, ms=30.0, upstream_status=502),
+    ]  # fmt: skip
+
+
+def test_report_numbers_for_hand_built_events() -> None:
+    r = build_report(hand_built(), since=T0, now=T0 + 7200)
+    t = r["totals"]
+    assert (t["requests"], t["exact_hits"], t["semantic_hits"], t["hits"]) == (7, 1, 2, 3)
+    assert (t["misses"], t["bypasses"], t["errors"], t["embed_timeouts"]) == (2, 1, 1, 1)
+    assert t["hit_rate"] == 0.6  # 3 hits / (3 hits + 2 misses); the bypass does not count
+    assert t["prompt_tokens_saved"] == 310 and t["completion_tokens_saved"] == 160
+    assert t["upstream_prompt_tokens"] == 345 and t["upstream_completion_tokens"] == 39
+    assert t["dollars_saved"] == 1.75 and t["dollars_spent"] == 2.1875
+
+    assert set(r["by_namespace"]) == {"a", "b"}
+    assert r["by_namespace"]["b"]["hit_rate"] == 0.5
+    assert r["by_model"]["m2"]["requests"] == 1
+    assert r["by_project"]["p-a"]["requests"] == 5
+    assert r["period"]["since"] == "2026-11-22T12:00:00Z"
+    assert r["period"]["first_event"] == "2026-11-22T12:00:10Z"
+
+    timeline = r["timeline"]
+    assert timeline["bucket_s"] == 300  # 63 minutes of data: the smallest size under 60 buckets
+    buckets = timeline["buckets"]
+    assert buckets[0]["start"] == "2026-11-22T12:00:00Z"
+    assert sum(b["requests"] for b in buckets) == 7
+    assert buckets[0]["hit_rate"] == pytest.approx(2 / 3, abs=1e-4)
+    assert buckets[1]["hit_rate"] is None  # nothing eligible: a gap, not a 0 % dip
+    assert buckets[-1]["cumulative_tokens_saved"] == 470
+    assert buckets[-1]["cumulative_dollars_saved"] == 1.75
+
+    sim = r["similarity"]
+    edges = sim["bin_edges"]
+    assert edges[0] == 0.5 and edges[-1] == 1.0 and len(edges) == 26
+    assert sum(sim["served"]) == 2  # semantic hits only; the exact hit's 1.0 is left out
+    assert sim["served"][edges.index(0.9)] == 1 and sim["served"][edges.index(0.94)] == 1
+    assert sum(sim["best_rejected"]) == 2
+    assert sim["best_rejected"][edges.index(0.8)] == 1
+    assert sim["best_rejected"][edges.index(0.96)] == 1
+    assert sim["served_summary"] == {
+        "n": 2, "mean": 0.93, "p50": 0.93, "p90": 0.946, "p99": 0.9496, "min": 0.91, "max": 0.95,
+    }  # fmt: skip
+
+    lat = r["latency_ms"]
+    assert list(lat) == ["exact_hit", "semantic_hit", "miss", "bypass", "error"]
+    assert lat["miss"] == {
+        "n": 2, "mean": 500.0, "p50": 500.0, "p90": 580.0, "p99": 598.0, "min": 400.0, "max": 600.0
+    }  # fmt: skip
+    assert list(r["stages_ms"]) == ["exact", "embed", "search"]
+    assert r["stages_ms"]["exact"]["n"] == 2
+    assert r["upstream_status"] == {"200": 3, "502": 1}
+    assert "budgets" not in r
+
+    with_budgets = build_report(hand_built(), since=T0, budgets=BUDGETS)
+    assert with_budgets["budgets"][0]["used_fraction"] == 0.8
+    assert with_budgets["budgets"][1]["used_fraction"] is None
+
+
+def test_report_agrees_with_stats_fed_the_same_events(tmp_path: Path) -> None:
+    """Drive Stats exactly as Pipeline.record does and the outcome log through Telemetry, then
+    report from what the log kept: every number /v1/cache/stats shows must match."""
+    rng = random.Random(5)
+    prices = PriceTable.with_overrides(None)
+    stats = Stats()
+    telemetry = Telemetry.open(tmp_path / "outcomes.sqlite3")
+    models = ["gpt-4o-mini", "gpt-4o", "claude-3-haiku", "unpriced-model"]
+    for i in range(400):
+        ns = rng.choice(["a", "b", "key-0123abcd"])
+        model = rng.choice(models)
+        outcome = rng.choice(list(Outcome))
+        p, c = rng.randint(0, 3000), rng.randint(0, 900)
+        timeout = rng.random() < 0.05
+        dollars = prices.cost(model, p, c)
+        stats.record(ns, model, outcome, prompt_tokens=p, completion_tokens=c,
+                     dollars=dollars, embed_timeout=timeout)  # fmt: skip
+        saved, spent = split_cost(outcome, dollars)
+        telemetry.record(
+            OutcomeEvent(
+                time=T0 + i * 7.5, request_id=str(i), namespace=ns, project=ns, model=model,
+                outcome=outcome, prompt_tokens=p, completion_tokens=c, dollars_saved=saved,
+                dollars_spent=spent, latency_ms=rng.uniform(1, 900), embed_timeout=timeout,
+            )
+        )  # fmt: skip
+    events = telemetry.events(since=T0)
+    telemetry.close()
+
+    report = build_report(events, since=T0)
+    snap = stats.snapshot()
+    assert report["totals"] == snap["total"]
+    assert report["by_namespace"] == snap["by_namespace"]
+    assert report["by_model"] == snap["by_model"]
+    assert report["by_namespace_model"] == snap["by_namespace_model"]
+    # And the same holds after the JSON round trip a client of the endpoint sees.
+    assert json.loads(render_json(report))["totals"] == snap["total"]
+
+
+def test_markdown_and_json_carry_the_same_totals() -> None:
+    report = build_report(hand_built(), since=T0, budgets=BUDGETS)
+    totals = json.loads(render_json(report))["totals"]
+    md = render_markdown(report)
+    section = md.split("## Totals", 1)[1].split("## ", 1)[0]
+    rows = dict(re.findall(r"^\| ([^|]+?) \| ([^|]+?) \|$", section, re.M))
+    ints = {
+        "requests": "requests", "exact hits": "exact_hits", "semantic hits": "semantic_hits",
+        "misses": "misses", "bypasses": "bypasses", "errors": "errors",
+        "prompt tokens saved": "prompt_tokens_saved",
+        "upstream prompt tokens": "upstream_prompt_tokens",
+    }  # fmt: skip
+    for label, key in ints.items():
+        assert int(rows[label].replace(",", "")) == totals[key]
+    assert rows["hit rate (hits / (hits + misses))"] == f"{totals['hit_rate'] * 100:.2f}%"
+    assert float(rows["dollars saved"].lstrip("$")) == totals["dollars_saved"]
+    assert float(rows["dollars spent"].lstrip("$")) == totals["dollars_spent"]
+    assert "## Budget use" in md and "| proj-a | daily | $4.0000 | $5.0000 | 80.00% |" in md
+    # Every table in the Markdown is one the HTML prints too.
+    assert [t[0] for t in tables(report)] == re.findall(r"^## (.+)$", md, re.M)
+
+
+@pytest.fixture(scope="module")
+def html_report() -> str:
+    events = [
+        *hand_built(),
+        ev(Outcome.MISS, T0 + 60, ns="<script>alert(1)</script>", model="$x$", p=5, c=5),
+    ]
+    return render_html(build_report(events, since=T0, budgets=BUDGETS, now=T0 + 7200))
+
+
+def test_html_is_self_contained_with_real_pngs(html_report: str) -> None:
+    from matplotlib.image import imread
+
+    uris = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", html_report)
+    # hit rate, savings, breakdown, similarity, latency, budgets
+    assert len(uris) == 6
+    for data in uris:
+        png = base64.b64decode(data, validate=True)
+        assert png.startswith(b"\x89PNG\r\n\x1a\n")
+        pixels = imread(io.BytesIO(png), format="png")
+        height, width = pixels.shape[:2]
+        assert (width, height) == (900, 380)
+        # Something was drawn: many distinct colours, not a blank or single-colour canvas.
+        distinct = {tuple(px) for px in pixels[::4, ::4].reshape(-1, pixels.shape[2]).tolist()}
+        assert len(distinct) > 20
+    assert not re.search(r"(src|href)=['\"]?https?:", html_report)  # no external requests
+    # Names from request headers are escaped, never markup.
+    assert "<script>alert" not in html_report
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html_report
+    assert "Budget use" in html_report
+
+
+def test_empty_log_renders_everywhere() -> None:
+    report = build_report([], since=None)
+    assert report["totals"]["requests"] == 0 and report["totals"]["hit_rate"] == 0.0
+    html = render_html(report)
+    assert "data:image/png" not in html  # no empty plots
+    assert "0 requests" in render_markdown(report)
+    assert json.loads(render_json(report))["timeline"]["buckets"] == []
+
+
+def test_parse_since() -> None:
+    now = T0
+    assert parse_since(None, now) is None
+    assert parse_since("", now) is None
+    assert parse_since("1h", now) == now - 3600
+    assert parse_since("7d", now) == now - 7 * 86400
+    assert parse_since("30m", now) == now - 1800
+    assert parse_since("2026-11-22T11:00:00Z", now) == now - 3600
+    assert parse_since("2026-11-22T11:00:00", now) == now - 3600  # naive means UTC
+    assert parse_since("2026-11-22T12:00:00+01:00", now) == now - 3600
+    assert parse_since("2026-11-22", now) == now - 12 * 3600
+    with pytest.raises(ReportError, match="since"):
+        parse_since("yesterday", now)
+
+
+def test_cli_writes_a_report_from_the_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "outcomes.sqlite3"
+    with OutcomeLog.open(path) as log:
+        for e in hand_built():
+            log.append(e)
+        log.append(ev(Outcome.MISS, T0 - 86400))  # outside --since 1h
+    out = tmp_path / "r.json"
+    assert run_cli(path, since="1h", fmt="json", out=out, now=T0 + 3600) == 0
+    report = json.loads(out.read_text())
+    assert report["totals"]["requests"] == 7  # not the one from a day before
+    assert run_cli(path, since=None, fmt="md", out=None, now=T0 + 3600) == 0
+    assert "| requests | 8 |" in capsys.readouterr().out
+    assert run_cli(path, since="last week", fmt="md", out=None) == 2
+    assert "since must be" in capsys.readouterr().err
+
+
+async def test_routes(tmp_path: Path) -> None:
+    app = FastAPI()
+    app.include_router(router)
+
+    @app.exception_handler(ServiceError)
+    async def _err(request: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    telemetry = Telemetry.open(tmp_path / "o.sqlite3")
+    telemetry.budgets = lambda: BUDGETS
+    app.state.telemetry = telemetry
+    for e in hand_built():
+        telemetry.record(e)
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            r = await client.get("/metrics")
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+            names = {f.name for f in text_string_to_metric_families(r.text)}
+            assert {"llm_cache_requests", "llm_cache_similarity", "llm_cache_entries"} <= names
+
+            r = await client.get("/v1/cache/report", params={"format": "json", "since": "3650d"})
+            assert r.status_code == 200
+            body = r.json()
+            assert body["totals"]["requests"] == 7
+            assert body["budgets"][0]["project"] == "proj-a"
+
+            r = await client.get("/v1/cache/report", params={"format": "md"})
+            assert r.headers["content-type"].startswith("text/markdown")
+            assert "| requests | 7 |" in r.text
+
+            r = await client.get("/v1/cache/report", params={"format": "pdf"})
+            assert r.status_code == 400 and r.json()["error"]["param"] == "format"
+            r = await client.get("/v1/cache/report", params={"since": "soon"})
+            assert r.status_code == 400 and r.json()["error"]["param"] == "since"
+    finally:
+        telemetry.close()
