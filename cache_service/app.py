@@ -23,12 +23,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cache_service.acceptance import AcceptConfig
 from cache_service.api.routes import router
 from cache_service.backends.faiss_index import FaissIndex
+from cache_service.backends.jsonfile import JsonFile
 from cache_service.backends.store import DiskCacheStore
 from cache_service.backends.upstream import HttpUpstream
 from cache_service.cache import SemanticCache
 from cache_service.embedding import EmbeddingBatcher
 from cache_service.errors import ServiceError, error_body
-from cache_service.forwarder import Forwarder, Slot, SpendLedger
+from cache_service.feedback import FeedbackLearner
+from cache_service.forwarder import Forwarder, Slot
 from cache_service.pipeline import Pipeline, Services
 from cache_service.pricing import PriceTable
 from cache_service.protocols import Clock, Embedder, EntryStore, SystemClock, Upstream
@@ -80,7 +82,7 @@ def create_app(
             clock=the_clock,
             prices=prices,
             count_tokens=await asyncio.to_thread(_token_counter),
-            ledger=SpendLedger(settings.data_dir / "spend.json"),
+            ledger=JsonFile(settings.data_dir / "spend.json"),
             on_alert=webhook,
         )
         batcher = EmbeddingBatcher(the_embedder, max_batch=settings.embed_batch_max)
@@ -89,11 +91,15 @@ def create_app(
             cache=cache,
             batcher=batcher,
             forwarder=forwarder,
+            learner=FeedbackLearner(settings.similarity_threshold),
             stats=Stats(),
             prices=prices,
             clock=the_clock,
         )
+        learner_file = JsonFile(settings.data_dir / "feedback.json")
+        services.learner.load(learner_file.load())
         app.state.pipeline = Pipeline(services)
+        app.state.learner_file = learner_file
         # The index is derived from the store; until it is rebuilt, exact hits are served
         # and semantic lookups are skipped (readyz says so), instead of refusing traffic.
         rebuild = asyncio.create_task(_rebuild(cache))
@@ -101,9 +107,9 @@ def create_app(
         try:
             yield
         finally:
-            for task in (rebuild, sweeper):
+            for task in (rebuild, sweeper, *services.background):
                 task.cancel()
-            await asyncio.gather(rebuild, sweeper, return_exceptions=True)
+            await asyncio.gather(rebuild, sweeper, *services.background, return_exceptions=True)
             for slot in slots:
                 await slot.client.aclose()
             batcher.close()

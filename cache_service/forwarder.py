@@ -13,11 +13,11 @@ import itertools
 import json
 import logging
 import math
-import os
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from cache_service.backends.jsonfile import JsonFile
 from cache_service.errors import RateLimited, ServiceError, UpstreamUnavailable
 from cache_service.pricing import PriceTable
 from cache_service.protocols import Clock, Upstream, UpstreamResponse, UpstreamStream
@@ -182,35 +182,6 @@ def _limit_error(denial: Denial, waited: float | None = None) -> RateLimited:
     )
 
 
-class SpendLedger:
-    """Spend and fired alerts on disk, so a restart or crash does not reset a budget.
-    A small JSON file replaced atomically (write, fsync, rename): a crash mid-write leaves
-    the previous version, never a torn one."""
-
-    def __init__(self, path: os.PathLike[str] | str) -> None:
-        self.path = os.fspath(path)
-
-    def load(self) -> dict[str, Any]:
-        try:
-            with open(self.path) as f:
-                data: dict[str, Any] = json.load(f)
-                return data
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError):
-            log.exception("spend ledger unreadable; starting from zero")
-            return {}
-
-    def save(self, data: dict[str, Any]) -> None:
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        tmp = f"{self.path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-
-
 class Forwarder:
     def __init__(
         self,
@@ -220,7 +191,7 @@ class Forwarder:
         clock: Clock,
         prices: PriceTable,
         count_tokens: Callable[[str], int],
-        ledger: SpendLedger | None = None,
+        ledger: JsonFile | None = None,
         on_alert: Callable[[dict[str, Any]], Coroutine[Any, Any, None]] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:

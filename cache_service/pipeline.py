@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,8 @@ from starlette.responses import Response, StreamingResponse
 from cache_service import sse
 from cache_service.cache import Lookup, SemanticCache
 from cache_service.embedding import EmbeddingBatcher
-from cache_service.errors import BadRequest, ServiceError, error_body
+from cache_service.errors import BadRequest, RateLimited, ServiceError, error_body
+from cache_service.feedback import AuditTally, FeedbackLearner, ServedHit
 from cache_service.forwarder import Forwarder, Ticket
 from cache_service.policy import (
     CacheDirectives,
@@ -73,6 +75,9 @@ class Services:
     stats: Stats
     prices: PriceTable
     clock: Clock
+    learner: FeedbackLearner
+    audit: AuditTally = field(default_factory=AuditTally)
+    background: set[asyncio.Task[None]] = field(default_factory=set)
     inflight: dict[str, asyncio.Future[UpstreamResponse]] = field(default_factory=dict)
     """Exact key → the upstream call in flight for it (single flight)."""
 
@@ -193,8 +198,13 @@ class Pipeline:
             ctx.embed_timeout = True
             log.warning("embedding missed its deadline", extra={"request_id": ctx.request_id})
             return None
+        # Feedback may have taught this namespace a stricter threshold than asked for.
+        threshold = ctx.threshold
+        learned = self.s.learner.threshold(ctx.keys.tenant)
+        if learned > (threshold or cache.accept_config.threshold):
+            threshold = learned
         found = await asyncio.to_thread(
-            cache.search, ctx.keys.scope, ctx.vector, ctx.keys.prompt, ctx.threshold
+            cache.search, ctx.keys.scope, ctx.vector, ctx.keys.prompt, threshold
         )
         ctx.lookup = found
         return found if found.entry is not None else None
@@ -203,6 +213,14 @@ class Pipeline:
         entry = hit.entry
         assert entry is not None
         now = self.s.clock.now()
+        self.s.learner.served(
+            ctx.request_id,
+            ServedHit(entry.id, entry.namespace, hit.similarity or 1.0, hit.match or "exact"),
+        )
+        if hit.match == "semantic" and random.random() < self.s.settings.audit_sample_rate:
+            task = asyncio.create_task(self._audit(ctx, entry, hit.similarity or 1.0))
+            self.s.background.add(task)  # held until done, or the loop may drop it
+            task.add_done_callback(self.s.background.discard)
         self.record(
             ctx,
             Outcome.EXACT_HIT if hit.match == "exact" else Outcome.SEMANTIC_HIT,
@@ -427,6 +445,48 @@ class Pipeline:
         media = "text/event-stream" if up.status < 400 else JSON
         return StreamingResponse(relay(), status_code=up.status, media_type=media, headers=headers)
 
+    async def _audit(self, ctx: Ctx, entry: Entry, similarity: float) -> None:
+        """Ask upstream too (within quota) and compare: agreement estimates how often
+        semantic hits are right in live traffic, which no offline benchmark can tell."""
+        if ctx.flavor is not OPENAI:
+            return
+        body = {k: v for k, v in ctx.body.items() if k not in ("stream", "stream_options")}
+        try:
+            resp, ticket = await self.s.forwarder.send(
+                ctx.flavor.path, body, ctx.headers, ctx.project
+            )
+        except (RateLimited, ServiceError):
+            self.s.audit.skipped += 1
+            return
+        try:
+            fresh = resp.json()
+        except ValueError:
+            fresh = None
+        if resp.status >= 400 or not isinstance(fresh, dict):
+            self.s.forwarder.release(ticket)
+            self.s.audit.skipped += 1
+            return
+        self.s.forwarder.settle(ticket, *usage_of(fresh, ctx.flavor))
+        a, b = _answer_text(entry.response), _answer_text(fresh)
+        try:
+            va = await self.s.batcher.embed(a, 10.0)
+            vb = await self.s.batcher.embed(b, 10.0)
+        except TimeoutError:
+            self.s.audit.skipped += 1
+            return
+        agreed = float(va @ vb) >= self.s.settings.audit_agree_similarity
+        self.s.audit.audited += 1
+        self.s.audit.agreed += int(agreed)
+        log.info(
+            "audit",
+            extra={
+                "request_id": ctx.request_id,
+                "entry": entry.id,
+                "agreed": agreed,
+                "similarity": similarity,
+            },
+        )
+
     # ---------------------------------------------------------------- accounting
 
     def record(
@@ -469,6 +529,13 @@ class Pipeline:
                 "completion_tokens": entry.completion_tokens,
             },
         }
+
+
+def _answer_text(completion: dict[str, Any]) -> str:
+    try:
+        return str(completion["choices"][0]["message"].get("content") or "")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return ""
 
 
 async def _aiter(chunks: Any) -> AsyncIterator[bytes]:

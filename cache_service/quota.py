@@ -345,8 +345,8 @@ class BudgetWindow:
 
     @limit_usd.setter
     def limit_usd(self, value: float | None) -> None:
-        if value is not None and value < 0:
-            raise ValueError("a budget must be >= 0")
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"a budget must be a finite amount >= 0, got {value}")
         self._limit = None if value is None else _to_nano(value)
 
     def window_key(self, now: float) -> str:
@@ -360,7 +360,7 @@ class BudgetWindow:
         # Only forward: a wall clock stepped back across midnight must not wipe today's spend.
         if key > self._key:
             self._key = key
-            self._spent = 0; self._held = 0
+            self._spent = 0
         return self._key
 
     def key(self, now: float) -> str:
@@ -461,8 +461,8 @@ class Limits:
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
-            if value is not None and value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0 or None, got {value}")
 
 
 @dataclass(eq=False, slots=True)
@@ -480,6 +480,15 @@ class Reservation:
 
 @dataclass(frozen=True, slots=True)
 class Denial:
+    """Why a reservation was refused, worded for a 429 body.
+
+    ``retry_after_s`` is the wait if nothing in flight settles below its estimate or is
+    released (either can only make it sooner, so a queue should also re-try on those). For
+    a budget it is the time to the window reset, or :data:`HELD_RETRY_S` when only in-flight
+    holds are in the way. ``retryable`` is False (and the wait ``math.inf``) when no wait can
+    help: the request alone exceeds the limit.
+    """
+
     scope_kind: str
     scope_name: str
     limit: LimitName
@@ -594,9 +603,13 @@ class QuotaManager:
         caller: a non-retryable one first, else the longest wait, since retrying before that
         is futile however the others clear.
         """
-        if tokens < 0 or cost_usd < 0:
-            raise ValueError("tokens and cost must be >= 0")
-        mono, wall = self._clock.monotonic(), self._clock.now()
+        return self._check(scopes, tokens, cost_usd, self._clock.monotonic(), self._clock.now())
+
+    def _check(
+        self, scopes: Sequence[Scope], tokens: int, cost_usd: float, mono: float, wall: float
+    ) -> Denial | None:
+        if tokens < 0 or not (math.isfinite(cost_usd) and cost_usd >= 0):
+            raise ValueError(f"tokens and cost must be >= 0, got {tokens} and {cost_usd}")
         worst: Denial | None = None
         for scope in dict.fromkeys(scopes):
             for denial in self._denials(scope, self._state(scope), tokens, cost_usd, mono, wall):
@@ -611,10 +624,12 @@ class QuotaManager:
         self, scopes: Sequence[Scope], tokens: int, cost_usd: float
     ) -> Reservation | Denial:
         """Admit against every scope or none: nothing is taken unless all of them admit."""
-        denial = self.check(scopes, tokens, cost_usd)
+        # One reading of the clock for the check and the take, so what was checked is what
+        # gets recorded.
+        mono, wall = self._clock.monotonic(), self._clock.now()
+        denial = self._check(scopes, tokens, cost_usd, mono, wall)
         if denial is not None:
             return denial
-        mono, wall = self._clock.monotonic(), self._clock.now()
         unique = tuple(dict.fromkeys(scopes))
         reservation = Reservation(next(self._ids), unique, tokens, cost_usd, mono)
         for scope in unique:

@@ -128,6 +128,10 @@ class Settings(BaseSettings):
     it to let callers opt into looser matching."""
     search_k: int = Field(4, ge=1, le=64)
     """Candidates read per semantic lookup; the best accepted one wins."""
+    audit_sample_rate: float = Field(0.0, ge=0, le=1)
+    """Share of semantic hits also asked upstream (within quota) to estimate live precision."""
+    audit_agree_similarity: float = Field(0.8, gt=0, le=1)
+    """Cosine between cached and fresh answer above which an audited hit counts as right."""
     cache_tool_calls: bool = False
     """Store answers that call tools. Off: a tool call usually depends on live state."""
 

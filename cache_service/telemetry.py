@@ -503,6 +503,9 @@ class OutcomeLog:
         self._calls: deque[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]] = deque()
         self._wake = threading.Event()
         self._closed = False
+        # Orders append() against close() (which may run in another thread): a row is either
+        # refused or queued before the writer's final drain, never lost in between.
+        self._gate = threading.Lock()
         self._thread: threading.Thread | None = None
 
     @classmethod
@@ -527,14 +530,14 @@ class OutcomeLog:
     # --- called from the event loop
 
     def append(self, event: OutcomeEvent) -> bool:
-        """Queue one row; never blocks. False if the row was dropped (closed, or the writer
-        is `max_pending` rows behind: memory must stay bounded even if the disk stalls).
-        Call it from the thread that calls `close()` (the event loop), so no append can
-        slip in between close's flag and the writer's last drain."""
-        if self._closed or len(self._pending) >= self.max_pending:
-            self.dropped += 1
-            return False
-        self._pending.append(event)
+        """Queue one row; never waits on the disk. False if the row was dropped (closed, or
+        the writer is `max_pending` rows behind: memory stays bounded even if the disk
+        stalls)."""
+        with self._gate:
+            if self._closed or len(self._pending) >= self.max_pending:
+                self.dropped += 1
+                return False
+            self._pending.append(event)
         if len(self._pending) >= self.batch_rows:
             self._wake.set()
         return True
@@ -546,7 +549,8 @@ class OutcomeLog:
         self._call(lambda conn: None)
 
     def query(self, since: float | None = None, until: float | None = None) -> list[OutcomeEvent]:
-        """Rows with since <= time < until, oldest first; includes rows still queued."""
+        """Rows with since <= time < until in the order they were recorded, including rows
+        still queued."""
         rows = self._call(lambda conn: _select(conn, since, until))
         return [_event(r) for r in rows]
 
@@ -565,7 +569,8 @@ class OutcomeLog:
         """Write everything pending, then stop the writer. Idempotent."""
         if self._thread is None:
             return
-        self._closed = True
+        with self._gate:
+            self._closed = True
         thread, self._thread = self._thread, None
         self._wake.set()
         thread.join()
@@ -617,9 +622,8 @@ class OutcomeLog:
                     last_prune = time.monotonic()
                     self._safely(self._prune, conn)
                 if closing:
-                    # Rows appended between the check above and here were refused by
-                    # append(), so nothing is left behind unaccounted.
-                    self._write_pending(conn)
+                    # `_closed` was set under the gate before we read it, so every accepted
+                    # row is already queued and the drain above wrote it.
                     break
         finally:
             self._fail_calls()
@@ -636,7 +640,8 @@ class OutcomeLog:
                     conn.executemany(_INSERT, [_row(e) for e in batch])
                 self.written += len(batch)
             except Exception:
-                self.dropped += len(batch)
+                with self._gate:
+                    self.dropped += len(batch)
                 log.exception("outcome log write failed", extra={"rows": len(batch)})
 
     def _prune(self, conn: sqlite3.Connection) -> int:

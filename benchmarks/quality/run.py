@@ -118,7 +118,7 @@ def gptcache_equivalent_cosine(
     vectors; SearchDistanceEvaluation scores max_distance - d on the range [0, max_distance];
     a hit needs score >= threshold * max_distance, i.e. d <= max_distance (1 - threshold).
     """
-    return 1.0 - max_distance * (1.0 - threshold) / 2.0
+    return round(1.0 - max_distance * (1.0 - threshold) / 2.0, 9)
 
 
 def log(msg: str) -> None:
@@ -750,7 +750,8 @@ def _row(label: str, c: dict[str, Any]) -> str:
         else f"{c['negatives_served']:.3f} ({c['wrong_negative']})"
     )
     return (
-        f"| {label} | {_f(c['precision'])} | {_f(c['recall'])} | {neg} | "
+        f"| {label} | {_f(c['precision'] if c['positives'] else None)} | {_f(c['recall'])} | "
+        f"{neg} | "
         f"{c['error_rate']:.4f} | {c['served']} |"
     )
 

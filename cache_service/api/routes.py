@@ -227,6 +227,11 @@ async def delete_entries(
 async def cache_stats(request: Request) -> JSONResponse:
     s = pipeline_of(request).s
     snapshot = s.stats.snapshot()
+    snapshot["quality"] = {
+        "audit": s.audit.as_dict(),
+        "feedback": s.learner.counts,
+        "learned_thresholds": s.learner.thresholds,
+    }
     snapshot["cache"] = {
         "vectors": len(s.cache.index),
         "index_ready": s.cache.ready,
@@ -252,6 +257,51 @@ async def readyz(request: Request) -> JSONResponse:
         "entries_indexed": len(state.s.cache.index) if state else 0,
     }
     return JSONResponse(body, status_code=200 if ready else 503)
+
+
+class FeedbackRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    entry_id: str | None = None
+    request_id: str | None = None
+    correct: bool
+
+
+@router.post("/v1/cache/feedback")
+async def feedback(request: Request) -> JSONResponse:
+    """Tell the cache whether a hit was right. A wrong hit invalidates its entry and raises
+    the namespace's threshold above the similarity that fooled it."""
+    pipeline = pipeline_of(request)
+    s = pipeline.s
+    data = await read_json(request, s.settings.max_body_bytes)
+    fb = validate(FeedbackRequest, data)
+    assert isinstance(fb, FeedbackRequest)
+    if (fb.entry_id is None) == (fb.request_id is None):
+        raise BadRequest("give exactly one of 'entry_id' or 'request_id'", param="entry_id")
+    served = s.learner.find(fb.request_id) if fb.request_id else None
+    if fb.request_id and served is None:
+        raise NotFound(f"no recent hit with request id {fb.request_id!r}", param="request_id")
+    entry_id = served.entry_id if served else fb.entry_id
+    assert entry_id is not None
+    entry = await asyncio.to_thread(s.cache.store.get, entry_id)
+    namespace = served.namespace if served else (entry.namespace if entry else None)
+    if namespace is None:
+        raise NotFound(f"no cache entry with id {entry_id!r}", param="entry_id")
+    similarity = served.similarity if served and served.match == "semantic" else None
+    invalidated = False
+    if not fb.correct:
+        invalidated = await asyncio.to_thread(s.cache.delete, entry_id) is not None
+    threshold = s.learner.record(namespace, similarity, fb.correct)
+    learner_file = request.app.state.learner_file
+    await asyncio.to_thread(learner_file.save, s.learner.export())
+    return JSONResponse(
+        {
+            "entry_id": entry_id,
+            "namespace": namespace,
+            "invalidated": invalidated,
+            "namespace_threshold": threshold,
+        }
+    )
 
 
 # ------------------------------------------------------------------ quota

@@ -343,6 +343,17 @@ def test_limits_validation() -> None:
         Limits(rpm=-1)
     with pytest.raises(ValueError, match="daily_budget_usd"):
         Limits(daily_budget_usd=-0.01)
+    with pytest.raises(ValueError, match="monthly_budget_usd"):
+        Limits(monthly_budget_usd=math.inf)
+    with pytest.raises(ValueError, match="tpm"):
+        Limits(tpm=math.nan)  # type: ignore[arg-type]
+
+
+def test_reserve_rejects_bad_estimates(qm: QuotaManager) -> None:
+    for tokens, cost in [(-1, 0.0), (1, -0.5), (1, math.nan), (1, math.inf)]:
+        with pytest.raises(ValueError):
+            qm.reserve([P], tokens, cost)
+    assert qm.in_flight == 0
 
 
 def test_burst_of_100_against_rpm_10_admits_exactly_10_in_the_minute(

@@ -48,6 +48,14 @@ def ts(iso: str) -> float:
     return datetime.fromisoformat(iso).replace(tzinfo=UTC).timestamp()
 
 
+Op = tuple[object, ...]
+
+
+def flatten(ops: list[Op | list[Op]]) -> list[Op]:
+    """Inline the bursts (lists of reserves) into one flat sequence of operations."""
+    return [o for item in ops for o in (item if isinstance(item, list) else [item])]
+
+
 # Steps that land on and around the window edge as well as arbitrary ones.
 steps = st.one_of(
     st.sampled_from([0.0, 0.001, 1.0, 30.0, 59.999, 60.0, 60.001]),
@@ -98,7 +106,7 @@ rate_ops = st.lists(
 def test_every_60s_window_respects_rpm_and_tpm(
     rpm: tuple[int, int],
     tpm: tuple[int, int],
-    ops: list[tuple[object, ...] | list[tuple[object, ...]]],
+    ops: list[Op | list[Op]],
 ) -> None:
     """For each scope and every window [s, s + 60):
     * admitted, unreleased requests <= rpm;
@@ -113,8 +121,7 @@ def test_every_60s_window_respects_rpm_and_tpm(
     log: list[Admitted] = []
     pending: list[Admitted] = []
 
-    flat = [o for op in ops for o in (op if isinstance(op, list) else [op])]
-    for op in flat:
+    for op in flatten(ops):
         if op[0] == "advance":
             assert isinstance(op[1], float)
             clock.advance(op[1])
@@ -224,7 +231,7 @@ def test_budgets_never_exceeded_by_admitted_estimates(
     daily_cents: int,
     monthly_cents: int,
     overruns: bool,
-    ops: list[tuple[object, ...] | list[tuple[object, ...]]],
+    ops: list[Op | list[Op]],
 ) -> None:
     """Every admission has ``used + estimate <= limit`` in both calendar windows (used =
     spent + held). Without overruns (actual <= estimate) ``used <= limit`` at all times, and
@@ -237,7 +244,7 @@ def test_budgets_never_exceeded_by_admitted_estimates(
     booked: dict[str, float] = {}
     eps = 1e-9
 
-    for op in [o for op in ops for o in (op if isinstance(op, list) else [op])]:
+    for op in flatten(ops):
         if op[0] == "advance":
             assert isinstance(op[1], float)
             clock.advance(op[1])

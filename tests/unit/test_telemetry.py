@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -256,6 +258,33 @@ def test_rows_round_trip_every_field(log_path: Path) -> None:
         assert log.query() == [e, e2]
 
 
+def test_another_process_can_read_while_the_log_is_open(log_path: Path) -> None:
+    with OutcomeLog.open(log_path) as log:
+        log.append(event(Outcome.MISS))
+        log.flush()
+        assert len(read_outcomes(log_path)) == 1  # WAL: the read-only reader is not blocked
+        log.append(event(Outcome.EXACT_HIT, t=1_795_000_001.0))
+        assert log.count() == 2
+
+
+def test_close_from_another_thread_loses_nothing(log_path: Path) -> None:
+    log = OutcomeLog.open(log_path, flush_interval_s=0.001, batch_rows=10)
+    accepted = 0
+
+    def writer() -> None:
+        nonlocal accepted
+        for i in range(20_000):
+            accepted += log.append(event(Outcome.MISS, t=float(i)))
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    time.sleep(0.01)
+    log.close()
+    thread.join()
+    assert accepted > 0
+    assert len(read_outcomes(log_path)) == accepted == log.written
+
+
 def test_close_flushes_and_reopen_keeps_rows(log_path: Path) -> None:
     log = OutcomeLog.open(log_path, flush_interval_s=60, batch_rows=1000)
     for i in range(7):
@@ -272,7 +301,7 @@ def test_close_flushes_and_reopen_keeps_rows(log_path: Path) -> None:
     with OutcomeLog.open(log_path) as again:
         again.append(event(Outcome.EXACT_HIT, t=1_795_000_010.0))
         assert again.count() == 8
-    with sqlite3.connect(log_path) as conn:
+    with contextlib.closing(sqlite3.connect(log_path)) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
