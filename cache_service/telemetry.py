@@ -679,14 +679,59 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("COMMIT")
 
 
+# ------------------------------------------------------------------------------ quota adapters
+
+_BUDGET_WINDOWS = (("daily", "daily_budget"), ("monthly", "monthly_budget"))
+
+
+def budgets_of(quota_snapshot: dict[str, Any]) -> list[dict[str, Any]]:
+    """Project budgets from `QuotaManager.snapshot()`, as `build_report(budgets=...)` takes
+    them: windows with a limit or with spend, leaving out unused unlimited ones."""
+    out: list[dict[str, Any]] = []
+    for scope in quota_snapshot.get("scopes", []):
+        if scope.get("kind") != "project":
+            continue
+        for window, key in _BUDGET_WINDOWS:
+            b = scope.get(key) or {}
+            if b.get("limit") is not None or b.get("used"):
+                out.append(
+                    {
+                        "project": scope["name"],
+                        "window": window,
+                        "used_usd": b.get("used", 0.0),
+                        "limit_usd": b.get("limit"),
+                    }
+                )
+    return out
+
+
+def apply_quota_snapshot(metrics: Metrics, quota_snapshot: dict[str, Any]) -> None:
+    """Set the remaining-requests/tokens gauges of every scope and the budget gauges of
+    every project from `QuotaManager.snapshot()` (remaining is None where unlimited)."""
+    for scope in quota_snapshot.get("scopes", []):
+        kind, name = scope["kind"], scope["name"]
+        metrics.set_remaining(
+            kind,
+            name,
+            (scope.get("requests") or {}).get("remaining"),
+            (scope.get("tokens") or {}).get("remaining"),
+        )
+        if kind == "project":
+            for window, key in _BUDGET_WINDOWS:
+                b = scope.get(key) or {}
+                metrics.set_budget(name, window, float(b.get("used") or 0.0), b.get("limit"))
+
+
 # ------------------------------------------------------------------------------------- facade
 
 
 class Telemetry:
     """What the pipeline holds: `record(event)` updates the metrics and queues the log row.
 
-    `budgets`, if set, returns the current budget use (dicts with project, window, used_usd,
-    limit_usd) for the report's budget section.
+    Hooks, both called on the event loop (state like the quota manager's is only safe to
+    read there): `budgets` returns the current budget use (dicts with project, window,
+    used_usd, limit_usd) for the report's budget section; `before_scrape` refreshes gauges
+    right before GET /metrics renders.
     """
 
     def __init__(
@@ -696,11 +741,13 @@ class Telemetry:
         *,
         log_prompts: bool = False,
         budgets: Callable[[], list[dict[str, Any]]] | None = None,
+        before_scrape: Callable[[], None] | None = None,
     ) -> None:
         self.metrics = metrics
         self.log = outcome_log
         self.log_prompts = log_prompts
         self.budgets = budgets
+        self.before_scrape = before_scrape
         metrics.watch_outcome_log(outcome_log)
 
     @classmethod
@@ -738,6 +785,15 @@ class Telemetry:
         except Exception:
             log.exception("budget source failed; report goes without it")
             return None
+
+    def refresh(self) -> None:
+        """Run `before_scrape`; a failing hook costs fresh gauges, never the scrape."""
+        if self.before_scrape is None:
+            return
+        try:
+            self.before_scrape()
+        except Exception:
+            log.exception("before_scrape hook failed; gauges may be stale")
 
     def close(self) -> None:
         """Flush and close the log. Blocking: call via asyncio.to_thread."""

@@ -23,8 +23,10 @@ def telemetry_of(request: Request) -> Telemetry:
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
+    telemetry = telemetry_of(request)
+    telemetry.refresh()  # on the loop: reads quota state, which lives there
     # Off the loop: the cache-size callback may ask the store, which is disk I/O.
-    body, content_type = await asyncio.to_thread(telemetry_of(request).metrics.render)
+    body, content_type = await asyncio.to_thread(telemetry.metrics.render)
     return Response(body, media_type=content_type)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from cache_service.quota import Limits, QuotaManager, Reservation
 from cache_service.stats import Outcome
 from cache_service.telemetry import (
     Metrics,
@@ -16,6 +17,8 @@ from cache_service.telemetry import (
     OutcomeLog,
     StageTimer,
     Telemetry,
+    apply_quota_snapshot,
+    budgets_of,
     read_outcomes,
     split_cost,
 )
@@ -365,3 +368,41 @@ def test_telemetry_without_log() -> None:
         {"project": "p", "window": "daily", "used_usd": 1.0, "limit_usd": 2.0}
     ]
     t.close()
+
+
+# ------------------------------------------------------------------------------ quota adapters
+
+
+def test_quota_snapshot_feeds_gauges_and_report_budgets() -> None:
+    clock = FakeClock()
+    quota = QuotaManager(clock)
+    quota.configure("project", "proj-a", Limits(rpm=10, daily_budget_usd=5.0))
+    quota.configure("upstream", "openai", Limits(tpm=1000))
+    r = quota.reserve([("project", "proj-a"), ("upstream", "openai")], 100, 1.0)
+    assert isinstance(r, Reservation)
+    quota.settle(r, 120, 1.5)
+    snapshot = quota.snapshot()
+
+    assert budgets_of(snapshot) == [
+        {"project": "proj-a", "window": "daily", "used_usd": 1.5, "limit_usd": 5.0},
+        # Monthly has no limit but has spend, so it is shown.
+        {"project": "proj-a", "window": "monthly", "used_usd": 1.5, "limit_usd": None},
+    ]
+
+    m = Metrics()
+    t = Telemetry(m, before_scrape=lambda: apply_quota_snapshot(m, quota.snapshot()))
+    t.refresh()
+    s = scrape(m)
+    assert value(s, "llm_cache_budget_used_usd", project="proj-a", window="daily") == 1.5
+    assert value(s, "llm_cache_budget_limit_usd", project="proj-a", window="daily") == 5.0
+    proj = {"scope_kind": "project", "scope_name": "proj-a"}
+    assert value(s, "llm_cache_quota_remaining_requests", **proj) == 9
+    assert ("llm_cache_quota_remaining_tokens", frozenset(proj.items())) not in s
+    upstream = {"scope_kind": "upstream", "scope_name": "openai"}
+    assert value(s, "llm_cache_quota_remaining_tokens", **upstream) == 880
+
+    def broken() -> None:
+        raise RuntimeError("quota gone")
+
+    t.before_scrape = broken
+    t.refresh()  # logged, not raised: the scrape still answers
