@@ -106,6 +106,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from cache_service.report import run_cli
+    from cache_service.settings import ConfigError, load_settings
+
+    data_dir = args.data_dir
+    if data_dir is None:
+        try:
+            data_dir = load_settings(args.config).data_dir
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    return run_cli(
+        Path(data_dir) / "outcomes.sqlite3", since=args.since, fmt=args.format, out=args.out
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cache_service")
     sub = p.add_subparsers(dest="command", required=True)
@@ -127,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--latency-ms", type=float, default=0.0)
     sim.add_argument("--chunk-delay-ms", type=float, default=0.0)
     sim.set_defaults(func=cmd_simulate)
+
+    from cache_service.report import add_arguments
+
+    rep = sub.add_parser("report", help="hit rate, savings and latency from the outcome log")
+    add_arguments(rep)
+    rep.set_defaults(func=cmd_report)
 
     export = sub.add_parser("export-model", help="export the bundled model to ONNX under models/")
     export.add_argument("--model-dir", default="models")

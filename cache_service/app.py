@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cache_service.acceptance import AcceptConfig
+from cache_service.api.reports import router as reports_router
 from cache_service.api.routes import router
 from cache_service.backends.faiss_index import FaissIndex
 from cache_service.backends.jsonfile import JsonFile
@@ -37,6 +38,7 @@ from cache_service.protocols import Clock, Embedder, EntryStore, SystemClock, Up
 from cache_service.resilience import CircuitBreaker
 from cache_service.settings import ConfigError, Settings, UpstreamSetting
 from cache_service.stats import Stats
+from cache_service.telemetry import Telemetry, apply_quota_snapshot, budgets_of
 
 log = logging.getLogger("cache_service")
 
@@ -86,12 +88,28 @@ def create_app(
             on_alert=webhook,
         )
         batcher = EmbeddingBatcher(the_embedder, max_batch=settings.embed_batch_max)
+        telemetry = await asyncio.to_thread(
+            Telemetry.open,
+            settings.outcome_log_path if settings.outcome_log else None,
+            retention_days=settings.outcome_log_retention_days,
+            max_rows=settings.outcome_log_max_rows,
+            log_prompts=settings.log_prompts,
+            clock=the_clock,
+        )
+        telemetry.metrics.cache_size_callback(lambda: (len(cache.index), the_store.volume()))
+        telemetry.budgets = lambda: budgets_of(forwarder.manager.snapshot())
+        telemetry.before_scrape = lambda: apply_quota_snapshot(
+            telemetry.metrics, forwarder.manager.snapshot()
+        )
+        forwarder.metrics = telemetry.metrics
+        app.state.telemetry = telemetry
         services = Services(
             settings=settings,
             cache=cache,
             batcher=batcher,
             forwarder=forwarder,
             learner=FeedbackLearner(settings.similarity_threshold),
+            telemetry=telemetry,
             stats=Stats(),
             prices=prices,
             clock=the_clock,
@@ -104,12 +122,16 @@ def create_app(
         # and semantic lookups are skipped (readyz says so), instead of refusing traffic.
         rebuild = asyncio.create_task(_rebuild(cache))
         sweeper = asyncio.create_task(_sweep_forever(cache, settings.sweep_interval_s))
+        persister = asyncio.create_task(forwarder.persist_forever())
         try:
             yield
         finally:
-            for task in (rebuild, sweeper, *services.background):
+            tasks = (rebuild, sweeper, persister, *services.background)
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(rebuild, sweeper, *services.background, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.to_thread(forwarder.flush)
+            await asyncio.to_thread(telemetry.close)
             for slot in slots:
                 await slot.client.aclose()
             batcher.close()
@@ -121,6 +143,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.include_router(router)
+    app.include_router(reports_router)
     _install_error_handlers(app)
     return app
 

@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -37,6 +38,7 @@ from cache_service.resilience import (
     parse_retry_after,
 )
 from cache_service.settings import ProjectSetting, Settings
+from cache_service.telemetry import Metrics
 
 log = logging.getLogger("cache_service.quota")
 
@@ -212,6 +214,8 @@ class Forwarder:
         self.alerts = AlertTracker(settings.alerts.thresholds)
         self.projects = {p.name: p for p in settings.projects}
         self.counters: dict[str, int] = {"retries": 0, "fallbacks": 0, "rejections": 0}
+        self._dirty = False
+        self.metrics: Metrics | None = None
         self._configure()
         if ledger is not None:
             saved = ledger.load()
@@ -248,14 +252,22 @@ class Forwarder:
     # ------------------------------------------------------------------ estimates
 
     def estimate(self, body: dict[str, Any]) -> int:
-        text = json.dumps(body.get("messages", []), ensure_ascii=False)
-        if body.get("system"):
-            text += json.dumps(body["system"], ensure_ascii=False)
-        if body.get("tools"):
-            text += json.dumps(body["tools"], ensure_ascii=False)
+        # Message texts only, plus ~4 tokens of framing per message as chat formats add;
+        # structured parts (tools, images) are counted from their JSON.
+        parts: list[str] = []
+        framing = 0
+        for m in body.get("messages") or []:
+            framing += 4
+            content = m.get("content") if isinstance(m, dict) else m
+            parts.append(content if isinstance(content, str) else json.dumps(content))
+        for key in ("system", "tools"):
+            if body.get(key):
+                value = body[key]
+                parts.append(value if isinstance(value, str) else json.dumps(value))
+        text = "\n".join(parts)
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
         return estimate_request_tokens(
-            self.count_tokens(text),
+            self.count_tokens(text) + framing,
             max_tokens if isinstance(max_tokens, int) else None,
             self.settings.default_completion_tokens,
         )
@@ -311,23 +323,33 @@ class Forwarder:
                 continue
             if position > 0:
                 self.counters["fallbacks"] += 1
+                if self.metrics is not None:
+                    self.metrics.fallback(chain[position - 1].name, slot.name)
                 log.warning("falling back", extra={"upstream": slot.name, "model": model})
             scopes = (("project", project), ("upstream", slot.name), GLOBAL)
             try:
                 reservation = await self.gate.acquire(scopes, tokens, cost, priority)
-            except RateLimited:
+            except RateLimited as e:
                 self.counters["rejections"] += 1
+                if self.metrics is not None:
+                    kind, _, limit = (e.code or "unknown_unknown").partition("_")
+                    self.metrics.quota_rejection(kind, project, limit.removesuffix("_exceeded"))
                 raise
             ticket = Ticket(reservation, slot.name, model, project, 0, downgraded_from)
             for attempt in range(self.settings.max_retries + 1):
                 ticket.attempts = attempt + 1
                 retry_after: float | None = None
+                started = time.perf_counter()
                 try:
                     result = await call(slot, body)
                 except ServiceError as e:
                     last_error, last_result = e, None
+                    if self.metrics is not None:
+                        self.metrics.upstream_call(slot.name, None, time.perf_counter() - started)
                 else:
                     status = status_of(result)
+                    if self.metrics is not None:
+                        self.metrics.upstream_call(slot.name, status, time.perf_counter() - started)
                     if status not in RETRYABLE_STATUS:
                         if status < 500:
                             slot.breaker.success()
@@ -345,6 +367,9 @@ class Forwarder:
                     retry_after_cap_s=self.settings.retry_after_cap_s,
                 )
                 self.counters["retries"] += 1
+                if self.metrics is not None:
+                    reason = str(status_of(last_result)) if last_result is not None else "error"
+                    self.metrics.retry(slot.name, reason)
                 log.info(
                     "retrying upstream",
                     extra={
@@ -428,7 +453,18 @@ class Forwarder:
             log.warning(alert.message, extra=payload)
             if self.on_alert is not None:
                 asyncio.get_running_loop().create_task(self.on_alert(payload))
-        if self.ledger is not None:
+        self._dirty = True
+
+    async def persist_forever(self, interval_s: float = 1.0) -> None:
+        """Write spend at most once a second, off the event loop: an fsync per request would
+        cost more than the request. A crash loses at most the last second of spend."""
+        while True:
+            await asyncio.sleep(interval_s)
+            await asyncio.to_thread(self.flush)
+
+    def flush(self) -> None:
+        if self.ledger is not None and self._dirty:
+            self._dirty = False
             self.ledger.save(self.export())
 
     def export(self) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from cache_service.protocols import Clock, Entry, UpstreamResponse, Vector
 from cache_service.scope import RequestKeys, build_keys, tenant_of
 from cache_service.settings import Settings
 from cache_service.stats import Outcome, Stats
+from cache_service.telemetry import Metrics, OutcomeEvent, StageTimer, Telemetry, split_cost
 
 log = logging.getLogger("cache_service.pipeline")
 
@@ -76,6 +77,7 @@ class Services:
     prices: PriceTable
     clock: Clock
     learner: FeedbackLearner
+    telemetry: Telemetry = field(default_factory=lambda: Telemetry(Metrics()))
     audit: AuditTally = field(default_factory=AuditTally)
     background: set[asyncio.Task[None]] = field(default_factory=set)
     inflight: dict[str, asyncio.Future[UpstreamResponse]] = field(default_factory=dict)
@@ -98,6 +100,8 @@ class Ctx:
     vector: Vector | None = None
     embed_timeout: bool = False
     lookup: Lookup | None = None
+    stages: dict[str, float] = field(default_factory=dict)
+    upstream_status: int | None = None
 
 
 class Pipeline:
@@ -184,15 +188,17 @@ class Pipeline:
 
     async def lookup(self, ctx: Ctx) -> Lookup | None:
         cache = self.s.cache
-        entry = await asyncio.to_thread(cache.get_exact, ctx.keys.exact_key)
+        with StageTimer(ctx.stages, "exact"):
+            entry = await asyncio.to_thread(cache.get_exact, ctx.keys.exact_key)
         if entry is not None:
             return Lookup(entry, 1.0, "exact", reason="ok")
         if not (ctx.keys.semantic_ok and cache.ready):
             return None
         try:
-            ctx.vector = await self.s.batcher.embed(
-                ctx.keys.prompt, self.s.settings.embed_timeout_ms / 1000
-            )
+            with StageTimer(ctx.stages, "embed"):
+                ctx.vector = await self.s.batcher.embed(
+                    ctx.keys.prompt, self.s.settings.embed_timeout_ms / 1000
+                )
         except TimeoutError:
             # Fail open: a slow embedder must cost a cache hit, never an answer.
             ctx.embed_timeout = True
@@ -203,9 +209,10 @@ class Pipeline:
         learned = self.s.learner.threshold(ctx.keys.tenant)
         if learned > (threshold or cache.accept_config.threshold):
             threshold = learned
-        found = await asyncio.to_thread(
-            cache.search, ctx.keys.scope, ctx.vector, ctx.keys.prompt, threshold
-        )
+        with StageTimer(ctx.stages, "search"):
+            found = await asyncio.to_thread(
+                cache.search, ctx.keys.scope, ctx.vector, ctx.keys.prompt, threshold
+            )
         ctx.lookup = found
         return found if found.entry is not None else None
 
@@ -290,6 +297,7 @@ class Pipeline:
             parsed = resp.json()
         except ValueError:
             parsed = None
+        ctx.upstream_status = resp.status
         # A shared answer was paid for (and stored) once, by the request that fetched it.
         p, c = (0, 0) if ticket is None else usage_of(parsed, ctx.flavor)
         extra = self._ticket_headers(ticket) if ticket else {"x-cache-coalesced": "true"}
@@ -370,6 +378,7 @@ class Pipeline:
         except ServiceError:
             self.record(ctx, Outcome.ERROR, 0, 0)
             raise
+        ctx.upstream_status = up.status
         if up.status >= 400:
             data = b"".join([c async for c in up.chunks])
             self.s.forwarder.release(ticket)
@@ -502,6 +511,32 @@ class Pipeline:
             dollars=dollars,
             embed_timeout=ctx.embed_timeout,
         )
+        saved, spent = split_cost(outcome, dollars)
+        lk = ctx.lookup
+        latency_ms = (time.perf_counter() - ctx.started) * 1000
+        self.s.telemetry.record(
+            OutcomeEvent(
+                time=self.s.clock.now(),
+                request_id=ctx.request_id,
+                namespace=ctx.keys.tenant,
+                project=ctx.project,
+                model=ctx.keys.model,
+                outcome=outcome,
+                similarity=1.0
+                if outcome is Outcome.EXACT_HIT
+                else (lk.similarity if lk and outcome is Outcome.SEMANTIC_HIT else None),
+                best_rejected=lk.best_rejected if lk else None,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                dollars_saved=saved,
+                dollars_spent=spent,
+                latency_ms=latency_ms,
+                stages=ctx.stages,
+                upstream_status=ctx.upstream_status,
+                embed_timeout=ctx.embed_timeout,
+                prompt=ctx.keys.prompt if self.s.settings.log_prompts else None,
+            )
+        )
         log.info(
             "request",
             extra={
@@ -510,7 +545,7 @@ class Pipeline:
                 "model": ctx.keys.model,
                 "outcome": outcome.value,
                 "similarity": ctx.lookup.similarity if ctx.lookup else None,
-                "ms": round((time.perf_counter() - ctx.started) * 1000, 2),
+                "ms": round(latency_ms, 2),
             },
         )
 

@@ -169,6 +169,14 @@ class Settings(BaseSettings):
     breaker_failures: int = Field(5, ge=1)
     """Consecutive failures that open an upstream's circuit breaker."""
     breaker_cooldown_s: float = Field(30.0, gt=0)
+    # --- telemetry
+    outcome_log: bool = True
+    """Keep one row per request (never the prompt) in data_dir/outcomes.sqlite3 for reports."""
+    outcome_log_retention_days: float = Field(30.0, gt=0)
+    outcome_log_max_rows: int = Field(1_000_000, ge=1000)
+    log_prompts: bool = False
+    """Also store prompt text in the outcome log. Off by default."""
+
     admin_key: str | None = None
     """Bearer key for the admin API (runtime limit changes). None: admin API disabled."""
 
@@ -192,6 +200,10 @@ class Settings(BaseSettings):
     @property
     def store_dir(self) -> Path:
         return self.data_dir / "entries"
+
+    @property
+    def outcome_log_path(self) -> Path:
+        return self.data_dir / "outcomes.sqlite3"
 
 
 class _YamlSource(PydanticBaseSettingsSource):
