@@ -716,6 +716,7 @@ def bench_size(
             n_exact = max(5 * args.requests, 1500)  # ~1 ms each: more for a stable rate
             sem_bodies = [chat_body(sem_queries[i % len(sem_queries)][0]) for i in range(n_conc)]
             for _ in range(args.rounds):
+                tc = time.perf_counter()
                 ex = with_cpu(
                     proc.pid,
                     n_exact,
@@ -729,7 +730,8 @@ def bench_size(
                 c1 = cache_counters(ctl, base)
                 se["embedding_batches"] = c1["embedding_batches"] - c0["embedding_batches"]
                 se["embedded"] = c1["embedded"] - c0["embedded"]
-                conc.append({"exact": ex, "semantic": se})
+                conc.append({"window_s": [round(tc - t0, 1)], "exact": ex, "semantic": se})
+                conc[-1]["window_s"].append(round(time.perf_counter() - t0, 1))
             print(
                 f"[{size}] 8 clients: exact {[c['exact']['req_per_s'] for c in conc]} req/s, "
                 f"semantic {[c['semantic']['req_per_s'] for c in conc]} req/s",
