@@ -66,7 +66,7 @@ async def harness(
 ) -> AsyncIterator[Harness]:
     sim_app = create_simulated_app()
     sim_transport = httpx.ASGITransport(app=sim_app)
-    upstream = HttpUpstream(upstream_url or "http://sim/v1", transport=sim_transport, timeout_s=2)
+    upstream = HttpUpstream(upstream_url or "http://sim/v1", transport=sim_transport, timeout_s=10)
     app = create_app(settings, embedder=embedder, upstream=upstream, clock=clock)
     async with (
         app.router.lifespan_context(app),
