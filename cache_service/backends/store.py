@@ -18,6 +18,8 @@ from cache_service.protocols import Entry
 
 _ENTRY = "e:"
 _EXACT = "x:"
+# Every "e:..." key sorts in ["e:", "e;"): ";" is the character after ":".
+_KEY_RANGE = (_ENTRY, "e;")
 
 
 def _to_record(entry: Entry) -> dict[str, Any]:
@@ -110,12 +112,20 @@ class DiskCacheStore:
                 self._cache.delete(_EXACT + entry.exact_key)
         return entry
 
+    def _entry_keys(self) -> list[str]:
+        # One indexed range query on diskcache's own table. Its iterkeys() pages 100 keys
+        # per query and took 8-11 s at 100k entries (measured), which a periodic sweep and
+        # every start would pay.
+        rows = self._cache._sql(
+            "SELECT key FROM Cache WHERE key >= ? AND key < ? AND raw = 1", _KEY_RANGE
+        ).fetchall()
+        return [row[0] for row in rows]
+
     def iter_entries(self) -> Iterator[Entry]:
-        for key in self._cache.iterkeys():
-            if isinstance(key, str) and key.startswith(_ENTRY):
-                record = self._cache.get(key)
-                if record is not None:
-                    yield _from_record(record)
+        for key in self._entry_keys():
+            record = self._cache.get(key)
+            if record is not None:
+                yield _from_record(record)
 
     def expired_ids(self, now: float) -> list[str]:
         return [e.id for e in self.iter_entries() if e.expired(now)]
@@ -128,7 +138,11 @@ class DiskCacheStore:
         return (_ENTRY + entry_id) in self._cache
 
     def __len__(self) -> int:
-        return sum(1 for k in self._cache.iterkeys() if isinstance(k, str) and k.startswith(_ENTRY))
+        """Entries on disk, expired ones not yet culled included."""
+        row = self._cache._sql(
+            "SELECT COUNT(*) FROM Cache WHERE key >= ? AND key < ? AND raw = 1", _KEY_RANGE
+        ).fetchone()
+        return int(row[0])
 
     def volume(self) -> int:
         return int(self._cache.volume())
