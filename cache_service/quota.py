@@ -335,6 +335,9 @@ class BudgetWindow:
         self.period: Period = period
         self.limit_usd = limit_usd
         self._key = window_key(period, now)
+        # Calendar arithmetic (datetime) was most of the cost of an admission; within a
+        # window a float comparison is enough.
+        self._rolls_at = window_reset_at(period, now)
         self._spent = 0
         self._held = 0
         self._in_flight = 0
@@ -356,11 +359,15 @@ class BudgetWindow:
         return window_reset_at(self.period, now)
 
     def _roll(self, now: float) -> str:
+        if now < self._rolls_at:
+            # Inside the current window, or a wall clock stepped back: only forward, so a
+            # clock stepped back across midnight must not wipe today's spend.
+            return self._key
         key = self.window_key(now)
-        # Only forward: a wall clock stepped back across midnight must not wipe today's spend.
         if key > self._key:
             self._key = key
             self._spent = 0
+        self._rolls_at = max(self._rolls_at, window_reset_at(self.period, now))
         return self._key
 
     def key(self, now: float) -> str:
