@@ -38,7 +38,7 @@ from cache_service.protocols import Clock, Embedder, EntryStore, SystemClock, Up
 from cache_service.resilience import CircuitBreaker
 from cache_service.settings import ConfigError, Settings, UpstreamSetting
 from cache_service.stats import Stats
-from cache_service.telemetry import Telemetry, apply_quota_snapshot, budgets_of
+from cache_service.telemetry import Metrics, Telemetry, apply_quota_snapshot, budgets_of
 
 log = logging.getLogger("cache_service")
 
@@ -121,7 +121,9 @@ def create_app(
         # The index is derived from the store; until it is rebuilt, exact hits are served
         # and semantic lookups are skipped (readyz says so), instead of refusing traffic.
         rebuild = asyncio.create_task(_rebuild(cache))
-        sweeper = asyncio.create_task(_sweep_forever(cache, settings.sweep_interval_s))
+        sweeper = asyncio.create_task(
+            _sweep_forever(cache, settings.sweep_interval_s, telemetry.metrics)
+        )
         persister = asyncio.create_task(forwarder.persist_forever())
         try:
             yield
@@ -208,11 +210,12 @@ async def _rebuild(cache: SemanticCache) -> None:
     log.info("index rebuilt from store", extra={"entries": count})
 
 
-async def _sweep_forever(cache: SemanticCache, interval_s: float) -> None:
+async def _sweep_forever(cache: SemanticCache, interval_s: float, metrics: Metrics) -> None:
     while True:
         await asyncio.sleep(interval_s)
         try:
             removed = await asyncio.to_thread(cache.sweep)
+            metrics.expired(removed)
             if removed:
                 log.info("swept expired entries", extra={"removed": removed})
         except Exception:

@@ -465,7 +465,7 @@ class Pipeline:
                 ctx.flavor.path, body, ctx.headers, ctx.project
             )
         except (RateLimited, ServiceError):
-            self.s.audit.skipped += 1
+            self._audited("skipped")
             return
         try:
             fresh = resp.json()
@@ -473,7 +473,7 @@ class Pipeline:
             fresh = None
         if resp.status >= 400 or not isinstance(fresh, dict):
             self.s.forwarder.release(ticket)
-            self.s.audit.skipped += 1
+            self._audited("skipped")
             return
         self.s.forwarder.settle(ticket, *usage_of(fresh, ctx.flavor))
         a, b = _answer_text(entry.response), _answer_text(fresh)
@@ -481,11 +481,10 @@ class Pipeline:
             va = await self.s.batcher.embed(a, 10.0)
             vb = await self.s.batcher.embed(b, 10.0)
         except TimeoutError:
-            self.s.audit.skipped += 1
+            self._audited("skipped")
             return
         agreed = float(va @ vb) >= self.s.settings.audit_agree_similarity
-        self.s.audit.audited += 1
-        self.s.audit.agreed += int(agreed)
+        self._audited("agreed" if agreed else "disagreed")
         log.info(
             "audit",
             extra={
@@ -495,6 +494,15 @@ class Pipeline:
                 "similarity": similarity,
             },
         )
+
+    def _audited(self, verdict: str) -> None:
+        tally = self.s.audit
+        if verdict == "skipped":
+            tally.skipped += 1
+        else:
+            tally.audited += 1
+            tally.agreed += verdict == "agreed"
+        self.s.telemetry.metrics.audit(verdict, tally.as_dict()["estimated_precision"])
 
     # ---------------------------------------------------------------- accounting
 
@@ -546,6 +554,7 @@ class Pipeline:
                 "outcome": outcome.value,
                 "similarity": ctx.lookup.similarity if ctx.lookup else None,
                 "ms": round(latency_ms, 2),
+                "stages_ms": {k: round(v, 3) for k, v in ctx.stages.items()},
             },
         )
 

@@ -297,6 +297,17 @@ class Metrics:
         self.evictions = Counter(
             f"{p}_evicted", "Entries evicted for space or invalidated.", registry=r
         )
+        self.audits = Counter(
+            f"{p}_audits",
+            "Semantic hits re-asked upstream, by verdict (agreed, disagreed, skipped).",
+            ["verdict"],
+            registry=r,
+        )
+        self.audit_precision = Gauge(
+            f"{p}_audit_estimated_precision",
+            "Share of audited semantic hits whose fresh answer agreed with the cached one.",
+            registry=r,
+        )
         self._scrape = _ScrapeTimeCollector(p)
         r.register(self._scrape)
 
@@ -380,6 +391,11 @@ class Metrics:
     def evicted(self, n: int) -> None:
         if n > 0:
             self.evictions.inc(n)
+
+    def audit(self, verdict: str, estimated_precision: float | None) -> None:
+        self.audits.labels(verdict).inc()
+        if estimated_precision is not None:
+            self.audit_precision.set(estimated_precision)
 
     def watch_outcome_log(self, outcome_log: OutcomeLog | None) -> None:
         self._scrape.outcome_log = outcome_log

@@ -204,6 +204,7 @@ async def delete_entry(request: Request, entry_id: str) -> JSONResponse:
     entry = await asyncio.to_thread(cache.delete, entry_id)
     if entry is None:
         raise NotFound(f"no cache entry with id {entry_id!r}", param="entry_id")
+    request.app.state.telemetry.metrics.evicted(1)
     return JSONResponse({"deleted": 1, "entry_id": entry_id})
 
 
@@ -217,6 +218,7 @@ async def delete_entries(
         )
     cache = pipeline_of(request).s.cache
     count = await asyncio.to_thread(cache.delete_where, namespace=namespace, model=model)
+    request.app.state.telemetry.metrics.evicted(count)
     return JSONResponse({"deleted": count, "namespace": namespace, "model": model})
 
 

@@ -72,3 +72,9 @@ async def test_audit_samples_hits_and_estimates_precision(
         # the simulated upstream answers each wording differently: the audit notices
         assert audit["estimated_precision"] in (0.0, 1.0)
         assert await h.upstream_calls() == 2
+        metrics = (await h.client.get("/metrics")).text
+        verdicts = [
+            line for line in metrics.splitlines() if line.startswith("llm_cache_audits_total")
+        ]
+        assert len(verdicts) == 1
+        assert verdicts[0].endswith(" 1.0")
