@@ -8,13 +8,55 @@ a few milliseconds and, unlike HNSW, supports removal and never misses a near du
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import faiss
 import numpy as np
 
 from cache_service.protocols import SearchHit, Vector
+
+
+class _ReadWriteLock:
+    """Many searches at once, or one add/remove. FAISS releases the GIL while it scans, so
+    concurrent lookups in one large scope can use both cores instead of queueing; waiting
+    writers go first, so a stream of lookups cannot starve the stores behind them."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._writers_waiting = 0
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writing or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
 
 
 class _Scope:
@@ -34,12 +76,12 @@ class FaissIndex:
         self.dim = dim
         self._scopes: dict[str, _Scope] = {}
         self._next_label = 0
-        # FAISS indexes are not safe for concurrent add and search.
-        self._lock = threading.Lock()
+        # FAISS indexes are safe for concurrent searches, not for a search beside an add.
+        self._lock = _ReadWriteLock()
 
     def add(self, scope: str, entry_id: str, vector: Vector) -> None:
         vec = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, self.dim)
-        with self._lock:
+        with self._lock.write():
             s = self._scopes.get(scope)
             if s is None:
                 s = self._scopes[scope] = _Scope(self.dim)
@@ -53,7 +95,7 @@ class FaissIndex:
 
     def search(self, scope: str, vector: Vector, k: int) -> list[SearchHit]:
         vec = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, self.dim)
-        with self._lock:
+        with self._lock.read():
             s = self._scopes.get(scope)
             if s is None or s.index.ntotal == 0:
                 return []
@@ -65,7 +107,7 @@ class FaissIndex:
             ]
 
     def remove(self, scope: str, entry_ids: Iterable[str]) -> None:
-        with self._lock:
+        with self._lock.write():
             s = self._scopes.get(scope)
             if s is None:
                 return
@@ -78,12 +120,12 @@ class FaissIndex:
                 del self._scopes[scope]
 
     def clear(self) -> None:
-        with self._lock:
+        with self._lock.write():
             self._scopes.clear()
 
     def scopes(self) -> int:
         return len(self._scopes)
 
     def __len__(self) -> int:
-        with self._lock:
+        with self._lock.read():
             return sum(s.index.ntotal for s in self._scopes.values())

@@ -281,3 +281,38 @@ def test_len_counts_all_scopes_and_clear_empties() -> None:
 
 def test_search_empty_index() -> None:
     assert FaissIndex(DIM).search("s", vec(1, 0), 4) == []
+
+
+def test_read_write_lock_admits_readers_together_and_writers_alone() -> None:
+    import threading
+
+    from cache_service.backends.faiss_index import _ReadWriteLock
+
+    lock = _ReadWriteLock()
+    inside = threading.Barrier(2, timeout=2)
+
+    def reader() -> None:
+        with lock.read():
+            inside.wait()  # both readers must be inside at once, or this times out
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not inside.broken
+
+    order: list[str] = []
+    with lock.read():
+
+        def write() -> None:
+            with lock.write():
+                order.append("write")
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        writer.join(0.2)
+        assert order == []  # the writer waits for the reader
+        order.append("read done")
+    writer.join(2)
+    assert order == ["read done", "write"]
