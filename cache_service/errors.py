@@ -59,6 +59,8 @@ class PayloadTooLarge(ServiceError):
 class RateLimited(ServiceError):
     status = 429
     type = "rate_limit_error"
+    denial: Any = None
+    """The quota decision behind it (cache_service.quota.Denial), for metrics."""
 
 
 class UpstreamUnavailable(ServiceError):

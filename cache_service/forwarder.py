@@ -176,12 +176,14 @@ def _limit_error(denial: Denial, waited: float | None = None) -> RateLimited:
     if retry is not None:
         headers["retry-after"] = retry
     suffix = f" (waited {waited:g} s in the queue)" if waited else ""
-    return RateLimited(
+    error = RateLimited(
         f"Rate limit reached: {denial.message}{suffix}.",
         param=None,
         code=f"{denial.scope_kind}_{denial.limit}_exceeded",
         headers=headers,
     )
+    error.denial = denial
+    return error
 
 
 class Forwarder:
@@ -327,14 +329,18 @@ class Forwarder:
                     self.metrics.fallback(chain[position - 1].name, slot.name)
                 log.warning("falling back", extra={"upstream": slot.name, "model": model})
             scopes = (("project", project), ("upstream", slot.name), GLOBAL)
+            asked = time.perf_counter()
             try:
                 reservation = await self.gate.acquire(scopes, tokens, cost, priority)
             except RateLimited as e:
                 self.counters["rejections"] += 1
-                if self.metrics is not None:
-                    kind, _, limit = (e.code or "unknown_unknown").partition("_")
-                    self.metrics.quota_rejection(kind, project, limit.removesuffix("_exceeded"))
+                d = e.denial
+                if self.metrics is not None and d is not None:
+                    self.metrics.quota_rejection(d.scope_kind, d.scope_name, d.limit)
                 raise
+            waited = time.perf_counter() - asked
+            if waited > 0.001 and self.metrics is not None:
+                self.metrics.queue_wait(project, waited)
             ticket = Ticket(reservation, slot.name, model, project, 0, downgraded_from)
             for attempt in range(self.settings.max_retries + 1):
                 ticket.attempts = attempt + 1

@@ -176,7 +176,10 @@ async def cache_store(request: Request) -> JSONResponse:
     ).ttl_s
     vector = None
     if keys.semantic_ok:
-        vector = await pipeline.s.batcher.embed(keys.prompt, 10.0)
+        try:
+            vector = await pipeline.s.batcher.embed(keys.prompt, 10.0)
+        except TimeoutError:
+            vector = None  # stored for exact lookups only
     cache = pipeline.s.cache
     entry = cache.new_entry(
         scope=keys.scope,

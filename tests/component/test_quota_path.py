@@ -37,6 +37,11 @@ async def test_burst_against_rpm_admits_exactly_the_limit(
         assert ok.headers["x-ratelimit-limit-requests"] == "10"
         assert "x-ratelimit-remaining-requests" in ok.headers
         assert "x-ratelimit-reset-requests" in ok.headers
+        metrics = (await h.client.get("/metrics")).text
+        assert (
+            'llm_cache_quota_rejections_total{limit="rpm",scope_kind="project",'
+            'scope_name="default"} 90.0'
+        ) in metrics
         # hits consume no quota: a cached question is still answered
         again = await h.chat("distinct question 0")
         assert again.status_code == 200
@@ -71,6 +76,10 @@ async def test_queue_waits_for_room(
         clock.advance(61)  # the rate window rolls over
         r = await asyncio.wait_for(second, 3)
         assert r.status_code == 200
+        metrics = (await h.client.get("/metrics")).text
+        assert 'llm_cache_quota_queue_wait_seconds_count{limit="any",project="default"} 1.0' in (
+            metrics
+        )
 
 
 async def test_upstream_retry_after_is_honoured(
