@@ -115,70 +115,6 @@ def format_duration(seconds: float) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-class TokenBucket:
-    """Continuous-refill token bucket.
-
-    Guarantee: over any interval of length ``T`` at most ``capacity + T * refill_per_s`` is
-    taken. So ``rpm: 10`` as a bucket (capacity 10, refill 10/60 s) admits a burst of 10 at
-    once *and* about 10 more trickling in over the next minute: up to ~2N in a rolling
-    minute. That is why :class:`QuotaManager` uses :class:`SlidingWindow` for rpm/tpm; the
-    bucket is kept for smoothing uses that want burst-then-steady-rate.
-    """
-
-    def __init__(self, capacity: float, refill_per_s: float, now: float) -> None:
-        if capacity < 0 or refill_per_s < 0:
-            raise ValueError("capacity and refill rate must be >= 0")
-        self.capacity = capacity
-        self.refill_per_s = refill_per_s
-        self._level = capacity
-        self._at = now
-
-    def _refill(self, now: float) -> None:
-        # A clock that steps back must not un-refill; treat it as no time passing.
-        if now > self._at:
-            self._level = min(self.capacity, self._level + (now - self._at) * self.refill_per_s)
-            self._at = now
-
-    def available(self, now: float) -> float:
-        """Current level; negative while in debt."""
-        self._refill(now)
-        return self._level
-
-    def try_take(self, amount: float, now: float) -> bool:
-        self._refill(now)
-        if amount > self._level:
-            return False
-        self._level -= amount
-        return True
-
-    def time_until(self, amount: float, now: float) -> float:
-        """Seconds until ``amount`` could be taken; ``math.inf`` if it never can."""
-        self._refill(now)
-        if amount > self.capacity:
-            return math.inf
-        missing = amount - self._level
-        if missing <= 0:
-            return 0.0
-        if self.refill_per_s <= 0:
-            return math.inf
-        return missing / self.refill_per_s
-
-    def give_back(self, amount: float, now: float) -> None:
-        """Return an unused reservation; never above capacity."""
-        self.adjust(-amount, now)
-
-    def adjust(self, delta: float, now: float) -> None:
-        """Charge ``delta`` more (or, negative, less) than was taken.
-
-        May push the level below zero on purpose: a request that used more than it reserved
-        has really consumed that much, and refusing later requests until the debt is paid off
-        is what keeps the long-run rate at ``refill_per_s``. Clamping at zero would let
-        systematic under-estimates exceed the limit indefinitely.
-        """
-        self._refill(now)
-        self._level = min(self.capacity, self._level - delta)
-
-
 @dataclass(eq=False, slots=True)
 class Charge:
     """One entry in a :class:`SlidingWindow`'s log; the handle a reservation keeps to settle."""
@@ -905,31 +841,3 @@ class AlertTracker:
                 self._fired[key] = (window, {float(t) for t in record["thresholds"]})
             elif window == current[0]:
                 current[1].update(float(t) for t in record["thresholds"])
-
-
-@dataclass(frozen=True, slots=True)
-class Waiter:
-    """A request queued on a denial (``on_limit: queue``)."""
-
-    priority: int
-    enqueued_at: float  # monotonic
-    seq: int  # tie-break so equal priority and time stay first-in, first-out
-    scopes: tuple[Scope, ...] = ()
-
-
-def admission_order(waiters: Iterable[Waiter]) -> list[Waiter]:
-    """Higher priority first, then first come, first served.
-
-    How the queue should apply it on each wake-up (a settle, a release, or the earliest
-    ``retry_after_s``): walk this order and ``reserve`` each waiter; a waiter that is denied
-    blocks every later waiter sharing a scope with it (see :func:`blocked_by`), so small
-    requests cannot keep overtaking a large high-priority one forever, while waiters on
-    unrelated scopes are not held up.
-    """
-    return sorted(waiters, key=lambda w: (-w.priority, w.enqueued_at, w.seq))
-
-
-def blocked_by(waiter: Waiter, denied: Iterable[Waiter]) -> bool:
-    """Whether an earlier denied waiter shares a scope with ``waiter``."""
-    mine = set(waiter.scopes)
-    return any(mine.intersection(other.scopes) for other in denied)

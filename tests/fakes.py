@@ -12,19 +12,21 @@ from cache_service.protocols import Vector
 
 
 class FakeClock:
-    def __init__(self, start: float = 1_795_000_000.0) -> None:
-        self.t = start
-        self.m = 1000.0
+    """Wall and monotonic time that move only when a test says so."""
+
+    def __init__(self, wall: float = 1_795_000_000.0, mono: float = 1000.0) -> None:
+        self.wall = wall
+        self.mono = mono
 
     def now(self) -> float:
-        return self.t
+        return self.wall
 
     def monotonic(self) -> float:
-        return self.m
+        return self.mono
 
     def advance(self, seconds: float) -> None:
-        self.t += seconds
-        self.m += seconds
+        self.wall += seconds
+        self.mono += seconds
 
 
 class HashingEmbedder:

@@ -15,35 +15,16 @@ from cache_service.quota import (
     QuotaManager,
     Reservation,
     SlidingWindow,
-    TokenBucket,
-    Waiter,
-    admission_order,
-    blocked_by,
     estimate_request_tokens,
     format_duration,
     window_key,
     window_reset_at,
 )
+from tests.fakes import FakeClock
 
 
 def ts(iso: str) -> float:
     return datetime.fromisoformat(iso).replace(tzinfo=UTC).timestamp()
-
-
-class FakeClock:
-    def __init__(self, wall: float = ts("2026-11-22T12:00:00"), mono: float = 1000.0) -> None:
-        self.wall = wall
-        self.mono = mono
-
-    def now(self) -> float:
-        return self.wall
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def advance(self, seconds: float) -> None:
-        self.wall += seconds
-        self.mono += seconds
 
 
 P: tuple[str, str] = ("project", "default")
@@ -63,7 +44,7 @@ def denied(result: Reservation | Denial) -> Denial:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(ts("2026-11-22T12:00:00"))
 
 
 @pytest.fixture
@@ -112,61 +93,6 @@ def test_format_duration(seconds: float, text: str) -> None:
 def test_format_duration_rejects_infinity() -> None:
     with pytest.raises(ValueError, match="infinite"):
         format_duration(math.inf)
-
-
-# -- TokenBucket -------------------------------------------------------------------------------
-
-
-def test_bucket_starts_full_and_refills_continuously() -> None:
-    b = TokenBucket(10, 10 / 60, now=0.0)
-    assert b.available(0.0) == 10
-    assert all(b.try_take(1, 0.0) for _ in range(10))
-    assert not b.try_take(1, 0.0)
-    assert b.time_until(1, 0.0) == pytest.approx(6.0)
-    assert not b.try_take(1, 5.9)
-    assert b.try_take(1, 6.0)
-    assert b.available(1000.0) == 10  # never above capacity
-
-
-def test_bucket_time_until() -> None:
-    b = TokenBucket(10, 2.0, now=0.0)
-    assert b.time_until(5, 0.0) == 0.0
-    assert b.time_until(11, 0.0) == math.inf
-    assert b.try_take(10, 0.0)
-    assert b.time_until(4, 0.0) == pytest.approx(2.0)
-    assert TokenBucket(10, 0.0, now=0.0).time_until(10, 0.0) == 0.0
-    empty = TokenBucket(10, 0.0, now=0.0)
-    empty.try_take(10, 0.0)
-    assert empty.time_until(1, 0.0) == math.inf
-
-
-def test_bucket_give_back_is_capped() -> None:
-    b = TokenBucket(10, 1.0, now=0.0)
-    assert b.try_take(4, 0.0)
-    b.give_back(100, 0.0)
-    assert b.available(0.0) == 10
-
-
-def test_bucket_debt_delays_later_takes() -> None:
-    b = TokenBucket(10, 1.0, now=0.0)
-    assert b.try_take(10, 0.0)
-    b.adjust(5, 0.0)  # used 5 more than reserved
-    assert b.available(0.0) == -5
-    assert b.time_until(1, 0.0) == pytest.approx(6.0)
-    assert not b.try_take(1, 5.0)
-    assert b.try_take(1, 6.0)
-
-
-def test_bucket_ignores_clock_stepping_back() -> None:
-    b = TokenBucket(10, 1.0, now=100.0)
-    assert b.try_take(10, 100.0)
-    assert b.available(50.0) == 0
-    assert b.available(101.0) == pytest.approx(1.0)
-
-
-def test_bucket_rejects_negative_config() -> None:
-    with pytest.raises(ValueError):
-        TokenBucket(-1, 1, now=0)
 
 
 # -- SlidingWindow -----------------------------------------------------------------------------
@@ -884,23 +810,3 @@ def test_manager_check_alerts_uses_actual_spend(qm: QuotaManager, clock: FakeClo
     assert qm.check_alerts(tracker) == []
     clock.advance(86_400)
     assert qm.check_alerts(tracker) == []
-
-
-# -- queue ordering ----------------------------------------------------------------------------
-
-
-def test_admission_order_priority_then_fifo() -> None:
-    a = Waiter(priority=0, enqueued_at=1.0, seq=1)
-    b = Waiter(priority=5, enqueued_at=2.0, seq=2)
-    c = Waiter(priority=0, enqueued_at=0.5, seq=3)
-    d = Waiter(priority=0, enqueued_at=1.0, seq=0)
-    assert admission_order([a, b, c, d]) == [b, c, d, a]
-
-
-def test_blocked_by_shared_scope_only() -> None:
-    big = Waiter(5, 0.0, 0, (P, G))
-    small = Waiter(0, 1.0, 1, (P,))
-    other = Waiter(0, 1.0, 2, (("project", "other"),))
-    assert blocked_by(small, [big])
-    assert not blocked_by(other, [big])
-    assert not blocked_by(small, [])

@@ -19,29 +19,13 @@ from cache_service.quota import (
     QuotaManager,
     Reservation,
     SlidingWindow,
-    TokenBucket,
 )
+from tests.fakes import FakeClock
 
 W = 60.0
 P = ("project", "p")
 G = ("global", "total")
 FAST = settings(max_examples=100, deadline=None)
-
-
-class FakeClock:
-    def __init__(self, wall: float, mono: float = 1000.0) -> None:
-        self.wall = wall
-        self.mono = mono
-
-    def now(self) -> float:
-        return self.wall
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def advance(self, seconds: float) -> None:
-        self.wall += seconds
-        self.mono += seconds
 
 
 def ts(iso: str) -> float:
@@ -283,34 +267,3 @@ def test_budgets_never_exceeded_by_admitted_estimates(
 
 def clock_day(clock: FakeClock) -> str:
     return datetime.fromtimestamp(clock.wall, tz=UTC).strftime("%Y-%m-%d")
-
-
-@FAST
-@given(
-    capacity=st.integers(1, 50),
-    per_minute=st.integers(1, 50),
-    ops=st.lists(
-        st.one_of(
-            st.tuples(st.just("advance"), steps),
-            st.tuples(st.just("take"), st.integers(1, 10)),
-        ),
-        max_size=60,
-    ),
-)
-def test_token_bucket_bound(
-    capacity: int, per_minute: int, ops: list[tuple[str, float | int]]
-) -> None:
-    """The weaker bucket guarantee: over any [a, b], taken <= capacity + (b - a) * rate."""
-    rate = per_minute / W
-    bucket = TokenBucket(capacity, rate, now=0.0)
-    now = 0.0
-    taken: list[tuple[float, int]] = []
-    for kind, value in ops:
-        if kind == "advance":
-            now += value
-        elif bucket.try_take(int(value), now):
-            taken.append((now, int(value)))
-    for i, (a, _) in enumerate(taken):
-        for b, _ in taken[i:]:
-            total = sum(n for t, n in taken if a <= t <= b)
-            assert total <= capacity + (b - a) * rate + 1e-6

@@ -309,7 +309,7 @@ def test_close_flushes_and_reopen_keeps_rows(log_path: Path) -> None:
 
 
 def test_retention_by_age_and_rows(log_path: Path) -> None:
-    clock = FakeClock(start=1_795_000_000.0)
+    clock = FakeClock(wall=1_795_000_000.0)
     day = 86400.0
     with OutcomeLog.open(log_path, retention_days=2, max_rows=5, clock=clock) as log:
         for i in range(4):
