@@ -1,0 +1,82 @@
+"""The CLI as a person runs it: out of the box, with a broken config, and the report."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.test_openai_sdk import ROOT, free_port, process
+
+pytestmark = pytest.mark.e2e
+
+
+def test_serve_without_upstream_starts_the_simulated_one(tmp_path: Path) -> None:
+    port = free_port()
+    env = {"CACHE_SIMULATED_UPSTREAM_PORT": "0"}
+    args = ["serve", "--port", str(port), "--data-dir", str(tmp_path / "data")]
+    with process(args, f"http://127.0.0.1:{port}/readyz", env=env):
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-demo")
+        first = c.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello there?"}]
+        )
+        assert first.headers["x-cache"] == "MISS"
+        assert first.parse().choices[0].message.content
+        again = c.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello there?"}]
+        )
+        assert again.headers["x-cache"] == "HIT"
+        report = httpx.get(f"http://127.0.0.1:{port}/v1/cache/report?format=md").text
+        assert "| requests | 2 |" in report
+
+    out = tmp_path / "report.html"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cache_service",
+            "report",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--format",
+            "html",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "data:image/png;base64," in out.read_text()
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "needle"),
+    [
+        ("similarity_threshold: 2\n", "similarity_threshold"),
+        ("on_limit: sometimes\n", "on_limit"),
+        ("projects:\n  - name: p\n    rpm: -1\n", "projects.0.rpm"),
+        ("no_such_key: 1\n", "no_such_key"),
+        ("- just\n- a list\n", "mapping"),
+    ],
+)
+def test_bad_config_stops_with_a_message_naming_the_key(
+    tmp_path: Path, yaml_text: str, needle: str
+) -> None:
+    config = tmp_path / "cache.yaml"
+    config.write_text(yaml_text)
+    done = subprocess.run(
+        [sys.executable, "-m", "cache_service", "serve", "--config", str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert needle in done.stderr
