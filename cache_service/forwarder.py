@@ -253,7 +253,24 @@ class Forwarder:
 
     # ------------------------------------------------------------------ estimates
 
-    def estimate(self, body: dict[str, Any]) -> int:
+    async def estimate(self, body: dict[str, Any]) -> int:
+        """Prompt tokens (real tokenizer) plus the completion the request may produce."""
+        text, framing = self._prompt_text(body)
+        # A short prompt is counted in ~50 µs, cheaper than a thread hop; a huge one (up to
+        # max_body_bytes) would stall the event loop for everyone, so it goes to a thread.
+        if len(text) > 20_000:
+            prompt = await asyncio.to_thread(self.count_tokens, text)
+        else:
+            prompt = self.count_tokens(text)
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        return estimate_request_tokens(
+            prompt + framing,
+            max_tokens if isinstance(max_tokens, int) else None,
+            self.settings.default_completion_tokens,
+        )
+
+    @staticmethod
+    def _prompt_text(body: dict[str, Any]) -> tuple[str, int]:
         # Message texts only, plus ~4 tokens of framing per message as chat formats add;
         # structured parts (tools, images) are counted from their JSON.
         parts: list[str] = []
@@ -266,13 +283,7 @@ class Forwarder:
             if body.get(key):
                 value = body[key]
                 parts.append(value if isinstance(value, str) else json.dumps(value))
-        text = "\n".join(parts)
-        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-        return estimate_request_tokens(
-            self.count_tokens(text) + framing,
-            max_tokens if isinstance(max_tokens, int) else None,
-            self.settings.default_completion_tokens,
-        )
+        return "\n".join(parts), framing
 
     # ------------------------------------------------------------------ forwarding
 
@@ -312,7 +323,7 @@ class Forwarder:
         chain = [s for s in self.slots if s.serves(model)]
         if not chain:
             raise UpstreamUnavailable(f"no configured upstream serves model {model!r}")
-        tokens = self.estimate(body)
+        tokens = await self.estimate(body)
         cost = self.prices.cost(
             model, tokens - self._completion_part(body), self._completion_part(body)
         )

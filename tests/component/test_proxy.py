@@ -384,3 +384,16 @@ async def test_health_and_readiness(h: Harness) -> None:
     ready = await h.client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["index_ready"] is True
+
+
+async def test_huge_prompt_is_matched_exactly_only(h: Harness) -> None:
+    head = "Summarise this contract. " * 40  # past semantic_max_chars
+    long_a = head + "word " * 200_000 + "The party of the first part is Acme."
+    long_b = head + "word " * 200_000 + "The party of the first part is Initech."
+    first = await h.chat(long_a)
+    assert first.status_code == 200
+    assert first.headers["x-cache-stored"] == "true"
+    assert (await h.chat(long_a)).headers["x-cache-match"] == "exact"
+    # Same opening, different ending: an embedding of the first 256 word pieces would call
+    # these identical; they must not share an answer.
+    assert (await h.chat(long_b)).headers["x-cache"] == "MISS"
