@@ -1,0 +1,85 @@
+"""A sidecar killed with SIGKILL in the middle of traffic restarts with every entry it had
+confirmed as stored, and serves nothing half-written."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.test_openai_sdk import ROOT, Upstream, free_port, sidecar, upstream, wait_http
+
+pytestmark = pytest.mark.e2e
+__all__ = ["upstream"]  # the module-scoped simulated upstream fixture
+
+
+def ask(base: str, i: int) -> httpx.Response:
+    return httpx.post(
+        f"{base}/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"crash q {i}"}]},
+        headers={"X-Cache-Namespace": "crash"},
+        timeout=30,
+    )
+
+
+def test_sigkill_mid_traffic_loses_no_confirmed_entry(upstream: Upstream, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cache_service",
+            "serve",
+            "--port",
+            str(port),
+            "--upstream",
+            f"{upstream.url}/v1",
+            "--data-dir",
+            str(data),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "CACHE_BACKOFF_BASE_S": "0.01"},
+    )
+    base = f"http://127.0.0.1:{port}"
+    confirmed: list[int] = []
+    try:
+        wait_http(f"{base}/readyz", proc=proc)
+        for i in range(20):
+            assert ask(base, i).headers["x-cache-stored"] == "true"
+            confirmed.append(i)
+
+        def hammer(start: int) -> None:
+            for i in range(start, start + 200):
+                try:
+                    r = ask(base, i)
+                except httpx.HTTPError:
+                    return
+                if r.headers.get("x-cache-stored") == "true":
+                    confirmed.append(i)
+
+        threads = [threading.Thread(target=hammer, args=(1000 * k,)) for k in (1, 2, 3)]
+        for t in threads:
+            t.start()
+        threading.Event().wait(1.5)
+        proc.send_signal(signal.SIGKILL)
+        for t in threads:
+            t.join(30)
+    finally:
+        proc.kill()
+        proc.wait()
+
+    with sidecar(upstream, data) as url:
+        calls_before = upstream.calls()
+        for i in confirmed:
+            r = ask(url, i)
+            assert r.status_code == 200
+            assert r.headers["x-cache"] == "HIT", i
+            assert r.json()["choices"][0]["message"]["content"]
+        assert upstream.calls() == calls_before
