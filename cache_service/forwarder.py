@@ -217,6 +217,7 @@ class Forwarder:
         self.projects = {p.name: p for p in settings.projects}
         self.counters: dict[str, int] = {"retries": 0, "fallbacks": 0, "rejections": 0}
         self._dirty = False
+        self._seen_projects: set[str] = set()
         self.metrics: Metrics | None = None
         self._configure()
         if ledger is not None:
@@ -239,13 +240,24 @@ class Forwarder:
         for p in st.projects:
             self.manager.configure("project", p.name, _limits(p))
 
-    def project(self, name: str) -> ProjectSetting | None:
-        """A project not listed gets the "default" project's limits, in a scope of its own:
-        a new project name cannot escape limits, nor eat another project's allocation."""
-        setting = self.projects.get(name) or self.projects.get("default")
-        if setting is not None and ("project", name) not in self.manager.scopes():
-            self.manager.configure("project", name, _limits(setting))
-        return setting
+    def project(self, name: str) -> tuple[str, ProjectSetting | None]:
+        """The quota project a request counts against, and its setting.
+
+        A project not listed gets the "default" project's limits in a scope of its own, so a
+        new name can neither escape limits nor eat another project's allocation. Names come
+        from a request header, so only `max_projects` of them get scopes; past that, unknown
+        names share the "default" scope instead of growing state without bound.
+        """
+        setting = self.projects.get(name)
+        if setting is not None or name in self._seen_projects:
+            return name, setting or self.projects.get("default")
+        if len(self._seen_projects) >= self.settings.max_projects:
+            return "default", self.projects.get("default")
+        self._seen_projects.add(name)
+        default = self.projects.get("default")
+        if default is not None:
+            self.manager.configure("project", name, _limits(default))
+        return name, default
 
     def set_limits(self, kind: str, name: str, limits: Limits) -> None:
         self.manager.configure(kind, name, limits)
@@ -317,7 +329,7 @@ class Forwarder:
         status_of: Callable[[T], int],
         headers_of: Callable[[T], dict[str, str]],
     ) -> tuple[T, Ticket]:
-        setting = self.project(project)
+        project, setting = self.project(project)
         body, downgraded_from = self._maybe_downgrade(body, setting, project)
         model = str(body.get("model"))
         chain = [s for s in self.slots if s.serves(model)]

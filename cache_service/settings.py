@@ -152,6 +152,9 @@ class Settings(BaseSettings):
     projects: list[ProjectSetting] = Field(default_factory=list)
     """Per-project allocations. A request's project is X-Project-Id, else "default";
     a project not listed gets the limits of the one named "default", if any."""
+    max_projects: int = Field(1000, ge=1)
+    """Distinct unlisted X-Project-Id values given scopes of their own; further unknown
+    names share the "default" project's scope."""
     total_daily_budget_usd: float | None = Field(None, ge=0)
     total_monthly_budget_usd: float | None = Field(None, ge=0)
     alerts: AlertSetting = Field(default_factory=AlertSetting)

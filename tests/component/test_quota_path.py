@@ -180,3 +180,26 @@ async def test_admin_api_changes_limits_at_runtime(
         assert ok.json()["requests"]["limit"] == 1
         assert (await h.chat("one")).status_code == 200
         assert (await h.chat("two")).status_code == 429
+
+
+async def test_unknown_projects_get_default_limits_but_bounded_state(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+) -> None:
+    settings = settings_factory(
+        projects=[{"name": "default", "rpm": 1}], on_limit="reject", max_projects=2
+    )
+    async with harness(settings, embedder, clock) as h:
+
+        async def ask(project: str, q: str) -> int:
+            r = await h.chat(q, headers={"X-Project-Id": project})
+            return r.status_code
+
+        # a and b get scopes of their own, each with default's rpm of 1
+        assert [await ask("a", "a1"), await ask("a", "a2")] == [200, 429]
+        assert await ask("b", "b1") == 200
+        # past max_projects, new names share the default scope
+        assert await ask("c", "c1") == 200
+        assert await ask("d", "d1") == 429
+        quota = (await h.client.get("/v1/quota")).json()
+        names = {s["name"] for s in quota["scopes"] if s["kind"] == "project"}
+        assert names == {"a", "b", "default"}
