@@ -37,8 +37,13 @@ from cache_service.pricing import PriceTable
 from cache_service.protocols import Clock, Embedder, EntryStore, SystemClock, Upstream
 from cache_service.resilience import CircuitBreaker
 from cache_service.settings import ConfigError, Settings, UpstreamSetting
-from cache_service.stats import Stats
-from cache_service.telemetry import Metrics, Telemetry, apply_quota_snapshot, budgets_of
+from cache_service.telemetry import (
+    Metrics,
+    Telemetry,
+    apply_quota_snapshot,
+    budgets_of,
+    replay_stats,
+)
 
 log = logging.getLogger("cache_service")
 
@@ -110,7 +115,7 @@ def create_app(
             forwarder=forwarder,
             learner=FeedbackLearner(settings.similarity_threshold),
             telemetry=telemetry,
-            stats=Stats(),
+            stats=await asyncio.to_thread(lambda: replay_stats(telemetry.events())),
             prices=prices,
             clock=the_clock,
         )

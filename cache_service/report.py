@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cache_service.stats import Outcome, Stats
-from cache_service.telemetry import STAGES, OutcomeEvent
+from cache_service.telemetry import STAGES, OutcomeEvent, record_event
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -102,8 +102,8 @@ def build_report(
     by_ns = Stats()
     by_project = Stats()
     for e in events:
-        _record(by_ns, e.namespace, e)
-        _record(by_project, e.project, e)
+        record_event(by_ns, e.namespace, e)
+        record_event(by_project, e.project, e)
     snap = by_ns.snapshot()
     first = min((e.time for e in events), default=None)
     last = max((e.time for e in events), default=None)
@@ -141,18 +141,6 @@ def build_report(
     return report
 
 
-def _record(stats: Stats, key: str, e: OutcomeEvent) -> None:
-    stats.record(
-        key,
-        e.model,
-        e.outcome,
-        prompt_tokens=e.prompt_tokens,
-        completion_tokens=e.completion_tokens,
-        dollars=e.dollars,
-        embed_timeout=e.embed_timeout,
-    )
-
-
 def _timeline(events: Sequence[OutcomeEvent]) -> dict[str, Any]:
     if not events:
         return {"bucket_s": None, "buckets": []}
@@ -162,7 +150,7 @@ def _timeline(events: Sequence[OutcomeEvent]) -> dict[str, Any]:
     start = math.floor(first / size) * size
     per_bucket: dict[int, Stats] = defaultdict(Stats)
     for e in events:
-        _record(per_bucket[int((e.time - start) // size)], "", e)
+        record_event(per_bucket[int((e.time - start) // size)], "", e)
     buckets = []
     cum_tokens = 0
     cum_dollars = 0.0

@@ -32,7 +32,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +50,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from cache_service.protocols import Clock, SystemClock
-from cache_service.stats import Outcome
+from cache_service.stats import Outcome, Stats
 
 log = logging.getLogger("cache_service.telemetry")
 
@@ -815,3 +815,26 @@ class Telemetry:
         """Flush and close the log. Blocking: call via asyncio.to_thread."""
         if self.log is not None:
             self.log.close()
+
+
+def record_event(stats: Stats, key: str, e: OutcomeEvent) -> None:
+    """Feed one logged outcome to `stats` under `key` (a namespace, or a project), exactly as
+    the pipeline recorded it live, so figures rebuilt from the log match the live ones."""
+    stats.record(
+        key,
+        e.model,
+        e.outcome,
+        prompt_tokens=e.prompt_tokens,
+        completion_tokens=e.completion_tokens,
+        dollars=e.dollars,
+        embed_timeout=e.embed_timeout,
+    )
+
+
+def replay_stats(events: Iterable[OutcomeEvent]) -> Stats:
+    """The stats behind GET /v1/cache/stats, rebuilt from the outcome log at start, so a
+    restart does not reset the counters (back to the log's retention)."""
+    stats = Stats()
+    for e in events:
+        record_event(stats, e.namespace, e)
+    return stats

@@ -55,3 +55,18 @@ async def test_metrics_and_report_follow_real_requests(
         pngs = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)
         assert pngs
         assert all(base64.b64decode(p).startswith(b"\x89PNG\r\n\x1a\n") for p in pngs)
+
+
+async def test_stats_survive_a_restart(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+) -> None:
+    settings = settings_factory()
+    async with harness(settings, embedder, clock) as h:
+        await h.chat("How do I reset my password?")
+        await h.chat("How do I reset my password?")
+        before = (await h.client.get("/v1/cache/stats")).json()
+    async with harness(settings, embedder, clock) as h:
+        after = (await h.client.get("/v1/cache/stats")).json()
+        assert after["total"] == before["total"]
+        assert after["total"]["requests"] == 2
+        assert after["by_namespace"] == before["by_namespace"]
