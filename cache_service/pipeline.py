@@ -32,7 +32,7 @@ from cache_service.policy import (
     store_refusal,
 )
 from cache_service.pricing import PriceTable
-from cache_service.protocols import Clock, Entry, UpstreamResponse, Vector
+from cache_service.protocols import Clock, Entry, UpstreamResponse, UpstreamStream, Vector
 from cache_service.scope import RequestKeys, build_keys, tenant_of
 from cache_service.settings import Settings
 from cache_service.stats import Outcome, Stats
@@ -82,6 +82,8 @@ class Services:
     background: set[asyncio.Task[None]] = field(default_factory=set)
     inflight: dict[str, asyncio.Future[UpstreamResponse]] = field(default_factory=dict)
     """Exact key → the upstream call in flight for it (single flight)."""
+    stream_inflight: dict[str, sse.Fanout] = field(default_factory=dict)
+    """Exact key → the upstream stream in flight for it."""
 
 
 @dataclass(slots=True)
@@ -366,10 +368,43 @@ class Pipeline:
         return True
 
     async def _miss_stream(self, ctx: Ctx, outcome: Outcome) -> Response:
+        state = "MISS" if outcome is Outcome.MISS else "BYPASS"
+        wanted_usage = bool((ctx.body.get("stream_options") or {}).get("include_usage"))
+        key = ctx.keys.exact_key
+        shared = self.s.stream_inflight.get(key) if ctx.directives.read else None
+        if shared is not None and await asyncio.shield(shared.started):
+            # Single flight for streams: follow the identical stream already in flight.
+            # (Had the leader's call failed, this request makes its own.)
+            self.record(ctx, outcome, 0, 0)
+            headers = {
+                "x-cache": state,
+                "x-cache-coalesced": "true",
+                "x-request-id": ctx.request_id,
+            }
+            return StreamingResponse(
+                shared.follow(wanted_usage), media_type="text/event-stream", headers=headers
+            )
+        fan = sse.Fanout()
+        # Registered before the upstream call: identical requests arriving while it connects
+        # wait for it instead of making calls of their own.
+        lead = ctx.directives.read and key not in self.s.stream_inflight
+        if lead:
+            self.s.stream_inflight[key] = fan
+        try:
+            return await self._start_stream(ctx, outcome, state, wanted_usage, fan)
+        finally:
+            if not fan.started.done():
+                fan.abandon()
+            if lead and fan.done and self.s.stream_inflight.get(key) is fan:
+                del self.s.stream_inflight[key]
+
+    async def _start_stream(
+        self, ctx: Ctx, outcome: Outcome, state: str, wanted_usage: bool, fan: sse.Fanout
+    ) -> Response:
         body = dict(ctx.body)
-        wanted_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         if not wanted_usage:
-            # Ask for usage anyway (to store and account it) and drop that chunk on relay.
+            # Ask for usage anyway (to store and account it); followers that did not ask
+            # for it skip that chunk.
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         try:
             up, ticket = await self.s.forwarder.stream(
@@ -384,49 +419,58 @@ class Pipeline:
             self.s.forwarder.release(ticket)
             self.record(ctx, Outcome.ERROR, 0, 0)
             resp = UpstreamResponse(up.status, up.headers, data)
-            return self._relay(ctx, resp, "MISS" if outcome is Outcome.MISS else "BYPASS", {})
-
-        async def relay() -> AsyncIterator[bytes]:
-            parser = sse.SSEParser()
-            assembler = sse.ChatStreamAssembler()
-            try:
-                async for raw in up.chunks:
-                    for data in parser.feed(raw):
-                        chunk = assembler.add(data)
-                        if (
-                            not wanted_usage
-                            and chunk is not None
-                            and not chunk.get("choices")
-                            and chunk.get("usage")
-                        ):
-                            continue
-                        yield sse.encode(data)
-            except ServiceError as e:
-                # Headers are gone already; tell the client in-band, OpenAI style.
-                yield sse.encode(error_body(e.message, e.type, code=e.code))
-            finally:
-                await up.aclose()
-                completion = assembler.completion()
-                p, c = usage_of(completion, OPENAI)
-                # An interrupted stream was still billed for what it produced: settle at
-                # the reported usage, else at the estimate.
-                self.s.forwarder.settle(ticket, p, c)
-                if assembler.complete and ctx.directives.write and not ticket.downgraded_from:
-                    refusal = store_refusal(
-                        200, completion, cache_tool_calls=self.s.settings.cache_tool_calls
-                    )
-                    if refusal is None:
-                        await self._store(ctx, completion, p, c)
-                self.record(ctx, outcome if assembler.complete else Outcome.ERROR, p, c)
-
+            return self._relay(ctx, resp, state, {})
+        fan.start()
+        # The upstream stream is read to its end by a task of its own, not by the client's
+        # response: a client that hangs up mid-answer neither breaks the stream for the
+        # requests following it nor loses an answer that was already paid for.
+        task = asyncio.create_task(self._pump(ctx, outcome, up, ticket, fan))
+        self.s.background.add(task)
+        task.add_done_callback(self.s.background.discard)
         headers = {
             **up.headers,
             **self._ticket_headers(ticket),
-            "x-cache": "MISS" if outcome is Outcome.MISS else "BYPASS",
+            "x-cache": state,
             "x-request-id": ctx.request_id,
         }
         self._add_lookup_headers(ctx, headers)
-        return StreamingResponse(relay(), media_type="text/event-stream", headers=headers)
+        return StreamingResponse(
+            fan.follow(wanted_usage), media_type="text/event-stream", headers=headers
+        )
+
+    async def _pump(
+        self, ctx: Ctx, outcome: Outcome, up: UpstreamStream, ticket: Ticket, fan: sse.Fanout
+    ) -> None:
+        parser = sse.SSEParser()
+        assembler = sse.ChatStreamAssembler()
+        try:
+            async for raw in up.chunks:
+                for data in parser.feed(raw):
+                    chunk = assembler.add(data)
+                    usage_only = (
+                        chunk is not None and not chunk.get("choices") and bool(chunk.get("usage"))
+                    )
+                    fan.push(sse.encode(data), usage_only=usage_only)
+        except ServiceError as e:
+            # Headers are gone already; tell the clients in-band, OpenAI style.
+            fan.push(sse.encode(error_body(e.message, e.type, code=e.code)))
+        finally:
+            fan.finish()
+            if self.s.stream_inflight.get(ctx.keys.exact_key) is fan:
+                del self.s.stream_inflight[ctx.keys.exact_key]
+            await up.aclose()
+            completion = assembler.completion()
+            p, c = usage_of(completion, OPENAI)
+            # An interrupted stream was still billed for what it produced: settle at the
+            # reported usage, else at the estimate.
+            self.s.forwarder.settle(ticket, p, c)
+            if assembler.complete and ctx.directives.write and not ticket.downgraded_from:
+                refusal = store_refusal(
+                    200, completion, cache_tool_calls=self.s.settings.cache_tool_calls
+                )
+                if refusal is None:
+                    await self._store(ctx, completion, p, c)
+            self.record(ctx, outcome if assembler.complete else Outcome.ERROR, p, c)
 
     async def _passthrough_stream(self, ctx: Ctx) -> Response:
         up, ticket = await self.s.forwarder.stream(

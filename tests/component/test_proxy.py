@@ -397,3 +397,21 @@ async def test_huge_prompt_is_matched_exactly_only(h: Harness) -> None:
     # Same opening, different ending: an embedding of the first 256 word pieces would call
     # these identical; they must not share an answer.
     assert (await h.chat(long_b)).headers["x-cache"] == "MISS"
+
+
+async def test_identical_concurrent_streams_make_one_upstream_call(h: Harness) -> None:
+    await h.sim.post("/_sim/config", json={"latency_ms": 200, "stream_chunk_delay_ms": 5})
+    plain = [h.chat(Q, stream=True) for _ in range(9)]
+    with_usage = h.chat(Q, stream=True, stream_options={"include_usage": True})
+    responses = await asyncio.gather(*plain, with_usage)
+    assert await h.upstream_calls() == 1
+    texts = {content_of_stream(r.text) for r in responses}
+    assert len(texts) == 1 and texts.pop()
+    assert sum(r.headers.get("x-cache-coalesced") == "true" for r in responses) == 9
+    assert all(sse_events(r.text)[-1] == "[DONE]" for r in responses)
+    usage_chunks = [
+        [e for e in sse_events(r.text) if isinstance(e, dict) and e.get("usage")] for r in responses
+    ]
+    assert [len(u) for u in usage_chunks] == [0] * 9 + [1]
+    # stored once the stream ended cleanly
+    assert (await h.chat(Q)).headers["x-cache"] == "HIT"
