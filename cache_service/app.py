@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cache_service.acceptance import AcceptConfig
 from cache_service.api.reports import router as reports_router
-from cache_service.api.routes import router
+from cache_service.api.routes import passthrough_router, router
 from cache_service.backends.faiss_index import FaissIndex
 from cache_service.backends.jsonfile import JsonFile
 from cache_service.backends.store import DiskCacheStore
@@ -151,6 +151,7 @@ def create_app(
     )
     app.include_router(router)
     app.include_router(reports_router)
+    app.include_router(passthrough_router)
     _install_error_handlers(app)
     return app
 

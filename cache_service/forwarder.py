@@ -321,6 +321,31 @@ class Forwarder:
 
         return await self._forward(body, project, call, lambda r: r.status, lambda r: r.headers)
 
+    async def passthrough(
+        self,
+        method: str,
+        path: str,
+        content: bytes,
+        headers: dict[str, str],
+        params: list[tuple[str, str]],
+        project: str,
+    ) -> UpstreamStream:
+        """Relay an API call the cache does not handle to the first upstream, counted as one
+        request against rpm (its tokens are unknown here). Not retried: it may not be
+        idempotent."""
+        project, setting = self.project(project)
+        slot = next((s for s in self.slots if s.breaker.allow()), self.slots[0])
+        scopes = (("project", project), ("upstream", slot.name), GLOBAL)
+        reservation = await self.gate.acquire(scopes, 0, 0.0, setting.priority if setting else 1)
+        try:
+            up = await slot.client.raw(method, path, content, headers, params)
+        except BaseException:
+            self.manager.release(reservation)
+            self.gate.notify()
+            raise
+        self.manager.settle(reservation, 0, 0.0)
+        return up
+
     async def _forward(
         self,
         body: dict[str, Any],

@@ -154,4 +154,15 @@ class Upstream(Protocol):
         self, path: str, body: dict[str, Any], headers: dict[str, str]
     ) -> UpstreamStream: ...
 
+    async def raw(
+        self,
+        method: str,
+        path: str,
+        content: bytes,
+        headers: dict[str, str],
+        params: list[tuple[str, str]],
+    ) -> UpstreamStream:
+        """An API call the cache does not handle (embeddings, models, files...), relayed."""
+        ...
+
     async def aclose(self) -> None: ...

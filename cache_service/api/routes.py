@@ -11,7 +11,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from cache_service.api.schemas import (
     AnthropicRequest,
@@ -27,6 +27,8 @@ from cache_service.scope import ANSWER_PARAMS, build_keys, tenant_of
 from cache_service.stats import Outcome
 
 router = APIRouter()
+# Last in the app: any /v1 path no other router claims is relayed upstream.
+passthrough_router = APIRouter()
 
 
 def pipeline_of(request: Request) -> Pipeline:
@@ -350,3 +352,31 @@ async def set_limits(request: Request) -> JSONResponse:
     )
     pipeline.s.forwarder.set_limits(update.kind, update.name, limits)
     return JSONResponse(pipeline.s.forwarder.manager.scope_snapshot((update.kind, update.name)))
+
+
+# ------------------------------------------------------------------ everything else
+
+
+@passthrough_router.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+async def passthrough(request: Request, path: str) -> Response:
+    """Every other API path (embeddings, models, files, responses...) goes upstream as it is,
+    under the request-rate limits: the app changes only its base URL, and nothing it used
+    before stops working."""
+    pipeline = pipeline_of(request)
+    settings = pipeline.s.settings
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > settings.max_body_bytes:
+        raise PayloadTooLarge(
+            f"request body is {declared} bytes; the limit is {settings.max_body_bytes}"
+        )
+    content = await request.body()
+    if len(content) > settings.max_body_bytes:
+        raise PayloadTooLarge(f"request body exceeds the limit of {settings.max_body_bytes} bytes")
+    headers = lower_headers(request)
+    project = headers.get("x-project-id", "").strip() or "default"
+    up = await pipeline.s.forwarder.passthrough(
+        request.method, path, content, headers, list(request.query_params.multi_items()), project
+    )
+    out = {**up.headers, "x-cache": "BYPASS", "x-request-id": request_id(request)}
+    media = out.pop("content-type", None)
+    return StreamingResponse(up.chunks, status_code=up.status, headers=out, media_type=media)

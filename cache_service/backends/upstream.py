@@ -93,8 +93,36 @@ class HttpUpstream:
     async def stream(
         self, path: str, body: dict[str, Any], headers: dict[str, str]
     ) -> UpstreamStream:
+        return await self._open("POST", path, json.dumps(body).encode(), headers, None)
+
+    async def raw(
+        self,
+        method: str,
+        path: str,
+        content: bytes,
+        headers: dict[str, str],
+        params: list[tuple[str, str]],
+    ) -> UpstreamStream:
+        """Any other API call, relayed as it is (body, query, content type), streamed back."""
+        return await self._open(method, path, content, headers, params)
+
+    async def _open(
+        self,
+        method: str,
+        path: str,
+        content: bytes,
+        headers: dict[str, str],
+        params: list[tuple[str, str]] | None,
+    ) -> UpstreamStream:
+        out = self._headers(headers)
+        if params is not None:  # a relayed call keeps its own content type
+            out["content-type"] = headers.get("content-type", "application/json")
         request = self._client.build_request(
-            "POST", path, content=json.dumps(body).encode(), headers=self._headers(headers)
+            method,
+            path,
+            content=content or None,
+            headers=out,
+            params=tuple(params) if params else None,
         )
         try:
             r = await self._client.send(request, stream=True)
@@ -114,7 +142,10 @@ class HttpUpstream:
             finally:
                 await r.aclose()
 
-        return UpstreamStream(r.status_code, pick_returned_headers(r.headers), chunks())
+        returned = pick_returned_headers(r.headers)
+        if "content-type" in r.headers:
+            returned["content-type"] = r.headers["content-type"]
+        return UpstreamStream(r.status_code, returned, chunks())
 
     async def aclose(self) -> None:
         await self._client.aclose()

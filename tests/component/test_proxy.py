@@ -415,3 +415,17 @@ async def test_identical_concurrent_streams_make_one_upstream_call(h: Harness) -
     assert [len(u) for u in usage_chunks] == [0] * 9 + [1]
     # stored once the stream ended cleanly
     assert (await h.chat(Q)).headers["x-cache"] == "HIT"
+
+
+async def test_other_api_paths_are_relayed_upstream(h: Harness) -> None:
+    models = await h.client.get("/v1/models")
+    assert models.status_code == 200
+    assert models.headers["x-cache"] == "BYPASS"
+    assert models.headers["content-type"].startswith("application/json")
+    assert any(m["id"] == "gpt-4o-mini" for m in models.json()["data"])
+    missing = await h.client.post("/v1/no-such-endpoint", json={"x": 1})
+    assert missing.status_code == 404  # the upstream's answer, relayed
+    assert "error" in missing.json()
+    # the sidecar's own routes still win over the relay
+    assert (await h.client.get("/v1/cache/stats")).status_code == 200
+    assert (await h.client.get("/v1/cache/report", params={"format": "json"})).status_code == 200

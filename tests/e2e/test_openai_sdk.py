@@ -228,6 +228,11 @@ def test_upstream_timeout_is_504(base: str, upstream: Upstream) -> None:
     assert e.value.status_code == 504
 
 
+def test_other_endpoints_pass_through(base: str) -> None:
+    models = client(base).models.list()
+    assert "gpt-4o-mini" in {m.id for m in models.data}
+
+
 def test_bad_request_is_openai_style(base: str) -> None:
     c = client(base).with_options(max_retries=0)
     with pytest.raises(openai.BadRequestError) as e:
