@@ -16,8 +16,9 @@ the standard headers:
 A fault is ``ok`` (no fault, to leave a gap in the queue), ``401``, ``429``, ``500``, ``503``,
 ``slow``, ``timeout`` or ``drop``; ``429``, ``slow`` and ``timeout`` take an optional
 ``:<seconds>`` suffix (``"slow:0.2"``) that overrides the request-wide value. ``drop`` ends a
-streamed answer after a few chunks with no ``finish_reason`` and no ``[DONE]``; on a
-non-streamed request it is a 500, because an ASGI app cannot portably cut a body short.
+streamed answer after a few chunks with no ``finish_reason`` and no ``[DONE]`` (on
+``/v1/messages``: no ``message_delta`` and no ``message_stop``); on a non-streamed request it
+is a 500, because an ASGI app cannot portably cut a body short.
 
 ``GET /_sim/stats``, ``POST /_sim/reset`` (counters, queue and runtime config back to how the
 app was created) and ``POST /_sim/config`` (change latency and friends at runtime) complete the
@@ -674,6 +675,46 @@ def _stream_events(
     yield b"data: [DONE]\n\n"
 
 
+def _anthropic_stream_events(message: dict[str, Any], drop: bool) -> Iterator[bytes]:
+    """The Messages API stream for a one-text-block message, in Anthropic's documented order.
+    Written out here rather than shared with the cache's replay, so the simulator stays an
+    independent check on it."""
+
+    def event(payload: dict[str, Any]) -> bytes:
+        return f"event: {payload['type']}\n".encode() + _sse(payload)
+
+    start = {
+        **message,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        # Upstream reports the input up front and a token-so-far output count.
+        "usage": {**message["usage"], "output_tokens": 1},
+    }
+    yield event({"type": "message_start", "message": start})
+    yield event(
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+    )
+    yield event({"type": "ping"})
+    for n, piece in enumerate(_word_pieces(message["content"][0]["text"])):
+        if drop and n >= _DROP_AFTER_CONTENT_CHUNKS:
+            return
+        delta = {"type": "text_delta", "text": piece}
+        yield event({"type": "content_block_delta", "index": 0, "delta": delta})
+    if drop:
+        # Too short to drop mid-content: still end without message_delta or message_stop.
+        return
+    yield event({"type": "content_block_stop", "index": 0})
+    yield event(
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+            "usage": {"output_tokens": message["usage"]["output_tokens"]},
+        }
+    )
+    yield event({"type": "message_stop"})
+
+
 async def _paced(events: Iterator[bytes], delay_s: float) -> AsyncIterator[bytes]:
     first = True
     for event in events:
@@ -763,8 +804,8 @@ async def _anthropic_messages(request: Request) -> Response:
         fault = sim.take_fault(request)
     except _BadRequest as exc:
         return _bad_request("anthropic", exc)
-    # Streaming is not simulated here, so a "drop" is always the non-streamed 500.
-    faulted = await _apply_fault(fault, "anthropic", False, sim.config)
+    wants_stream = isinstance(body, dict) and body.get("stream") is True
+    faulted = await _apply_fault(fault, "anthropic", wants_stream, sim.config)
     if faulted is not None:
         return faulted
     try:
@@ -781,8 +822,9 @@ async def _anthropic_messages(request: Request) -> Response:
         system = data.get("system")
         if system is not None and not isinstance(system, str | list):
             raise _BadRequest("system: must be a string or an array of text blocks")
-        if data.get("stream"):
-            raise _BadRequest("stream: streaming is not supported by the simulator")
+        stream = data.get("stream")
+        if stream is not None and not isinstance(stream, bool):
+            raise _BadRequest("stream: Input should be a valid boolean")
     except _BadRequest as exc:
         return _bad_request("anthropic", exc)
 
@@ -794,21 +836,29 @@ async def _anthropic_messages(request: Request) -> Response:
     full = ([{"role": "system", "content": system}] if system else []) + messages
     text = _answer_text(_digest(model, full, config.seed), _last_user_text(messages))
     text, truncated = _truncate(text, max_tokens)
-    return JSONResponse(
-        {
-            "id": f"msg_{uuid.uuid4().hex[:24]}",
-            "type": "message",
-            "role": "assistant",
-            "model": model,
-            "content": [{"type": "text", "text": text}],
-            "stop_reason": "max_tokens" if truncated else "end_turn",
-            "stop_sequence": None,
-            "usage": {
-                "input_tokens": _prompt_tokens(full, []),
-                "output_tokens": count_tokens(text),
-            },
+    message = {
+        "id": f"msg_{uuid.uuid4().hex[:24]}",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "max_tokens" if truncated else "end_turn",
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": _prompt_tokens(full, []),
+            "output_tokens": count_tokens(text),
         },
-        headers={"request-id": f"req_{uuid.uuid4().hex}"},
+    }
+    headers = {"request-id": f"req_{uuid.uuid4().hex}"}
+    if not stream:
+        return JSONResponse(message, headers=headers)
+
+    sim.streams += 1
+    drop = fault is not None and fault.kind == "drop"
+    return StreamingResponse(
+        _paced(_anthropic_stream_events(message, drop), config.stream_chunk_delay_ms / 1000),
+        media_type="text/event-stream",
+        headers={**headers, "cache-control": "no-cache"},
     )
 
 

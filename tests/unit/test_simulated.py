@@ -547,6 +547,160 @@ async def test_anthropic_errors_use_the_anthropic_shape(client: httpx.AsyncClien
     assert "retry-after" in r.headers
 
 
+# --- Anthropic streaming ---------------------------------------------------------------------
+
+MESSAGES = "/v1/messages"
+ANTHROPIC_BODY: dict[str, Any] = {
+    "model": "claude-3-5-haiku-latest",
+    "max_tokens": 1000,
+    "system": "Be brief.",
+    "messages": [{"role": "user", "content": "What is the capital of France?"}],
+}
+ANTHROPIC_ORDER = [
+    "message_start",
+    "content_block_start",
+    "ping",
+    "content_block_delta",
+    "content_block_stop",
+    "message_delta",
+    "message_stop",
+]
+
+
+def named_events(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """Anthropic's framing, checked strictly: every event is `event: <type>` then one
+    `data:` line whose JSON carries the same type."""
+    assert text.endswith("\n\n")
+    events: list[tuple[str, dict[str, Any]]] = []
+    for block in text.split("\n\n")[:-1]:
+        name_line, data_line = block.split("\n")
+        assert name_line.startswith("event: "), block
+        assert data_line.startswith("data: "), block
+        name = name_line.removeprefix("event: ")
+        data = json.loads(data_line.removeprefix("data: "))
+        assert data["type"] == name
+        events.append((name, data))
+    return events
+
+
+def dedupe(names: list[str]) -> list[str]:
+    return [n for i, n in enumerate(names) if i == 0 or names[i - 1] != n]
+
+
+def streamed_text(events: list[tuple[str, dict[str, Any]]]) -> str:
+    return "".join(d["delta"]["text"] for name, d in events if name == "content_block_delta")
+
+
+async def test_anthropic_stream_matches_the_non_streamed_message(
+    client: httpx.AsyncClient,
+) -> None:
+    whole = (await client.post(MESSAGES, json=ANTHROPIC_BODY)).json()
+    r = await client.post(MESSAGES, json={**ANTHROPIC_BODY, "stream": True})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/event-stream")
+    assert r.headers["request-id"].startswith("req_")
+    events = named_events(r.text)
+    names = [name for name, _ in events]
+    assert dedupe(names) == ANTHROPIC_ORDER
+    assert names.count("content_block_delta") > 1
+
+    start = events[0][1]["message"]
+    assert start["id"].startswith("msg_")
+    assert {k: start[k] for k in ("type", "role", "model", "content")} == {
+        "type": "message",
+        "role": "assistant",
+        "model": ANTHROPIC_BODY["model"],
+        "content": [],
+    }
+    assert start["stop_reason"] is None
+    assert start["stop_sequence"] is None
+    assert start["usage"] == {"input_tokens": whole["usage"]["input_tokens"], "output_tokens": 1}
+    assert events[1][1] == {
+        "type": "content_block_start",
+        "index": 0,
+        "content_block": {"type": "text", "text": ""},
+    }
+    deltas = [d for name, d in events if name == "content_block_delta"]
+    assert all(d["index"] == 0 and d["delta"]["type"] == "text_delta" for d in deltas)
+    assert streamed_text(events) == whole["content"][0]["text"]
+    assert events[-3][1] == {"type": "content_block_stop", "index": 0}
+    assert events[-2][1] == {
+        "type": "message_delta",
+        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+        "usage": {"output_tokens": whole["usage"]["output_tokens"]},
+    }
+    assert events[-1][1] == {"type": "message_stop"}
+    assert (await client.get("/_sim/stats")).json()["streams"] == 1
+
+
+async def test_anthropic_stream_honours_max_tokens(client: httpx.AsyncClient) -> None:
+    body = {**ANTHROPIC_BODY, "max_tokens": 3}
+    whole = (await client.post(MESSAGES, json=body)).json()
+    events = named_events((await client.post(MESSAGES, json={**body, "stream": True})).text)
+    assert streamed_text(events) == whole["content"][0]["text"]
+    message_delta = next(d for name, d in events if name == "message_delta")
+    assert message_delta["delta"]["stop_reason"] == "max_tokens"
+    assert message_delta["usage"]["output_tokens"] == 3
+
+
+async def test_anthropic_stream_false_or_null_is_not_streamed(client: httpx.AsyncClient) -> None:
+    for value in (False, None):
+        r = await client.post(MESSAGES, json={**ANTHROPIC_BODY, "stream": value})
+        assert r.headers["content-type"].startswith("application/json")
+        assert r.json()["type"] == "message"
+
+
+async def test_anthropic_stream_must_be_a_boolean(client: httpx.AsyncClient) -> None:
+    r = await client.post(MESSAGES, json={**ANTHROPIC_BODY, "stream": "yes"})
+    assert r.status_code == 400
+    assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("via", ["header", "queue"])
+async def test_drop_fault_cuts_an_anthropic_stream_short(
+    client: httpx.AsyncClient, via: str
+) -> None:
+    headers = {"X-Sim-Fault": "drop"} if via == "header" else {}
+    if via == "queue":
+        await client.post("/_sim/faults", json={"faults": ["drop"]})
+    r = await client.post(MESSAGES, json={**ANTHROPIC_BODY, "stream": True}, headers=headers)
+    assert r.status_code == 200
+    events = named_events(r.text)
+    names = {name for name, _ in events}
+    assert "message_start" in names
+    assert not names & {"content_block_stop", "message_delta", "message_stop"}
+    full = (await client.post(MESSAGES, json=ANTHROPIC_BODY)).json()["content"][0]["text"]
+    partial = streamed_text(events)
+    assert partial
+    assert full.startswith(partial)
+    assert partial != full
+
+
+async def test_drop_fault_on_a_non_streamed_anthropic_request_is_a_500(
+    client: httpx.AsyncClient,
+) -> None:
+    r = await client.post(MESSAGES, json=ANTHROPIC_BODY, headers={"X-Sim-Fault": "drop"})
+    assert r.status_code == 500
+    assert r.json()["error"]["type"] == "api_error"
+
+
+async def test_other_faults_apply_to_anthropic_streams(client: httpx.AsyncClient) -> None:
+    await client.post("/_sim/faults", json={"faults": ["503", "ok"]})
+    streamed = {**ANTHROPIC_BODY, "stream": True}
+    r = await client.post(MESSAGES, json=streamed)
+    assert r.status_code == 503
+    assert r.json()["error"]["type"] == "overloaded_error"
+    assert (await client.post(MESSAGES, json=streamed)).status_code == 200
+
+
+async def test_anthropic_stream_chunk_delay_paces_the_stream() -> None:
+    async with client_for(SimConfig(stream_chunk_delay_ms=20)) as c:
+        start = time.monotonic()
+        r = await c.post(MESSAGES, json={**ANTHROPIC_BODY, "stream": True})
+        events = named_events(r.text)
+        assert time.monotonic() - start >= 0.02 * (len(events) - 1) * 0.9
+
+
 # --- the real server, driven by the official SDK ---------------------------------------------
 
 
