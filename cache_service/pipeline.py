@@ -11,7 +11,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,11 +51,38 @@ class Flavor:
     path: str
     refusal: Callable[..., str | None]
     usage_keys: tuple[str, str]
+    assembler: Callable[[], sse.ChatStreamAssembler | sse.AnthropicStreamAssembler]
+    replay: Callable[[dict[str, Any], bool], Iterator[bytes]]
+    error_event: Callable[[ServiceError], bytes]
 
 
-OPENAI = Flavor("openai", "chat/completions", store_refusal, ("prompt_tokens", "completion_tokens"))
+def _openai_error(e: ServiceError) -> bytes:
+    return sse.encode(error_body(e.message, e.type, code=e.code))
+
+
+def _anthropic_error(e: ServiceError) -> bytes:
+    return sse.encode(
+        {"type": "error", "error": {"type": e.type, "message": e.message}}, event="error"
+    )
+
+
+OPENAI = Flavor(
+    "openai",
+    "chat/completions",
+    store_refusal,
+    ("prompt_tokens", "completion_tokens"),
+    sse.ChatStreamAssembler,
+    lambda body, usage: sse.replay(body, include_usage=usage),
+    _openai_error,
+)
 ANTHROPIC = Flavor(
-    "anthropic", "messages", anthropic_store_refusal, ("input_tokens", "output_tokens")
+    "anthropic",
+    "messages",
+    anthropic_store_refusal,
+    ("input_tokens", "output_tokens"),
+    sse.AnthropicStreamAssembler,
+    lambda body, _usage: sse.replay_anthropic(body),
+    _anthropic_error,
 )
 
 
@@ -172,9 +199,6 @@ class Pipeline:
 
     async def handle(self, ctx: Ctx) -> Response:
         stream = bool(ctx.body.get("stream"))
-        if stream and ctx.flavor is not OPENAI:
-            # Anthropic's event stream is relayed untouched and never stored.
-            return await self._passthrough_stream(ctx)
         if ctx.directives.read and lookup_allowed(ctx.body):
             hit = await self.lookup(ctx)
             if hit is not None:
@@ -247,7 +271,7 @@ class Pipeline:
         if stream:
             include_usage = bool((ctx.body.get("stream_options") or {}).get("include_usage"))
             return StreamingResponse(
-                _aiter(sse.replay(entry.response, include_usage=include_usage)),
+                _aiter(ctx.flavor.replay(entry.response, include_usage)),
                 media_type="text/event-stream",
                 headers=headers,
             )
@@ -402,7 +426,7 @@ class Pipeline:
         self, ctx: Ctx, outcome: Outcome, state: str, wanted_usage: bool, fan: sse.Fanout
     ) -> Response:
         body = dict(ctx.body)
-        if not wanted_usage:
+        if not wanted_usage and ctx.flavor is OPENAI:
             # Ask for usage anyway (to store and account it); followers that did not ask
             # for it skip that chunk.
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
@@ -442,61 +466,46 @@ class Pipeline:
         self, ctx: Ctx, outcome: Outcome, up: UpstreamStream, ticket: Ticket, fan: sse.Fanout
     ) -> None:
         parser = sse.SSEParser()
-        assembler = sse.ChatStreamAssembler()
+        assembler = ctx.flavor.assembler()
+        openai = ctx.flavor is OPENAI
         try:
             async for raw in up.chunks:
-                for data in parser.feed(raw):
+                for name, data in parser.feed_events(raw):
                     chunk = assembler.add(data)
+                    # OpenAI's usage arrives in a chunk of its own that we may have asked
+                    # for on the caller's behalf; Anthropic's rides on message events.
                     usage_only = (
-                        chunk is not None and not chunk.get("choices") and bool(chunk.get("usage"))
+                        openai
+                        and chunk is not None
+                        and not chunk.get("choices")
+                        and bool(chunk.get("usage"))
                     )
-                    fan.push(sse.encode(data), usage_only=usage_only)
+                    event = None if name == "message" else name
+                    fan.push(sse.encode(data, event=event), usage_only=usage_only)
         except ServiceError as e:
-            # Headers are gone already; tell the clients in-band, OpenAI style.
-            fan.push(sse.encode(error_body(e.message, e.type, code=e.code)))
+            # Headers are gone already; tell the clients in-band, in the API's own shape.
+            fan.push(ctx.flavor.error_event(e))
         finally:
             fan.finish()
             if self.s.stream_inflight.get(ctx.keys.exact_key) is fan:
                 del self.s.stream_inflight[ctx.keys.exact_key]
             await up.aclose()
-            completion = assembler.completion()
-            p, c = usage_of(completion, OPENAI)
-            # An interrupted stream was still billed for what it produced: settle at the
-            # reported usage, else at the estimate.
+            body = (
+                assembler.completion()
+                if isinstance(assembler, sse.ChatStreamAssembler)
+                else assembler.message()
+            )
+            p, c = usage_of(body, ctx.flavor) if assembler.complete else (0, 0)
+            # An interrupted stream was still billed for what it produced; its usage is
+            # partial or missing, so it is settled at the estimate.
             self.s.forwarder.settle(ticket, p, c)
             if assembler.complete and ctx.directives.write and not ticket.downgraded_from:
-                refusal = store_refusal(
-                    200, completion, cache_tool_calls=self.s.settings.cache_tool_calls
+                refusal = ctx.flavor.refusal(
+                    200, body, cache_tool_calls=self.s.settings.cache_tool_calls
                 )
                 if refusal is None:
-                    await self._store(ctx, completion, p, c)
+                    await self._store(ctx, body, p, c)
             self.record(ctx, outcome if assembler.complete else Outcome.ERROR, p, c)
-
-    async def _passthrough_stream(self, ctx: Ctx) -> Response:
-        up, ticket = await self.s.forwarder.stream(
-            ctx.flavor.path, ctx.body, ctx.headers, ctx.project
-        )
-
-        async def relay() -> AsyncIterator[bytes]:
-            try:
-                async for raw in up.chunks:
-                    yield raw
-            finally:
-                await up.aclose()
-                if up.status < 400:
-                    self.s.forwarder.settle(ticket, 0, 0)  # usage unseen: the estimate
-                else:
-                    self.s.forwarder.release(ticket)
-                self.record(ctx, Outcome.BYPASS, 0, 0)
-
-        headers = {
-            **up.headers,
-            **self._ticket_headers(ticket),
-            "x-cache": "BYPASS",
-            "x-request-id": ctx.request_id,
-        }
-        media = "text/event-stream" if up.status < 400 else JSON
-        return StreamingResponse(relay(), status_code=up.status, media_type=media, headers=headers)
 
     async def _audit(self, ctx: Ctx, entry: Entry, similarity: float) -> None:
         """Ask upstream too (within quota) and compare: agreement estimates how often

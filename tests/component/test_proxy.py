@@ -429,3 +429,42 @@ async def test_other_api_paths_are_relayed_upstream(h: Harness) -> None:
     # the sidecar's own routes still win over the relay
     assert (await h.client.get("/v1/cache/stats")).status_code == 200
     assert (await h.client.get("/v1/cache/report", params={"format": "json"})).status_code == 200
+
+
+def anthropic_text(stream_text: str) -> tuple[str, list[str]]:
+    names, text = [], []
+    for block in stream_text.split("\n\n"):
+        lines = block.split("\n")
+        name = next((ln[7:] for ln in lines if ln.startswith("event: ")), None)
+        data = next((ln[6:] for ln in lines if ln.startswith("data: ")), None)
+        if name is None or data is None:
+            continue
+        names.append(name)
+        event = json.loads(data)
+        if event["type"] == "content_block_delta":
+            text.append(event["delta"]["text"])
+    return "".join(text), names
+
+
+async def test_anthropic_streams_are_cached_and_replayed(h: Harness) -> None:
+    body = {
+        "model": "claude-3-5-haiku",
+        "max_tokens": 300,
+        "messages": [{"role": "user", "content": Q}],
+        "stream": True,
+    }
+    miss = await h.client.post("/v1/messages", json=body)
+    assert miss.headers["x-cache"] == "MISS"
+    text, names = anthropic_text(miss.text)
+    assert names[0] == "message_start" and names[-1] == "message_stop"
+    hit = await h.client.post("/v1/messages", json=body)
+    assert hit.headers["x-cache"] == "HIT"
+    hit_text, hit_names = anthropic_text(hit.text)
+    assert hit_text == text and text
+    assert hit_names[0] == "message_start" and hit_names[-1] == "message_stop"
+    plain = await h.client.post("/v1/messages", json={**body, "stream": False})
+    assert plain.headers["x-cache"] == "HIT"
+    assert plain.json()["content"][0]["text"] == text
+    assert await h.upstream_calls() == 1
+    # an OpenAI request with the same words never sees the Anthropic entry
+    assert (await h.chat(Q)).headers["x-cache"] == "MISS"
