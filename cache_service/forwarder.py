@@ -504,7 +504,7 @@ class Forwarder:
                 "limit_value": alert.limit_value,
                 "message": alert.message,
             }
-            log.warning(alert.message, extra=payload)
+            log.warning(alert.message, extra={"alert": payload})  # "message" is reserved
             if self.on_alert is not None:
                 asyncio.get_running_loop().create_task(self.on_alert(payload))
         self._dirty = True

@@ -332,9 +332,14 @@ class Pipeline:
                 self.s.forwarder.settle(ticket, p, c)
             else:
                 self.s.forwarder.release(ticket)
-        if ctx.directives.write and ticket is not None and not ticket.downgraded_from:
-            refusal = ctx.flavor.refusal(
-                resp.status, parsed, cache_tool_calls=self.s.settings.cache_tool_calls
+        if ctx.directives.write and ticket is not None:
+            # A downgraded answer came from another model than the scope names.
+            refusal = (
+                "downgraded model"
+                if ticket.downgraded_from
+                else ctx.flavor.refusal(
+                    resp.status, parsed, cache_tool_calls=self.s.settings.cache_tool_calls
+                )
             )
             stored = refusal is None and await self._store(ctx, parsed, p, c)
             extra["x-cache-stored"] = "true" if stored else "false"

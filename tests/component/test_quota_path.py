@@ -203,3 +203,58 @@ async def test_unknown_projects_get_default_limits_but_bounded_state(
         quota = (await h.client.get("/v1/quota")).json()
         names = {s["name"] for s in quota["scopes"] if s["kind"] == "project"}
         assert names == {"a", "b", "default"}
+
+
+async def test_budget_downgrade_and_alert_webhook(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+) -> None:
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    received: list[dict[str, object]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = settings_factory(
+            prices={"pricey": {"input": 1000, "output": 1000}, "cheap": {"input": 1, "output": 1}},
+            projects=[
+                {
+                    "name": "default",
+                    "daily_budget_usd": 10,
+                    "downgrade": {"at": 0.001, "model": "cheap"},
+                }
+            ],
+            alerts={
+                "thresholds": [0.001],
+                "webhook_url": f"http://127.0.0.1:{server.server_port}/hook",
+            },
+        )
+        async with harness(settings, embedder, clock) as h:
+            first = await h.chat("first question", model="pricey", max_tokens=200)
+            assert first.status_code == 200
+            assert "x-model-downgraded" not in first.headers
+            second = await h.chat("second question", model="pricey", max_tokens=200)
+            assert second.headers["x-model-downgraded"] == "pricey -> cheap"
+            assert second.json()["model"] == "cheap"
+            assert second.headers["x-cache-stored"] == "false"  # not under pricey's scope
+            for _ in range(100):
+                if received:
+                    break
+                await asyncio.sleep(0.02)
+        alerts = [a for a in received if a["scope_kind"] == "project"]
+        assert len(alerts) == 1  # once per window per threshold, not per request
+        assert alerts[0]["limit"] == "daily_budget"
+    finally:
+        server.shutdown()
+        server.server_close()
