@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from cache_service.backends.jsonfile import JsonFile
 from cache_service.errors import RateLimited, ServiceError, UpstreamUnavailable
@@ -68,6 +68,14 @@ class Ticket:
     attempts: int = 1
     downgraded_from: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Failed(Generic[T]):
+    """An upstream's last HTTP error answer, kept to relay if no fallback does better."""
+
+    result: T
+    ticket: Ticket
 
 
 @dataclass(order=True, slots=True)
@@ -334,7 +342,8 @@ class Forwarder:
         request against rpm (its tokens are unknown here). Not retried: it may not be
         idempotent."""
         project, setting = self.project(project)
-        slot = next((s for s in self.slots if s.breaker.allow()), self.slots[0])
+        # A relayed call is judged by nobody: it must not take a half-open breaker's trial.
+        slot = next((s for s in self.slots if s.breaker.state == "closed"), self.slots[0])
         scopes = (("project", project), ("upstream", slot.name), GLOBAL)
         reservation = await self.gate.acquire(scopes, 0, 0.0, setting.priority if setting else 1)
         try:
@@ -376,66 +385,31 @@ class Forwarder:
                 if self.metrics is not None:
                     self.metrics.fallback(chain[position - 1].name, slot.name)
                 log.warning("falling back", extra={"upstream": slot.name, "model": model})
-            scopes = (("project", project), ("upstream", slot.name), GLOBAL)
-            asked = time.perf_counter()
             try:
-                reservation = await self.gate.acquire(scopes, tokens, cost, priority)
-            except RateLimited as e:
-                self.counters["rejections"] += 1
-                d = e.denial
-                if self.metrics is not None and d is not None:
-                    self.metrics.quota_rejection(d.scope_kind, d.scope_name, d.limit)
+                outcome = await self._try_slot(
+                    slot,
+                    body,
+                    project,
+                    model,
+                    tokens,
+                    cost,
+                    priority,
+                    downgraded_from,
+                    call,
+                    status_of,
+                    headers_of,
+                )
+            except BaseException:
+                # Refused by quota, cancelled...: the upstream was not judged, so a
+                # half-open breaker's trial call is still to be made.
+                slot.breaker.abandon()
                 raise
-            waited = time.perf_counter() - asked
-            if waited > 0.001 and self.metrics is not None:
-                self.metrics.queue_wait(project, waited)
-            ticket = Ticket(reservation, slot.name, model, project, 0, downgraded_from)
-            for attempt in range(self.settings.max_retries + 1):
-                ticket.attempts = attempt + 1
-                retry_after: float | None = None
-                started = time.perf_counter()
-                try:
-                    result = await call(slot, body)
-                except ServiceError as e:
-                    last_error, last_result = e, None
-                    if self.metrics is not None:
-                        self.metrics.upstream_call(slot.name, None, time.perf_counter() - started)
-                else:
-                    status = status_of(result)
-                    if self.metrics is not None:
-                        self.metrics.upstream_call(slot.name, status, time.perf_counter() - started)
-                    if status not in RETRYABLE_STATUS:
-                        if status < 500:
-                            slot.breaker.success()
-                        ticket.headers = self.ratelimit_headers(project)
-                        return result, ticket
-                    last_error, last_result, last_ticket = None, result, ticket
-                    retry_after = parse_retry_after(headers_of(result))
-                if attempt == self.settings.max_retries:
-                    break
-                delay = backoff_delay(
-                    attempt,
-                    base_s=self.settings.backoff_base_s,
-                    max_s=self.settings.backoff_max_s,
-                    retry_after_s=retry_after,
-                    retry_after_cap_s=self.settings.retry_after_cap_s,
-                )
-                self.counters["retries"] += 1
-                if self.metrics is not None:
-                    reason = str(status_of(last_result)) if last_result is not None else "error"
-                    self.metrics.retry(slot.name, reason)
-                log.info(
-                    "retrying upstream",
-                    extra={
-                        "upstream": slot.name,
-                        "attempt": attempt + 1,
-                        "delay_s": round(delay, 3),
-                    },
-                )
-                await self.sleep(delay)
-            slot.breaker.failure()
-            # Nothing was answered: the failed calls cost nothing, so free the quota.
-            self.release(ticket)
+            if isinstance(outcome, tuple):
+                return outcome
+            if isinstance(outcome, ServiceError):
+                last_error, last_result = outcome, None
+            else:
+                last_error, last_result, last_ticket = None, outcome.result, outcome.ticket
         if last_result is not None and last_ticket is not None:
             # Every upstream failed with an HTTP error: relay the last one as it came
             # (its status, Retry-After and body), never as a 500 of ours.
@@ -447,6 +421,84 @@ class Forwarder:
             "every upstream for this model is cooling down after repeated failures",
             code="upstreams_unavailable",
         )
+
+    async def _try_slot(
+        self,
+        slot: Slot,
+        body: dict[str, Any],
+        project: str,
+        model: str,
+        tokens: int,
+        cost: float,
+        priority: int,
+        downgraded_from: str | None,
+        call: Callable[[Slot, dict[str, Any]], Awaitable[T]],
+        status_of: Callable[[T], int],
+        headers_of: Callable[[T], dict[str, str]],
+    ) -> tuple[T, Ticket] | ServiceError | _Failed[T]:
+        """One upstream, under quota, with retries: the answer, or how it failed last."""
+        scopes = (("project", project), ("upstream", slot.name), GLOBAL)
+        asked = time.perf_counter()
+        try:
+            reservation = await self.gate.acquire(scopes, tokens, cost, priority)
+        except RateLimited as e:
+            self.counters["rejections"] += 1
+            d = e.denial
+            if self.metrics is not None and d is not None:
+                self.metrics.quota_rejection(d.scope_kind, d.scope_name, d.limit)
+            raise
+        waited = time.perf_counter() - asked
+        if waited > 0.001 and self.metrics is not None:
+            self.metrics.queue_wait(project, waited)
+        ticket = Ticket(reservation, slot.name, model, project, 0, downgraded_from)
+        failed: ServiceError | _Failed[T] = UpstreamUnavailable("no attempt made")
+        for attempt in range(self.settings.max_retries + 1):
+            ticket.attempts = attempt + 1
+            retry_after: float | None = None
+            started = time.perf_counter()
+            try:
+                result = await call(slot, body)
+            except ServiceError as e:
+                failed = e
+                self._observe(slot, None, started)
+            else:
+                status = status_of(result)
+                self._observe(slot, status, started)
+                if status not in RETRYABLE_STATUS:
+                    if status < 500:
+                        slot.breaker.success()
+                    else:
+                        slot.breaker.failure()
+                    ticket.headers = self.ratelimit_headers(project)
+                    return result, ticket
+                failed = _Failed(result, ticket)
+                retry_after = parse_retry_after(headers_of(result))
+            if attempt == self.settings.max_retries:
+                break
+            delay = backoff_delay(
+                attempt,
+                base_s=self.settings.backoff_base_s,
+                max_s=self.settings.backoff_max_s,
+                retry_after_s=retry_after,
+                retry_after_cap_s=self.settings.retry_after_cap_s,
+            )
+            self.counters["retries"] += 1
+            if self.metrics is not None:
+                reason = str(status_of(failed.result)) if isinstance(failed, _Failed) else "error"
+                self.metrics.retry(slot.name, reason)
+            log.info(
+                "retrying upstream",
+                extra={"upstream": slot.name, "attempt": attempt + 1, "delay_s": round(delay, 3)},
+            )
+            await self.sleep(delay)
+        slot.breaker.failure()
+        # Nothing was answered: the failed calls cost nothing, so free the quota.
+        self.release(ticket)
+        return failed
+
+    def _observe(self, slot: Slot, status: int | None, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.upstream_call(slot.name, status, time.perf_counter() - started)
 
     def _completion_part(self, body: dict[str, Any]) -> int:
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")

@@ -82,6 +82,11 @@ class CircuitBreaker:
             return True
         return False
 
+    def abandon(self) -> None:
+        """An allowed call never reached the upstream: free the half-open trial for the
+        next one instead of leaving the breaker waiting for a verdict that cannot come."""
+        self.trial_in_flight = False
+
     def success(self) -> None:
         self.failures = 0
         self.opened_at = None

@@ -258,3 +258,34 @@ async def test_budget_downgrade_and_alert_webhook(
     finally:
         server.shutdown()
         server.server_close()
+
+
+async def test_open_breaker_sends_traffic_straight_to_the_fallback(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+) -> None:
+    settings = settings_factory(
+        upstreams=[
+            {"name": "primary", "base_url": "http://sim/v1"},
+            {"name": "backup", "base_url": "http://sim/v1"},
+        ],
+        max_retries=0,
+        breaker_failures=2,
+        breaker_cooldown_s=30,
+    )
+    async with harness(settings, embedder, clock) as h:
+        await h.faults("500", "ok", "500")  # each request: primary fails, backup answers
+        for q in ("one", "two"):
+            assert (await h.chat(q)).headers["x-upstream"] == "backup"
+        calls = await h.upstream_calls()
+        r = await h.chat("three")
+        assert r.headers["x-upstream"] == "backup"
+        assert await h.upstream_calls() == calls + 1  # the open primary was not tried
+        quota = (await h.client.get("/v1/quota")).json()
+        states = {u["name"]: u["breaker"] for u in quota["upstreams"]}
+        assert states == {"primary": "open", "backup": "closed"}
+        clock.advance(31)
+        assert (await h.chat("four")).headers["x-upstream"] == "primary"  # the trial works
+        states = {
+            u["name"]: u["breaker"] for u in (await h.client.get("/v1/quota")).json()["upstreams"]
+        }
+        assert states["primary"] == "closed"
