@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,8 @@ class Lookup:
     """Highest similarity among candidates the policy refused: how close a miss came."""
     reason: str = "miss"
     """Why the best candidate was refused (guard name, "below_threshold", "no_candidates")."""
+    verify_ms: float = 0.0
+    """Time spent in the acceptance guards (part of the search)."""
 
 
 class SemanticCache:
@@ -70,6 +73,7 @@ class SemanticCache:
         now = self.clock.now()
         best_rejected: float | None = None
         reason = "below_threshold"
+        verify_s = 0.0
         for hit in hits:  # best first
             if hit.similarity < config.threshold:
                 # Candidates come sorted, so nothing after this one can pass either.
@@ -81,12 +85,16 @@ class SemanticCache:
                 # Evicted or expired under us: the index is only a hint, the store decides.
                 self.index.remove(scope, [hit.entry_id])
                 continue
+            started = time.perf_counter()
             decision = accept(prompt, entry.prompt, hit.similarity, config)
+            verify_s += time.perf_counter() - started
             if decision.accepted:
-                return Lookup(entry, hit.similarity, "semantic", best_rejected, "ok")
+                return Lookup(
+                    entry, hit.similarity, "semantic", best_rejected, "ok", verify_s * 1000
+                )
             if best_rejected is None:
                 best_rejected, reason = hit.similarity, decision.reason
-        return Lookup(best_rejected=best_rejected, reason=reason)
+        return Lookup(best_rejected=best_rejected, reason=reason, verify_ms=verify_s * 1000)
 
     # --- writes
 

@@ -239,6 +239,9 @@ class Pipeline:
             found = await asyncio.to_thread(
                 cache.search, ctx.keys.scope, ctx.vector, ctx.keys.prompt, threshold
             )
+        # Report the guards apart from the index scan they ran inside.
+        ctx.stages["verify"] = found.verify_ms
+        ctx.stages["search"] -= found.verify_ms
         ctx.lookup = found
         return found if found.entry is not None else None
 

@@ -41,6 +41,10 @@ async def test_metrics_and_report_follow_real_requests(
         by_kind = {dict(k)["kind"]: v for k, v in saved.items()}
         assert by_kind["prompt"] == 2 * usage["prompt_tokens"]
         assert by_kind["completion"] == 2 * usage["completion_tokens"]
+        stages = samples(text, "llm_cache_lookup_stage_seconds_count")
+        by_stage = {dict(k)["stage"]: v for k, v in stages.items()}
+        assert by_stage["exact"] == 4 - 1  # every lookup but the no-store bypass
+        assert by_stage["embed"] == by_stage["search"] == by_stage["verify"] == 2
         calls = samples(text, "llm_cache_upstream_requests_total")
         assert sum(calls.values()) == 2
 
