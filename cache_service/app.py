@@ -220,10 +220,11 @@ async def _sweep_forever(cache: SemanticCache, interval_s: float, metrics: Metri
     while True:
         await asyncio.sleep(interval_s)
         try:
-            removed = await asyncio.to_thread(cache.sweep)
-            metrics.expired(removed)
-            if removed:
-                log.info("swept expired entries", extra={"removed": removed})
+            swept = await asyncio.to_thread(cache.sweep)
+            metrics.expired(swept.expired)
+            metrics.evicted(swept.evicted)
+            if swept.expired or swept.evicted:
+                log.info("swept", extra={"expired": swept.expired, "evicted": swept.evicted})
         except Exception:
             log.exception("sweep failed; will try again")
 

@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cache_service.acceptance import AcceptConfig, accept
 from cache_service.protocols import Clock, Entry, EntryStore, Vector, VectorIndex
@@ -31,6 +31,11 @@ class Lookup:
     """Why the best candidate was refused (guard name, "below_threshold", "no_candidates")."""
     verify_ms: float = 0.0
     """Time spent in the acceptance guards (part of the search)."""
+
+
+class Swept(NamedTuple):
+    expired: int
+    evicted: int
 
 
 class SemanticCache:
@@ -185,9 +190,9 @@ class SemanticCache:
         self.ready = True
         return count
 
-    def sweep(self) -> int:
-        """Remove expired entries and the vectors of entries the store no longer holds
-        (expired or evicted by diskcache's size limit)."""
+    def sweep(self) -> Swept:
+        """Remove expired entries, and the vectors of entries the store no longer holds
+        (evicted by diskcache's size limit)."""
         now = self.clock.now()
         with self._lock:
             tracked = list(self._tracked.items())
@@ -198,13 +203,14 @@ class SemanticCache:
                 self._forget(entry_id, scope)
             else:
                 live.append((entry_id, scope))
-        removed = len(tracked) - len(live)
+        expired = len(tracked) - len(live)
+        evicted = 0
         # Only pay for a full membership check when the store holds fewer entries than we
         # track, i.e. diskcache evicted some under its size limit.
         if len(self.store) < len(live):
             for entry_id, scope in live:
                 if entry_id not in self.store:
                     self._forget(entry_id, scope)
-                    removed += 1
+                    evicted += 1
         self.store.cull()
-        return removed
+        return Swept(expired, evicted)

@@ -207,10 +207,10 @@ def test_sweep_removes_expired_from_store_and_index(env: Env) -> None:
     no_vec = env.put("exact only question", ttl_s=10, embed=False)
     assert (len(env.store), len(env.index)) == (3, 2)
     env.clock.advance(5)
-    assert env.cache.sweep() == 0
+    assert env.cache.sweep() == (0, 0)
     assert (len(env.store), len(env.index)) == (3, 2)
     env.clock.advance(10)
-    assert env.cache.sweep() == 2
+    assert env.cache.sweep() == (2, 0)
     assert short.id not in env.store
     assert no_vec.id not in env.store
     assert long.id in env.store
@@ -225,7 +225,7 @@ def test_sweep_forgets_vectors_of_entries_the_store_lost(env: Env) -> None:
     b = env.put("what is a token bucket")
     env.store.delete(a.id)
     assert len(env.index) == 2
-    assert env.cache.sweep() == 1
+    assert env.cache.sweep() == (0, 1)
     assert len(env.index) == 1
     assert env.index.search("scope-a", env.vec(Q), 4)[0].entry_id == b.id
 
@@ -255,7 +255,7 @@ def test_rebuild_after_restart_restores_index(env: Env, tmp_path: Path) -> None:
         assert exact.id == c.id
         # The rebuilt cache tracks entries for the sweep, too.
         env.clock.advance(TTL)
-        assert cache.sweep() == 3
+        assert cache.sweep().expired == 3
         assert len(store) == 0
         assert len(index) == 0
     finally:
@@ -296,7 +296,7 @@ def test_exact_key_reput_replaces_old_entry(env: Env) -> None:
     assert lookup.entry.id == new.id
     # The replaced entry is no longer tracked: a later sweep counts only the new one.
     env.clock.advance(TTL)
-    assert env.cache.sweep() == 1
+    assert env.cache.sweep() == (1, 0)
 
 
 def test_delete(env: Env) -> None:
