@@ -136,11 +136,11 @@ class SemanticCache:
         )
 
     def put(self, entry: Entry) -> None:
-        replaced = self.store.get_by_exact_key(entry.exact_key)
         # Store before index: any id the index returns then either resolves or is dropped.
-        self.store.put(entry)
-        if replaced is not None and replaced.id != entry.id:
-            self._forget(replaced.id, replaced.scope)
+        replaced = self.store.put(entry)
+        if replaced is not None:
+            # Same exact key, so same scope: the old answer's vector goes with it.
+            self._forget(replaced, entry.scope)
         self._track(entry)
 
     def _track(self, entry: Entry) -> None:

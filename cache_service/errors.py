@@ -75,12 +75,6 @@ class UpstreamTimeout(ServiceError):
     code = "upstream_timeout"
 
 
-class NotReady(ServiceError):
-    status = 503
-    type = "server_error"
-    code = "not_ready"
-
-
 def error_body(
     message: str, type_: str, *, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:

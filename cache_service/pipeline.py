@@ -33,7 +33,7 @@ from cache_service.policy import (
 )
 from cache_service.pricing import PriceTable
 from cache_service.protocols import Clock, Entry, UpstreamResponse, UpstreamStream, Vector
-from cache_service.scope import RequestKeys, build_keys, tenant_of
+from cache_service.scope import RequestKeys, build_keys, project_of, tenant_of
 from cache_service.settings import Settings
 from cache_service.stats import Outcome, Stats
 from cache_service.telemetry import Metrics, OutcomeEvent, StageTimer, Telemetry, split_cost
@@ -168,7 +168,6 @@ class Pipeline:
                 api=flavor.api,
                 max_semantic_chars=st.semantic_max_chars,
             )
-        project = headers.get("x-project-id", "").strip() or "default"
         return Ctx(
             flavor,
             body,
@@ -178,7 +177,7 @@ class Pipeline:
             threshold,
             request_id,
             time.perf_counter(),
-            project,
+            project_of(headers),
         )
 
     def threshold(self, raw: Any, *, param: str) -> float | None:
@@ -359,7 +358,11 @@ class Pipeline:
         return Response(resp.body, status_code=resp.status, media_type=JSON, headers=headers)
 
     def _ticket_headers(self, ticket: Ticket) -> dict[str, str]:
-        headers = {**ticket.headers, "x-upstream": ticket.upstream}
+        headers = {
+            **ticket.headers,
+            "x-upstream": ticket.upstream,
+            "x-upstream-attempts": str(ticket.attempts),
+        }
         if ticket.downgraded_from:
             headers["x-model-downgraded"] = f"{ticket.downgraded_from} -> {ticket.model}"
         return headers

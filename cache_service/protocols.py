@@ -89,9 +89,10 @@ class Entry:
 
 
 class EntryStore(Protocol):
-    def put(self, entry: Entry) -> None:
+    def put(self, entry: Entry) -> str | None:
         """Persist the entry and its exact key atomically enough that a crash never leaves
-        an exact key pointing at a missing entry being served (readers re-check)."""
+        an exact key pointing at a missing entry being served (readers re-check). Returns
+        the id of the entry it replaced under the same exact key, if any."""
         ...
 
     def get(self, entry_id: str) -> Entry | None: ...
@@ -101,8 +102,6 @@ class EntryStore(Protocol):
     def delete(self, entry_id: str) -> Entry | None: ...
 
     def iter_entries(self) -> Iterable[Entry]: ...
-
-    def expired_ids(self, now: float) -> list[str]: ...
 
     def cull(self) -> int:
         """Drop what the backend itself knows has expired."""

@@ -73,6 +73,11 @@ def tenant_of(headers: dict[str, str]) -> str:
     return "anonymous"
 
 
+def project_of(headers: dict[str, str]) -> str:
+    """The quota project: X-Project-Id, else "default"."""
+    return headers.get("x-project-id", "").strip() or "default"
+
+
 def content_text(content: Any) -> tuple[str, bool]:
     """The text of a message's content and whether it was text only.
 

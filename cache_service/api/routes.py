@@ -23,7 +23,7 @@ from cache_service.errors import BadRequest, Forbidden, NotFound, PayloadTooLarg
 from cache_service.pipeline import ANTHROPIC, OPENAI, Flavor, Pipeline
 from cache_service.policy import parse_directives
 from cache_service.quota import Limits
-from cache_service.scope import ANSWER_PARAMS, build_keys, tenant_of
+from cache_service.scope import ANSWER_PARAMS, build_keys, project_of, tenant_of
 from cache_service.stats import Outcome
 
 router = APIRouter()
@@ -40,8 +40,8 @@ def request_id(request: Request) -> str:
     return request.headers.get("x-request-id") or uuid.uuid4().hex
 
 
-async def read_json(request: Request, limit: int) -> dict[str, Any]:
-    """The body as a JSON object, refusing oversized bodies before buffering them whole."""
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing oversized bodies before buffering them whole."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
@@ -52,7 +52,12 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
         if size > limit:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    """The body as a JSON object, with an error naming what is wrong with it."""
+    raw = await read_body(request, limit)
     if not raw.strip():
         raise BadRequest("request body is empty; expected a JSON object")
     try:
@@ -364,18 +369,15 @@ async def passthrough(request: Request, path: str) -> Response:
     before stops working."""
     pipeline = pipeline_of(request)
     settings = pipeline.s.settings
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > settings.max_body_bytes:
-        raise PayloadTooLarge(
-            f"request body is {declared} bytes; the limit is {settings.max_body_bytes}"
-        )
-    content = await request.body()
-    if len(content) > settings.max_body_bytes:
-        raise PayloadTooLarge(f"request body exceeds the limit of {settings.max_body_bytes} bytes")
+    content = await read_body(request, settings.max_body_bytes)
     headers = lower_headers(request)
-    project = headers.get("x-project-id", "").strip() or "default"
     up = await pipeline.s.forwarder.passthrough(
-        request.method, path, content, headers, list(request.query_params.multi_items()), project
+        request.method,
+        path,
+        content,
+        headers,
+        list(request.query_params.multi_items()),
+        project_of(headers),
     )
     out = {**up.headers, "x-cache": "BYPASS", "x-request-id": request_id(request)}
     media = out.pop("content-type", None)

@@ -77,7 +77,7 @@ class DiskCacheStore:
             return None
         return max(entry.expires - entry.created, 0.001)
 
-    def put(self, entry: Entry) -> None:
+    def put(self, entry: Entry) -> str | None:
         ttl = self._ttl(entry)
         # One transaction: a crash leaves either both keys or neither. The entry is written
         # first within it, so even a torn write can only leave an entry without its exact
@@ -88,6 +88,8 @@ class DiskCacheStore:
             self._cache.set(_EXACT + entry.exact_key, entry.id, expire=ttl)
             if isinstance(old_id, str) and old_id != entry.id:
                 self._cache.delete(_ENTRY + old_id)
+                return old_id
+        return None
 
     def get(self, entry_id: str) -> Entry | None:
         record = self._cache.get(_ENTRY + entry_id)
@@ -126,9 +128,6 @@ class DiskCacheStore:
             record = self._cache.get(key)
             if record is not None:
                 yield _from_record(record)
-
-    def expired_ids(self, now: float) -> list[str]:
-        return [e.id for e in self.iter_entries() if e.expired(now)]
 
     def cull(self) -> int:
         """Let diskcache drop what it knows has expired; returns how many keys went."""

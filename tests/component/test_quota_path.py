@@ -93,6 +93,7 @@ async def test_upstream_retry_after_is_honoured(
         assert r.status_code == 200
         assert elapsed >= 2.0
         assert await h.upstream_calls() == 2
+        assert r.headers["x-upstream-attempts"] == "2"
 
 
 async def test_budget_exhausted_rejects_misses_but_serves_hits(

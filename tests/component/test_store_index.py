@@ -126,8 +126,8 @@ def test_get_by_exact_key(store: DiskCacheStore) -> None:
 
 
 def test_reput_of_exact_key_replaces_the_old_entry(store: DiskCacheStore) -> None:
-    store.put(make_entry("old", "k"))
-    store.put(make_entry("new", "k"))
+    assert store.put(make_entry("old", "k")) is None
+    assert store.put(make_entry("new", "k")) == "old"
     got = store.get_by_exact_key("k")
     assert got is not None
     assert got.id == "new"
@@ -159,15 +159,6 @@ def test_len_contains_and_iter(store: DiskCacheStore) -> None:
     assert all(i in store for i in ids)
     assert "e4" not in store
     assert {e.id for e in store.iter_entries()} == ids
-
-
-def test_expired_ids(store: DiskCacheStore) -> None:
-    store.put(make_entry("short", "k1", expires=T0 + 10))
-    store.put(make_entry("long", "k2", expires=T0 + 1000))
-    store.put(make_entry("forever", "k3", expires=None))
-    assert store.expired_ids(T0 + 5) == []
-    assert store.expired_ids(T0 + 10) == ["short"]  # expiry is inclusive
-    assert sorted(store.expired_ids(T0 + 5000)) == ["long", "short"]
 
 
 def test_reopened_store_still_has_the_entry(tmp_path: Path) -> None:
