@@ -497,26 +497,40 @@ class Pipeline:
             # Headers are gone already; tell the clients in-band, in the API's own shape.
             fan.push(ctx.flavor.error_event(e))
         finally:
-            fan.finish()
-            if self.s.stream_inflight.get(ctx.keys.exact_key) is fan:
-                del self.s.stream_inflight[ctx.keys.exact_key]
-            await up.aclose()
-            body = (
-                assembler.completion()
-                if isinstance(assembler, sse.ChatStreamAssembler)
-                else assembler.message()
+            try:
+                await up.aclose()
+                await self._settle_stream(ctx, outcome, ticket, assembler)
+            finally:
+                # Finished only after the store: a client whose stream has ended finds the
+                # answer in the cache, and identical requests arriving meanwhile follow
+                # this stream instead of calling upstream again.
+                fan.finish()
+                if self.s.stream_inflight.get(ctx.keys.exact_key) is fan:
+                    del self.s.stream_inflight[ctx.keys.exact_key]
+
+    async def _settle_stream(
+        self,
+        ctx: Ctx,
+        outcome: Outcome,
+        ticket: Ticket,
+        assembler: sse.ChatStreamAssembler | sse.AnthropicStreamAssembler,
+    ) -> None:
+        body = (
+            assembler.completion()
+            if isinstance(assembler, sse.ChatStreamAssembler)
+            else assembler.message()
+        )
+        p, c = usage_of(body, ctx.flavor) if assembler.complete else (0, 0)
+        # An interrupted stream was still billed for what it produced; its usage is
+        # partial or missing, so it is settled at the estimate.
+        self.s.forwarder.settle(ticket, p, c)
+        if assembler.complete and ctx.directives.write and not ticket.downgraded_from:
+            refusal = ctx.flavor.refusal(
+                200, body, cache_tool_calls=self.s.settings.cache_tool_calls
             )
-            p, c = usage_of(body, ctx.flavor) if assembler.complete else (0, 0)
-            # An interrupted stream was still billed for what it produced; its usage is
-            # partial or missing, so it is settled at the estimate.
-            self.s.forwarder.settle(ticket, p, c)
-            if assembler.complete and ctx.directives.write and not ticket.downgraded_from:
-                refusal = ctx.flavor.refusal(
-                    200, body, cache_tool_calls=self.s.settings.cache_tool_calls
-                )
-                if refusal is None:
-                    await self._store(ctx, body, p, c)
-            self.record(ctx, outcome if assembler.complete else Outcome.ERROR, p, c)
+            if refusal is None:
+                await self._store(ctx, body, p, c)
+        self.record(ctx, outcome if assembler.complete else Outcome.ERROR, p, c)
 
     async def _audit(self, ctx: Ctx, entry: Entry, similarity: float) -> None:
         """Ask upstream too (within quota) and compare: agreement estimates how often

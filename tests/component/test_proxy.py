@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -246,6 +247,25 @@ async def test_streaming_miss_then_streaming_hit(h: Harness) -> None:
     assert as_json.headers["x-cache"] == "HIT"
     assert as_json.json()["choices"][0]["message"]["content"] == streamed
     assert plain.headers["x-cache"] == "MISS"
+
+
+async def test_a_finished_stream_is_already_in_the_cache(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A slow store must hold the end of the stream, not race the caller's next request.
+    cache = h.app.state.pipeline.s.cache
+    put = cache.put
+
+    def slow_put(entry: Any) -> Any:
+        time.sleep(0.3)
+        return put(entry)
+
+    monkeypatch.setattr(cache, "put", slow_put)
+    miss = await h.chat(Q, stream=True)
+    assert miss.headers["x-cache"] == "MISS"
+    again = await h.chat(Q)
+    assert again.headers["x-cache"] == "HIT"
+    assert await h.upstream_calls() == 1
 
 
 async def test_dropped_stream_is_not_stored(h: Harness) -> None:
