@@ -73,8 +73,9 @@ async def harness(
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sidecar") as c,
         httpx.AsyncClient(transport=sim_transport, base_url="http://sim") as sim,
     ):
-        for _ in range(200):
-            if (await c.get("/readyz")).status_code == 200:
-                break
+        # Generous: a loaded CI machine may take a while to open the store and index.
+        deadline = asyncio.get_running_loop().time() + 30
+        while (await c.get("/readyz")).status_code != 200:
+            assert asyncio.get_running_loop().time() < deadline, "sidecar never became ready"
             await asyncio.sleep(0.01)
         yield Harness(c, sim, app)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from cache_service.feedback import FeedbackLearner
@@ -61,12 +62,10 @@ async def test_audit_samples_hits_and_estimates_precision(
         await h.chat(Q)
         hit = await h.chat(PARAPHRASE)
         assert hit.headers["x-cache-match"] == "semantic"
-        for _ in range(100):
+        for _ in range(500):  # the audit runs in the background, after the hit was served
             audit = (await h.client.get("/v1/cache/stats")).json()["quality"]["audit"]
             if audit["audited"]:
                 break
-            import asyncio
-
             await asyncio.sleep(0.02)
         assert audit["audited"] == 1
         # the simulated upstream answers each wording differently: the audit notices
