@@ -12,6 +12,7 @@ import asyncio
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cache_service.backends.embedder import load_token_counter
+from cache_service.backends.journal import SpendJournal
+from cache_service.backends.jsonfile import JsonFile
 from cache_service.forwarder import Forwarder, Slot
 from cache_service.pricing import PriceTable
 from cache_service.protocols import SystemClock, UpstreamResponse
@@ -58,10 +61,10 @@ def per_call_us(fn: Any, n: int = N) -> float:
     return statistics.median(runs)
 
 
-async def forwarder_us() -> tuple[float, float]:
+async def forwarder_us(data_dir: Path) -> tuple[float, float]:
     settings = load_settings(
         None,
-        data_dir="/tmp/quota-bench",
+        data_dir=data_dir,
         projects=[{"name": "default", "rpm": 10**9, "tpm": 10**12, "daily_budget_usd": 1e9}],
         total_daily_budget_usd=1e9,
     )
@@ -73,6 +76,9 @@ async def forwarder_us() -> tuple[float, float]:
         clock=clock,
         prices=PriceTable.with_overrides(None),
         count_tokens=load_token_counter(),
+        # As served: every hold and settlement is journalled before the request goes on.
+        ledger=JsonFile(data_dir / "spend.json"),
+        journal=SpendJournal(data_dir),
     )
 
     async def via() -> None:
@@ -109,7 +115,8 @@ def main() -> None:
     text = json.dumps(BODY["messages"])
     arithmetic = per_call_us(reserve_settle)
     estimate = per_call_us(lambda: count(text))
-    via, direct = asyncio.run(forwarder_us())
+    with tempfile.TemporaryDirectory() as tmp:
+        via, direct = asyncio.run(forwarder_us(Path(tmp)))
     result = {
         "reserve_plus_settle_us": round(arithmetic, 1),
         "token_estimate_us": round(estimate, 1),

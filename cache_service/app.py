@@ -24,6 +24,7 @@ from cache_service.acceptance import AcceptConfig
 from cache_service.api.reports import router as reports_router
 from cache_service.api.routes import passthrough_router, router
 from cache_service.backends.faiss_index import FaissIndex
+from cache_service.backends.journal import SpendJournal
 from cache_service.backends.jsonfile import JsonFile
 from cache_service.backends.store import DiskCacheStore
 from cache_service.backends.upstream import HttpUpstream
@@ -90,6 +91,7 @@ def create_app(
             prices=prices,
             count_tokens=await asyncio.to_thread(_token_counter),
             ledger=JsonFile(settings.data_dir / "spend.json"),
+            journal=SpendJournal(settings.data_dir),
             on_alert=webhook,
         )
         batcher = EmbeddingBatcher(the_embedder, max_batch=settings.embed_batch_max)
@@ -129,7 +131,9 @@ def create_app(
         sweeper = asyncio.create_task(
             _sweep_forever(cache, settings.sweep_interval_s, telemetry.metrics)
         )
-        persister = asyncio.create_task(forwarder.persist_forever())
+        persister = asyncio.create_task(
+            forwarder.persist_forever(settings.spend_snapshot_interval_s)
+        )
         try:
             yield
         finally:
@@ -137,7 +141,7 @@ def create_app(
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await asyncio.to_thread(forwarder.flush)
+            await asyncio.to_thread(forwarder.close)
             await asyncio.to_thread(telemetry.close)
             for slot in slots:
                 await slot.client.aclose()

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from cache_service.backends.journal import SpendJournal
 from cache_service.backends.jsonfile import JsonFile
 from cache_service.errors import RateLimited, ServiceError, UpstreamUnavailable
 from cache_service.pricing import PriceTable
@@ -204,6 +205,7 @@ class Forwarder:
         prices: PriceTable,
         count_tokens: Callable[[str], int],
         ledger: JsonFile | None = None,
+        journal: SpendJournal | None = None,
         on_alert: Callable[[dict[str, Any]], Coroutine[Any, Any, None]] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -215,6 +217,7 @@ class Forwarder:
         self.prices = prices
         self.count_tokens = count_tokens
         self.ledger = ledger
+        self.journal = journal
         self.on_alert = on_alert
         self.sleep = sleep
         self.manager = QuotaManager(clock)
@@ -229,10 +232,26 @@ class Forwarder:
         self.metrics: Metrics | None = None
         self._configure()
         if ledger is not None:
-            saved = ledger.load()
-            if saved:
-                self.manager.import_spend(saved["spend"])
-                self.alerts.import_fired(saved.get("alerts", []))
+            self._recover(ledger)
+
+    def _recover(self, ledger: JsonFile) -> None:
+        """Spend as of the last snapshot plus what the journal recorded after it. The result
+        is written as a new snapshot at once, before any new journal segment is opened, so a
+        crash at any point here leaves either the old pair or the new one."""
+        saved = ledger.load()
+        covered = int(saved.get("journal_seq", 0))
+        events, last = self.journal.recover(after=covered) if self.journal else ([], covered)
+        if saved or events:
+            self.manager.restore_spend(saved.get("spend"), events)
+            self.alerts.import_fired(saved.get("alerts", []))
+        if self.journal is None:
+            return
+        if events:
+            log.info("spend recovered from journal", extra={"events": len(events)})
+        if last > covered:
+            ledger.save({**self.export(), "journal_seq": last})
+        self.journal.start(last + 1)
+        self.manager.on_spend = self.journal.append
 
     def _configure(self) -> None:
         st = self.settings
@@ -562,16 +581,38 @@ class Forwarder:
         self._dirty = True
 
     async def persist_forever(self, interval_s: float = 1.0) -> None:
-        """Write spend at most once a second, off the event loop: an fsync per request would
-        cost more than the request. A crash loses at most the last second of spend."""
+        """Snapshot spend at most once a second, written off the event loop: an fsync per
+        request would cost more than the request. The journal holds what happened since."""
         while True:
             await asyncio.sleep(interval_s)
-            await asyncio.to_thread(self.flush)
+            checkpoint = self._checkpoint()
+            if checkpoint is not None:
+                await asyncio.to_thread(self._write_checkpoint, *checkpoint)
 
     def flush(self) -> None:
-        if self.ledger is not None and self._dirty:
-            self._dirty = False
-            self.ledger.save(self.export())
+        checkpoint = self._checkpoint()
+        if checkpoint is not None:
+            self._write_checkpoint(*checkpoint)
+
+    def close(self) -> None:
+        self.flush()
+        if self.journal is not None:
+            self.journal.close()
+
+    def _checkpoint(self) -> tuple[dict[str, Any], int] | None:
+        """Spend now and the journal segment it covers, taken together on the event loop so
+        no event falls between them."""
+        if self.ledger is None or not self._dirty:
+            return None
+        self._dirty = False
+        covered = self.journal.rotate() if self.journal is not None else 0
+        return {**self.export(), "journal_seq": covered}, covered
+
+    def _write_checkpoint(self, data: dict[str, Any], covered: int) -> None:
+        assert self.ledger is not None
+        self.ledger.save(data)
+        if self.journal is not None:
+            self.journal.remove_through(covered)
 
     def export(self) -> dict[str, Any]:
         return {"spend": self.manager.export_spend(), "alerts": self.alerts.export_fired()}

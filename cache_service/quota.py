@@ -31,7 +31,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -387,6 +387,29 @@ class BudgetWindow:
         self._spent = max(self._spent, _to_nano(spent_usd))
         return True
 
+    def add_spent(self, key: str, usd: float, now: float) -> bool:
+        """Add (or, negative, take back) spend recorded in window ``key``, if that is the
+        current window; returns whether it did. Never below zero."""
+        if key != self._roll(now):
+            return False
+        self._spent = max(0, self._spent + _to_nano(usd))
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class SpendEvent:
+    """A change to budget spend, for a write-ahead journal: a snapshot of spend can only be
+    written now and then, and these carry what happened since.
+
+    ``hold``: admitted, holding ``usd``. ``settle``: charged ``usd`` in place of the hold.
+    ``release``: never sent, the hold dropped (``usd`` 0). ``wall`` is when it happened."""
+
+    op: Literal["hold", "settle", "release"]
+    id: int
+    scopes: tuple[Scope, ...]
+    usd: float
+    wall: float
+
 
 # --------------------------------------------------------------------------------------------
 # The manager
@@ -499,6 +522,9 @@ class QuotaManager:
         self._scopes: dict[Scope, _ScopeState] = {}
         self._ids = itertools.count(1)
         self._in_flight = 0
+        self._open: dict[int, Reservation] = {}
+        self.on_spend: Callable[[SpendEvent], None] | None = None
+        """Told of every hold and settlement that moves money (a journal, outside)."""
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -583,6 +609,9 @@ class QuotaManager:
             state.daily.hold(cost_usd, wall)
             state.monthly.hold(cost_usd, wall)
         self._in_flight += 1
+        self._open[reservation.id] = reservation
+        if self.on_spend is not None and cost_usd:
+            self.on_spend(SpendEvent("hold", reservation.id, unique, cost_usd, wall))
         return reservation
 
     def settle(self, reservation: Reservation, actual_tokens: int, actual_cost_usd: float) -> None:
@@ -602,6 +631,7 @@ class QuotaManager:
             return
         reservation.closed = True
         self._in_flight -= 1
+        self._open.pop(reservation.id, None)
         mono, wall = self._clock.monotonic(), self._clock.now()
         for scope, (req_charge, tok_charge) in zip(
             reservation.scopes, reservation._charges, strict=True
@@ -614,6 +644,9 @@ class QuotaManager:
                     budget.settle(reservation.cost_usd, cost_usd, wall)
                 else:
                     budget.release(reservation.cost_usd)
+        if self.on_spend is not None and (reservation.cost_usd or cost_usd):
+            op: Literal["settle", "release"] = "settle" if requests else "release"
+            self.on_spend(SpendEvent(op, reservation.id, reservation.scopes, cost_usd, wall))
 
     def _denials(
         self, scope: Scope, state: _ScopeState, tokens: int, cost: float, mono: float, wall: float
@@ -717,10 +750,10 @@ class QuotaManager:
 
     def export_spend(self) -> dict[str, Any]:
         """Budget spend to persist. Each record carries its window key so it is only ever
-        restored into the same day / month. ``held_usd`` (estimates in flight) is exported
-        separately; :meth:`import_spend` counts it as spent, because after a crash there is no
-        telling whether upstream billed those requests, and over-counting is the safe side of
-        a budget."""
+        restored into the same day / month. Requests in flight are listed under ``open``:
+        :meth:`restore_spend` counts those still open after the journal as spent, because
+        after a crash there is no telling whether upstream billed them, and over-counting is
+        the safe side of a budget."""
         wall = self._clock.now()
         return {
             "version": 1,
@@ -732,6 +765,11 @@ class QuotaManager:
                     "monthly": state.monthly.export(wall),
                 }
                 for (kind, name), state in sorted(self._scopes.items())
+            ],
+            "open": [
+                {"id": r.id, "scopes": [list(s) for s in r.scopes], "usd": r.cost_usd}
+                for r in self._open.values()
+                if r.cost_usd
             ],
         }
 
@@ -748,7 +786,9 @@ class QuotaManager:
                 for which in ("daily", "monthly"):
                     if which in record:
                         window = record[which]
-                        spent = float(window["spent_usd"]) + float(window.get("held_usd", 0.0))
+                        spent = float(window["spent_usd"])
+                        if "open" not in data:  # older snapshots: holds count as spent
+                            spent += float(window.get("held_usd", 0.0))
                         if not math.isfinite(spent) or spent < 0:
                             raise ValueError(f"spend must be a finite amount >= 0, got {spent}")
                         parsed.append((scope, which, str(window["window"]), spent))
@@ -761,6 +801,38 @@ class QuotaManager:
             state = self._state(scope)
             budget = state.daily if which == "daily" else state.monthly
             budget.import_spent(key, spent, wall)
+
+    def restore_spend(
+        self, snapshot: Mapping[str, Any] | None, journal: Iterable[SpendEvent] = ()
+    ) -> None:
+        """Spend as of a snapshot (:meth:`export_spend`) plus the journal of what happened
+        after it. Settlements are charged to the window they happened in; a request still
+        open at the end (in flight at a crash) counts as spent now, as it would have held
+        against the current window."""
+        open_holds: dict[int, tuple[tuple[Scope, ...], float]] = {}
+        if snapshot:
+            self.import_spend(snapshot)
+            try:
+                for h in snapshot.get("open", []):
+                    scopes = tuple((str(k), str(n)) for k, n in h["scopes"])
+                    open_holds[int(h["id"])] = (scopes, float(h["usd"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError("malformed open holds in a quota spend export") from exc
+        charges: list[tuple[tuple[Scope, ...], float, float]] = []
+        for e in journal:
+            if e.op == "hold":
+                open_holds[e.id] = (e.scopes, e.usd)
+                continue
+            open_holds.pop(e.id, None)
+            if e.op == "settle":
+                charges.append((e.scopes, e.usd, e.wall))
+        now = self._clock.now()
+        charges.extend((scopes, usd, now) for scopes, usd in open_holds.values())
+        for scopes, usd, wall in charges:
+            for scope in scopes:
+                state = self._state(scope)
+                for budget in (state.daily, state.monthly):
+                    budget.add_spent(budget.window_key(wall), usd, now)
 
     # -- alerts ------------------------------------------------------------------------------
 

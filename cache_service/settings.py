@@ -161,6 +161,9 @@ class Settings(BaseSettings):
     on_limit: Literal["queue", "reject"] = "queue"
     """At a limit: wait for room (bounded by max_queue_wait_s), or answer 429 at once."""
     max_queue_wait_s: float = Field(10.0, ge=0)
+    spend_snapshot_interval_s: float = Field(1.0, gt=0)
+    """How often spend is snapshotted (fsync). Between snapshots a journal keeps every
+    charge, so a killed process loses none; this only bounds the journal's length."""
     default_completion_tokens: int = Field(256, ge=1)
     """Completion estimate for requests without max_tokens, reserved until usage settles."""
     max_retries: int = Field(3, ge=0, le=10)

@@ -15,6 +15,7 @@ from cache_service.quota import (
     QuotaManager,
     Reservation,
     SlidingWindow,
+    SpendEvent,
     estimate_request_tokens,
     format_duration,
     window_key,
@@ -674,16 +675,59 @@ def test_import_across_month_change_keeps_nothing(clock: FakeClock) -> None:
     assert snap["monthly_budget"]["spent"] == 0.0
 
 
-def test_export_counts_in_flight_holds_as_spent_on_import(clock: FakeClock) -> None:
+def test_in_flight_holds_are_restored_as_spent(clock: FakeClock) -> None:
     old = QuotaManager(clock)
     old.configure(*P, Limits(daily_budget_usd=1.0))
-    admitted(old.reserve([P], 10, 0.3))
+    r = admitted(old.reserve([P], 10, 0.3))
     data = old.export_spend()
     record = next(r for r in data["scopes"] if (r["kind"], r["name"]) == P)
     assert record["daily"] == {"window": "2026-11-22", "spent_usd": 0.0, "held_usd": 0.3}
+    assert data["open"] == [{"id": r.id, "scopes": [list(P)], "usd": 0.3}]
+    new = QuotaManager(clock)
+    new.restore_spend(data)
+    assert new.scope_snapshot(P)["daily_budget"]["spent"] == pytest.approx(0.3)
+
+
+def test_older_snapshots_without_open_holds_count_held_as_spent(clock: FakeClock) -> None:
+    old = QuotaManager(clock)
+    admitted(old.reserve([P], 10, 0.3))
+    data = old.export_spend()
+    del data["open"]
     new = QuotaManager(clock)
     new.import_spend(data)
     assert new.scope_snapshot(P)["daily_budget"]["spent"] == pytest.approx(0.3)
+
+
+def test_journal_after_snapshot_settles_what_the_snapshot_held(clock: FakeClock) -> None:
+    events: list[SpendEvent] = []
+    old = QuotaManager(clock)
+    old.on_spend = events.append
+    held = admitted(old.reserve([P, G], 10, 0.3))
+    data = old.export_spend()
+    covered = len(events)
+    old.settle(held, 10, 0.1)  # cheaper than estimated, after the snapshot
+    late = admitted(old.reserve([P], 10, 0.2))
+    old.release(late)
+    admitted(old.reserve([P], 10, 0.05))  # in flight at the crash
+    assert [e.op for e in events[covered:]] == ["settle", "hold", "release", "hold"]
+    new = QuotaManager(clock)
+    new.restore_spend(data, events[covered:])
+    assert new.scope_snapshot(P)["daily_budget"]["spent"] == pytest.approx(0.15)
+    assert new.scope_snapshot(G)["monthly_budget"]["spent"] == pytest.approx(0.1)
+
+
+def test_journal_charges_settlements_in_their_own_day(clock: FakeClock) -> None:
+    events: list[SpendEvent] = []
+    old = QuotaManager(clock)
+    old.on_spend = events.append
+    old.settle(admitted(old.reserve([P], 10, 0.4)), 10, 0.4)
+    clock.advance(86_400)
+    old.settle(admitted(old.reserve([P], 10, 0.1)), 10, 0.1)
+    new = QuotaManager(clock)
+    new.restore_spend(None, events)
+    snap = new.scope_snapshot(P)
+    assert snap["daily_budget"]["spent"] == pytest.approx(0.1)
+    assert snap["monthly_budget"]["spent"] == pytest.approx(0.5)
 
 
 def test_import_keeps_larger_existing_spend(qm: QuotaManager, clock: FakeClock) -> None:
