@@ -30,7 +30,7 @@ from cache_service.backends.store import DiskCacheStore
 from cache_service.backends.upstream import HttpUpstream
 from cache_service.cache import SemanticCache
 from cache_service.embedding import EmbeddingBatcher
-from cache_service.errors import ServiceError, error_body
+from cache_service.errors import ServiceError, error_body_for
 from cache_service.feedback import FeedbackLearner
 from cache_service.forwarder import Forwarder, Slot
 from cache_service.pipeline import Pipeline, Services
@@ -236,25 +236,29 @@ async def _sweep_forever(cache: SemanticCache, interval_s: float, metrics: Metri
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+        body = error_body_for(
+            request.url.path, exc.message, exc.type, param=exc.param, code=exc.code
+        )
+        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         first: dict[str, Any] = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
         msg = f"{where}: {first.get('msg', 'invalid request')}"
-        return JSONResponse(error_body(msg, "invalid_request_error", param=where), 400)
+        body = error_body_for(request.url.path, msg, "invalid_request_error", param=where)
+        return JSONResponse(body, 400)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return JSONResponse(
-            error_body(str(exc.detail), kind), status_code=exc.status_code, headers=exc.headers
-        )
+        body = error_body_for(request.url.path, str(exc.detail), kind)
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return JSONResponse(
-            error_body("internal error in the cache sidecar", "server_error"), status_code=500
+        body = error_body_for(
+            request.url.path, "internal error in the cache sidecar", "server_error"
         )
+        return JSONResponse(body, status_code=500)

@@ -1,5 +1,6 @@
 """The exception tree and its HTTP mapping, in OpenAI's error shape so SDKs raise the
-right exception class (400 BadRequestError, 429 RateLimitError, 5xx APIStatusError)."""
+right exception class (400 BadRequestError, 429 RateLimitError, 5xx APIStatusError), and in
+Anthropic's on its Messages API."""
 
 from __future__ import annotations
 
@@ -25,9 +26,6 @@ class ServiceError(Exception):
         if code is not None:
             self.code = code
         self.headers = headers or {}
-
-    def body(self) -> dict[str, Any]:
-        return error_body(self.message, self.type, param=self.param, code=self.code)
 
 
 class BadRequest(ServiceError):
@@ -79,3 +77,24 @@ def error_body(
     message: str, type_: str, *, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+# Anthropic's error types are a closed set; ours that it lacks map to its nearest.
+_ANTHROPIC_TYPES = {"upstream_error": "api_error", "server_error": "api_error"}
+
+
+def anthropic_error_body(message: str, type_: str, *, code: str | None = None) -> dict[str, Any]:
+    kind = "request_too_large" if code == "request_too_large" else type_
+    return {
+        "type": "error",
+        "error": {"type": _ANTHROPIC_TYPES.get(kind, kind), "message": message},
+    }
+
+
+def error_body_for(
+    path: str, message: str, type_: str, *, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """The error shape the caller's SDK parses: Anthropic's on the Messages API."""
+    if path.rstrip("/").endswith("/messages"):
+        return anthropic_error_body(message, type_, code=code)
+    return error_body(message, type_, param=param, code=code)

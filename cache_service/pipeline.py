@@ -20,7 +20,13 @@ from starlette.responses import Response, StreamingResponse
 from cache_service import sse
 from cache_service.cache import Lookup, SemanticCache
 from cache_service.embedding import EmbeddingBatcher
-from cache_service.errors import BadRequest, RateLimited, ServiceError, error_body
+from cache_service.errors import (
+    BadRequest,
+    RateLimited,
+    ServiceError,
+    anthropic_error_body,
+    error_body,
+)
 from cache_service.feedback import AuditTally, FeedbackLearner, ServedHit
 from cache_service.forwarder import Forwarder, Ticket
 from cache_service.policy import (
@@ -61,9 +67,7 @@ def _openai_error(e: ServiceError) -> bytes:
 
 
 def _anthropic_error(e: ServiceError) -> bytes:
-    return sse.encode(
-        {"type": "error", "error": {"type": e.type, "message": e.message}}, event="error"
-    )
+    return sse.encode(anthropic_error_body(e.message, e.type, code=e.code), event="error")
 
 
 OPENAI = Flavor(

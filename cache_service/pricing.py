@@ -40,7 +40,9 @@ DEFAULT_PRICES: dict[str, Price] = {
     "claude-3-5-sonnet": Price(3.00, 15.00),
     "claude-3-7-sonnet": Price(3.00, 15.00),
     "claude-sonnet-4": Price(3.00, 15.00),
+    "claude-haiku-4": Price(1.00, 5.00),
     "claude-opus-4": Price(15.00, 75.00),
+    "claude-opus-4-5": Price(5.00, 25.00),
     "claude-3-haiku": Price(0.25, 1.25),
 }
 

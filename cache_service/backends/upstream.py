@@ -69,11 +69,18 @@ class HttpUpstream:
             transport=transport,
         )
 
-    def _headers(self, headers: dict[str, str]) -> dict[str, str]:
+    def _headers(self, headers: dict[str, str], path: str) -> dict[str, str]:
         out = {k: v for k, v in headers.items() if k in FORWARDED_HEADERS}
         if self._api_key:
+            # The operator's key replaces the caller's, in the scheme the API expects:
+            # Anthropic's x-api-key for its SDK's callers and its Messages API, else Bearer.
+            anthropic = "x-api-key" in out or path.strip("/").endswith("messages")
             out.pop("x-api-key", None)
-            out["authorization"] = f"Bearer {self._api_key}"
+            out.pop("authorization", None)
+            if anthropic:
+                out["x-api-key"] = self._api_key
+            else:
+                out["authorization"] = f"Bearer {self._api_key}"
         out["content-type"] = "application/json"
         return out
 
@@ -82,7 +89,7 @@ class HttpUpstream:
     ) -> UpstreamResponse:
         try:
             r = await self._client.post(
-                path, content=json.dumps(body).encode(), headers=self._headers(headers)
+                path, content=json.dumps(body).encode(), headers=self._headers(headers, path)
             )
         except httpx.TimeoutException as e:
             raise UpstreamTimeout(f"upstream did not answer in time ({type(e).__name__})") from e
@@ -114,7 +121,7 @@ class HttpUpstream:
         headers: dict[str, str],
         params: list[tuple[str, str]] | None,
     ) -> UpstreamStream:
-        out = self._headers(headers)
+        out = self._headers(headers, path)
         if params is not None:  # a relayed call keeps its own content type
             out["content-type"] = headers.get("content-type", "application/json")
         request = self._client.build_request(

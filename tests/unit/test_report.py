@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client.parser import text_string_to_metric_families
 
 from cache_service.api.reports import router
-from cache_service.errors import ServiceError
+from cache_service.errors import ServiceError, error_body
 from cache_service.pricing import PriceTable
 from cache_service.report import (
     ReportError,
@@ -277,7 +277,8 @@ async def test_routes(tmp_path: Path) -> None:
 
     @app.exception_handler(ServiceError)
     async def _err(request: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        body = error_body(exc.message, exc.type, param=exc.param, code=exc.code)
+        return JSONResponse(body, status_code=exc.status)
 
     telemetry = Telemetry.open(tmp_path / "o.sqlite3")
     telemetry.budgets = lambda: BUDGETS
