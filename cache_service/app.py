@@ -34,7 +34,7 @@ from cache_service.errors import ServiceError, error_body_for
 from cache_service.feedback import FeedbackLearner
 from cache_service.forwarder import Forwarder, Slot
 from cache_service.pipeline import Pipeline, Services
-from cache_service.pricing import PriceTable
+from cache_service.pricing import Price, PriceTable
 from cache_service.protocols import Clock, Embedder, EntryStore, SystemClock, Upstream
 from cache_service.resilience import CircuitBreaker
 from cache_service.settings import ConfigError, Settings, UpstreamSetting
@@ -82,7 +82,11 @@ def create_app(
             search_k=settings.search_k,
         )
         slots = _slots(settings, upstream, the_clock)
-        prices = PriceTable.with_overrides({k: v.model_dump() for k, v in settings.prices.items()})
+        default = settings.default_price
+        prices = PriceTable.with_overrides(
+            {k: v.model_dump() for k, v in settings.prices.items()},
+            Price(default.input, default.output) if default else None,
+        )
         webhook = _webhook(settings.alerts.webhook_url)
         forwarder = Forwarder(
             settings,

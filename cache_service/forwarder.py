@@ -229,6 +229,7 @@ class Forwarder:
         self.counters: dict[str, int] = {"retries": 0, "fallbacks": 0, "rejections": 0}
         self._dirty = False
         self._seen_projects: set[str] = set()
+        self._unpriced: set[str] = set()
         self.metrics: Metrics | None = None
         self._configure()
         if ledger is not None:
@@ -389,6 +390,15 @@ class Forwarder:
         if not chain:
             raise UpstreamUnavailable(f"no configured upstream serves model {model!r}")
         tokens = await self.estimate(body)
+        # Bounded: model names come from requests.
+        unpriced = self.prices.get(model) is None and model not in self._unpriced
+        if unpriced and len(self._unpriced) < 1000:
+            self._unpriced.add(model)
+            log.warning(
+                "model has no price: its spend counts as $0 against budgets "
+                "(add it to prices, or set default_price)",
+                extra={"model": model},
+            )
         cost = self.prices.cost(
             model, tokens - self._completion_part(body), self._completion_part(body)
         )

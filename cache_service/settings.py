@@ -145,6 +145,9 @@ class Settings(BaseSettings):
     # --- money
     prices: dict[str, PriceSetting] = Field(default_factory=dict)
     """USD per million tokens by model; merged over the shipped defaults."""
+    default_price: PriceSetting | None = None
+    """Price of models missing from the table. None: they cost $0, so budgets cannot
+    count them (a warning is logged once per such model)."""
 
     # --- quota (only misses reach upstream, and only within these)
     upstreams: list[UpstreamSetting] = Field(default_factory=list)

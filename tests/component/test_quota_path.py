@@ -132,7 +132,7 @@ async def test_spend_survives_restart(
 
     async def spent() -> float:
         quota = (await h.client.get("/v1/quota")).json()
-        project = next(s for s in quota["scopes"] if s == s and s["kind"] == "project")
+        project = next(s for s in quota["scopes"] if s["kind"] == "project")
         value: float = project["daily_budget"]["used"]
         return value
 
@@ -292,3 +292,30 @@ async def test_open_breaker_sends_traffic_straight_to_the_fallback(
             u["name"]: u["breaker"] for u in (await h.client.get("/v1/quota")).json()["upstreams"]
         }
         assert states["primary"] == "closed"
+
+
+@pytest.mark.parametrize("default_price", [None, {"input": 1.0, "output": 2.0}])
+async def test_unpriced_models(
+    settings_factory: Callable[..., Settings],
+    embedder: HashingEmbedder,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+    default_price: dict[str, float] | None,
+) -> None:
+    settings = settings_factory(
+        projects=[{"name": "default", "daily_budget_usd": 10}], default_price=default_price
+    )
+    async with harness(settings, embedder, clock) as h:
+        for i in range(2):
+            r = await h.chat(f"local model question {i}", model="my-local-llama")
+            assert r.status_code == 200
+        quota = (await h.client.get("/v1/quota")).json()
+        project = next(s for s in quota["scopes"] if s["kind"] == "project")
+        used = project["daily_budget"]["used"]
+    warnings = [r for r in caplog.records if "has no price" in r.getMessage()]
+    if default_price is None:
+        assert used == 0.0
+        assert len(warnings) == 1  # once per model, not per request
+    else:
+        assert used > 0
+        assert warnings == []
