@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
+import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -18,7 +20,9 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cache_service.acceptance import AcceptConfig
 from cache_service.api.reports import router as reports_router
@@ -161,7 +165,39 @@ def create_app(
     app.include_router(reports_router)
     app.include_router(passthrough_router)
     _install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
     return app
+
+
+_SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+class RequestIdMiddleware:
+    """Every answer carries X-Request-Id, errors raised before any handler ran included. A
+    caller's own id is kept (so its logs and ours join) when it is a plain token; anything
+    else in that header is replaced, since it ends up in log lines."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode(
+            "latin-1"
+        )
+        rid = given if _SAFE_ID.fullmatch(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                if "x-request-id" not in headers:
+                    headers["x-request-id"] = rid
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
 
 def _slots(

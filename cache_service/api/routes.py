@@ -37,7 +37,9 @@ def pipeline_of(request: Request) -> Pipeline:
 
 
 def request_id(request: Request) -> str:
-    return request.headers.get("x-request-id") or uuid.uuid4().hex
+    """Set for every request by :class:`cache_service.app.RequestIdMiddleware`."""
+    rid: str = getattr(request.state, "request_id", None) or uuid.uuid4().hex
+    return rid
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -160,7 +162,8 @@ async def cache_lookup(request: Request) -> JSONResponse:
             "entry_id": entry.id,
             "age": view["age"],
             "namespace": entry.namespace,
-            "response": entry.response,
+            # Stored wrapped (entries hold an object); the app gets back exactly what it stored.
+            "response": entry.response.get("value"),
             "entry": view,
         },
         headers={"x-cache": "HIT", "x-cache-entry": entry.id},

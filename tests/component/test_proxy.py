@@ -319,7 +319,7 @@ async def test_lookup_store_and_invalidate_api(h: Harness) -> None:
     assert body["hit"] is True
     assert body["match"] == "semantic"
     assert body["entry_id"] == entry_id
-    assert body["response"] == {"value": {"text": "Use the reset link."}}
+    assert body["response"] == {"text": "Use the reset link."}
     other_ns = await h.client.post(
         "/v1/cache/lookup", json={"model": "m", "prompt": Q, "namespace": "other"}
     )
@@ -488,3 +488,17 @@ async def test_anthropic_streams_are_cached_and_replayed(h: Harness) -> None:
     assert await h.upstream_calls() == 1
     # an OpenAI request with the same words never sees the Anthropic entry
     assert (await h.chat(Q)).headers["x-cache"] == "MISS"
+
+
+async def test_every_answer_has_a_request_id(h: Harness) -> None:
+    bad = await h.client.post(
+        "/v1/chat/completions", content=b"{nope", headers={"content-type": "application/json"}
+    )
+    assert bad.status_code == 400
+    assert len(bad.headers["x-request-id"]) == 32
+    assert (await h.client.get("/v1/no-such-thing")).headers["x-request-id"]
+    mine = await h.chat(Q, headers={"X-Request-Id": "app-trace.42"})
+    assert mine.headers["x-request-id"] == "app-trace.42"
+    forged = await h.chat(Q, headers={"X-Request-Id": 'x" injected=1 ' + "a" * 200})
+    assert forged.headers["x-request-id"] != 'x" injected=1 ' + "a" * 200
+    assert len(forged.headers["x-request-id"]) == 32
