@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 
 from cache_service.backends.journal import SpendJournal
 from cache_service.backends.jsonfile import JsonFile
-from cache_service.errors import RateLimited, ServiceError, UpstreamUnavailable
+from cache_service.errors import Forbidden, RateLimited, ServiceError, UpstreamUnavailable
 from cache_service.pricing import PriceTable
 from cache_service.protocols import Clock, Upstream, UpstreamResponse, UpstreamStream
 from cache_service.quota import (
@@ -277,6 +277,12 @@ class Forwarder:
         names share the "default" scope instead of growing state without bound.
         """
         setting = self.projects.get(name)
+        if setting is None and self.settings.unlisted_projects == "reject":
+            raise Forbidden(
+                f"project {name!r} is not configured in this sidecar (X-Project-Id)",
+                param="X-Project-Id",
+                code="unknown_project",
+            )
         if setting is not None or name in self._seen_projects:
             return name, setting or self.projects.get("default")
         if len(self._seen_projects) >= self.settings.max_projects:

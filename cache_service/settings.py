@@ -155,6 +155,10 @@ class Settings(BaseSettings):
     projects: list[ProjectSetting] = Field(default_factory=list)
     """Per-project allocations. A request's project is X-Project-Id, else "default";
     a project not listed gets the limits of the one named "default", if any."""
+    unlisted_projects: Literal["default", "reject"] = "default"
+    """A miss whose X-Project-Id is not in `projects`: "default" gives it the "default"
+    project's limits in a scope of its own; "reject" refuses it with 403 (hits are still
+    served: they reach no upstream and spend nothing)."""
     max_projects: int = Field(1000, ge=1)
     """Distinct unlisted X-Project-Id values given scopes of their own; further unknown
     names share the "default" project's scope."""
@@ -204,6 +208,8 @@ class Settings(BaseSettings):
             raise ValueError("min_threshold must not exceed similarity_threshold")
         if self.default_ttl_s > self.max_ttl_s:
             raise ValueError("default_ttl_s must not exceed max_ttl_s")
+        if self.unlisted_projects == "reject" and not self.projects:
+            raise ValueError("unlisted_projects: reject needs at least one entry in projects")
         return self
 
     @property

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from cache_service.settings import Settings
+from cache_service.settings import ConfigError, Settings
 from tests.conftest import harness
 from tests.fakes import FakeClock, HashingEmbedder
 
@@ -319,3 +319,33 @@ async def test_unpriced_models(
     else:
         assert used > 0
         assert warnings == []
+
+
+async def test_unlisted_projects_can_be_refused(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+) -> None:
+    settings = settings_factory(
+        projects=[{"name": "team-a", "rpm": 100}], unlisted_projects="reject"
+    )
+    shared = {"X-Cache-Namespace": "shared"}
+    async with harness(settings, embedder, clock) as h:
+        a = await h.chat("what is our refund window?", headers={**shared, "X-Project-Id": "team-a"})
+        assert a.status_code == 200
+        stranger = await h.chat("another question", headers={**shared, "X-Project-Id": "team-b"})
+        assert stranger.status_code == 403
+        err = stranger.json()["error"]
+        assert (err["type"], err["code"]) == ("permission_error", "unknown_project")
+        assert "team-b" in err["message"]
+        nameless = await h.chat("a third question", headers=shared)  # "default" is not listed
+        assert nameless.status_code == 403
+        # a hit reaches no upstream and spends nothing, so it is still served
+        hit = await h.chat(
+            "what is our refund window?", headers={**shared, "X-Project-Id": "team-b"}
+        )
+        assert hit.headers["x-cache"] == "HIT"
+        assert await h.upstream_calls() == 1
+
+
+def test_reject_needs_listed_projects(settings_factory: Callable[..., Settings]) -> None:
+    with pytest.raises(ConfigError, match="unlisted_projects"):
+        settings_factory(unlisted_projects="reject")
