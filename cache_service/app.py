@@ -42,6 +42,7 @@ from cache_service.pricing import Price, PriceTable
 from cache_service.protocols import Clock, Embedder, EntryStore, SystemClock, Upstream
 from cache_service.resilience import CircuitBreaker
 from cache_service.settings import ConfigError, Settings, UpstreamSetting
+from cache_service.stats import LabelCaps
 from cache_service.telemetry import (
     Metrics,
     Telemetry,
@@ -118,6 +119,11 @@ def create_app(
         )
         forwarder.metrics = telemetry.metrics
         app.state.telemetry = telemetry
+        stats = await asyncio.to_thread(lambda: replay_stats(telemetry.events()))
+        labels = LabelCaps.of(settings.max_label_values)
+        namespaces, models = stats.labels()
+        labels.namespace.seed(namespaces)
+        labels.model.seed(models)
         services = Services(
             settings=settings,
             cache=cache,
@@ -125,7 +131,8 @@ def create_app(
             forwarder=forwarder,
             learner=FeedbackLearner(settings.similarity_threshold),
             telemetry=telemetry,
-            stats=await asyncio.to_thread(lambda: replay_stats(telemetry.events())),
+            stats=stats,
+            labels=labels,
             prices=prices,
             clock=the_clock,
         )

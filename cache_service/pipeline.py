@@ -41,7 +41,7 @@ from cache_service.pricing import PriceTable
 from cache_service.protocols import Clock, Entry, UpstreamResponse, UpstreamStream, Vector
 from cache_service.scope import RequestKeys, build_keys, project_of, tenant_of
 from cache_service.settings import Settings
-from cache_service.stats import Outcome, Stats
+from cache_service.stats import LabelCaps, Outcome, Stats
 from cache_service.telemetry import Metrics, OutcomeEvent, StageTimer, Telemetry, split_cost
 
 log = logging.getLogger("cache_service.pipeline")
@@ -110,6 +110,7 @@ class Services:
     learner: FeedbackLearner
     telemetry: Telemetry = field(default_factory=lambda: Telemetry(Metrics()))
     audit: AuditTally = field(default_factory=AuditTally)
+    labels: LabelCaps = field(default_factory=lambda: LabelCaps.of(500))
     background: set[asyncio.Task[None]] = field(default_factory=set)
     inflight: dict[str, asyncio.Future[UpstreamResponse]] = field(default_factory=dict)
     """Exact key → the upstream call in flight for it (single flight)."""
@@ -592,9 +593,11 @@ class Pipeline:
         self, ctx: Ctx, outcome: Outcome, prompt_tokens: int, completion_tokens: int
     ) -> None:
         dollars = self.s.prices.cost(ctx.keys.model, prompt_tokens, completion_tokens)
+        caps = self.s.labels
+        namespace, model = caps.namespace(ctx.keys.tenant), caps.model(ctx.keys.model)
         self.s.stats.record(
-            ctx.keys.tenant,
-            ctx.keys.model,
+            namespace,
+            model,
             outcome,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
@@ -608,9 +611,9 @@ class Pipeline:
             OutcomeEvent(
                 time=self.s.clock.now(),
                 request_id=ctx.request_id,
-                namespace=ctx.keys.tenant,
-                project=ctx.project,
-                model=ctx.keys.model,
+                namespace=namespace,
+                project=caps.project(ctx.project),
+                model=model,
                 outcome=outcome,
                 similarity=1.0
                 if outcome is Outcome.EXACT_HIT

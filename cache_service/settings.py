@@ -187,6 +187,9 @@ class Settings(BaseSettings):
     """Keep one row per request (never the prompt) in data_dir/outcomes.sqlite3 for reports."""
     outcome_log_retention_days: float = Field(30.0, gt=0)
     outcome_log_max_rows: int = Field(1_000_000, ge=1000)
+    max_label_values: int = Field(500, ge=1)
+    """Distinct namespaces, projects and models given their own stats rows and metric
+    labels; further values (they come from requests) are counted together as "_other"."""
     log_prompts: bool = False
     """Also store prompt text in the outcome log. Off by default."""
 

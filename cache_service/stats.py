@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
@@ -49,6 +50,45 @@ class Counters:
         return d
 
 
+OTHER = "_other"
+
+
+class LabelCap:
+    """Keeps up to ``limit`` distinct values of one label (namespace, project, model) apart
+    and counts the rest together as ``_other``. The values come from requests, and each
+    distinct one costs a stats row and Prometheus series for good: without a cap, a client
+    sending random model names grows memory and the scrape without bound."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        if len(self._seen) < self.limit:
+            self._seen.add(value)
+            return value
+        return OTHER
+
+    def seed(self, values: Iterable[str]) -> None:
+        """Values already counted (restored after a restart) keep their rows."""
+        for v in values:
+            if v != OTHER:
+                self(v)
+
+
+@dataclass(slots=True)
+class LabelCaps:
+    namespace: LabelCap
+    project: LabelCap
+    model: LabelCap
+
+    @classmethod
+    def of(cls, limit: int) -> LabelCaps:
+        return cls(LabelCap(limit), LabelCap(limit), LabelCap(limit))
+
+
 class Stats:
     """Updated only from the event loop, so no lock is needed."""
 
@@ -89,6 +129,10 @@ class Stats:
             c.upstream_prompt_tokens += prompt_tokens
             c.upstream_completion_tokens += completion_tokens
             c.dollars_spent += dollars
+
+    def labels(self) -> tuple[set[str], set[str]]:
+        """The namespaces and the models counted so far."""
+        return {ns for ns, _ in self._by_key}, {m for _, m in self._by_key}
 
     def snapshot(self) -> dict[str, Any]:
         total = Counters()

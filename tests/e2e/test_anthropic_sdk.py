@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
 import anthropic
 import pytest
 
@@ -13,10 +17,17 @@ __all__ = ["base", "upstream"]  # the module-scoped sidecar and simulated upstre
 MODEL = "claude-haiku-4-5"
 
 
-def client(base: str, namespace: str) -> anthropic.Anthropic:
-    return anthropic.Anthropic(
-        base_url=base, api_key="sk-ant-test", default_headers={"X-Cache-Namespace": namespace}
-    )
+@contextmanager
+def client(base: str, namespace: str, **options: Any) -> Iterator[anthropic.Anthropic]:
+    # Closed after each test: a client left to the garbage collector leaves its pooled
+    # sockets open, and their ResourceWarning fails whichever test runs at that moment.
+    with anthropic.Anthropic(
+        base_url=base,
+        api_key="sk-ant-test",
+        default_headers={"X-Cache-Namespace": namespace},
+        **options,
+    ) as c:
+        yield c
 
 
 def ask(c: anthropic.Anthropic, content: str, **kw: object) -> tuple[str, dict[str, str]]:
@@ -29,7 +40,11 @@ def ask(c: anthropic.Anthropic, content: str, **kw: object) -> tuple[str, dict[s
 
 
 def test_message_then_paraphrase_is_a_hit(base: str, upstream: Upstream) -> None:
-    c = client(base, "anthropic-plain")
+    with client(base, "anthropic-plain") as c:
+        message_then_paraphrase(c, upstream)
+
+
+def message_then_paraphrase(c: anthropic.Anthropic, upstream: Upstream) -> None:
     before = upstream.calls()
     first, h1 = ask(c, "How do I reset my password?")
     assert h1["x-cache"] == "MISS"
@@ -41,7 +56,11 @@ def test_message_then_paraphrase_is_a_hit(base: str, upstream: Upstream) -> None
 
 
 def test_stream_miss_then_stream_hit_with_named_events(base: str) -> None:
-    c = client(base, "anthropic-stream")
+    with client(base, "anthropic-stream") as c:
+        stream_miss_then_hit(c)
+
+
+def stream_miss_then_hit(c: anthropic.Anthropic) -> None:
     q = "Explain what a token bucket rate limiter does."
 
     def stream() -> tuple[str, str, int]:
@@ -68,8 +87,10 @@ def test_stream_miss_then_stream_hit_with_named_events(base: str) -> None:
 
 
 def test_errors_have_the_anthropic_shape(base: str) -> None:
-    c = client(base, "anthropic-errors").with_options(max_retries=0)
-    with pytest.raises(anthropic.BadRequestError) as e:
+    with (
+        client(base, "anthropic-errors", max_retries=0) as c,
+        pytest.raises(anthropic.BadRequestError) as e,
+    ):
         c.messages.create(model=MODEL, max_tokens=-5, messages=[{"role": "user", "content": "x"}])
     assert e.value.status_code == 400
     body = e.value.body

@@ -19,8 +19,10 @@ def test_serve_without_upstream_starts_the_simulated_one(tmp_path: Path) -> None
     port = free_port()
     env = {"CACHE_SIMULATED_UPSTREAM_PORT": "0"}
     args = ["serve", "--port", str(port), "--data-dir", str(tmp_path / "data")]
-    with process(args, f"http://127.0.0.1:{port}/readyz", env=env):
-        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-demo")
+    with (
+        process(args, f"http://127.0.0.1:{port}/readyz", env=env),
+        openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-demo") as c,
+    ):
         first = c.chat.completions.with_raw_response.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello there?"}]
         )

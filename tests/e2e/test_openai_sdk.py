@@ -110,8 +110,22 @@ def base(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield url
 
 
+_clients: list[openai.OpenAI] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    # A client left to the garbage collector leaves its pooled sockets open, and their
+    # ResourceWarning fails whichever test happens to run at that moment.
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
 def client(base: str, **headers: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{base}/v1", api_key="sk-test", default_headers=headers)
+    c = openai.OpenAI(base_url=f"{base}/v1", api_key="sk-test", default_headers=headers)
+    _clients.append(c)
+    return c
 
 
 def ask(c: openai.OpenAI, content: str, **kw: Any) -> tuple[str, dict[str, str]]:

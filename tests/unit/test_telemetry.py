@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cache_service.quota import Limits, QuotaManager, Reservation
-from cache_service.stats import Outcome
+from cache_service.stats import OTHER, LabelCap, Outcome
 from cache_service.telemetry import (
     Metrics,
     OutcomeEvent,
@@ -406,3 +406,9 @@ def test_quota_snapshot_feeds_gauges_and_report_budgets() -> None:
 
     t.before_scrape = broken
     t.refresh()  # logged, not raised: the scrape still answers
+
+
+def test_label_cap_keeps_first_values_and_seeded_ones() -> None:
+    cap = LabelCap(2)
+    cap.seed(["restored", OTHER])
+    assert [cap(v) for v in ("a", "restored", "b", "a")] == ["a", "restored", OTHER, "a"]
