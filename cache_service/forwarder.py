@@ -602,8 +602,15 @@ class Forwarder:
         while True:
             await asyncio.sleep(interval_s)
             checkpoint = self._checkpoint()
-            if checkpoint is not None:
+            if checkpoint is None:
+                continue
+            try:
                 await asyncio.to_thread(self._write_checkpoint, *checkpoint)
+            except OSError:
+                # The journal segments stay until a snapshot covering them is written, so
+                # nothing is lost; try again next time instead of ending the task.
+                log.exception("spend snapshot failed; retrying")
+                self._dirty = True
 
     def flush(self) -> None:
         checkpoint = self._checkpoint()

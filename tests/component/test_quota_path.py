@@ -349,3 +349,37 @@ async def test_unlisted_projects_can_be_refused(
 def test_reject_needs_listed_projects(settings_factory: Callable[..., Settings]) -> None:
     with pytest.raises(ConfigError, match="unlisted_projects"):
         settings_factory(unlisted_projects="reject")
+
+
+async def test_a_failed_spend_snapshot_is_retried_and_loses_nothing(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+) -> None:
+    settings = settings_factory(
+        projects=[{"name": "default", "daily_budget_usd": 10}], spend_snapshot_interval_s=0.02
+    )
+    data = settings.data_dir
+    blocker = data / "spend.json.tmp"  # a directory where the snapshot's temp file goes
+    blocker.mkdir(parents=True)
+
+    async def used() -> float:
+        quota = (await h.client.get("/v1/quota")).json()
+        value: float = next(s for s in quota["scopes"] if s["kind"] == "project")["daily_budget"][
+            "used"
+        ]
+        return value
+
+    async with harness(settings, embedder, clock) as h:
+        await h.chat("spend once")
+        await asyncio.sleep(0.2)  # several snapshot attempts, all failing
+        assert not (data / "spend.json").exists()
+        assert list(data.glob("spend-journal.*"))
+        blocker.rmdir()
+        await h.chat("spend twice")
+        for _ in range(250):
+            if (data / "spend.json").exists():
+                break
+            await asyncio.sleep(0.02)
+        assert (data / "spend.json").exists()  # the snapshot task survived its failures
+        before = await used()
+    async with harness(settings, embedder, clock) as h:
+        assert await used() == pytest.approx(before)
