@@ -381,9 +381,12 @@ class Pipeline:
         vector = ctx.vector
         if vector is None and ctx.keys.semantic_ok:
             try:
-                # No lookup embedding (no-cache, or the lookup timed out): embed now, with
-                # a generous deadline since the caller is already paying upstream latency.
-                vector = await self.s.batcher.embed(ctx.keys.prompt, 10.0)
+                # No lookup embedding (no-cache, or the lookup timed out): embed now. The
+                # caller's answer waits on this store (so its next request finds it), hence
+                # the lookup's own deadline rather than a long one: a backlogged embedder
+                # costs the entry its semantic matches, not the caller seconds.
+                deadline = self.s.settings.embed_timeout_ms / 1000
+                vector = await self.s.batcher.embed(ctx.keys.prompt, deadline)
             except TimeoutError:
                 vector = None  # stored for exact matches only
         entry = self.s.cache.new_entry(

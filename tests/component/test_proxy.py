@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import httpx
@@ -502,3 +503,39 @@ async def test_every_answer_has_a_request_id(h: Harness) -> None:
     forged = await h.chat(Q, headers={"X-Request-Id": 'x" injected=1 ' + "a" * 200})
     assert forged.headers["x-request-id"] != 'x" injected=1 ' + "a" * 200
     assert len(forged.headers["x-request-id"]) == 32
+
+
+class StalledEmbedder(HashingEmbedder):
+    """Hangs until released, like a model thread stuck behind a backlog."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        self.release.wait(10)
+        return super().embed(texts)
+
+
+async def test_an_embedding_past_its_deadline_fails_open(
+    settings_factory: Callable[..., Settings], clock: FakeClock
+) -> None:
+    embedder = StalledEmbedder()
+    settings = settings_factory(embed_timeout_ms=50, backoff_base_s=0.001)
+    try:
+        async with harness(settings, embedder, clock) as h:
+            r = await h.chat(Q)
+            assert r.status_code == 200
+            assert r.headers["x-cache"] == "MISS"
+            # stored for exact matches: no vector could be made in time
+            assert r.headers["x-cache-stored"] == "true"
+            again = await h.chat(Q)  # the exact key is checked before any embedding
+            assert again.headers["x-cache"] == "HIT"
+            assert again.headers["x-cache-match"] == "exact"
+            stats = (await h.client.get("/v1/cache/stats")).json()["total"]
+            assert stats["embed_timeouts"] == 1
+            assert stats["misses"] == 1
+            assert await h.upstream_calls() == 1
+            embedder.release.set()
+    finally:
+        embedder.release.set()
