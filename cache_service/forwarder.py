@@ -477,6 +477,8 @@ class Forwarder:
         try:
             reservation = await self.gate.acquire(scopes, tokens, cost, priority)
         except RateLimited as e:
+            # A refusal is a proxied answer too: the caller's SDK reads these to pace itself.
+            e.headers = {**self.ratelimit_headers(project), **e.headers}
             self.counters["rejections"] += 1
             d = e.denial
             if self.metrics is not None and d is not None:

@@ -323,8 +323,8 @@ class Pipeline:
     async def _miss(self, ctx: Ctx, outcome: Outcome) -> Response:
         try:
             resp, ticket = await self._fetch(ctx)
-        except ServiceError:
-            self.record(ctx, Outcome.ERROR, 0, 0)
+        except ServiceError as e:
+            self._failed(ctx, e, outcome)
             raise
         try:
             parsed = resp.json()
@@ -354,6 +354,12 @@ class Pipeline:
                 log.info("not stored", extra={"request_id": ctx.request_id, "why": refusal})
         self.record(ctx, outcome if resp.status < 400 else Outcome.ERROR, p, c)
         return self._relay(ctx, resp, "MISS" if outcome is Outcome.MISS else "BYPASS", extra)
+
+    def _failed(self, ctx: Ctx, e: ServiceError, outcome: Outcome) -> None:
+        """A miss that got no upstream answer (quota, 502, 504): counted as an error, and
+        its error response still says what the cache did."""
+        self.record(ctx, Outcome.ERROR, 0, 0)
+        e.headers = {**e.headers, "x-cache": "MISS" if outcome is Outcome.MISS else "BYPASS"}
 
     def _relay(
         self, ctx: Ctx, resp: UpstreamResponse, state: str, extra: dict[str, str]
@@ -453,8 +459,8 @@ class Pipeline:
             up, ticket = await self.s.forwarder.stream(
                 ctx.flavor.path, body, ctx.headers, ctx.project
             )
-        except ServiceError:
-            self.record(ctx, Outcome.ERROR, 0, 0)
+        except ServiceError as e:
+            self._failed(ctx, e, outcome)
             raise
         ctx.upstream_status = up.status
         if up.status >= 400:

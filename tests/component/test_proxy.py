@@ -304,6 +304,7 @@ async def test_unreachable_upstream_is_502(
         )
         assert r.status_code == 502
         assert r.json()["error"]["code"] == "upstream_unavailable"
+        assert r.headers["x-cache"] == "MISS"
 
 
 async def test_lookup_store_and_invalidate_api(h: Harness) -> None:

@@ -33,6 +33,9 @@ async def test_burst_against_rpm_admits_exactly_the_limit(
         assert err["code"] == "project_rpm_exceeded"
         assert "requests-per-minute" in err["message"]
         assert int(rejected.headers["retry-after"]) >= 1
+        assert rejected.headers["x-cache"] == "MISS"
+        assert rejected.headers["x-ratelimit-limit-requests"] == "10"
+        assert rejected.headers["x-ratelimit-remaining-requests"] == "0"
         ok = next(r for r in responses if r.status_code == 200)
         assert ok.headers["x-ratelimit-limit-requests"] == "10"
         assert "x-ratelimit-remaining-requests" in ok.headers
