@@ -9,10 +9,18 @@ from collections.abc import Callable
 import pytest
 
 from cache_service.settings import ConfigError, Settings
-from tests.conftest import harness
+from tests.conftest import Harness, harness
 from tests.fakes import FakeClock, HashingEmbedder
 
 FAST = {"backoff_base_s": 0.001}
+
+
+async def project_spend(h: Harness, project: str = "default") -> float:
+    """Today's budget use of one project, as /v1/quota reports it."""
+    quota = (await h.client.get("/v1/quota")).json()
+    scope = next(s for s in quota["scopes"] if (s["kind"], s["name"]) == ("project", project))
+    used: float = scope["daily_budget"]["used"]
+    return used
 
 
 async def test_burst_against_rpm_admits_exactly_the_limit(
@@ -133,18 +141,12 @@ async def test_spend_survives_restart(
 ) -> None:
     settings = settings_factory(projects=[{"name": "default", "daily_budget_usd": 10}])
 
-    async def spent() -> float:
-        quota = (await h.client.get("/v1/quota")).json()
-        project = next(s for s in quota["scopes"] if s["kind"] == "project")
-        value: float = project["daily_budget"]["used"]
-        return value
-
     async with harness(settings, embedder, clock) as h:
         await h.chat("spend something")
-        before = await spent()
+        before = await project_spend(h)
         assert before > 0
     async with harness(settings, embedder, clock) as h:
-        assert await spent() == pytest.approx(before)
+        assert await project_spend(h) == pytest.approx(before)
 
 
 async def test_fallback_to_next_upstream_when_primary_fails(
@@ -312,9 +314,7 @@ async def test_unpriced_models(
         for i in range(2):
             r = await h.chat(f"local model question {i}", model="my-local-llama")
             assert r.status_code == 200
-        quota = (await h.client.get("/v1/quota")).json()
-        project = next(s for s in quota["scopes"] if s["kind"] == "project")
-        used = project["daily_budget"]["used"]
+        used = await project_spend(h)
     warnings = [r for r in caplog.records if "has no price" in r.getMessage()]
     if default_price is None:
         assert used == 0.0
@@ -364,13 +364,6 @@ async def test_a_failed_spend_snapshot_is_retried_and_loses_nothing(
     blocker = data / "spend.json.tmp"  # a directory where the snapshot's temp file goes
     blocker.mkdir(parents=True)
 
-    async def used() -> float:
-        quota = (await h.client.get("/v1/quota")).json()
-        value: float = next(s for s in quota["scopes"] if s["kind"] == "project")["daily_budget"][
-            "used"
-        ]
-        return value
-
     async with harness(settings, embedder, clock) as h:
         await h.chat("spend once")
         await asyncio.sleep(0.2)  # several snapshot attempts, all failing
@@ -383,6 +376,6 @@ async def test_a_failed_spend_snapshot_is_retried_and_loses_nothing(
                 break
             await asyncio.sleep(0.02)
         assert (data / "spend.json").exists()  # the snapshot task survived its failures
-        before = await used()
+        before = await project_spend(h)
     async with harness(settings, embedder, clock) as h:
-        assert await used() == pytest.approx(before)
+        assert await project_spend(h) == pytest.approx(before)
