@@ -579,6 +579,9 @@ class Forwarder:
     def release(self, ticket: Ticket) -> None:
         self.manager.release(ticket.reservation)
         self.gate.notify()
+        # Nothing spent, but the journal took a hold and its release: a snapshot lets it
+        # drop them, or an upstream that only ever fails would grow the journal for good.
+        self._dirty = True
 
     def _after_change(self) -> None:
         for alert in self.manager.check_alerts(self.alerts):

@@ -379,3 +379,20 @@ async def test_a_failed_spend_snapshot_is_retried_and_loses_nothing(
         before = await project_spend(h)
     async with harness(settings, embedder, clock) as h:
         assert await project_spend(h) == pytest.approx(before)
+
+
+async def test_failed_calls_do_not_grow_the_spend_journal(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+) -> None:
+    settings = settings_factory(spend_snapshot_interval_s=0.02, max_retries=0, **FAST)
+    async with harness(settings, embedder, clock) as h:
+        await h.faults(*["500"] * 5)
+        for i in range(5):
+            assert (await h.chat(f"failing question {i}")).status_code == 500
+        for _ in range(250):  # each hold and its release are dropped by the next snapshot
+            journal = sum(p.stat().st_size for p in settings.data_dir.glob("spend-journal.*"))
+            if journal == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert journal == 0
+        assert await project_spend(h) == 0.0
