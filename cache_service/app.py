@@ -180,9 +180,10 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 class RequestIdMiddleware:
-    """Every answer carries X-Request-Id, errors raised before any handler ran included. A
-    caller's own id is kept (so its logs and ours join) when it is a plain token; anything
-    else in that header is replaced, since it ends up in log lines."""
+    """The one place X-Request-Id is put on answers: every answer, errors raised before any
+    handler ran included, and over an upstream's own id. A caller's own id is kept (so its
+    logs and ours join) when it is a plain token; anything else in that header is replaced,
+    since it ends up in log lines."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -199,9 +200,7 @@ class RequestIdMiddleware:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                if "x-request-id" not in headers:
-                    headers["x-request-id"] = rid
+                MutableHeaders(scope=message)["x-request-id"] = rid
             await send(message)
 
         await self.app(scope, receive, send_with_id)

@@ -250,7 +250,7 @@ class Forwarder:
         if events:
             log.info("spend recovered from journal", extra={"events": len(events)})
         if last > covered:
-            ledger.save({**self.export(), "journal_seq": last})
+            ledger.save(self._snapshot(last))
         self.journal.start(last + 1)
         self.manager.on_spend = self.journal.append
 
@@ -293,14 +293,25 @@ class Forwarder:
             self.manager.configure("project", name, _limits(default))
         return name, default
 
+    def _warn_unpriced(self, model: str) -> None:
+        # Once per model, and for a bounded number of them: model names come from requests.
+        if model in self._unpriced or len(self._unpriced) >= 1000:
+            return
+        self._unpriced.add(model)
+        log.warning(
+            "model has no price: its spend counts as $0 against budgets "
+            "(add it to prices, or set default_price)",
+            extra={"model": model},
+        )
+
     def set_limits(self, kind: str, name: str, limits: Limits) -> None:
         self.manager.configure(kind, name, limits)
         self.gate.notify()
 
     # ------------------------------------------------------------------ estimates
 
-    async def estimate(self, body: dict[str, Any]) -> int:
-        """Prompt tokens (real tokenizer) plus the completion the request may produce."""
+    async def estimate(self, body: dict[str, Any]) -> tuple[int, int]:
+        """Prompt tokens (real tokenizer) and the completion the request may produce."""
         text, framing = self._prompt_text(body)
         # A short prompt is counted in ~50 µs, cheaper than a thread hop; a huge one (up to
         # max_body_bytes) would stall the event loop for everyone, so it goes to a thread.
@@ -309,11 +320,12 @@ class Forwarder:
         else:
             prompt = self.count_tokens(text)
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-        return estimate_request_tokens(
-            prompt + framing,
+        completion = estimate_request_tokens(
+            0,
             max_tokens if isinstance(max_tokens, int) else None,
             self.settings.default_completion_tokens,
         )
+        return prompt + framing, completion
 
     @staticmethod
     def _prompt_text(body: dict[str, Any]) -> tuple[str, int]:
@@ -395,19 +407,12 @@ class Forwarder:
         chain = [s for s in self.slots if s.serves(model)]
         if not chain:
             raise UpstreamUnavailable(f"no configured upstream serves model {model!r}")
-        tokens = await self.estimate(body)
-        # Bounded: model names come from requests.
-        unpriced = self.prices.get(model) is None and model not in self._unpriced
-        if unpriced and len(self._unpriced) < 1000:
-            self._unpriced.add(model)
-            log.warning(
-                "model has no price: its spend counts as $0 against budgets "
-                "(add it to prices, or set default_price)",
-                extra={"model": model},
-            )
-        cost = self.prices.cost(
-            model, tokens - self._completion_part(body), self._completion_part(body)
-        )
+        prompt, completion = await self.estimate(body)
+        tokens = prompt + completion
+        price = self.prices.get(model)
+        if price is None:
+            self._warn_unpriced(model)
+        cost = price.cost(prompt, completion) if price else 0.0
         priority = setting.priority if setting else 1
         last_error: ServiceError | None = None
         last_result: T | None = None
@@ -537,12 +542,6 @@ class Forwarder:
         if self.metrics is not None:
             self.metrics.upstream_call(slot.name, status, time.perf_counter() - started)
 
-    def _completion_part(self, body: dict[str, Any]) -> int:
-        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-        return (
-            max_tokens if isinstance(max_tokens, int) else self.settings.default_completion_tokens
-        )
-
     def _maybe_downgrade(
         self, body: dict[str, Any], setting: ProjectSetting | None, project: str
     ) -> tuple[dict[str, Any], str | None]:
@@ -617,13 +616,10 @@ class Forwarder:
                 log.exception("spend snapshot failed; retrying")
                 self._dirty = True
 
-    def flush(self) -> None:
+    def close(self) -> None:
         checkpoint = self._checkpoint()
         if checkpoint is not None:
             self._write_checkpoint(*checkpoint)
-
-    def close(self) -> None:
-        self.flush()
         if self.journal is not None:
             self.journal.close()
 
@@ -634,7 +630,7 @@ class Forwarder:
             return None
         self._dirty = False
         covered = self.journal.rotate() if self.journal is not None else 0
-        return {**self.export(), "journal_seq": covered}, covered
+        return self._snapshot(covered), covered
 
     def _write_checkpoint(self, data: dict[str, Any], covered: int) -> None:
         assert self.ledger is not None
@@ -642,8 +638,14 @@ class Forwarder:
         if self.journal is not None:
             self.journal.remove_through(covered)
 
-    def export(self) -> dict[str, Any]:
-        return {"spend": self.manager.export_spend(), "alerts": self.alerts.export_fired()}
+    def _snapshot(self, journal_seq: int) -> dict[str, Any]:
+        """What the spend file holds: spend, fired alerts, and the last journal segment
+        already counted in them."""
+        return {
+            "spend": self.manager.export_spend(),
+            "alerts": self.alerts.export_fired(),
+            "journal_seq": journal_seq,
+        }
 
     # ------------------------------------------------------------------ reporting
 

@@ -108,9 +108,9 @@ class Services:
     prices: PriceTable
     clock: Clock
     learner: FeedbackLearner
+    labels: LabelCaps
     telemetry: Telemetry = field(default_factory=lambda: Telemetry(Metrics()))
     audit: AuditTally = field(default_factory=AuditTally)
-    labels: LabelCaps = field(default_factory=lambda: LabelCaps.of(500))
     background: set[asyncio.Task[None]] = field(default_factory=set)
     inflight: dict[str, asyncio.Future[UpstreamResponse]] = field(default_factory=dict)
     """Exact key → the upstream call in flight for it (single flight)."""
@@ -273,7 +273,6 @@ class Pipeline:
             "x-cache-similarity": f"{hit.similarity or 1.0:.4f}",
             "x-cache-entry": entry.id,
             "age": str(max(0, int(now - entry.created))),
-            "x-request-id": ctx.request_id,
         }
         if stream:
             include_usage = bool((ctx.body.get("stream_options") or {}).get("include_usage"))
@@ -364,7 +363,7 @@ class Pipeline:
     def _relay(
         self, ctx: Ctx, resp: UpstreamResponse, state: str, extra: dict[str, str]
     ) -> Response:
-        headers = {**resp.headers, **extra, "x-cache": state, "x-request-id": ctx.request_id}
+        headers = {**resp.headers, **extra, "x-cache": state}
         self._add_lookup_headers(ctx, headers)
         return Response(resp.body, status_code=resp.status, media_type=JSON, headers=headers)
 
@@ -425,11 +424,7 @@ class Pipeline:
             # Single flight for streams: follow the identical stream already in flight.
             # (Had the leader's call failed, this request makes its own.)
             self.record(ctx, outcome, 0, 0)
-            headers = {
-                "x-cache": state,
-                "x-cache-coalesced": "true",
-                "x-request-id": ctx.request_id,
-            }
+            headers = {"x-cache": state, "x-cache-coalesced": "true"}
             return StreamingResponse(
                 shared.follow(wanted_usage), media_type="text/event-stream", headers=headers
             )
@@ -480,7 +475,6 @@ class Pipeline:
             **up.headers,
             **self._ticket_headers(ticket),
             "x-cache": state,
-            "x-request-id": ctx.request_id,
         }
         self._add_lookup_headers(ctx, headers)
         return StreamingResponse(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import uuid
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -37,8 +36,9 @@ def pipeline_of(request: Request) -> Pipeline:
 
 
 def request_id(request: Request) -> str:
-    """Set for every request by :class:`cache_service.app.RequestIdMiddleware`."""
-    rid: str = getattr(request.state, "request_id", None) or uuid.uuid4().hex
+    """Set for every request by :class:`cache_service.app.RequestIdMiddleware`, which also
+    puts it on every answer."""
+    rid: str = request.state.request_id
     return rid
 
 
@@ -382,6 +382,6 @@ async def passthrough(request: Request, path: str) -> Response:
         list(request.query_params.multi_items()),
         project_of(headers),
     )
-    out = {**up.headers, "x-cache": "BYPASS", "x-request-id": request_id(request)}
+    out = {**up.headers, "x-cache": "BYPASS"}
     media = out.pop("content-type", None)
     return StreamingResponse(up.chunks, status_code=up.status, headers=out, media_type=media)

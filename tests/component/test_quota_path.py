@@ -13,6 +13,11 @@ from tests.conftest import Harness, harness
 from tests.fakes import FakeClock, HashingEmbedder
 
 FAST = {"backoff_base_s": 0.001}
+# A fallback chain of two names for the one simulated upstream.
+PRIMARY_AND_BACKUP = [
+    {"name": "primary", "base_url": "http://sim/v1"},
+    {"name": "backup", "base_url": "http://sim/v1"},
+]
 
 
 async def project_spend(h: Harness, project: str = "default") -> float:
@@ -153,10 +158,7 @@ async def test_fallback_to_next_upstream_when_primary_fails(
     settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
 ) -> None:
     settings = settings_factory(
-        upstreams=[
-            {"name": "primary", "base_url": "http://sim/v1"},
-            {"name": "backup", "base_url": "http://sim/v1"},
-        ],
+        upstreams=PRIMARY_AND_BACKUP,
         max_retries=1,
         **FAST,
     )
@@ -272,10 +274,7 @@ async def test_open_breaker_sends_traffic_straight_to_the_fallback(
     settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
 ) -> None:
     settings = settings_factory(
-        upstreams=[
-            {"name": "primary", "base_url": "http://sim/v1"},
-            {"name": "backup", "base_url": "http://sim/v1"},
-        ],
+        upstreams=PRIMARY_AND_BACKUP,
         max_retries=0,
         breaker_failures=2,
         breaker_cooldown_s=30,

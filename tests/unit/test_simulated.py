@@ -14,6 +14,8 @@ import pytest
 import uvicorn
 
 from cache_service.backends.simulated import SimConfig, count_tokens, create_simulated_app
+from tests.unit.test_sse_anthropic import ORDER as ANTHROPIC_ORDER
+from tests.unit.test_sse_anthropic import dedupe
 
 CHAT = "/v1/chat/completions"
 WEATHER_TOOL = {
@@ -556,15 +558,6 @@ ANTHROPIC_BODY: dict[str, Any] = {
     "system": "Be brief.",
     "messages": [{"role": "user", "content": "What is the capital of France?"}],
 }
-ANTHROPIC_ORDER = [
-    "message_start",
-    "content_block_start",
-    "ping",
-    "content_block_delta",
-    "content_block_stop",
-    "message_delta",
-    "message_stop",
-]
 
 
 def named_events(text: str) -> list[tuple[str, dict[str, Any]]]:
@@ -581,10 +574,6 @@ def named_events(text: str) -> list[tuple[str, dict[str, Any]]]:
         assert data["type"] == name
         events.append((name, data))
     return events
-
-
-def dedupe(names: list[str]) -> list[str]:
-    return [n for i, n in enumerate(names) if i == 0 or names[i - 1] != n]
 
 
 def streamed_text(events: list[tuple[str, dict[str, Any]]]) -> str:
