@@ -24,7 +24,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cache_service.acceptance import AcceptConfig
+from cache_service.cache.guards import AcceptConfig
 from cache_service.api.reports import router as reports_router
 from cache_service.api.routes import passthrough_router, router
 from cache_service.backends.faiss_index import FaissIndex
@@ -32,10 +32,10 @@ from cache_service.backends.journal import SpendJournal
 from cache_service.backends.jsonfile import JsonFile
 from cache_service.backends.store import DiskCacheStore
 from cache_service.backends.upstream import HttpUpstream
-from cache_service.cache import SemanticCache
-from cache_service.embedding import EmbeddingBatcher
+from cache_service.cache.semantic import SemanticCache
+from cache_service.cache.batcher import EmbeddingBatcher
 from cache_service.errors import ServiceError, error_body_for
-from cache_service.feedback import FeedbackLearner
+from cache_service.cache.feedback import FeedbackLearner
 from cache_service.forwarder import Forwarder, Slot
 from cache_service.pipeline import Pipeline, Services
 from cache_service.pricing import Price, PriceTable

@@ -1,6 +1,6 @@
-"""The exception tree and its HTTP mapping, in OpenAI's error shape so SDKs raise the
-right exception class (400 BadRequestError, 429 RateLimitError, 5xx APIStatusError), and in
-Anthropic's on its Messages API."""
+"""The exception tree: each error knows its HTTP status, its type and code. How it is
+written on the wire is the route's wire format's business (`Flavor.error_body`), so the
+caller's SDK raises its usual exception class (400 BadRequestError, 429 RateLimitError...)."""
 
 from __future__ import annotations
 
@@ -71,30 +71,3 @@ class UpstreamTimeout(ServiceError):
     status = 504
     type = "upstream_error"
     code = "upstream_timeout"
-
-
-def error_body(
-    message: str, type_: str, *, param: str | None = None, code: str | None = None
-) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
-# Anthropic's error types are a closed set; ours that it lacks map to its nearest.
-_ANTHROPIC_TYPES = {"upstream_error": "api_error", "server_error": "api_error"}
-
-
-def anthropic_error_body(message: str, type_: str, *, code: str | None = None) -> dict[str, Any]:
-    kind = "request_too_large" if code == "request_too_large" else type_
-    return {
-        "type": "error",
-        "error": {"type": _ANTHROPIC_TYPES.get(kind, kind), "message": message},
-    }
-
-
-def error_body_for(
-    path: str, message: str, type_: str, *, param: str | None = None, code: str | None = None
-) -> dict[str, Any]:
-    """The error shape the caller's SDK parses: Anthropic's on the Messages API."""
-    if path.rstrip("/").endswith("/messages"):
-        return anthropic_error_body(message, type_, code=code)
-    return error_body(message, type_, param=param, code=code)

@@ -18,8 +18,8 @@ from typing import Any
 from starlette.responses import Response, StreamingResponse
 
 from cache_service import sse
-from cache_service.cache import Lookup, SemanticCache
-from cache_service.embedding import EmbeddingBatcher
+from cache_service.cache.semantic import Lookup, SemanticCache
+from cache_service.cache.batcher import EmbeddingBatcher
 from cache_service.errors import (
     BadRequest,
     RateLimited,
@@ -27,9 +27,9 @@ from cache_service.errors import (
     anthropic_error_body,
     error_body,
 )
-from cache_service.feedback import AuditTally, FeedbackLearner, ServedHit
+from cache_service.cache.feedback import AuditTally, FeedbackLearner, ServedHit
 from cache_service.forwarder import Forwarder, Ticket
-from cache_service.policy import (
+from cache_service.cache.policy import (
     CacheDirectives,
     DirectiveError,
     anthropic_store_refusal,
@@ -39,7 +39,7 @@ from cache_service.policy import (
 )
 from cache_service.pricing import PriceTable
 from cache_service.protocols import Clock, Entry, UpstreamResponse, UpstreamStream, Vector
-from cache_service.scope import RequestKeys, build_keys, project_of, tenant_of
+from cache_service.cache.keys import RequestKeys, build_keys, project_of, tenant_of
 from cache_service.settings import Settings
 from cache_service.stats import LabelCaps, Outcome, Stats
 from cache_service.telemetry import Metrics, OutcomeEvent, StageTimer, Telemetry, split_cost

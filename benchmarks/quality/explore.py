@@ -14,7 +14,7 @@ import numpy as np
 from benchmarks.quality.datasets import Pair, standard_sets
 from benchmarks.quality.embed_cache import cached_similarities
 from benchmarks.quality.metrics import HitQuality, hit_quality
-from cache_service.acceptance import AcceptConfig, Comparison, compare, decide
+from cache_service.cache.guards import AcceptConfig, Comparison, compare, decide
 
 SETS = ("qqp_fit", "qqp_held", "paws_dev", "gptcache_mock", "followup_cross")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from benchmarks.quality.explore import evaluate, load, reasons
 from benchmarks.quality.metrics import HitQuality, hit_quality
-from cache_service.acceptance import AcceptConfig
+from cache_service.cache.guards import AcceptConfig
 
 
 def row(policy: str, name: str, q: HitQuality) -> str:

@@ -38,7 +38,7 @@ import numpy as np
 from benchmarks.quality.datasets import Pair, standard_sets
 from benchmarks.quality.embed_cache import CACHE_DIR, cached_similarities
 from benchmarks.quality.metrics import HitQuality, hit_quality
-from cache_service.acceptance import (
+from cache_service.cache.guards import (
     _STOPWORDS,
     AcceptConfig,
     Comparison,

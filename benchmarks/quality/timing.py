@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from benchmarks.quality.datasets import standard_sets
-from cache_service.acceptance import AcceptConfig, accept
+from cache_service.cache.guards import AcceptConfig, accept
 
 
 def main() -> None:

@@ -20,9 +20,9 @@ from cache_service.api.schemas import (
 )
 from cache_service.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, Unauthorized
 from cache_service.pipeline import ANTHROPIC, OPENAI, Flavor, Pipeline
-from cache_service.policy import parse_directives
+from cache_service.cache.policy import parse_directives
 from cache_service.quota import Limits
-from cache_service.scope import ANSWER_PARAMS, build_keys, project_of, tenant_of
+from cache_service.cache.keys import ANSWER_PARAMS, build_keys, project_of, tenant_of
 from cache_service.stats import Outcome
 
 router = APIRouter()

@@ -46,6 +46,21 @@ class AnthropicRequest(BaseModel):
     stream: bool | None = None
 
 
+class ResponsesRequest(BaseModel):
+    """OpenAI's Responses API: `input` is one string or a list of items (messages with
+    text parts, function calls and their outputs...), `instructions` the system prompt."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1, max_length=256)
+    input: str | list[dict[str, Any]] = Field(min_length=1)
+    instructions: str | None = None
+    stream: bool | None = None
+    max_output_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+
+
 class _CacheKeyed(BaseModel):
     """A cache-API request names its prompt either as chat messages or as one string, plus
     whatever else belongs to its scope (system prompt in the messages, sampling params)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from cache_service.feedback import FeedbackLearner
+from cache_service.cache.feedback import FeedbackLearner
 from cache_service.settings import Settings
 from tests.conftest import harness
 from tests.fakes import FakeClock, HashingEmbedder

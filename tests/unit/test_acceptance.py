@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from cache_service.acceptance import AcceptConfig, accept
+from cache_service.cache.guards import AcceptConfig, accept
 
 DEFAULT = AcceptConfig()
 HIGH = 0.97  # above every threshold: only the guards decide

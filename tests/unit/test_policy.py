@@ -1,4 +1,5 @@
-"""Cache directives and store refusals (cache_service/policy.py), called directly."""
+"""Cache directives (cache_service/cache/policy.py) and each flavour's store refusals,
+called directly."""
 
 from __future__ import annotations
 
@@ -6,14 +7,15 @@ from typing import Any
 
 import pytest
 
-from cache_service.policy import (
+from cache_service.cache.policy import (
     CacheDirectives,
     DirectiveError,
-    anthropic_store_refusal,
     lookup_allowed,
     parse_directives,
-    store_refusal,
 )
+from cache_service.flavors import OPENAI_CHAT
+from cache_service.flavors.anthropic import store_refusal as anthropic_store_refusal
+from cache_service.flavors.openai_chat import store_refusal
 
 DEFAULT_TTL = 3600.0
 MAX_TTL = 86400.0
@@ -104,7 +106,8 @@ def test_directive_error_is_a_value_error() -> None:
     ],
 )
 def test_lookup_allowed_only_for_one_choice(body: dict[str, Any], allowed: bool) -> None:
-    assert lookup_allowed({"model": "m", "messages": [], **body}) is allowed
+    request = OPENAI_CHAT.canonical({"model": "m", "messages": [], **body})
+    assert lookup_allowed(request) is allowed
 
 
 # ------------------------------------------------------------------ store_refusal (OpenAI)

@@ -1,4 +1,4 @@
-"""Scope, exact key and prompt derivation (cache_service/scope.py), called directly."""
+"""Scope, exact key and prompt derivation (cache_service/cache/keys.py), called directly."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from cache_service.scope import build_keys, tenant_of
+from cache_service.cache.keys import build_keys, tenant_of
 
 Q = "How do I reset my password?"
 

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletionChunk
 
-from cache_service.sse import ChatStreamAssembler, SSEParser, encode, replay
+from cache_service.flavors.openai_chat import ChatStreamAssembler, replay
+from cache_service.sse import SSEParser, encode
 
 FAST = settings(max_examples=60, deadline=None, database=None)
 
@@ -167,7 +168,7 @@ def test_assembles_content() -> None:
         "[DONE]",
     )
     assert asm.complete
-    body = asm.completion()
+    body = asm.result()
     assert body["id"] == "chatcmpl-9"
     assert body["object"] == "chat.completion"
     assert body["created"] == 1700000000
@@ -200,7 +201,7 @@ def test_assembles_tool_calls_split_over_chunks() -> None:
         "[DONE]",
     )
     assert asm.complete
-    message = asm.completion()["choices"][0]["message"]
+    message = asm.result()["choices"][0]["message"]
     assert message["content"] is None
     assert message["tool_calls"] == [
         {
@@ -210,7 +211,7 @@ def test_assembles_tool_calls_split_over_chunks() -> None:
         },
         {"id": "call_b", "type": "function", "function": {"name": "now", "arguments": "{}"}},
     ]
-    assert asm.completion()["choices"][0]["finish_reason"] == "tool_calls"
+    assert asm.result()["choices"][0]["finish_reason"] == "tool_calls"
 
 
 def test_usage_chunk_is_kept() -> None:
@@ -224,7 +225,7 @@ def test_usage_chunk_is_kept() -> None:
         "[DONE]",
     )
     assert asm.complete
-    assert asm.completion()["usage"] == usage
+    assert asm.result()["usage"] == usage
 
 
 def test_other_choices_are_ignored() -> None:
@@ -232,7 +233,7 @@ def test_other_choices_are_ignored() -> None:
     other = chunk({"content": "B"})
     other["choices"][0]["index"] = 1
     feed(asm, chunk({"content": "A"}), other, chunk({}, "stop"), "[DONE]")
-    assert asm.completion()["choices"][0]["message"]["content"] == "A"
+    assert asm.result()["choices"][0]["message"]["content"] == "A"
 
 
 def test_not_complete_without_done() -> None:
@@ -334,7 +335,7 @@ def test_replay_round_trip(completion: dict[str, Any], include_usage: bool) -> N
     asm = reassemble(completion, include_usage)
     assert completion == original  # replay does not mutate what it serves
     assert asm.complete
-    body = asm.completion()
+    body = asm.result()
     want = completion["choices"][0]
     got = body["choices"][0]
     assert got["message"]["content"] == want["message"]["content"]
@@ -426,4 +427,4 @@ content_text = st.text(
 def test_replay_round_trip_any_text(text: str, include_usage: bool) -> None:
     asm = reassemble(stored(content=text), include_usage)
     assert asm.complete
-    assert asm.completion()["choices"][0]["message"]["content"] == text
+    assert asm.result()["choices"][0]["message"]["content"] == text

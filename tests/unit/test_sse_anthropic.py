@@ -13,7 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cache_service.backends.simulated import create_simulated_app
-from cache_service.sse import AnthropicStreamAssembler, SSEParser, encode, replay_anthropic
+from cache_service.flavors.anthropic import AnthropicStreamAssembler
+from cache_service.flavors.anthropic import replay as replay_anthropic
+from cache_service.sse import SSEParser, encode
 
 FAST = settings(max_examples=60, deadline=None, database=None)
 
@@ -152,7 +154,7 @@ def test_assembles_the_documented_text_stream() -> None:
     asm = AnthropicStreamAssembler()
     feed(asm, *text_stream("Hello", "!"))
     assert asm.complete
-    assert asm.message() == {
+    assert asm.result() == {
         "id": "msg_1",
         "type": "message",
         "role": "assistant",
@@ -173,7 +175,7 @@ def test_usage_keeps_every_field_and_takes_cumulative_updates() -> None:
     feed(asm, start, block_start(0, {"type": "text", "text": ""}), text_delta(0, "x"))
     feed(asm, block_stop(0), delta, MESSAGE_STOP)
     assert asm.complete
-    assert asm.message()["usage"] == {
+    assert asm.result()["usage"] == {
         "input_tokens": 12,
         "cache_read_input_tokens": 4,
         "output_tokens": 7,
@@ -200,7 +202,7 @@ def test_assembles_text_and_tool_use_blocks() -> None:
         MESSAGE_STOP,
     )
     assert asm.complete
-    body = asm.message()
+    body = asm.result()
     assert body["content"] == [
         {"type": "text", "text": "Let me check."},
         {
@@ -229,8 +231,8 @@ def test_cut_off_mid_content_is_not_complete() -> None:
     asm = AnthropicStreamAssembler()
     feed(asm, *text_stream("Hel", "lo")[:4])
     assert not asm.complete
-    assert asm.message()["content"] == [{"type": "text", "text": "Hel"}]
-    assert asm.message()["stop_reason"] is None
+    assert asm.result()["content"] == [{"type": "text", "text": "Hel"}]
+    assert asm.result()["stop_reason"] is None
 
 
 def test_not_complete_without_stop_reason() -> None:
@@ -379,7 +381,7 @@ def test_replay_round_trip(message: dict[str, Any]) -> None:
     asm = reassemble(message)
     assert message == original  # replay does not mutate what it serves
     assert asm.complete
-    assert asm.message() == message
+    assert asm.result() == message
 
 
 def test_replay_event_sequence_and_framing() -> None:
@@ -461,7 +463,7 @@ async def test_assembles_the_simulator_stream_to_its_non_streamed_message(max_to
         whole = (await client.post("/v1/messages", json=body)).json()
         asm = await assemble_stream(client, body)
     assert asm.complete
-    message = asm.message()
+    message = asm.result()
     assert message["id"].startswith("msg_")
     assert {**message, "id": whole["id"]} == whole
     # And the cache's replay of it assembles back to the same message.
@@ -482,7 +484,7 @@ async def test_a_dropped_simulator_stream_is_not_complete() -> None:
         whole = await assemble_stream(client, SIM_BODY)
     assert not asm.complete
     assert asm.stop_reason is None
-    partial = asm.message()["content"][0]["text"]
+    partial = asm.result()["content"][0]["text"]
     assert partial
     assert whole.message()["content"][0]["text"].startswith(partial)
 
@@ -496,4 +498,4 @@ def test_replay_round_trip_any_text(value: str, with_tool: bool) -> None:
     message = stored([text(value), *([TOOL] if with_tool else [])])
     asm = reassemble(message)
     assert asm.complete
-    assert asm.message() == message
+    assert asm.result() == message

@@ -122,14 +122,34 @@ def build_keys(
     api: str = "openai",
     max_semantic_chars: int | None = None,
 ) -> RequestKeys:
-    """Derive scope, exact key and prompt text from a validated chat body.
+    """Keys of a chat-shaped body (`model`, `messages` and answer parameters at the top);
+    `system` carries a top-level system prompt (Anthropic's)."""
+    params = {k: body[k] for k in ANSWER_PARAMS if k in body and body[k] is not None}
+    return keys_of(
+        tenant=tenant,
+        api=api,
+        model=str(body["model"]),
+        system=system,
+        messages=body["messages"],
+        params=params,
+        max_semantic_chars=max_semantic_chars,
+    )
 
-    `system` carries Anthropic's top-level system prompt; OpenAI puts it in the messages.
-    `api` keeps the two wire formats' entries apart, since their stored bodies differ.
+
+def keys_of(
+    *,
+    tenant: str,
+    api: str,
+    model: str,
+    system: Any,
+    messages: list[dict[str, Any]],
+    params: dict[str, Any],
+    max_semantic_chars: int | None = None,
+) -> RequestKeys:
+    """Derive scope, exact key and prompt text from a request's canonical parts.
+
+    `api` keeps the wire formats' entries apart, since their stored bodies differ.
     """
-    model = str(body["model"])
-    messages: list[dict[str, Any]] = body["messages"]
-
     last_user = len(messages) - 1
     while last_user >= 0 and messages[last_user].get("role") != "user":
         last_user -= 1
@@ -141,7 +161,6 @@ def build_keys(
     before = messages[:last_user] if ends_with_user else messages
     earlier = [m for m in before if m.get("role") not in SYSTEM_ROLES]
 
-    params = {k: body[k] for k in ANSWER_PARAMS if k in body and body[k] is not None}
     scope_material = {
         "api": api,
         "tenant": tenant,

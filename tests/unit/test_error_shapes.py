@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import pytest
 
-from cache_service.errors import error_body_for
+from cache_service.flavors import for_route
 
 
-def test_openai_shape_everywhere_but_the_messages_api() -> None:
-    body = error_body_for("/v1/chat/completions", "bad", "invalid_request_error", param="model")
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/responses", "/v1/{path:path}", None])
+def test_openai_shape_everywhere_but_the_messages_api(route: str | None) -> None:
+    body = for_route(route).error_body("bad", "invalid_request_error", param="model")
     assert body == {
         "error": {"message": "bad", "type": "invalid_request_error", "param": "model", "code": None}
     }
@@ -25,5 +26,5 @@ def test_openai_shape_everywhere_but_the_messages_api() -> None:
 def test_anthropic_shape_on_the_messages_api(
     type_: str, code: str | None, anthropic_type: str
 ) -> None:
-    body = error_body_for("/v1/messages", "no", type_, code=code)
+    body = for_route("/v1/messages").error_body("no", type_, code=code)
     assert body == {"type": "error", "error": {"type": anthropic_type, "message": "no"}}

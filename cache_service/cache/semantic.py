@@ -14,7 +14,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from cache_service.acceptance import AcceptConfig, accept
+from cache_service.cache.guards import AcceptConfig, accept
+from cache_service.cache.matching import Candidate
 from cache_service.protocols import Clock, Entry, EntryStore, Vector, VectorIndex
 
 
@@ -31,6 +32,9 @@ class Lookup:
     """Why the best candidate was refused (guard name, "below_threshold", "no_candidates")."""
     verify_ms: float = 0.0
     """Time spent in the acceptance guards (part of the search)."""
+    survivors: tuple[Candidate, ...] = ()
+    """Every candidate the threshold and guards let through, best first, when the search
+    was asked for all of them (model verifiers judge them next); else just the hit."""
 
 
 class Swept(NamedTuple):
@@ -67,8 +71,16 @@ class SemanticCache:
         return entry
 
     def search(
-        self, scope: str, vector: Vector, prompt: str, threshold: float | None = None
+        self,
+        scope: str,
+        vector: Vector,
+        prompt: str,
+        threshold: float | None = None,
+        *,
+        all_survivors: bool = False,
     ) -> Lookup:
+        """The best candidate above the threshold that passes the guards; with
+        `all_survivors`, every such candidate (for verifiers that judge them next)."""
         config = self.accept_config
         if threshold is not None and threshold != config.threshold:
             config = dataclasses.replace(config, threshold=threshold)
@@ -79,6 +91,7 @@ class SemanticCache:
         best_rejected: float | None = None
         reason = "below_threshold"
         verify_s = 0.0
+        survivors: list[Candidate] = []
         for hit in hits:  # best first
             if hit.similarity < config.threshold:
                 # Candidates come sorted, so nothing after this one can pass either.
@@ -94,12 +107,24 @@ class SemanticCache:
             decision = accept(prompt, entry.prompt, hit.similarity, config)
             verify_s += time.perf_counter() - started
             if decision.accepted:
-                return Lookup(
-                    entry, hit.similarity, "semantic", best_rejected, "ok", verify_s * 1000
-                )
-            if best_rejected is None:
+                survivors.append(Candidate(entry, hit.similarity))
+                if not all_survivors:
+                    break
+            elif best_rejected is None:
                 best_rejected, reason = hit.similarity, decision.reason
-        return Lookup(best_rejected=best_rejected, reason=reason, verify_ms=verify_s * 1000)
+        verify_ms = verify_s * 1000
+        if not survivors:
+            return Lookup(best_rejected=best_rejected, reason=reason, verify_ms=verify_ms)
+        first = survivors[0]
+        return Lookup(
+            first.entry,
+            first.similarity,
+            "semantic",
+            best_rejected,
+            "ok",
+            verify_ms,
+            tuple(survivors),
+        )
 
     # --- writes
 

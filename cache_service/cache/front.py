@@ -1,0 +1,148 @@
+"""The cache as the request path sees it, async: look a request up (exact key, then embed,
+search and the matching chain) and store an answer. The proxy and the cache-lookup API both
+go through here, so a lookup and a store mean the same thing whichever door they came in.
+
+Blocking work (store reads, FAISS, guards) goes to worker threads and the model runs in its
+batcher's thread; this module only decides and awaits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cache_service.cache.batcher import EmbeddingBatcher
+from cache_service.cache.feedback import FeedbackLearner
+from cache_service.cache.keys import RequestKeys
+from cache_service.cache.matching import Verifier, choose
+from cache_service.cache.semantic import Lookup, SemanticCache
+from cache_service.protocols import Entry, Vector
+from cache_service.telemetry.events import StageTimer
+
+log = logging.getLogger("cache_service.cache")
+
+
+@dataclass(slots=True)
+class Found:
+    """What one lookup learned: the hit (if any), how close a miss came, and the prompt's
+    embedding (reused to store the answer a miss fetches)."""
+
+    hit: Lookup | None = None
+    searched: Lookup | None = None
+    vector: Vector | None = None
+    embed_timeout: bool = False
+
+
+class CacheFront:
+    def __init__(
+        self,
+        cache: SemanticCache,
+        batcher: EmbeddingBatcher,
+        learner: FeedbackLearner,
+        *,
+        embed_timeout_s: float,
+        default_ttl_s: float,
+        verifiers: Sequence[Verifier] = (),
+    ) -> None:
+        self.cache = cache
+        self.batcher = batcher
+        self.learner = learner
+        self.embed_timeout_s = embed_timeout_s
+        self.default_ttl_s = default_ttl_s
+        self.verifiers = tuple(verifiers)
+
+    @property
+    def ready(self) -> bool:
+        return self.cache.ready
+
+    async def lookup(
+        self, keys: RequestKeys, threshold: float | None, stages: dict[str, float]
+    ) -> Found:
+        found = Found()
+        cache = self.cache
+        with StageTimer(stages, "exact"):
+            entry = await asyncio.to_thread(cache.get_exact, keys.exact_key)
+        if entry is not None:
+            found.hit = Lookup(entry, 1.0, "exact", reason="ok")
+            return found
+        if not (keys.semantic_ok and cache.ready):
+            return found
+        try:
+            with StageTimer(stages, "embed"):
+                found.vector = await self.batcher.embed(keys.prompt, self.embed_timeout_s)
+        except TimeoutError:
+            # Fail open: a slow embedder must cost a cache hit, never an answer.
+            found.embed_timeout = True
+            log.warning("embedding missed its deadline", extra={"scope": keys.scope[:12]})
+            return found
+        # Feedback may have taught this namespace a stricter threshold than asked for.
+        learned = self.learner.threshold(keys.tenant)
+        if learned > (threshold or cache.accept_config.threshold):
+            threshold = learned
+        with StageTimer(stages, "search"):
+            searched = await asyncio.to_thread(
+                cache.search,
+                keys.scope,
+                found.vector,
+                keys.prompt,
+                threshold,
+                all_survivors=bool(self.verifiers),
+            )
+        # Report the guards apart from the index scan they ran inside.
+        stages["verify"] = searched.verify_ms
+        stages["search"] -= searched.verify_ms
+        if searched.entry is not None and self.verifiers:
+            with StageTimer(stages, "verify"):
+                chosen = await choose(keys.prompt, searched.survivors, self.verifiers)
+            if chosen.candidate is None:
+                searched = Lookup(best_rejected=chosen.best_rejected, reason=chosen.reason)
+            else:
+                c = chosen.candidate
+                searched = Lookup(c.entry, c.similarity, "semantic", chosen.best_rejected, "ok")
+        found.searched = searched
+        found.hit = searched if searched.entry is not None else None
+        return found
+
+    async def store(
+        self,
+        keys: RequestKeys,
+        response: dict[str, Any],
+        *,
+        api: str,
+        ttl_s: float | None,
+        usage: tuple[int, int],
+        vector: Vector | None = None,
+    ) -> Entry | None:
+        """Store an answer (store before index); the stored entry, or None if the store
+        failed: the caller still has its answer, a failure costs a future hit only."""
+        if vector is None and keys.semantic_ok:
+            try:
+                # No lookup embedding (no-cache, the lookup API, or the lookup timed out):
+                # embed now. The caller's answer waits on this store (so its next request
+                # finds it), hence the lookup's own deadline rather than a long one: a
+                # backlogged embedder costs the entry its semantic matches, not seconds.
+                vector = await self.batcher.embed(keys.prompt, self.embed_timeout_s)
+            except TimeoutError:
+                vector = None  # stored for exact matches only
+        entry = self.cache.new_entry(
+            scope=keys.scope,
+            exact_key=keys.exact_key,
+            namespace=keys.tenant,
+            model=keys.model,
+            prompt=keys.prompt,
+            embedding=vector if keys.semantic_ok else None,
+            response=response,
+            ttl_s=ttl_s or self.default_ttl_s,
+            prompt_tokens=usage[0],
+            completion_tokens=usage[1],
+            meta={"api": api},
+        )
+        try:
+            await asyncio.to_thread(self.cache.put, entry)
+        except Exception:
+            log.exception("store failed", extra={"entry": entry.id})
+            return None
+        return entry

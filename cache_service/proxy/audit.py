@@ -1,0 +1,95 @@
+"""Sampled audits of semantic hits: ask upstream too (within quota) and compare the answers'
+embeddings. Agreement estimates how often semantic hits are right in live traffic, which no
+offline benchmark can tell."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+
+from cache_service.cache.batcher import EmbeddingBatcher
+from cache_service.cache.feedback import AuditTally
+from cache_service.errors import ServiceError
+from cache_service.protocols import Entry
+from cache_service.proxy.context import RequestContext
+from cache_service.telemetry.metrics import Metrics
+from cache_service.upstream.chain import UpstreamChain
+
+log = logging.getLogger("cache_service.audit")
+
+
+class Auditor:
+    def __init__(
+        self,
+        chain: UpstreamChain,
+        batcher: EmbeddingBatcher,
+        metrics: Metrics,
+        *,
+        sample_rate: float,
+        agree_similarity: float,
+        draw: Callable[[], float] = random.random,
+    ) -> None:
+        self.chain = chain
+        self.batcher = batcher
+        self.metrics = metrics
+        self.sample_rate = sample_rate
+        self.agree_similarity = agree_similarity
+        self.draw = draw
+        self.tally = AuditTally()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def maybe_audit(self, ctx: RequestContext, entry: Entry, similarity: float) -> None:
+        if self.sample_rate <= 0 or self.draw() >= self.sample_rate:
+            return
+        task = asyncio.create_task(self._audit(ctx, entry, similarity))
+        self.tasks.add(task)  # held until done, or the loop may drop it
+        task.add_done_callback(self.tasks.discard)
+
+    async def _audit(self, ctx: RequestContext, entry: Entry, similarity: float) -> None:
+        flavor = ctx.flavor
+        body = {k: v for k, v in ctx.body.items() if k not in ("stream", "stream_options")}
+        try:
+            call = await self.chain.send(flavor, body, ctx.headers, ctx.project)
+        except ServiceError:
+            self._audited("skipped")
+            return
+        async with call.hold:
+            resp = call.result
+            try:
+                fresh = resp.json()
+            except ValueError:
+                fresh = None
+            if resp.status >= 400 or not isinstance(fresh, dict):
+                await call.hold.release()
+                self._audited("skipped")
+                return
+            await call.hold.settle(*flavor.usage(fresh))
+        a, b = flavor.answer_text(entry.response), flavor.answer_text(fresh)
+        try:
+            va = await self.batcher.embed(a, 10.0)
+            vb = await self.batcher.embed(b, 10.0)
+        except TimeoutError:
+            self._audited("skipped")
+            return
+        agreed = float(va @ vb) >= self.agree_similarity
+        self._audited("agreed" if agreed else "disagreed")
+        log.info(
+            "audit",
+            extra={
+                "request_id": ctx.request_id,
+                "entry": entry.id,
+                "agreed": agreed,
+                "similarity": similarity,
+            },
+        )
+
+    def _audited(self, verdict: str) -> None:
+        tally = self.tally
+        if verdict == "skipped":
+            tally.skipped += 1
+        else:
+            tally.audited += 1
+            tally.agreed += verdict == "agreed"
+        self.metrics.audit(verdict, tally.as_dict()["estimated_precision"])

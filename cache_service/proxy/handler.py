@@ -1,0 +1,163 @@
+"""The request path of a proxied call: look it up; serve a hit; or fetch the answer upstream
+(single flight, under quota), store it if it may be stored, and relay it.
+
+Read with `flavors/base.py` (what a request is), `cache/front.py` (the lookup),
+`upstream/chain.py` (where a miss goes) and `quota/ledger.py` (what a miss may spend).
+Streamed misses continue in `streaming.py`. Every request leaves exactly one outcome with
+the recorder, whichever way it leaves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Iterable
+
+from starlette.responses import Response, StreamingResponse
+
+from cache_service.cache.front import CacheFront
+from cache_service.cache.feedback import FeedbackLearner, ServedHit
+from cache_service.cache.policy import lookup_allowed
+from cache_service.cache.semantic import Lookup
+from cache_service.errors import ServiceError
+from cache_service.protocols import Clock, UpstreamResponse
+from cache_service.proxy.audit import Auditor
+from cache_service.proxy.context import RequestContext
+from cache_service.proxy.headers import COALESCED, call_headers, hit_headers, lookup_headers
+from cache_service.proxy.recorder import Recorder
+from cache_service.proxy.singleflight import Flights
+from cache_service.proxy.streaming import StreamRelay
+from cache_service.telemetry.stats import Outcome
+from cache_service.upstream.chain import UpstreamCall, UpstreamChain
+
+log = logging.getLogger("cache_service.pipeline")
+
+JSON = "application/json"
+
+
+class ProxyHandler:
+    def __init__(
+        self,
+        front: CacheFront,
+        chain: UpstreamChain,
+        recorder: Recorder,
+        learner: FeedbackLearner,
+        auditor: Auditor,
+        clock: Clock,
+        *,
+        cache_tool_calls: bool,
+    ) -> None:
+        self.front = front
+        self.chain = chain
+        self.recorder = recorder
+        self.learner = learner
+        self.auditor = auditor
+        self.clock = clock
+        self.cache_tool_calls = cache_tool_calls
+        self.flights: Flights[UpstreamCall[UpstreamResponse]] = Flights()
+        self.streams = StreamRelay(front, chain, recorder, cache_tool_calls=cache_tool_calls)
+
+    async def handle(self, ctx: RequestContext) -> Response:
+        assert ctx.request is not None
+        if ctx.directives.read and lookup_allowed(ctx.request):
+            ctx.found = await self.front.lookup(ctx.keys, ctx.threshold, ctx.stages)
+            if ctx.found.hit is not None:
+                return self._hit(ctx, ctx.found.hit)
+            outcome = Outcome.MISS
+        else:
+            outcome = Outcome.BYPASS
+        if ctx.stream:
+            return await self.streams.miss(ctx, outcome)
+        return await self._miss(ctx, outcome)
+
+    def _hit(self, ctx: RequestContext, hit: Lookup) -> Response:
+        entry = hit.entry
+        assert entry is not None and ctx.request is not None
+        similarity = hit.similarity or 1.0
+        self.learner.served(
+            ctx.request_id, ServedHit(entry.id, entry.namespace, similarity, hit.match or "exact")
+        )
+        if hit.match == "semantic":
+            self.auditor.maybe_audit(ctx, entry, similarity)
+        outcome = Outcome.EXACT_HIT if hit.match == "exact" else Outcome.SEMANTIC_HIT
+        self.recorder.record(ctx, outcome, entry.prompt_tokens, entry.completion_tokens)
+        headers = hit_headers(hit, self.clock.now())
+        if ctx.stream:
+            events = ctx.flavor.replay(entry.response, ctx.request.stream_usage)
+            return StreamingResponse(
+                _aiter(events), media_type="text/event-stream", headers=headers
+            )
+        return Response(json.dumps(entry.response), media_type=JSON, headers=headers)
+
+    async def _miss(self, ctx: RequestContext, outcome: Outcome) -> Response:
+        state = "MISS" if outcome is Outcome.MISS else "BYPASS"
+        try:
+            call, led = await self.flights.run(
+                ctx.keys.exact_key,
+                ctx.directives.read,
+                lambda: self.chain.send(ctx.flavor, ctx.body, ctx.headers, ctx.project),
+            )
+        except ServiceError as e:
+            self.recorder.record(ctx, Outcome.ERROR)
+            e.headers = {**e.headers, "x-cache": state}
+            raise
+        resp = call.result
+        ctx.upstream_status = resp.status
+        if not led:
+            # A shared answer was paid for (and stored) once, by the request that fetched it.
+            self.recorder.record(ctx, outcome if resp.status < 400 else Outcome.ERROR)
+            return self._relay(ctx, resp, state, dict(COALESCED))
+        async with call.hold:
+            try:
+                parsed = resp.json()
+            except ValueError:
+                parsed = None
+            p, c = ctx.flavor.usage(parsed)
+            extra = call_headers(call.info)
+            if resp.status >= 400:
+                await call.hold.release()
+                self.recorder.record(ctx, Outcome.ERROR, p, c)
+                return self._relay(ctx, resp, state, extra)
+            dollars = await call.hold.settle(p, c)
+            if ctx.directives.write:
+                stored = await self._store(ctx, call.info.downgraded_from, parsed, (p, c))
+                extra["x-cache-stored"] = "true" if stored else "false"
+            self.recorder.record(ctx, outcome, p, c, dollars=dollars)
+            return self._relay(ctx, resp, state, extra)
+
+    async def _store(
+        self,
+        ctx: RequestContext,
+        downgraded_from: str | None,
+        body: object,
+        usage: tuple[int, int],
+    ) -> bool:
+        # A downgraded answer came from another model than the scope names.
+        refusal = (
+            "downgraded model"
+            if downgraded_from
+            else ctx.flavor.refusal(200, body, cache_tool_calls=self.cache_tool_calls)
+        )
+        if refusal is not None or not isinstance(body, dict):
+            log.info("not stored", extra={"request_id": ctx.request_id, "why": refusal})
+            return False
+        entry = await self.front.store(
+            ctx.keys,
+            body,
+            api=ctx.flavor.name,
+            ttl_s=ctx.directives.ttl_s,
+            usage=usage,
+            vector=ctx.found.vector,
+        )
+        return entry is not None
+
+    def _relay(
+        self, ctx: RequestContext, resp: UpstreamResponse, state: str, extra: dict[str, str]
+    ) -> Response:
+        headers = {**resp.headers, **extra, **lookup_headers(ctx.found), "x-cache": state}
+        return Response(resp.body, status_code=resp.status, media_type=JSON, headers=headers)
+
+
+async def _aiter(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
+    for c in chunks:
+        yield c

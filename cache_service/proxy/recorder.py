@@ -1,0 +1,105 @@
+"""One outcome per request: stats, metrics, the outcome log and the request's log line, all
+from one record. Cost is computed once: a miss passes in what its settlement charged (at the
+model actually called, which a downgrade changes), a hit is priced at its entry's model."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from cache_service.pricing import PriceTable
+from cache_service.protocols import Clock
+from cache_service.proxy.context import RequestContext
+from cache_service.telemetry.events import OutcomeEvent, split_cost
+from cache_service.telemetry.hub import Telemetry
+from cache_service.telemetry.stats import LabelCaps, Outcome, Stats
+
+log = logging.getLogger("cache_service.pipeline")
+
+
+class Recorder:
+    def __init__(
+        self,
+        stats: Stats,
+        telemetry: Telemetry,
+        labels: LabelCaps,
+        prices: PriceTable,
+        clock: Clock,
+        *,
+        log_prompts: bool,
+    ) -> None:
+        self.stats = stats
+        self.telemetry = telemetry
+        self.labels = labels
+        self.prices = prices
+        self.clock = clock
+        self.log_prompts = log_prompts
+
+    def record(
+        self,
+        ctx: RequestContext,
+        outcome: Outcome,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        *,
+        dollars: float | None = None,
+    ) -> None:
+        """`dollars`: what the upstream call was charged, for a miss; None prices the
+        tokens at the request's model (a hit's saving: entries are never downgraded
+        answers, so that is the model that produced them)."""
+        if dollars is None:
+            dollars = self.prices.cost(ctx.keys.model, prompt_tokens, completion_tokens)
+        caps = self.labels
+        namespace, model = caps.namespace(ctx.keys.tenant), caps.model(ctx.keys.model)
+        found = ctx.found
+        self.stats.record(
+            namespace,
+            model,
+            outcome,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            dollars=dollars,
+            embed_timeout=found.embed_timeout,
+        )
+        saved, spent = split_cost(outcome, dollars)
+        searched = found.searched
+        latency_ms = (time.perf_counter() - ctx.started) * 1000
+        if outcome is Outcome.EXACT_HIT:
+            similarity: float | None = 1.0
+        elif outcome is Outcome.SEMANTIC_HIT and found.hit is not None:
+            similarity = found.hit.similarity
+        else:
+            similarity = None
+        self.telemetry.record(
+            OutcomeEvent(
+                time=self.clock.now(),
+                request_id=ctx.request_id,
+                namespace=namespace,
+                project=caps.project(ctx.project),
+                model=model,
+                outcome=outcome,
+                similarity=similarity,
+                best_rejected=searched.best_rejected if searched else None,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                dollars_saved=saved,
+                dollars_spent=spent,
+                latency_ms=latency_ms,
+                stages=ctx.stages,
+                upstream_status=ctx.upstream_status,
+                embed_timeout=found.embed_timeout,
+                prompt=ctx.keys.prompt if self.log_prompts else None,
+            )
+        )
+        log.info(
+            "request",
+            extra={
+                "request_id": ctx.request_id,
+                "namespace": ctx.keys.tenant,
+                "model": ctx.keys.model,
+                "outcome": outcome.value,
+                "similarity": (found.hit or searched).similarity if (found.hit or searched) else None,
+                "ms": round(latency_ms, 2),
+                "stages_ms": {k: round(v, 3) for k, v in ctx.stages.items()},
+            },
+        )

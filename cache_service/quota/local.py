@@ -1,0 +1,184 @@
+"""The in-process quota ledger: the pure `QuotaManager` in this process's memory, with spend
+made durable by a write-ahead journal and periodic snapshots, and alerts when a limit's
+threshold is crossed.
+
+Durability: every hold and settlement is appended to the journal (one `write` each) before
+the request goes on; a snapshot (`spend.json`, fsync + atomic replace) is taken every
+`interval_s` from the event loop's state, after which the journal it covers is dropped. A
+restart, or a SIGKILL, resumes from the snapshot plus the journal after it; a request in
+flight at the crash counts at its estimate (upstream may have billed it).
+
+Single-threaded like the manager: every method runs on the event loop, and none awaits
+between reading and changing the state, so each is atomic there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from cache_service.backends.journal import SpendJournal
+from cache_service.backends.jsonfile import JsonFile
+from cache_service.protocols import Clock
+from cache_service.quota.alerts import AlertTracker
+from cache_service.quota.ledger import Held
+from cache_service.quota.manager import Denial, Limits, QuotaManager, Reservation, Scope
+from cache_service.quota.usage import QuotaSnapshot, ScopeUse
+
+log = logging.getLogger("cache_service.quota")
+
+AlertSink = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
+
+
+class LocalLedger:
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        alert_thresholds: Sequence[float] = (0.8, 0.95),
+        snapshot_file: JsonFile | None = None,
+        journal: SpendJournal | None = None,
+        on_alert: AlertSink | None = None,
+    ) -> None:
+        self.manager = QuotaManager(clock)
+        self.alerts = AlertTracker(alert_thresholds)
+        self.snapshot_file = snapshot_file
+        self.journal = journal
+        self.on_alert = on_alert
+        self._open: dict[str, Reservation] = {}
+        self._dirty = False
+        if snapshot_file is not None:
+            self._recover(snapshot_file)
+
+    # ------------------------------------------------------------------ the ledger protocol
+
+    async def reserve(
+        self, scopes: Sequence[Scope], tokens: int, cost_usd: float
+    ) -> Held | Denial:
+        result = self.manager.reserve(scopes, tokens, cost_usd)
+        if isinstance(result, Denial):
+            return result
+        held = Held(str(result.id), result.scopes, result.tokens, result.cost_usd)
+        self._open[held.id] = result
+        return held
+
+    async def check(self, scopes: Sequence[Scope], tokens: int, cost_usd: float) -> Denial | None:
+        return self.manager.check(scopes, tokens, cost_usd)
+
+    async def settle(self, held: Held, tokens: int, cost_usd: float) -> None:
+        reservation = self._open.pop(held.id, None)
+        if reservation is None:
+            return
+        self.manager.settle(reservation, tokens, cost_usd)
+        self._after_spend()
+
+    async def release(self, held: Held) -> None:
+        reservation = self._open.pop(held.id, None)
+        if reservation is None:
+            return
+        self.manager.release(reservation)
+        # Nothing spent, but the journal took a hold and its release: a snapshot lets it
+        # drop them, or an upstream that only ever fails would grow the journal for good.
+        self._dirty = True
+
+    async def configure(self, kind: str, name: str, limits: Limits) -> None:
+        self.manager.configure(kind, name, limits)
+
+    async def scope_use(self, scope: Scope) -> ScopeUse:
+        return self.manager.scope_snapshot(scope)
+
+    async def snapshot(self) -> QuotaSnapshot:
+        return self.manager.snapshot()
+
+    async def ratelimit_headers(self, scope: Scope) -> dict[str, str]:
+        return self.manager.ratelimit_headers(scope)
+
+    # ------------------------------------------------------------------ alerts
+
+    def _after_spend(self) -> None:
+        for alert in self.manager.check_alerts(self.alerts):
+            payload = {
+                "event": "quota_alert",
+                "scope_kind": alert.scope_kind,
+                "scope_name": alert.scope_name,
+                "limit": alert.limit,
+                "window": alert.window,
+                "threshold": alert.threshold,
+                "used": alert.used,
+                "limit_value": alert.limit_value,
+                "message": alert.message,
+            }
+            log.warning(alert.message, extra={"alert": payload})  # "message" is reserved
+            if self.on_alert is not None:
+                asyncio.get_running_loop().create_task(self.on_alert(payload))
+        self._dirty = True
+
+    # ------------------------------------------------------------------ durability
+
+    def _recover(self, snapshot_file: JsonFile) -> None:
+        """Spend as of the last snapshot plus what the journal recorded after it. The result
+        is written as a new snapshot at once, before any new journal segment is opened, so a
+        crash at any point here leaves either the old pair or the new one."""
+        saved = snapshot_file.load()
+        covered = int(saved.get("journal_seq", 0))
+        events, last = self.journal.recover(after=covered) if self.journal else ([], covered)
+        if saved or events:
+            self.manager.restore_spend(saved.get("spend"), events)
+            self.alerts.import_fired(saved.get("alerts", []))
+        if self.journal is None:
+            return
+        if events:
+            log.info("spend recovered from journal", extra={"events": len(events)})
+        if last > covered:
+            snapshot_file.save(self._snapshot(last))
+        self.journal.start(last + 1)
+        self.manager.on_spend = self.journal.append
+
+    async def persist_forever(self, interval_s: float = 1.0) -> None:
+        """Snapshot spend at most once per interval, written off the event loop: an fsync
+        per request would cost more than the request. The journal holds what happened since."""
+        while True:
+            await asyncio.sleep(interval_s)
+            checkpoint = self._checkpoint()
+            if checkpoint is None:
+                continue
+            try:
+                await asyncio.to_thread(self._write_checkpoint, *checkpoint)
+            except OSError:
+                # The journal segments stay until a snapshot covering them is written, so
+                # nothing is lost; try again next time instead of ending the task.
+                log.exception("spend snapshot failed; retrying")
+                self._dirty = True
+
+    def close(self) -> None:
+        checkpoint = self._checkpoint()
+        if checkpoint is not None:
+            self._write_checkpoint(*checkpoint)
+        if self.journal is not None:
+            self.journal.close()
+
+    def _checkpoint(self) -> tuple[dict[str, Any], int] | None:
+        """Spend now and the journal segment it covers, taken together on the event loop so
+        no event falls between them."""
+        if self.snapshot_file is None or not self._dirty:
+            return None
+        self._dirty = False
+        covered = self.journal.rotate() if self.journal is not None else 0
+        return self._snapshot(covered), covered
+
+    def _write_checkpoint(self, data: dict[str, Any], covered: int) -> None:
+        assert self.snapshot_file is not None
+        self.snapshot_file.save(data)
+        if self.journal is not None:
+            self.journal.remove_through(covered)
+
+    def _snapshot(self, journal_seq: int) -> dict[str, Any]:
+        """What the spend file holds: spend, fired alerts, and the last journal segment
+        already counted in them."""
+        return {
+            "spend": self.manager.export_spend(),
+            "alerts": self.alerts.export_fired(),
+            "journal_seq": journal_seq,
+        }
