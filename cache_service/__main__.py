@@ -107,7 +107,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from cache_service.report import run_cli
+    from cache_service.report.cli import run_cli
     from cache_service.settings import ConfigError, load_settings
 
     data_dir = args.data_dir
@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--chunk-delay-ms", type=float, default=0.0)
     sim.set_defaults(func=cmd_simulate)
 
-    from cache_service.report import add_arguments
+    from cache_service.report.cli import add_arguments
 
     rep = sub.add_parser("report", help="hit rate, savings and latency from the outcome log")
     add_arguments(rep)

@@ -42,14 +42,10 @@ from cache_service.pricing import Price, PriceTable
 from cache_service.protocols import Clock, Embedder, EntryStore, SystemClock, Upstream
 from cache_service.resilience import CircuitBreaker
 from cache_service.settings import ConfigError, Settings, UpstreamSetting
-from cache_service.stats import LabelCaps
-from cache_service.telemetry import (
-    Metrics,
-    Telemetry,
-    apply_quota_snapshot,
-    budgets_of,
-    replay_stats,
-)
+from cache_service.telemetry.hub import Telemetry
+from cache_service.telemetry.metrics import Metrics
+from cache_service.telemetry.quota_view import apply_quota_snapshot, budgets_of
+from cache_service.telemetry.stats import LabelCaps, replay_stats
 
 log = logging.getLogger("cache_service")
 

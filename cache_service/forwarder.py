@@ -39,7 +39,7 @@ from cache_service.resilience import (
     parse_retry_after,
 )
 from cache_service.settings import ProjectSetting, Settings
-from cache_service.telemetry import Metrics
+from cache_service.telemetry.metrics import Metrics
 
 log = logging.getLogger("cache_service.quota")
 

@@ -41,8 +41,10 @@ from cache_service.pricing import PriceTable
 from cache_service.protocols import Clock, Entry, UpstreamResponse, UpstreamStream, Vector
 from cache_service.cache.keys import RequestKeys, build_keys, project_of, tenant_of
 from cache_service.settings import Settings
-from cache_service.stats import LabelCaps, Outcome, Stats
-from cache_service.telemetry import Metrics, OutcomeEvent, StageTimer, Telemetry, split_cost
+from cache_service.telemetry.events import OutcomeEvent, StageTimer, split_cost
+from cache_service.telemetry.hub import Telemetry
+from cache_service.telemetry.metrics import Metrics
+from cache_service.telemetry.stats import LabelCaps, Outcome, Stats
 
 log = logging.getLogger("cache_service.pipeline")
 

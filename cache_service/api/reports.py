@@ -10,8 +10,9 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from cache_service.errors import BadRequest
-from cache_service.report import FORMATS, ReportError, build_report, parse_since, render
-from cache_service.telemetry import Telemetry
+from cache_service.report.build import ReportError, build_report, parse_since
+from cache_service.report.formats import FORMATS, render
+from cache_service.telemetry.hub import Telemetry
 
 router = APIRouter()
 

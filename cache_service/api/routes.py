@@ -23,7 +23,7 @@ from cache_service.pipeline import ANTHROPIC, OPENAI, Flavor, Pipeline
 from cache_service.cache.policy import parse_directives
 from cache_service.quota import Limits
 from cache_service.cache.keys import ANSWER_PARAMS, build_keys, project_of, tenant_of
-from cache_service.stats import Outcome
+from cache_service.telemetry.stats import Outcome
 
 router = APIRouter()
 # Last in the app: any /v1 path no other router claims is relayed upstream.

@@ -18,18 +18,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from cache_service.api.reports import router
 from cache_service.errors import ServiceError, error_body
 from cache_service.pricing import PriceTable
-from cache_service.report import (
-    ReportError,
-    build_report,
-    parse_since,
-    render_html,
-    render_json,
-    render_markdown,
-    run_cli,
-    tables,
-)
-from cache_service.stats import Outcome, Stats
-from cache_service.telemetry import OutcomeEvent, OutcomeLog, Telemetry, split_cost
+from cache_service.report.build import ReportError, build_report, parse_since
+from cache_service.report.cli import run_cli
+from cache_service.report.html import render_html
+from cache_service.report.text import render_json, render_markdown, tables
+from cache_service.telemetry.events import OutcomeEvent, split_cost
+from cache_service.telemetry.hub import Telemetry
+from cache_service.telemetry.outcome_log import OutcomeLog
+from cache_service.telemetry.stats import Outcome, Stats
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC).timestamp()
 BUDGETS = [

@@ -10,18 +10,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cache_service.quota import Limits, QuotaManager, Reservation
-from cache_service.stats import OTHER, LabelCap, Outcome
-from cache_service.telemetry import (
-    Metrics,
-    OutcomeEvent,
-    OutcomeLog,
-    StageTimer,
-    Telemetry,
-    apply_quota_snapshot,
-    budgets_of,
-    read_outcomes,
-    split_cost,
-)
+from cache_service.telemetry.events import OutcomeEvent, StageTimer, split_cost
+from cache_service.telemetry.hub import Telemetry
+from cache_service.telemetry.metrics import Metrics
+from cache_service.telemetry.outcome_log import OutcomeLog, read_outcomes
+from cache_service.telemetry.quota_view import apply_quota_snapshot, budgets_of
+from cache_service.telemetry.stats import OTHER, LabelCap, Outcome
 from tests.fakes import FakeClock
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -1,4 +1,5 @@
-"""Counters behind GET /v1/cache/stats: what the cache answered and what that saved."""
+"""Counters behind GET /v1/cache/stats: what the cache answered and what that saved, and
+the same counters rebuilt from logged outcome events."""
 
 from __future__ import annotations
 
@@ -6,7 +7,11 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    # Annotations only: events.py imports `Outcome` from here at runtime.
+    from cache_service.telemetry.events import OutcomeEvent
 
 
 class Outcome(StrEnum):
@@ -151,3 +156,26 @@ class Stats:
                 for (ns, m), c in sorted(self._by_key.items())
             ],
         }
+
+
+def record_event(stats: Stats, key: str, e: OutcomeEvent) -> None:
+    """Feed one logged outcome to `stats` under `key` (a namespace, or a project), exactly as
+    the pipeline recorded it live, so figures rebuilt from the log match the live ones."""
+    stats.record(
+        key,
+        e.model,
+        e.outcome,
+        prompt_tokens=e.prompt_tokens,
+        completion_tokens=e.completion_tokens,
+        dollars=e.dollars,
+        embed_timeout=e.embed_timeout,
+    )
+
+
+def replay_stats(events: Iterable[OutcomeEvent]) -> Stats:
+    """The stats behind GET /v1/cache/stats, rebuilt from the outcome log at start, so a
+    restart does not reset the counters (back to the log's retention)."""
+    stats = Stats()
+    for e in events:
+        record_event(stats, e.namespace, e)
+    return stats

@@ -1,0 +1,187 @@
+"""A report as text: the tables Markdown and HTML both print, Markdown and JSON rendering,
+and the number formatting the renderers and plots share."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+
+def render_json(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2) + "\n"
+
+
+def usd(x: float | None) -> str:
+    if x is None:
+        return "—"
+    # Single answers cost fractions of a cent: keep enough digits to see them.
+    return f"${x:,.2f}" if abs(x) >= 100 else f"${x:,.4f}" if abs(x) >= 1 else f"${x:.6f}"
+
+
+def pct(x: float | None) -> str:
+    return "—" if x is None else f"{x * 100:.2f}%"
+
+
+def _ms(x: Any) -> str:
+    return "—" if x is None else f"{x:,.2f}"
+
+
+Table = tuple[str, list[str], list[list[str]]]
+
+
+def _counter_rows(group: dict[str, dict[str, Any]]) -> list[list[str]]:
+    return [
+        [
+            name,
+            f"{c['requests']:,}",
+            f"{c['exact_hits']:,}",
+            f"{c['semantic_hits']:,}",
+            f"{c['misses']:,}",
+            f"{c['bypasses']:,}",
+            f"{c['errors']:,}",
+            pct(c["hit_rate"]),
+            f"{c['prompt_tokens_saved'] + c['completion_tokens_saved']:,}",
+            usd(c["dollars_saved"]),
+            usd(c["dollars_spent"]),
+        ]
+        for name, c in group.items()
+    ]
+
+
+_COUNTER_HEAD = [
+    "requests", "exact hits", "semantic hits", "misses", "bypasses", "errors", "hit rate",
+    "tokens saved", "$ saved", "$ spent",
+]  # fmt: skip
+
+
+def tables(report: dict[str, Any]) -> list[Table]:
+    """The report as (title, header, rows): Markdown and HTML both print exactly these."""
+    t = report["totals"]
+    out: list[Table] = [
+        (
+            "Totals",
+            ["metric", "value"],
+            [
+                ["requests", f"{t['requests']:,}"],
+                ["exact hits", f"{t['exact_hits']:,}"],
+                ["semantic hits", f"{t['semantic_hits']:,}"],
+                ["hits", f"{t['hits']:,}"],
+                ["misses", f"{t['misses']:,}"],
+                ["bypasses", f"{t['bypasses']:,}"],
+                ["errors", f"{t['errors']:,}"],
+                ["embed timeouts", f"{t['embed_timeouts']:,}"],
+                ["hit rate (hits / (hits + misses))", pct(t["hit_rate"])],
+                ["prompt tokens saved", f"{t['prompt_tokens_saved']:,}"],
+                ["completion tokens saved", f"{t['completion_tokens_saved']:,}"],
+                ["dollars saved", usd(t["dollars_saved"])],
+                ["upstream prompt tokens", f"{t['upstream_prompt_tokens']:,}"],
+                ["upstream completion tokens", f"{t['upstream_completion_tokens']:,}"],
+                ["dollars spent", usd(t["dollars_spent"])],
+            ],
+        ),
+        ("By namespace", ["namespace", *_COUNTER_HEAD], _counter_rows(report["by_namespace"])),
+        ("By project", ["project", *_COUNTER_HEAD], _counter_rows(report["by_project"])),
+        ("By model", ["model", *_COUNTER_HEAD], _counter_rows(report["by_model"])),
+    ]
+    head = ["n", "mean", "p50", "p90", "p99", "max"]
+
+    def summary_rows(
+        group: dict[str, dict[str, Any]], fmt: Callable[[Any], str]
+    ) -> list[list[str]]:
+        return [
+            [name, f"{s['n']:,}", *(fmt(s.get(k)) for k in head[1:])] for name, s in group.items()
+        ]
+
+    out.append(
+        ("Latency by outcome (ms)", ["outcome", *head], summary_rows(report["latency_ms"], _ms))
+    )
+    if report["stages_ms"]:
+        out.append(("Lookup stages (ms)", ["stage", *head], summary_rows(report["stages_ms"], _ms)))
+    sim = report["similarity"]
+
+    def f4(x: Any) -> str:
+        return "—" if x is None else f"{x:.4f}"
+
+    out.append(
+        (
+            "Similarity",
+            ["candidates", *head],
+            summary_rows(
+                {
+                    "served (semantic hits)": sim["served_summary"],
+                    "best rejected": sim["best_rejected_summary"],
+                },
+                f4,
+            ),
+        )
+    )
+    timeline = report["timeline"]
+    if timeline["buckets"]:
+        out.append(
+            (
+                f"Over time ({duration(timeline['bucket_s'])} buckets, UTC)",
+                ["start", "requests", "hits", "misses", "hit rate", "tokens saved", "$ saved",
+                 "cumulative $ saved"],
+                [
+                    [
+                        b["start"], f"{b['requests']:,}", f"{b['hits']:,}", f"{b['misses']:,}",
+                        pct(b["hit_rate"]), f"{b['tokens_saved']:,}", usd(b["dollars_saved"]),
+                        usd(b["cumulative_dollars_saved"]),
+                    ]
+                    for b in timeline["buckets"]
+                ],
+            )
+        )  # fmt: skip
+    if report["upstream_status"]:
+        out.append(
+            (
+                "Upstream status",
+                ["status", "responses"],
+                [[k, f"{v:,}"] for k, v in report["upstream_status"].items()],
+            )
+        )
+    if "budgets" in report:
+        out.append(
+            (
+                "Budget use",
+                ["project", "window", "used", "limit", "used %"],
+                [
+                    [b["project"], b["window"], usd(b["used_usd"]), usd(b["limit_usd"]),
+                     pct(b["used_fraction"])]
+                    for b in report["budgets"]
+                ],
+            )
+        )  # fmt: skip
+    return out
+
+
+def duration(seconds: int | None) -> str:
+    if not seconds:
+        return "—"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
+def period_line(report: dict[str, Any]) -> str:
+    p = report["period"]
+    since = p["since"] or "the start of the log"
+    until = p["until"] or report["generated_at"]
+    return f"{report['events']:,} requests from {since} to {until}"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    lines = ["# Cache report", "", period_line(report), ""]
+    for title, head, rows in tables(report):
+        lines += [f"## {title}", "", _md_row(head), _md_row(["---"] * len(head))]
+        lines += [_md_row(r) for r in rows]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _md_row(cells: Sequence[str]) -> str:
+    # Namespaces and models come from request headers: keep them from breaking the table.
+    safe = (c.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ") for c in cells)
+    return "| " + " | ".join(safe) + " |"

@@ -1,0 +1,310 @@
+"""Prometheus metrics of one app instance.
+
+`Metrics` owns its own `CollectorRegistry`, so several apps (tests) can live in one process
+without "duplicated timeseries" errors from the global default registry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from cache_service.telemetry.events import HITS, UPSTREAM_PAID, OutcomeEvent
+from cache_service.telemetry.stats import Outcome
+
+if TYPE_CHECKING:
+    from cache_service.telemetry.outcome_log import OutcomeLog
+
+# The package's logger name from before the split, so log lines keep their "logger" field.
+log = logging.getLogger("cache_service.telemetry")
+
+
+# fmt: off
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                  0.5, 1.0)
+# Dense near the usual 0.8-0.95 thresholds, where moving the threshold changes the hit rate.
+_SIMILARITY_BUCKETS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.82, 0.84, 0.86, 0.88, 0.9, 0.92, 0.94, 0.96,
+                       0.98, 0.99, 1.0)
+_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# fmt: on
+
+
+class _ScrapeTimeCollector(Collector):
+    """Values read at scrape time: cache size (from a callback, since counting entries costs a
+    store call nobody needs between scrapes) and the outcome log's own health."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.size_source: Callable[[], tuple[int, int]] | None = None
+        self.size: tuple[int, int] = (0, 0)
+        self.outcome_log: OutcomeLog | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        entries, volume = self.size
+        if self.size_source is not None:
+            try:
+                entries, volume = self.size_source()
+            except Exception:
+                # A failing callback must not fail the whole scrape; stale beats nothing.
+                log.exception("cache size callback failed")
+        yield GaugeMetricFamily(
+            f"{self.prefix}_entries", "Entries in the cache store.", value=entries
+        )
+        yield GaugeMetricFamily(
+            f"{self.prefix}_bytes", "Bytes the cache store occupies on disk.", value=volume
+        )
+        if self.outcome_log is not None:
+            yield CounterMetricFamily(
+                f"{self.prefix}_outcome_log_written",
+                "Outcome rows written to the on-disk log.",
+                value=self.outcome_log.written,
+            )
+            yield CounterMetricFamily(
+                f"{self.prefix}_outcome_log_dropped",
+                "Outcome rows lost (queue full or write failed).",
+                value=self.outcome_log.dropped,
+            )
+
+
+class Metrics:
+    """Every metric of one app instance, in its own registry. Thread-safe (prometheus_client
+    locks per metric), cheap enough to call on the event loop."""
+
+    def __init__(self, prefix: str = "llm_cache") -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        p = prefix
+        who = ("namespace", "project", "model")
+        self.requests = Counter(
+            f"{p}_requests", "Requests by outcome.", [*who, "outcome"], registry=r
+        )
+        self.tokens_saved = Counter(
+            f"{p}_tokens_saved", "Tokens answered from the cache.", [*who, "kind"], registry=r
+        )
+        self.dollars_saved = Counter(
+            f"{p}_dollars_saved", "USD the cache saved (list price).", list(who), registry=r
+        )
+        self.upstream_tokens = Counter(
+            f"{p}_upstream_tokens", "Tokens paid for upstream.", [*who, "kind"], registry=r
+        )
+        self.dollars_spent = Counter(
+            f"{p}_dollars_spent", "USD spent upstream (list price).", list(who), registry=r
+        )
+        self.embed_timeouts = Counter(
+            f"{p}_embed_timeouts",
+            "Lookups that failed open on a slow embedder.",
+            ["namespace", "model"],
+            registry=r,
+        )
+        self.request_latency = Histogram(
+            f"{p}_request_latency_seconds",
+            "Time in the sidecar per request, by outcome.",
+            ["outcome"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.similarity = Histogram(
+            f"{p}_similarity",
+            "Similarity of served semantic hits (kind=served) and of the best candidate the "
+            "policy refused (kind=best_rejected).",
+            ["kind"],
+            buckets=_SIMILARITY_BUCKETS,
+            registry=r,
+        )
+        self.stage_latency = Histogram(
+            f"{p}_lookup_stage_seconds",
+            "Lookup latency by stage.",
+            ["stage"],
+            buckets=_STAGE_BUCKETS,
+            registry=r,
+        )
+        self.upstream_requests = Counter(
+            f"{p}_upstream_requests",
+            "Upstream calls by status ('error': no response).",
+            ["upstream", "status"],
+            registry=r,
+        )
+        self.upstream_latency = Histogram(
+            f"{p}_upstream_latency_seconds",
+            "Upstream call latency.",
+            ["upstream"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_retries = Counter(
+            f"{p}_upstream_retries", "Upstream retries.", ["upstream", "reason"], registry=r
+        )
+        self.upstream_fallbacks = Counter(
+            f"{p}_upstream_fallbacks",
+            "Requests moved to another upstream.",
+            ["from", "to"],
+            registry=r,
+        )
+        self.quota_rejections = Counter(
+            f"{p}_quota_rejections",
+            "Requests refused by a quota.",
+            ["scope_kind", "scope_name", "limit"],
+            registry=r,
+        )
+        self.quota_queue_wait = Histogram(
+            f"{p}_quota_queue_wait_seconds",
+            "Time requests waited in the quota queue.",
+            ["project", "limit"],
+            buckets=_WAIT_BUCKETS,
+            registry=r,
+        )
+        self.budget_used = Gauge(
+            f"{p}_budget_used_usd",
+            "USD spent in the current budget window.",
+            ["project", "window"],
+            registry=r,
+        )
+        self.budget_limit = Gauge(
+            f"{p}_budget_limit_usd",
+            "Budget for the window (absent: unlimited).",
+            ["project", "window"],
+            registry=r,
+        )
+        self.remaining_requests = Gauge(
+            f"{p}_quota_remaining_requests",
+            "Requests left in the rate window (absent: no limit).",
+            ["scope_kind", "scope_name"],
+            registry=r,
+        )
+        self.remaining_tokens = Gauge(
+            f"{p}_quota_remaining_tokens",
+            "Tokens left in the rate window (absent: no limit).",
+            ["scope_kind", "scope_name"],
+            registry=r,
+        )
+        self.expirations = Counter(f"{p}_expired", "Entries removed on expiry.", registry=r)
+        self.evictions = Counter(
+            f"{p}_evicted", "Entries evicted for space or invalidated.", registry=r
+        )
+        self.audits = Counter(
+            f"{p}_audits",
+            "Semantic hits re-asked upstream, by verdict (agreed, disagreed, skipped).",
+            ["verdict"],
+            registry=r,
+        )
+        self.audit_precision = Gauge(
+            f"{p}_audit_estimated_precision",
+            "Share of audited semantic hits whose fresh answer agreed with the cached one.",
+            registry=r,
+        )
+        self._scrape = _ScrapeTimeCollector(p)
+        r.register(self._scrape)
+
+    # --- per request
+
+    def observe(self, e: OutcomeEvent) -> None:
+        who = (e.namespace, e.project, e.model)
+        self.requests.labels(*who, e.outcome.value).inc()
+        self.request_latency.labels(e.outcome.value).observe(e.latency_ms / 1000)
+        if e.outcome in HITS:
+            self.tokens_saved.labels(*who, "prompt").inc(e.prompt_tokens)
+            self.tokens_saved.labels(*who, "completion").inc(e.completion_tokens)
+            self.dollars_saved.labels(*who).inc(e.dollars_saved)
+        elif e.outcome in UPSTREAM_PAID:
+            self.upstream_tokens.labels(*who, "prompt").inc(e.prompt_tokens)
+            self.upstream_tokens.labels(*who, "completion").inc(e.completion_tokens)
+            self.dollars_spent.labels(*who).inc(e.dollars_spent)
+        # Exact hits are 1.0 by definition and would drown the distribution that matters.
+        if e.outcome is Outcome.SEMANTIC_HIT and e.similarity is not None:
+            self.similarity.labels("served").observe(e.similarity)
+        if e.best_rejected is not None:
+            self.similarity.labels("best_rejected").observe(e.best_rejected)
+        for stage, ms in e.stages.items():
+            self.stage_latency.labels(stage).observe(ms / 1000)
+        if e.embed_timeout:
+            self.embed_timeouts.labels(e.namespace, e.model).inc()
+
+    # --- upstream
+
+    def upstream_call(self, upstream: str, status: int | None, seconds: float) -> None:
+        """One call to an upstream; `status` None when no response came back at all."""
+        self.upstream_requests.labels(upstream, "error" if status is None else str(status)).inc()
+        self.upstream_latency.labels(upstream).observe(seconds)
+
+    def retry(self, upstream: str, reason: str) -> None:
+        self.upstream_retries.labels(upstream, reason).inc()
+
+    def fallback(self, from_: str, to: str) -> None:
+        self.upstream_fallbacks.labels(from_, to).inc()
+
+    # --- quota
+
+    def quota_rejection(self, scope_kind: str, scope_name: str, limit: str) -> None:
+        self.quota_rejections.labels(scope_kind, scope_name, limit).inc()
+
+    def queue_wait(self, project: str, seconds: float, limit: str = "any") -> None:
+        self.quota_queue_wait.labels(project, limit).observe(seconds)
+
+    def set_budget(self, project: str, window: str, used: float, limit: float | None) -> None:
+        """`window`: the period's name ("daily", "monthly"), not its key, so the series
+        survives the rollover instead of starting a new one every day."""
+        self.budget_used.labels(project, window).set(used)
+        if limit is None:
+            _remove(self.budget_limit, project, window)
+        else:
+            self.budget_limit.labels(project, window).set(limit)
+
+    def set_remaining(
+        self, scope_kind: str, scope_name: str, requests: int | None, tokens: int | None
+    ) -> None:
+        """None: that limit is off for the scope, so the series disappears."""
+        for gauge, value in ((self.remaining_requests, requests), (self.remaining_tokens, tokens)):
+            if value is None:
+                _remove(gauge, scope_kind, scope_name)
+            else:
+                gauge.labels(scope_kind, scope_name).set(value)
+
+    # --- cache contents
+
+    def cache_size(self, entries: int, volume: int) -> None:
+        self._scrape.size = (entries, volume)
+
+    def cache_size_callback(self, source: Callable[[], tuple[int, int]] | None) -> None:
+        """`source() -> (entries, bytes)` runs at every scrape (render() runs off the loop)."""
+        self._scrape.size_source = source
+
+    def expired(self, n: int) -> None:
+        if n > 0:
+            self.expirations.inc(n)
+
+    def evicted(self, n: int) -> None:
+        if n > 0:
+            self.evictions.inc(n)
+
+    def audit(self, verdict: str, estimated_precision: float | None) -> None:
+        self.audits.labels(verdict).inc()
+        if estimated_precision is not None:
+            self.audit_precision.set(estimated_precision)
+
+    def watch_outcome_log(self, outcome_log: OutcomeLog | None) -> None:
+        self._scrape.outcome_log = outcome_log
+
+    # --- exposition
+
+    def render(self) -> tuple[bytes, str]:
+        """(body, content type) for GET /metrics. Runs the size callback: call off the loop."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _remove(metric: Gauge, *labels: str) -> None:
+    with contextlib.suppress(KeyError):
+        metric.remove(*labels)

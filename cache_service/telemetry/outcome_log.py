@@ -1,0 +1,323 @@
+"""The on-disk outcome log: one row per request, so reports survive restarts.
+
+Why SQLite (stdlib sqlite3) and not JSON lines with rotation:
+
+* Reports ask "everything since T": an index on time answers that without scanning or parsing
+  every rotated file.
+* Retention by age *and* by row count is two DELETE statements inside a transaction; with
+  JSON lines, a row cap means rewriting files or rotating at a granularity that overshoots.
+* A crash mid-write leaves a torn last line in a JSON file; SQLite's transactions leave
+  either the whole batch or none of it.
+* WAL mode lets `python -m cache_service report` read while the server writes, with neither
+  blocking the other.
+
+The request path never touches the disk: `append` puts the event on an in-memory deque
+(an atomic operation under the GIL) and returns; a single worker thread owns the only
+connection and writes batches every `flush_interval_s` or `batch_rows` rows, whichever comes
+first. `close()` writes whatever is pending before it returns, so a clean shutdown loses
+nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cache_service.protocols import Clock, SystemClock
+from cache_service.telemetry.events import OutcomeEvent
+from cache_service.telemetry.stats import Outcome
+
+# The package's logger name from before the split, so log lines keep their "logger" field.
+log = logging.getLogger("cache_service.telemetry")
+
+T = TypeVar("T")
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outcomes (
+    id INTEGER PRIMARY KEY,
+    time REAL NOT NULL,
+    request_id TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    project TEXT NOT NULL,
+    model TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    similarity REAL,
+    best_rejected REAL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    dollars_saved REAL NOT NULL,
+    dollars_spent REAL NOT NULL,
+    latency_ms REAL NOT NULL,
+    stages TEXT NOT NULL,
+    upstream_status INTEGER,
+    embed_timeout INTEGER NOT NULL,
+    prompt TEXT
+);
+CREATE INDEX IF NOT EXISTS outcomes_time ON outcomes (time);
+"""
+_FIELDS = (
+    "time", "request_id", "namespace", "project", "model", "outcome", "similarity",
+    "best_rejected", "prompt_tokens", "completion_tokens", "dollars_saved", "dollars_spent",
+    "latency_ms", "stages", "upstream_status", "embed_timeout", "prompt",
+)  # fmt: skip
+_COLUMNS = ", ".join(_FIELDS)
+_INSERT = f"INSERT INTO outcomes ({_COLUMNS}) VALUES ({', '.join('?' * len(_FIELDS))})"
+
+
+def _row(e: OutcomeEvent) -> tuple[Any, ...]:
+    d = {f: getattr(e, f) for f in _FIELDS}
+    d["outcome"] = e.outcome.value
+    d["stages"] = json.dumps(e.stages, separators=(",", ":"))
+    d["embed_timeout"] = int(e.embed_timeout)
+    return tuple(d[f] for f in _FIELDS)
+
+
+def _event(row: tuple[Any, ...]) -> OutcomeEvent:
+    d = dict(zip(_FIELDS, row, strict=True))
+    d["outcome"] = Outcome(d["outcome"])
+    d["stages"] = json.loads(d["stages"])
+    d["embed_timeout"] = bool(d["embed_timeout"])
+    return OutcomeEvent(**d)
+
+
+def _select(conn: sqlite3.Connection, since: float | None, until: float | None) -> list[Any]:
+    # Insertion order, which is the order Stats saw them: float sums then agree to the bit.
+    sql = f"SELECT {_COLUMNS} FROM outcomes WHERE time >= ? AND time < ? ORDER BY id"
+    lo = -float("inf") if since is None else since
+    hi = float("inf") if until is None else until
+    return conn.execute(sql, (lo, hi)).fetchall()
+
+
+def read_outcomes(
+    path: Path | str, since: float | None = None, until: float | None = None
+) -> list[OutcomeEvent]:
+    """Read a log another process may be writing, without writing to it (the report CLI)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+    try:
+        return [_event(r) for r in _select(conn, since, until)]
+    finally:
+        conn.close()
+
+
+class OutcomeLog:
+    """A bounded, append-only log of outcomes in SQLite; see the module docstring.
+
+    Retention: rows older than `retention_days` and all but the newest `max_rows` are pruned
+    on open, then every `prune_interval_s`, and on `prune()`.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        retention_days: float = 30.0,
+        max_rows: int = 1_000_000,
+        clock: Clock | None = None,
+        flush_interval_s: float = 0.5,
+        batch_rows: int = 200,
+        max_pending: int = 100_000,
+        prune_interval_s: float = 60.0,
+    ) -> None:
+        if retention_days <= 0 or max_rows <= 0:
+            raise ValueError("retention_days and max_rows must be > 0")
+        self.path = Path(path)
+        self.retention_days = retention_days
+        self.max_rows = max_rows
+        self.clock: Clock = clock or SystemClock()
+        self.flush_interval_s = flush_interval_s
+        self.batch_rows = batch_rows
+        self.max_pending = max_pending
+        self.prune_interval_s = prune_interval_s
+        self.written = 0
+        self.dropped = 0
+        self._pending: deque[OutcomeEvent] = deque()
+        self._calls: deque[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]] = deque()
+        self._wake = threading.Event()
+        self._closed = False
+        # Orders append() against close() (which may run in another thread): a row is either
+        # refused or queued before the writer's final drain, never lost in between.
+        self._gate = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def open(
+        cls,
+        path: Path | str,
+        retention_days: float = 30.0,
+        max_rows: int = 1_000_000,
+        **options: Any,
+    ) -> OutcomeLog:
+        """Create the file if needed, prune it, and start the writer thread. Blocking."""
+        self = cls(path, retention_days=retention_days, max_rows=max_rows, **options)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        ready: Future[None] = Future()
+        self._thread = threading.Thread(
+            target=self._run, args=(ready,), name="outcome-log", daemon=True
+        )
+        self._thread.start()
+        ready.result()  # surface a bad path or a corrupt file here, not in the thread
+        return self
+
+    # --- called from the event loop
+
+    def append(self, event: OutcomeEvent) -> bool:
+        """Queue one row; never waits on the disk. False if the row was dropped (closed, or
+        the writer is `max_pending` rows behind: memory stays bounded even if the disk
+        stalls)."""
+        with self._gate:
+            if self._closed or len(self._pending) >= self.max_pending:
+                self.dropped += 1
+                return False
+            self._pending.append(event)
+        if len(self._pending) >= self.batch_rows:
+            self._wake.set()
+        return True
+
+    # --- blocking: call from a worker thread, the CLI, or tests
+
+    def flush(self) -> None:
+        """Return once everything appended so far is on disk."""
+        self._call(lambda conn: None)
+
+    def query(self, since: float | None = None, until: float | None = None) -> list[OutcomeEvent]:
+        """Rows with since <= time < until in the order they were recorded, including rows
+        still queued."""
+        rows = self._call(lambda conn: _select(conn, since, until))
+        return [_event(r) for r in rows]
+
+    def prune(self) -> int:
+        """Apply retention now; returns rows deleted."""
+        n: int = self._call(self._prune)
+        return n
+
+    def count(self) -> int:
+        n: int = self._call(
+            lambda conn: conn.execute("SELECT count(*) FROM outcomes").fetchone()[0]
+        )
+        return n
+
+    def close(self) -> None:
+        """Write everything pending, then stop the writer. Idempotent."""
+        if self._thread is None:
+            return
+        with self._gate:
+            self._closed = True
+        thread, self._thread = self._thread, None
+        self._wake.set()
+        thread.join()
+
+    def __enter__(self) -> OutcomeLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- writer thread
+
+    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._thread is None or self._closed or not self._thread.is_alive():
+            raise RuntimeError("outcome log is closed")
+        fut: Future[T] = Future()
+        self._calls.append((fn, fut))
+        self._wake.set()
+        return fut.result()
+
+    def _run(self, ready: Future[None]) -> None:
+        try:
+            conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL: a power cut may lose the last batch, never corrupt the file; FULL would
+            # fsync every 0.5 s for rows that only feed reports.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)
+            self._prune(conn)
+        except BaseException as e:
+            ready.set_exception(e)
+            return
+        ready.set_result(None)
+        last_prune = time.monotonic()
+        try:
+            while True:
+                self._wake.wait(self.flush_interval_s)
+                self._wake.clear()
+                closing = self._closed
+                self._write_pending(conn)
+                while self._calls:
+                    fn, fut = self._calls.popleft()
+                    if fut.set_running_or_notify_cancel():
+                        try:
+                            fut.set_result(fn(conn))
+                        except Exception as e:
+                            fut.set_exception(e)
+                if time.monotonic() - last_prune >= self.prune_interval_s:
+                    last_prune = time.monotonic()
+                    self._safely(self._prune, conn)
+                if closing:
+                    # `_closed` was set under the gate before we read it, so every accepted
+                    # row is already queued and the drain above wrote it.
+                    break
+        finally:
+            self._fail_calls()
+            conn.close()
+
+    def _write_pending(self, conn: sqlite3.Connection) -> None:
+        while self._pending:
+            batch: list[OutcomeEvent] = []
+            # popleft on a deque is atomic, so append() from the loop can run concurrently.
+            while self._pending and len(batch) < 5000:
+                batch.append(self._pending.popleft())
+            try:
+                with _transaction(conn):
+                    conn.executemany(_INSERT, [_row(e) for e in batch])
+                self.written += len(batch)
+            except Exception:
+                with self._gate:
+                    self.dropped += len(batch)
+                log.exception("outcome log write failed", extra={"rows": len(batch)})
+
+    def _prune(self, conn: sqlite3.Connection) -> int:
+        cutoff = self.clock.now() - self.retention_days * 86400
+        with _transaction(conn):
+            n = conn.execute("DELETE FROM outcomes WHERE time < ?", (cutoff,)).rowcount
+            n += conn.execute(
+                "DELETE FROM outcomes WHERE id <= "
+                "(SELECT id FROM outcomes ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (self.max_rows,),
+            ).rowcount
+        return n
+
+    def _safely(self, fn: Callable[[sqlite3.Connection], Any], conn: sqlite3.Connection) -> None:
+        try:
+            fn(conn)
+        except Exception:
+            log.exception("outcome log maintenance failed")
+
+    def _fail_calls(self) -> None:
+        while self._calls:
+            _, fut = self._calls.popleft()
+            if fut.set_running_or_notify_cancel():
+                fut.set_exception(RuntimeError("outcome log is closed"))
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
