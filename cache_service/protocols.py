@@ -7,10 +7,11 @@ exactly these seams and nowhere else.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +29,10 @@ class Clock(Protocol):
         """Seconds on a clock that never goes backwards (buckets, deadlines)."""
         ...
 
+    async def sleep(self, seconds: float) -> None:
+        """Wait (retry backoff): a fake clock moves instead, so tests never wait."""
+        ...
+
 
 class SystemClock:
     def now(self) -> float:
@@ -35,6 +40,9 @@ class SystemClock:
 
     def monotonic(self) -> float:
         return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
 
 class Embedder(Protocol):
@@ -144,13 +152,18 @@ class UpstreamStream:
             await aclose()
 
 
+AuthScheme = Literal["bearer", "x-api-key"]
+"""How an operator's key is sent upstream: `Authorization: Bearer` or Anthropic's header.
+The caller's wire format decides, never the path."""
+
+
 class Upstream(Protocol):
     async def send(
-        self, path: str, body: dict[str, Any], headers: dict[str, str]
+        self, path: str, body: dict[str, Any], headers: dict[str, str], auth: AuthScheme
     ) -> UpstreamResponse: ...
 
     async def stream(
-        self, path: str, body: dict[str, Any], headers: dict[str, str]
+        self, path: str, body: dict[str, Any], headers: dict[str, str], auth: AuthScheme
     ) -> UpstreamStream: ...
 
     async def raw(
@@ -160,6 +173,7 @@ class Upstream(Protocol):
         content: bytes,
         headers: dict[str, str],
         params: list[tuple[str, str]],
+        auth: AuthScheme,
     ) -> UpstreamStream:
         """An API call the cache does not handle (embeddings, models, files...), relayed."""
         ...

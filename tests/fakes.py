@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ class FakeClock:
     def __init__(self, wall: float = 1_795_000_000.0, mono: float = 1000.0) -> None:
         self.wall = wall
         self.mono = mono
+        self.slept: list[float] = []
 
     def now(self) -> float:
         return self.wall
@@ -27,6 +29,12 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         self.wall += seconds
         self.mono += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        """A wait (retry backoff) moves the clock instead of taking real time."""
+        self.slept.append(seconds)
+        self.advance(seconds)
+        await asyncio.sleep(0)
 
 
 class HashingEmbedder:

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from cache_service.errors import UpstreamTimeout, UpstreamUnavailable
-from cache_service.protocols import UpstreamResponse, UpstreamStream
+from cache_service.protocols import AuthScheme, UpstreamResponse, UpstreamStream
 
 # Caller headers worth passing on. Everything else (host, content-length, our X-Cache-*,
 # hop-by-hop headers) is either recomputed by httpx or meaningless upstream.
@@ -69,15 +69,14 @@ class HttpUpstream:
             transport=transport,
         )
 
-    def _headers(self, headers: dict[str, str], path: str) -> dict[str, str]:
+    def _headers(self, headers: dict[str, str], auth: AuthScheme) -> dict[str, str]:
         out = {k: v for k, v in headers.items() if k in FORWARDED_HEADERS}
         if self._api_key:
-            # The operator's key replaces the caller's, in the scheme the API expects:
-            # Anthropic's x-api-key for its SDK's callers and its Messages API, else Bearer.
-            anthropic = "x-api-key" in out or path.strip("/").endswith("messages")
+            # The operator's key replaces the caller's, in the scheme the caller's wire
+            # format expects (decided by the route, not guessed from the path).
             out.pop("x-api-key", None)
             out.pop("authorization", None)
-            if anthropic:
+            if auth == "x-api-key":
                 out["x-api-key"] = self._api_key
             else:
                 out["authorization"] = f"Bearer {self._api_key}"
@@ -85,11 +84,11 @@ class HttpUpstream:
         return out
 
     async def send(
-        self, path: str, body: dict[str, Any], headers: dict[str, str]
+        self, path: str, body: dict[str, Any], headers: dict[str, str], auth: AuthScheme
     ) -> UpstreamResponse:
         try:
             r = await self._client.post(
-                path, content=json.dumps(body).encode(), headers=self._headers(headers, path)
+                path, content=json.dumps(body).encode(), headers=self._headers(headers, auth)
             )
         except httpx.TimeoutException as e:
             raise UpstreamTimeout(f"upstream did not answer in time ({type(e).__name__})") from e
@@ -98,9 +97,9 @@ class HttpUpstream:
         return UpstreamResponse(r.status_code, pick_returned_headers(r.headers), r.content)
 
     async def stream(
-        self, path: str, body: dict[str, Any], headers: dict[str, str]
+        self, path: str, body: dict[str, Any], headers: dict[str, str], auth: AuthScheme
     ) -> UpstreamStream:
-        return await self._open("POST", path, json.dumps(body).encode(), headers, None)
+        return await self._open("POST", path, json.dumps(body).encode(), headers, None, auth)
 
     async def raw(
         self,
@@ -109,9 +108,10 @@ class HttpUpstream:
         content: bytes,
         headers: dict[str, str],
         params: list[tuple[str, str]],
+        auth: AuthScheme,
     ) -> UpstreamStream:
         """Any other API call, relayed as it is (body, query, content type), streamed back."""
-        return await self._open(method, path, content, headers, params)
+        return await self._open(method, path, content, headers, params, auth)
 
     async def _open(
         self,
@@ -120,8 +120,9 @@ class HttpUpstream:
         content: bytes,
         headers: dict[str, str],
         params: list[tuple[str, str]] | None,
+        auth: AuthScheme,
     ) -> UpstreamStream:
-        out = self._headers(headers, path)
+        out = self._headers(headers, auth)
         if params is not None:  # a relayed call keeps its own content type
             out["content-type"] = headers.get("content-type", "application/json")
         request = self._client.build_request(

@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-AuthScheme = Literal["bearer", "x-api-key"]
-"""How the operator's key is sent upstream: `Authorization: Bearer` or Anthropic's header."""
+from cache_service.protocols import AuthScheme
+
 
 
 @dataclass(frozen=True, slots=True)

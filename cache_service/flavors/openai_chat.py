@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from cache_service.api.schemas import ChatRequest
+from cache_service.protocols import AuthScheme
 from cache_service.flavors.base import (
-    AuthScheme,
     CanonicalRequest,
     positive_int,
     usage_pair,

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from cache_service.api.schemas import ResponsesRequest
-from cache_service.flavors.base import AuthScheme, CanonicalRequest, positive_int, usage_pair
+from cache_service.protocols import AuthScheme
+from cache_service.flavors.base import CanonicalRequest, positive_int, usage_pair
 from cache_service.flavors.openai_chat import error_body
 from cache_service.sse import encode, pieces
 

@@ -1,4 +1,5 @@
-"""The operator's upstream key replaces the caller's, in the scheme each API expects."""
+"""The operator's upstream key replaces the caller's, in the scheme each API expects: the
+route's wire format decides (never the path), and a relayed call keeps its caller's scheme."""
 
 from __future__ import annotations
 
@@ -6,23 +7,25 @@ import httpx
 import pytest
 
 from cache_service.backends.upstream import HttpUpstream
+from cache_service.flavors import ANTHROPIC, OPENAI_CHAT
+from cache_service.flavors.base import Flavor
 
 
 @pytest.mark.parametrize(
-    ("path", "caller", "expected"),
+    ("flavor", "caller", "expected"),
     [
         (
-            "chat/completions",
+            OPENAI_CHAT,
             {"authorization": "Bearer sk-caller"},
             ("authorization", "Bearer sk-op"),
         ),
-        ("messages", {"x-api-key": "sk-ant-caller"}, ("x-api-key", "sk-op")),
-        ("messages", {}, ("x-api-key", "sk-op")),
-        ("chat/completions", {}, ("authorization", "Bearer sk-op")),
+        (ANTHROPIC, {"x-api-key": "sk-ant-caller"}, ("x-api-key", "sk-op")),
+        (ANTHROPIC, {}, ("x-api-key", "sk-op")),
+        (OPENAI_CHAT, {}, ("authorization", "Bearer sk-op")),
     ],
 )
 async def test_operator_key_replaces_the_callers(
-    path: str, caller: dict[str, str], expected: tuple[str, str]
+    flavor: Flavor, caller: dict[str, str], expected: tuple[str, str]
 ) -> None:
     seen: list[httpx.Headers] = []
 
@@ -34,7 +37,8 @@ async def test_operator_key_replaces_the_callers(
         "http://up/v1", api_key="sk-op", transport=httpx.MockTransport(handler), timeout_s=5
     )
     try:
-        await up.send(path, {"model": "m"}, {**caller, "anthropic-version": "2023-06-01"})
+        headers = {**caller, "anthropic-version": "2023-06-01"}
+        await up.send(flavor.upstream_path, {"model": "m"}, headers, flavor.auth)
     finally:
         await up.aclose()
     (headers,) = seen
