@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import faiss
 import numpy as np
@@ -81,17 +81,37 @@ class FaissIndex:
 
     def add(self, scope: str, entry_id: str, vector: Vector) -> None:
         vec = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, self.dim)
+        self.add_many(scope, [entry_id], vec)
+
+    def add_many(self, scope: str, entry_ids: Sequence[str], vectors: Vector) -> None:
+        ids = list(entry_ids)
+        vecs = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vecs.shape != (len(ids), self.dim):
+            raise ValueError(
+                f"{len(ids)} entry ids need vectors of shape ({len(ids)}, {self.dim}),"
+                f" got {vecs.shape}"
+            )
         with self._lock.write():
             s = self._scopes.get(scope)
+            # Ids already in the scope, or earlier in this batch, are skipped: re-adding
+            # (rebuild racing a store) must not duplicate, and the first vector stays.
+            known = set() if s is None else s.by_id.keys()
+            rows: dict[str, int] = {}
+            for row, entry_id in enumerate(ids):
+                if entry_id not in known and entry_id not in rows:
+                    rows[entry_id] = row
+            if not rows:
+                return
             if s is None:
                 s = self._scopes[scope] = _Scope(self.dim)
-            if entry_id in s.by_id:  # re-adding (rebuild racing a store) must not duplicate
-                return
-            label = self._next_label
-            self._next_label += 1
-            s.index.add_with_ids(vec, np.array([label], dtype=np.int64))
-            s.by_label[label] = entry_id
-            s.by_id[entry_id] = label
+            labels = np.arange(self._next_label, self._next_label + len(rows), dtype=np.int64)
+            self._next_label += len(rows)
+            if len(rows) < len(ids):
+                vecs = vecs[list(rows.values())]
+            s.index.add_with_ids(vecs, labels)
+            for label, entry_id in zip(labels.tolist(), rows, strict=True):
+                s.by_label[label] = entry_id
+                s.by_id[entry_id] = label
 
     def search(self, scope: str, vector: Vector, k: int) -> list[SearchHit]:
         vec = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, self.dim)

@@ -14,9 +14,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from cache_service.cache.guards import AcceptConfig, accept
 from cache_service.cache.matching import Candidate
 from cache_service.protocols import Clock, Entry, EntryStore, Vector, VectorIndex
+
+REBUILD_CHUNK = 4096
+"""Entries whose vectors rebuild() holds before handing them to the index in bulk."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,20 +205,44 @@ class SemanticCache:
 
     def rebuild(self) -> int:
         """Load every live entry's vector into the index: the store is the truth, the index
-        is derived from it, so a restart (or a crash mid-write) cannot lose an entry."""
+        is derived from it, so a restart (or a crash mid-write) cannot lose an entry.
+
+        Vectors go in with one add_many per scope for every REBUILD_CHUNK of them read, so a
+        large store loads in few index calls while holding at most one chunk of vectors."""
         now = self.clock.now()
         count = 0
         expired: list[str] = []
+        # scope -> the id, vector and expiry of each entry read but not yet indexed.
+        pending: dict[str, list[tuple[str, Vector, float | None]]] = {}
+        held = 0
         for entry in self.store.iter_entries():
             if entry.expired(now):
                 expired.append(entry.id)
                 continue
-            self._track(entry)
             count += 1
+            if entry.embedding is None:
+                self._track(entry)
+                continue
+            pending.setdefault(entry.scope, []).append((entry.id, entry.embedding, entry.expires))
+            held += 1
+            if held >= REBUILD_CHUNK:
+                self._track_pending(pending)
+                held = 0
+        self._track_pending(pending)
         for entry_id in expired:
             self.store.delete(entry_id)
         self.ready = True
         return count
+
+    def _track_pending(self, pending: dict[str, list[tuple[str, Vector, float | None]]]) -> None:
+        """What _track does, for many entries with embeddings: one index call per scope."""
+        for scope, rows in pending.items():
+            ids = [entry_id for entry_id, _, _ in rows]
+            self.index.add_many(scope, ids, np.stack([vector for _, vector, _ in rows]))
+            with self._lock:
+                for entry_id, _, expires in rows:
+                    self._tracked[entry_id] = (scope, expires)
+        pending.clear()
 
     def sweep(self) -> Swept:
         """Remove expired entries, and the vectors of entries the store no longer holds

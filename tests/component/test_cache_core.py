@@ -3,12 +3,13 @@ embedder and a fake clock stand in for the model and time."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cache_service.cache import semantic as cache_module
 from cache_service.cache.guards import AcceptConfig
 from cache_service.backends.faiss_index import FaissIndex
 from cache_service.backends.store import DiskCacheStore
@@ -273,6 +274,49 @@ def test_rebuild_skips_and_deletes_expired(env: Env) -> None:
     assert len(index) == 1
     assert old.id not in env.store
     assert fresh.id in env.store
+
+
+def test_rebuild_adds_vectors_in_bulk_in_bounded_chunks(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prompts = [f"question number {i} about topic {i}" for i in range(7)]
+    live = [env.put(p, scope=f"scope-{i % 2}") for i, p in enumerate(prompts)]
+    exact_only = env.put("exact only", embed=False)
+    old = env.put("what is a token bucket", ttl_s=10)
+    env.clock.advance(20)
+
+    class Recording(FaissIndex):
+        def __init__(self) -> None:
+            super().__init__(HashingEmbedder.dim)
+            self.adds = 0
+            self.bulk: list[tuple[str, int]] = []
+
+        def add(self, scope: str, entry_id: str, vector: Vector) -> None:
+            self.adds += 1
+            super().add(scope, entry_id, vector)
+
+        def add_many(self, scope: str, entry_ids: Sequence[str], vectors: Vector) -> None:
+            self.bulk.append((scope, len(entry_ids)))
+            super().add_many(scope, entry_ids, vectors)
+
+    monkeypatch.setattr(cache_module, "REBUILD_CHUNK", 3)
+    index = Recording()
+    cache = SemanticCache(env.store, index, env.clock, AcceptConfig(threshold=THRESHOLD))
+    assert cache.rebuild() == len(live) + 1
+    assert index.adds == 0
+    assert sum(n for _, n in index.bulk) == len(live)
+    assert all(0 < n <= 3 for _, n in index.bulk)
+    assert len(index.bulk) < len(live)
+    assert len(index) == len(live)
+    for e in live:
+        hit = cache.search(e.scope, env.vec(e.prompt), e.prompt)
+        assert hit.entry is not None
+        assert hit.entry.id == e.id
+    assert old.id not in env.store
+    exact = cache.get_exact(exact_only.exact_key)
+    assert exact is not None
+    env.clock.advance(TTL)
+    assert cache.sweep().expired == len(live) + 1
 
 
 # ------------------------------------------------------------------ replacement and deletion

@@ -1,0 +1,335 @@
+"""The EntryStore contract: what every store implementation promises, written against the
+protocol alone. A new implementation is proved by adding one line to IMPLEMENTATIONS."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cache_service.backends.store import DiskCacheStore
+from cache_service.protocols import Entry, EntryStore
+
+DIM = 384
+T0 = 1_795_000_000.0
+"""Creation time of test entries: the fake clock's, not the backend's own."""
+
+
+@dataclass(frozen=True)
+class StoreImpl:
+    open: Callable[[Path], EntryStore]
+    """Opens (or reopens) the store kept under a test's own directory."""
+    persistent: bool
+    """Entries survive close() and a reopen on the same directory."""
+
+
+IMPLEMENTATIONS = [
+    pytest.param(StoreImpl(lambda d: DiskCacheStore(d / "entries"), persistent=True), id="disk"),
+]
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def impl(request: pytest.FixtureRequest) -> StoreImpl:
+    chosen: StoreImpl = request.param
+    return chosen
+
+
+@pytest.fixture
+def store(impl: StoreImpl, tmp_path: Path) -> Iterator[EntryStore]:
+    s = impl.open(tmp_path)
+    yield s
+    s.close()
+
+
+def unit(seed: int) -> np.ndarray[Any, np.dtype[np.float32]]:
+    v = np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def make_entry(entry_id: str = "e1", exact_key: str = "k1", **kw: Any) -> Entry:
+    fields: dict[str, Any] = {
+        "id": entry_id,
+        "exact_key": exact_key,
+        "scope": "scope-a",
+        "namespace": "ns",
+        "model": "gpt-4o-mini",
+        "prompt": "How do I reset my password?",
+        "embedding": unit(sum(map(ord, entry_id))),
+        "response": {"choices": [{"message": {"content": "Use the reset link ☃"}}], "n": 1.5},
+        "created": T0,
+        "expires": T0 + 3600,
+        "prompt_tokens": 12,
+        "completion_tokens": 34,
+        "meta": {"api": "openai", "headers": {"x-a": "1"}, "tags": [1, 2.5, None, True]},
+    }
+    fields.update(kw)
+    return Entry(**fields)
+
+
+def assert_same_entry(got: Entry | None, want: Entry) -> None:
+    assert got is not None
+    for f in dataclasses.fields(Entry):
+        if f.name != "embedding":
+            assert getattr(got, f.name) == getattr(want, f.name), f.name
+    if want.embedding is None:
+        assert got.embedding is None
+    else:
+        assert got.embedding is not None
+        assert got.embedding.dtype == np.float32
+        assert got.embedding.shape == want.embedding.shape
+        assert got.embedding.tobytes() == want.embedding.tobytes()  # bit for bit
+
+
+# ------------------------------------------------------------------ round trips
+
+
+def test_put_then_get_returns_every_field_unchanged(store: EntryStore) -> None:
+    # Awkward float32 bit patterns (denormal, negative zero, max, 1/3) must survive.
+    emb = np.array([1e-38, -0.0, 3.4e38, 1 / 3] + [0.5] * (DIM - 4), dtype=np.float32)
+    entry = make_entry(embedding=emb)
+    assert store.put(entry) is None
+    assert_same_entry(store.get("e1"), entry)
+
+
+def test_put_then_get_by_exact_key_returns_the_entry(store: EntryStore) -> None:
+    a = make_entry("a", "key-a")
+    b = make_entry("b", "key-b", prompt="Another question", scope="scope-b")
+    assert store.put(a) is None
+    assert store.put(b) is None
+    assert_same_entry(store.get_by_exact_key("key-a"), a)
+    assert_same_entry(store.get_by_exact_key("key-b"), b)
+
+
+def test_an_entry_without_embedding_expiry_or_meta_round_trips(store: EntryStore) -> None:
+    entry = make_entry(embedding=None, expires=None, meta={}, prompt_tokens=0)
+    store.put(entry)
+    assert_same_entry(store.get("e1"), entry)
+    assert_same_entry(store.get_by_exact_key("k1"), entry)
+
+
+def test_get_of_an_unknown_id_or_exact_key_returns_none(store: EntryStore) -> None:
+    assert store.get("e1") is None
+    assert store.get_by_exact_key("k1") is None
+    store.put(make_entry())
+    assert store.get("e2") is None
+    assert store.get_by_exact_key("k2") is None
+    assert store.get_by_exact_key("e1") is None  # ids and exact keys are separate spaces
+    assert store.get("k1") is None
+
+
+def test_unicode_prompts_keys_and_answers_round_trip(store: EntryStore) -> None:
+    texts = [
+        "",
+        "naïve café — “quotes” ‘and’ dashes…",
+        "日本語の質問はどうですか？",
+        "emoji 👩🏽‍💻🚀 and flags 🇫🇷",
+        "עברית ومرحبا mixed direction",
+        "e\u0301 combining, \u200b zero width, \ufeff bom",
+        "tabs\tnew\nlines\r\n and \x00 nul",
+    ]
+    entries = [
+        make_entry(f"u{i}", f"key-{t}-{i}", prompt=t, response={"answer": t[::-1], t: [t]})
+        for i, t in enumerate(texts)
+    ]
+    for entry in entries:
+        store.put(entry)
+    for entry in entries:
+        assert_same_entry(store.get(entry.id), entry)
+        assert_same_entry(store.get_by_exact_key(entry.exact_key), entry)
+
+
+def test_entries_are_stored_and_returned_by_value(store: EntryStore) -> None:
+    entry = make_entry()
+    kept = make_entry()
+    store.put(entry)
+    # Changing the caller's entry after put does not change what is stored...
+    assert entry.embedding is not None
+    entry.embedding[0] = 42.0
+    entry.response["choices"] = []
+    entry.meta["api"] = "changed"
+    assert_same_entry(store.get("e1"), kept)
+    # ...nor does changing an entry the store returned (its arrays are writable copies).
+    got = store.get("e1")
+    assert got is not None
+    assert got.embedding is not None
+    got.embedding[:] = 0.0
+    got.response.clear()
+    got.meta.clear()
+    assert_same_entry(store.get("e1"), kept)
+    assert_same_entry(store.get_by_exact_key("k1"), kept)
+
+
+# ------------------------------------------------------------------ replacement
+
+
+def test_put_under_an_existing_exact_key_replaces_the_entry_and_returns_the_old_id(
+    store: EntryStore,
+) -> None:
+    old = make_entry("old", "k", response={"answer": "old"})
+    new = make_entry("new", "k", response={"answer": "new"})
+    other = make_entry("other", "k-other")
+    assert store.put(old) is None
+    assert store.put(other) is None
+    assert store.put(new) == "old"
+    assert_same_entry(store.get_by_exact_key("k"), new)
+    assert store.get("old") is None
+    assert "old" not in store
+    assert len(store) == 2
+    assert {e.id for e in store.iter_entries()} == {"new", "other"}
+    assert_same_entry(store.get("other"), other)
+
+
+def test_put_of_the_same_entry_again_replaces_nothing(store: EntryStore) -> None:
+    entry = make_entry()
+    assert store.put(entry) is None
+    updated = make_entry(response={"answer": "second write"})
+    assert store.put(updated) is None  # its own id is never reported as replaced
+    assert_same_entry(store.get("e1"), updated)
+    assert_same_entry(store.get_by_exact_key("k1"), updated)
+    assert len(store) == 1
+
+
+def test_an_exact_key_answers_only_with_an_entry_filed_under_it(store: EntryStore) -> None:
+    # The same id re-put under another exact key: the first key must not serve it.
+    store.put(make_entry("e1", "k-first"))
+    moved = make_entry("e1", "k-second")
+    assert store.put(moved) is None
+    assert store.get_by_exact_key("k-first") is None
+    assert_same_entry(store.get_by_exact_key("k-second"), moved)
+    assert len(store) == 1
+
+
+# ------------------------------------------------------------------ deletion
+
+
+def test_delete_returns_the_entry_and_removes_it_with_its_exact_key(store: EntryStore) -> None:
+    a = make_entry("a", "key-a")
+    b = make_entry("b", "key-b")
+    store.put(a)
+    store.put(b)
+    assert_same_entry(store.delete("a"), a)
+    assert store.get("a") is None
+    assert store.get_by_exact_key("key-a") is None
+    assert "a" not in store
+    assert len(store) == 1
+    assert [e.id for e in store.iter_entries()] == ["b"]
+    assert_same_entry(store.get_by_exact_key("key-b"), b)
+
+
+def test_delete_of_an_unknown_id_returns_none(store: EntryStore) -> None:
+    assert store.delete("nope") is None
+    store.put(make_entry())
+    assert store.delete("nope") is None
+    assert store.delete("k1") is None  # an exact key is not an id
+    assert store.delete("e1") is not None
+    assert store.delete("e1") is None  # nor is an id already deleted
+    assert len(store) == 0
+
+
+def test_an_exact_key_can_be_reused_after_its_entry_is_deleted(store: EntryStore) -> None:
+    store.put(make_entry("a", "k"))
+    store.delete("a")
+    b = make_entry("b", "k")
+    assert store.put(b) is None
+    assert_same_entry(store.get_by_exact_key("k"), b)
+
+
+# ------------------------------------------------------------------ membership
+
+
+def test_contains_and_len_count_entries_not_exact_keys(store: EntryStore) -> None:
+    assert len(store) == 0
+    assert "e1" not in store
+    for i in range(3):
+        store.put(make_entry(f"e{i}", f"k{i}"))
+    assert len(store) == 3
+    assert all(f"e{i}" in store for i in range(3))
+    assert "e3" not in store
+    assert "k0" not in store
+
+
+def test_iter_entries_yields_every_entry_once(store: EntryStore) -> None:
+    assert list(store.iter_entries()) == []
+    want = {f"e{i}": make_entry(f"e{i}", f"k{i}", scope=f"s{i % 3}") for i in range(25)}
+    for entry in want.values():
+        store.put(entry)
+    got = list(store.iter_entries())
+    assert sorted(e.id for e in got) == sorted(want)
+    for entry in got:
+        assert_same_entry(entry, want[entry.id])
+
+
+# ------------------------------------------------------------------ expiry
+
+
+def test_cull_drops_an_entry_once_its_lifetime_has_passed(store: EntryStore) -> None:
+    store.put(make_entry("brief", "k-brief", created=T0, expires=T0 + 0.05))
+    time.sleep(0.3)
+    dropped = store.cull()
+    assert isinstance(dropped, int)
+    assert dropped >= 0
+    assert "brief" not in store
+    assert store.get("brief") is None
+    assert store.get_by_exact_key("k-brief") is None
+    assert len(store) == 0
+
+
+def test_cull_never_drops_a_live_entry(store: EntryStore) -> None:
+    # A lifetime (expires - created) runs from the put: the service's clock, here one at
+    # T0 (a fake clock's), need not agree with the backend's own.
+    forever = make_entry("forever", "k-forever", expires=None)
+    hour = make_entry("hour", "k-hour", created=T0, expires=T0 + 3600)
+    store.put(forever)
+    store.put(hour)
+    store.put(make_entry("brief", "k-brief", created=T0, expires=T0 + 0.05))
+    time.sleep(0.3)
+    store.cull()
+    assert len(store) == 2
+    assert_same_entry(store.get("forever"), forever)
+    assert_same_entry(store.get_by_exact_key("k-forever"), forever)
+    assert_same_entry(store.get("hour"), hour)
+    assert_same_entry(store.get_by_exact_key("k-hour"), hour)
+    assert store.cull() == 0
+
+
+# ------------------------------------------------------------------ size and durability
+
+
+def test_volume_is_a_non_negative_int(store: EntryStore) -> None:
+    empty = store.volume()
+    assert isinstance(empty, int)
+    assert empty >= 0
+    store.put(make_entry())
+    full = store.volume()
+    assert isinstance(full, int)
+    assert full >= 0
+
+
+def test_close_then_reopen_keeps_entries(impl: StoreImpl, tmp_path: Path) -> None:
+    if not impl.persistent:
+        pytest.skip("entries of this store live only as long as the process")
+    a = make_entry("a", "key-a")
+    b = make_entry("b", "key-b", embedding=None, expires=None)
+    first = impl.open(tmp_path)
+    first.put(a)
+    first.put(b)
+    first.put(make_entry("gone", "key-gone"))
+    first.delete("gone")
+    first.close()
+    second = impl.open(tmp_path)
+    try:
+        assert len(second) == 2
+        assert_same_entry(second.get("a"), a)
+        assert_same_entry(second.get_by_exact_key("key-a"), a)
+        assert_same_entry(second.get_by_exact_key("key-b"), b)
+        assert second.get("gone") is None
+        assert second.get_by_exact_key("key-gone") is None
+        assert second.put(make_entry("c", "key-a")) == "a"  # the exact keys survived too
+    finally:
+        second.close()
