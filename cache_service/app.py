@@ -1,4 +1,5 @@
-"""create_app(settings): the FastAPI app and the lifespan that builds its services.
+"""create_app(settings): the composition root. Settings → services, a lifespan that builds
+them and yields them as typed state (`api/state.py`), and the routers.
 
 Nothing heavy happens at import time or in create_app: the model loads, the store opens and
 the index rebuilds in the lifespan, so tests inject fakes at the protocol seams and the CLI
@@ -11,41 +12,40 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
-import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import httpx
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.datastructures import MutableHeaders
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from fastapi import FastAPI
 
-from cache_service.cache.guards import AcceptConfig
-from cache_service.api.reports import router as reports_router
-from cache_service.api.routes import passthrough_router, router
+from cache_service.api import admin, cache_api, ops, proxy, reports
+from cache_service.api.middleware import RequestIdMiddleware, install_error_handlers
+from cache_service.api.state import AppState
 from cache_service.backends.faiss_index import FaissIndex
 from cache_service.backends.journal import SpendJournal
 from cache_service.backends.jsonfile import JsonFile
 from cache_service.backends.store import DiskCacheStore
 from cache_service.backends.upstream import HttpUpstream
-from cache_service.cache.semantic import SemanticCache
 from cache_service.cache.batcher import EmbeddingBatcher
-from cache_service.errors import ServiceError, error_body_for
 from cache_service.cache.feedback import FeedbackLearner
-from cache_service.forwarder import Forwarder, Slot
-from cache_service.pipeline import Pipeline, Services
+from cache_service.cache.front import CacheFront
+from cache_service.cache.guards import AcceptConfig
+from cache_service.cache.semantic import SemanticCache
+from cache_service.cache.verdicts import Verdicts
 from cache_service.pricing import Price, PriceTable
 from cache_service.protocols import Clock, Embedder, EntryStore, SystemClock, Upstream
+from cache_service.proxy.audit import Auditor
+from cache_service.proxy.cache_api import CacheAPI
+from cache_service.proxy.handler import ProxyHandler
+from cache_service.proxy.recorder import Recorder
+from cache_service.quota.local import LocalLedger
+from cache_service.quota.projects import Projects
 from cache_service.resilience import CircuitBreaker
 from cache_service.settings import ConfigError, Settings, UpstreamSetting
 from cache_service.telemetry.hub import Telemetry
 from cache_service.telemetry.metrics import Metrics
-from cache_service.telemetry.quota_view import apply_quota_snapshot, budgets_of
 from cache_service.telemetry.stats import LabelCaps, replay_stats
+from cache_service.upstream.chain import Slot, UpstreamChain
 
 log = logging.getLogger("cache_service")
 
@@ -62,7 +62,7 @@ def create_app(
         raise ConfigError("no upstream: set upstream_url (or run `serve`, which simulates one)")
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[AppState]:
         the_clock = clock or SystemClock()
         the_store: EntryStore = (
             store
@@ -74,32 +74,36 @@ def create_app(
         the_embedder: Embedder = (
             embedder if embedder is not None else await asyncio.to_thread(_load_embedder, settings)
         )
-        index = FaissIndex(the_embedder.dim)
         cache = SemanticCache(
             the_store,
-            index,
+            FaissIndex(the_embedder.dim),
             the_clock,
             AcceptConfig(threshold=settings.similarity_threshold),
             search_k=settings.search_k,
         )
-        slots = _slots(settings, upstream, the_clock)
-        default = settings.default_price
-        prices = PriceTable.with_overrides(
-            {k: v.model_dump() for k, v in settings.prices.items()},
-            Price(default.input, default.output) if default else None,
-        )
-        webhook = _webhook(settings.alerts.webhook_url)
-        forwarder = Forwarder(
-            settings,
-            slots,
-            clock=the_clock,
-            prices=prices,
-            count_tokens=await asyncio.to_thread(_token_counter),
-            ledger=JsonFile(settings.data_dir / "spend.json"),
-            journal=SpendJournal(settings.data_dir),
-            on_alert=webhook,
-        )
+        learner = FeedbackLearner(settings.similarity_threshold)
+        learner_file = JsonFile(settings.data_dir / "feedback.json")
+        learner.load(await asyncio.to_thread(learner_file.load))
         batcher = EmbeddingBatcher(the_embedder, max_batch=settings.embed_batch_max)
+        front = CacheFront(
+            cache,
+            batcher,
+            learner,
+            embed_timeout_s=settings.embed_timeout_ms / 1000,
+            default_ttl_s=settings.default_ttl_s,
+        )
+
+        ledger = await asyncio.to_thread(
+            LocalLedger,
+            the_clock,
+            alert_thresholds=settings.alerts.thresholds,
+            snapshot_file=JsonFile(settings.data_dir / "spend.json"),
+            journal=SpendJournal(settings.data_dir),
+            on_alert=_webhook(settings.alerts.webhook_url),
+        )
+        projects = Projects(settings, ledger)
+        await projects.configure_all()
+
         telemetry = await asyncio.to_thread(
             Telemetry.open,
             settings.outcome_log_path if settings.outcome_log else None,
@@ -107,52 +111,75 @@ def create_app(
             max_rows=settings.outcome_log_max_rows,
             log_prompts=settings.log_prompts,
             clock=the_clock,
+            quota=ledger.snapshot,
+            cache_size=lambda: (len(cache.index), the_store.volume()),
         )
-        telemetry.metrics.cache_size_callback(lambda: (len(cache.index), the_store.volume()))
-        telemetry.budgets = lambda: budgets_of(forwarder.manager.snapshot())
-        telemetry.before_scrape = lambda: apply_quota_snapshot(
-            telemetry.metrics, forwarder.manager.snapshot()
-        )
-        forwarder.metrics = telemetry.metrics
-        app.state.telemetry = telemetry
         stats = await asyncio.to_thread(lambda: replay_stats(telemetry.events()))
         labels = LabelCaps.of(settings.max_label_values)
         namespaces, models = stats.labels()
         labels.namespace.seed(namespaces)
         labels.model.seed(models)
-        services = Services(
-            settings=settings,
-            cache=cache,
-            batcher=batcher,
-            forwarder=forwarder,
-            learner=FeedbackLearner(settings.similarity_threshold),
-            telemetry=telemetry,
-            stats=stats,
-            labels=labels,
+
+        default = settings.default_price
+        prices = PriceTable.with_overrides(
+            {k: v.model_dump() for k, v in settings.prices.items()},
+            Price(default.input, default.output) if default else None,
+        )
+        slots = _slots(settings, upstream, the_clock)
+        chain = UpstreamChain(
+            settings,
+            slots,
+            ledger=ledger,
+            projects=projects,
             prices=prices,
+            count_tokens=await asyncio.to_thread(_token_counter),
+            metrics=telemetry.metrics,
             clock=the_clock,
         )
-        learner_file = JsonFile(settings.data_dir / "feedback.json")
-        services.learner.load(learner_file.load())
-        app.state.pipeline = Pipeline(services)
-        app.state.learner_file = learner_file
+        recorder = Recorder(
+            stats, telemetry, labels, prices, the_clock, log_prompts=settings.log_prompts
+        )
+        auditor = Auditor(
+            chain,
+            batcher,
+            telemetry.metrics,
+            sample_rate=settings.audit_sample_rate,
+            agree_similarity=settings.audit_agree_similarity,
+        )
+        handler = ProxyHandler(
+            front,
+            chain,
+            recorder,
+            learner,
+            auditor,
+            the_clock,
+            cache_tool_calls=settings.cache_tool_calls,
+        )
         # The index is derived from the store; until it is rebuilt, exact hits are served
         # and semantic lookups are skipped (readyz says so), instead of refusing traffic.
-        rebuild = asyncio.create_task(_rebuild(cache))
-        sweeper = asyncio.create_task(
-            _sweep_forever(cache, settings.sweep_interval_s, telemetry.metrics)
-        )
-        persister = asyncio.create_task(
-            forwarder.persist_forever(settings.spend_snapshot_interval_s)
-        )
+        tasks = [
+            asyncio.create_task(_rebuild(cache)),
+            asyncio.create_task(_sweep_forever(cache, settings.sweep_interval_s, telemetry.metrics)),
+            asyncio.create_task(ledger.persist_forever(settings.spend_snapshot_interval_s)),
+        ]
         try:
-            yield
+            yield AppState(
+                settings=settings,
+                proxy=handler,
+                cache_api=CacheAPI(front, recorder, telemetry.metrics, settings, the_clock),
+                verdicts=Verdicts(learner, cache, learner_file),
+                front=front,
+                chain=chain,
+                ledger=ledger,
+                telemetry=telemetry,
+                stats=stats,
+            )
         finally:
-            tasks = (rebuild, sweeper, persister, *services.background)
-            for task in tasks:
+            pending = (*tasks, *handler.streams.pumps, *auditor.tasks)
+            for task in pending:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await asyncio.to_thread(forwarder.close)
+            await asyncio.gather(*pending, return_exceptions=True)
+            await asyncio.to_thread(ledger.close)
             await asyncio.to_thread(telemetry.close)
             for slot in slots:
                 await slot.client.aclose()
@@ -164,42 +191,12 @@ def create_app(
         summary="Semantic response cache sidecar for OpenAI-compatible LLM APIs",
         lifespan=lifespan,
     )
-    app.include_router(router)
-    app.include_router(reports_router)
-    app.include_router(passthrough_router)
-    _install_error_handlers(app)
+    for module in (proxy, cache_api, ops, admin, reports):
+        app.include_router(module.router)
+    app.include_router(proxy.relay_router)  # last: claims every /v1 path left
+    install_error_handlers(app)
     app.add_middleware(RequestIdMiddleware)
     return app
-
-
-_SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-
-
-class RequestIdMiddleware:
-    """The one place X-Request-Id is put on answers: every answer, errors raised before any
-    handler ran included, and over an upstream's own id. A caller's own id is kept (so its
-    logs and ours join) when it is a plain token; anything else in that header is replaced,
-    since it ends up in log lines."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode(
-            "latin-1"
-        )
-        rid = given if _SAFE_ID.fullmatch(given) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = rid
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)["x-request-id"] = rid
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
 
 
 def _slots(
@@ -273,34 +270,3 @@ async def _sweep_forever(cache: SemanticCache, interval_s: float, metrics: Metri
                 log.info("swept", extra={"expired": swept.expired, "evicted": swept.evicted})
         except Exception:
             log.exception("sweep failed; will try again")
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ServiceError)
-    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        body = error_body_for(
-            request.url.path, exc.message, exc.type, param=exc.param, code=exc.code
-        )
-        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first: dict[str, Any] = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        msg = f"{where}: {first.get('msg', 'invalid request')}"
-        body = error_body_for(request.url.path, msg, "invalid_request_error", param=where)
-        return JSONResponse(body, 400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        body = error_body_for(request.url.path, str(exc.detail), kind)
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        body = error_body_for(
-            request.url.path, "internal error in the cache sidecar", "server_error"
-        )
-        return JSONResponse(body, status_code=500)

@@ -2,13 +2,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cache_service.app import create_app
 from cache_service.backends.simulated import create_simulated_app
@@ -35,14 +36,33 @@ def settings_factory(tmp_path: Path) -> Callable[..., Settings]:
     return make
 
 
-class Harness:
-    """A sidecar app in-process (real store, index, pipeline; hashing embedder) in front
-    of the simulated upstream, both over ASGI, plus handles on each."""
+def served(app: ASGIApp, state: Mapping[str, Any]) -> ASGIApp:
+    """The app as a server runs it: each request gets a copy of the lifespan's state (httpx's
+    ASGI transport runs no lifespan, so the test runs it and hands the state over here)."""
 
-    def __init__(self, client: httpx.AsyncClient, sim: httpx.AsyncClient, app: FastAPI) -> None:
+    async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            scope = {**scope, "state": dict(state)}
+        await app(scope, receive, send)
+
+    return asgi
+
+
+class Harness:
+    """A sidecar app in-process (real store, index, request path; hashing embedder) in
+    front of the simulated upstream, both over ASGI, plus handles on each."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        sim: httpx.AsyncClient,
+        app: FastAPI,
+        state: Mapping[str, Any],
+    ) -> None:
         self.client = client
         self.sim = sim
         self.app = app
+        self.state = state
 
     async def chat(self, content: str, **extra: Any) -> httpx.Response:
         headers = extra.pop("headers", None)
@@ -69,8 +89,10 @@ async def harness(
     upstream = HttpUpstream(upstream_url or "http://sim/v1", transport=sim_transport, timeout_s=10)
     app = create_app(settings, embedder=embedder, upstream=upstream, clock=clock)
     async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sidecar") as c,
+        app.router.lifespan_context(app) as state,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=served(app, state)), base_url="http://sidecar"
+        ) as c,
         httpx.AsyncClient(transport=sim_transport, base_url="http://sim") as sim,
     ):
         # Generous: a loaded CI machine may take a while to open the store and index.
@@ -78,4 +100,4 @@ async def harness(
         while (await c.get("/readyz")).status_code != 200:
             assert asyncio.get_running_loop().time() < deadline, "sidecar never became ready"
             await asyncio.sleep(0.01)
-        yield Harness(c, sim, app)
+        yield Harness(c, sim, app, state)

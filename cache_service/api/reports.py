@@ -1,4 +1,4 @@
-"""GET /metrics (Prometheus) and GET /v1/cache/report, from `request.app.state.telemetry`."""
+"""GET /metrics (Prometheus) and GET /v1/cache/report, from the telemetry in the app state."""
 
 from __future__ import annotations
 
@@ -9,23 +9,18 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from cache_service.api import state
 from cache_service.errors import BadRequest
 from cache_service.report.build import ReportError, build_report, parse_since
 from cache_service.report.formats import FORMATS, render
-from cache_service.telemetry.hub import Telemetry
 
 router = APIRouter()
 
 
-def telemetry_of(request: Request) -> Telemetry:
-    t: Telemetry = request.app.state.telemetry
-    return t
-
-
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    telemetry = telemetry_of(request)
-    telemetry.refresh()  # on the loop: reads quota state, which lives there
+    telemetry = state.telemetry(request)
+    await telemetry.refresh()  # on the loop: reads quota state, which lives there
     # Off the loop: the cache-size callback may ask the store, which is disk I/O.
     body, content_type = await asyncio.to_thread(telemetry.metrics.render)
     return Response(body, media_type=content_type)
@@ -43,9 +38,9 @@ async def cache_report(
         start = parse_since(since, time.time())
     except ReportError as e:
         raise BadRequest(str(e), param="since") from e
-    telemetry = telemetry_of(request)
-    # On the loop: the quota manager behind it is only safe to read from the loop's thread.
-    budgets = telemetry.current_budgets()
+    telemetry = state.telemetry(request)
+    # On the loop: the quota ledger behind it is only safe to read from the loop's thread.
+    budgets = await telemetry.current_budgets()
 
     def make() -> tuple[str, str]:
         # Reading the log and drawing plots both block (SQLite, matplotlib): one thread.

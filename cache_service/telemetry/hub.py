@@ -1,32 +1,33 @@
-"""`Telemetry`, the one object the pipeline and the routes hold: it feeds each outcome to
-the metrics and the outcome log, and carries the hooks that read quota state for reports
-and scrapes."""
+"""`Telemetry`, the one object the request path and the routes hold: it feeds each outcome to
+the metrics and the outcome log, and reads the quota ledger's typed snapshot for scrapes and
+the report's budget section."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from cache_service.protocols import Clock
+from cache_service.quota.usage import QuotaSnapshot
 from cache_service.telemetry.events import OutcomeEvent
 from cache_service.telemetry.metrics import Metrics
 from cache_service.telemetry.outcome_log import OutcomeLog
+from cache_service.telemetry.quota_view import apply_quota_snapshot, budgets_of
 
 # The package's logger name from before the split, so log lines keep their "logger" field.
 log = logging.getLogger("cache_service.telemetry")
 
 
-class Telemetry:
-    """What the pipeline holds: `record(event)` updates the metrics and queues the log row.
+QuotaSource = Callable[[], Awaitable[QuotaSnapshot]]
+"""The quota ledger's `snapshot` (read on the event loop, where the ledger lives)."""
 
-    Hooks, both called on the event loop (state like the quota manager's is only safe to
-    read there): `budgets` returns the current budget use (dicts with project, window,
-    used_usd, limit_usd) for the report's budget section; `before_scrape` refreshes gauges
-    right before GET /metrics renders.
-    """
+
+class Telemetry:
+    """`record(event)` updates the metrics and queues the log row; `quota`, when given,
+    feeds the budget and remaining-quota gauges before a scrape and the report's budgets."""
 
     def __init__(
         self,
@@ -34,14 +35,12 @@ class Telemetry:
         outcome_log: OutcomeLog | None = None,
         *,
         log_prompts: bool = False,
-        budgets: Callable[[], list[dict[str, Any]]] | None = None,
-        before_scrape: Callable[[], None] | None = None,
+        quota: QuotaSource | None = None,
     ) -> None:
         self.metrics = metrics
         self.log = outcome_log
         self.log_prompts = log_prompts
-        self.budgets = budgets
-        self.before_scrape = before_scrape
+        self.quota = quota
         metrics.watch_outcome_log(outcome_log)
 
     @classmethod
@@ -53,12 +52,17 @@ class Telemetry:
         max_rows: int = 1_000_000,
         log_prompts: bool = False,
         clock: Clock | None = None,
+        quota: QuotaSource | None = None,
+        cache_size: Callable[[], tuple[int, int]] | None = None,
     ) -> Telemetry:
-        """Blocking (opens the file): call via asyncio.to_thread. `path` None: metrics only."""
+        """Blocking (opens the file): call via asyncio.to_thread. `path` None: metrics only.
+        `cache_size() -> (entries, bytes)` is read at every scrape, off the event loop."""
         outcome_log = (
             None if path is None else OutcomeLog.open(path, retention_days, max_rows, clock=clock)
         )
-        return cls(Metrics(), outcome_log, log_prompts=log_prompts)
+        metrics = Metrics()
+        metrics.cache_size_callback(cache_size)
+        return cls(metrics, outcome_log, log_prompts=log_prompts, quota=quota)
 
     def record(self, event: OutcomeEvent) -> None:
         if event.prompt is not None and not self.log_prompts:
@@ -71,23 +75,26 @@ class Telemetry:
         """Blocking: call via asyncio.to_thread."""
         return [] if self.log is None else self.log.query(since, until)
 
-    def current_budgets(self) -> list[dict[str, Any]] | None:
-        if self.budgets is None:
+    async def current_budgets(self) -> list[dict[str, Any]] | None:
+        """Project budget use for the report; None without a ledger or if it fails (the
+        report then goes without its budget section)."""
+        if self.quota is None:
             return None
         try:
-            return self.budgets()
+            return budgets_of(await self.quota())
         except Exception:
-            log.exception("budget source failed; report goes without it")
+            log.exception("quota snapshot failed; report goes without budgets")
             return None
 
-    def refresh(self) -> None:
-        """Run `before_scrape`; a failing hook costs fresh gauges, never the scrape."""
-        if self.before_scrape is None:
+    async def refresh(self) -> None:
+        """Quota gauges from the ledger before a scrape; a failure costs fresh gauges,
+        never the scrape."""
+        if self.quota is None:
             return
         try:
-            self.before_scrape()
+            apply_quota_snapshot(self.metrics, await self.quota())
         except Exception:
-            log.exception("before_scrape hook failed; gauges may be stale")
+            log.exception("quota snapshot failed; gauges may be stale")
 
     def close(self) -> None:
         """Flush and close the log. Blocking: call via asyncio.to_thread."""

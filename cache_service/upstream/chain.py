@@ -25,6 +25,7 @@ from cache_service.protocols import AuthScheme, Clock, Upstream, UpstreamRespons
 from cache_service.quota.estimate import estimate_request_tokens
 from cache_service.quota.gate import Hold, QuotaGate
 from cache_service.quota.ledger import QuotaLedger
+from cache_service.quota.manager import Limits
 from cache_service.quota.projects import GLOBAL, Project, Projects
 from cache_service.resilience import (
     RETRYABLE_STATUS,
@@ -161,6 +162,22 @@ class UpstreamChain:
 
     async def ratelimit_headers(self, project: str) -> dict[str, str]:
         return await self.ledger.ratelimit_headers(("project", project))
+
+    async def set_limits(self, kind: str, name: str, limits: Limits) -> dict[str, Any]:
+        """Change a scope's limits at run time; returns its use under them."""
+        await self.ledger.configure(kind, name, limits)
+        self.gate.notify()  # a raised limit may admit queued requests at once
+        return (await self.ledger.scope_use((kind, name))).as_json()
+
+    async def status(self) -> dict[str, Any]:
+        """Every scope's use, each upstream's breaker, and the chain's counters
+        (`GET /v1/quota`)."""
+        snap = (await self.ledger.snapshot()).as_json()
+        snap["upstreams"] = [
+            {"name": s.name, "models": s.models, "breaker": s.breaker.state} for s in self.slots
+        ]
+        snap["counters"] = dict(self.counters, queued=self.gate.waited)
+        return snap
 
     # ------------------------------------------------------------------ the chain
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from cache_service.settings import Settings
-from tests.conftest import Harness, harness
+from tests.conftest import Harness, harness, served
 from tests.fakes import FakeClock, HashingEmbedder
 
 Q = "How do I reset my password?"
@@ -254,7 +254,7 @@ async def test_a_finished_stream_is_already_in_the_cache(
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A slow store must hold the end of the stream, not race the caller's next request.
-    cache = h.app.state.pipeline.s.cache
+    cache = h.state["front"].cache
     put = cache.put
 
     def slow_put(entry: Any) -> Any:
@@ -295,8 +295,8 @@ async def test_unreachable_upstream_is_502(
     upstream = HttpUpstream("http://127.0.0.1:9/v1", timeout_s=2, connect_timeout_s=1)
     app = create_app(settings_factory(), embedder=embedder, upstream=upstream, clock=clock)
     async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://s") as c,
+        app.router.lifespan_context(app) as state,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=served(app, state)), base_url="http://s") as c,
     ):
         r = await c.post(
             "/v1/chat/completions",

@@ -1,0 +1,46 @@
+"""The admin API: change a scope's limits at run time, behind the operator's key."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from cache_service.api import state
+from cache_service.api.body import read_json, validate
+from cache_service.errors import Forbidden, Unauthorized
+from cache_service.quota.manager import Limits
+
+router = APIRouter()
+
+
+class LimitsUpdate(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    kind: Literal["project", "upstream", "global"]
+    name: str = Field(min_length=1)
+    rpm: int | None = Field(None, ge=0)
+    tpm: int | None = Field(None, ge=0)
+    daily_budget_usd: float | None = Field(None, ge=0)
+    monthly_budget_usd: float | None = Field(None, ge=0)
+
+
+@router.put("/v1/admin/limits")
+async def set_limits(request: Request) -> JSONResponse:
+    """Change a scope's limits at run time (usage so far is kept). Fields left out become
+    unlimited, so a PUT states the whole limit set."""
+    settings = state.settings(request)
+    admin_key = settings.admin_key
+    if not admin_key:
+        raise Forbidden("the admin API is disabled: set admin_key to enable it")
+    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(given.encode(), admin_key.encode()):
+        raise Unauthorized("a valid admin key is required (Authorization: Bearer <admin_key>)")
+    data = await read_json(request, settings.max_body_bytes)
+    update = validate(LimitsUpdate, data)
+    limits = Limits(**update.model_dump(exclude={"kind", "name"}))
+    use = await state.chain(request).set_limits(update.kind, update.name, limits)
+    return JSONResponse(use)

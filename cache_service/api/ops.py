@@ -1,0 +1,53 @@
+"""What an operator reads: stats, quota use, liveness and readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from cache_service.api import state
+
+router = APIRouter()
+
+
+@router.get("/v1/cache/stats")
+async def cache_stats(request: Request) -> JSONResponse:
+    front = state.front(request)
+    snapshot = state.stats(request).snapshot()
+    snapshot["quality"] = {
+        "audit": state.proxy(request).auditor.tally.as_dict(),
+        "feedback": front.learner.counts,
+        "learned_thresholds": front.learner.thresholds,
+    }
+    snapshot["cache"] = {
+        "vectors": len(front.cache.index),
+        "index_ready": front.ready,
+        "embedding_batches": front.batcher.batches,
+        "embedded": front.batcher.processed,
+    }
+    return JSONResponse(snapshot)
+
+
+@router.get("/v1/quota")
+async def quota(request: Request) -> JSONResponse:
+    return JSONResponse(await state.chain(request).status())
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    """Ready once the index is rebuilt from the store (the model loads before the app
+    accepts requests at all; exact hits are served while the index rebuilds)."""
+    front = state.front(request)
+    ready = front.ready
+    body = {
+        "ready": ready,
+        "model_loaded": True,
+        "index_ready": ready,
+        "entries_indexed": len(front.cache.index),
+    }
+    return JSONResponse(body, status_code=200 if ready else 503)
