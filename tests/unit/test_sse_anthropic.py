@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cache_service.backends.simulated import create_simulated_app
+from cache_service.simulator.app import create_simulated_app
 from cache_service.sse import AnthropicStreamAssembler, SSEParser, encode, replay_anthropic
 
 FAST = settings(max_examples=60, deadline=None, database=None)
