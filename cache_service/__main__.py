@@ -44,7 +44,8 @@ def _start_simulated(host: str, port: int) -> str:
     box on a machine with no API key and no network."""
     import uvicorn
 
-    from cache_service.backends.simulated import SimConfig, create_simulated_app
+    from cache_service.simulator.app import create_simulated_app
+    from cache_service.simulator.state import SimConfig
 
     port = port or _free_port(host)
     server = uvicorn.Server(
@@ -88,7 +89,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from cache_service.backends.simulated import SimConfig, run_simulated
+    from cache_service.simulator.app import run_simulated
+    from cache_service.simulator.state import SimConfig
 
     run_simulated(
         args.host,

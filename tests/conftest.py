@@ -12,9 +12,9 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cache_service.app import create_app
-from cache_service.backends.simulated import create_simulated_app
 from cache_service.backends.upstream import HttpUpstream
 from cache_service.settings import Settings, load_settings
+from cache_service.simulator.app import create_simulated_app
 from tests.fakes import FakeClock, HashingEmbedder
 
 

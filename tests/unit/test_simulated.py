@@ -13,7 +13,9 @@ import openai
 import pytest
 import uvicorn
 
-from cache_service.backends.simulated import SimConfig, count_tokens, create_simulated_app
+from cache_service.simulator.answers import count_tokens
+from cache_service.simulator.app import create_simulated_app
+from cache_service.simulator.state import SimConfig
 from tests.unit.test_sse_anthropic import ORDER as ANTHROPIC_ORDER
 from tests.unit.test_sse_anthropic import dedupe
 

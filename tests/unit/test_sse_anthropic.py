@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cache_service.backends.simulated import create_simulated_app
 from cache_service.flavors.anthropic import AnthropicStreamAssembler
 from cache_service.flavors.anthropic import replay as replay_anthropic
+from cache_service.simulator.app import create_simulated_app
 from cache_service.sse import SSEParser, encode
 
 FAST = settings(max_examples=60, deadline=None, database=None)
