@@ -23,15 +23,10 @@ from cache_service.backends.jsonfile import JsonFile
 from cache_service.errors import Forbidden, RateLimited, ServiceError, UpstreamUnavailable
 from cache_service.pricing import PriceTable
 from cache_service.protocols import Clock, Upstream, UpstreamResponse, UpstreamStream
-from cache_service.quota import (
-    AlertTracker,
-    Denial,
-    Limits,
-    QuotaManager,
-    Reservation,
-    Scope,
-    estimate_request_tokens,
-)
+from cache_service.quota.alerts import AlertTracker
+from cache_service.quota.estimate import estimate_request_tokens
+from cache_service.quota.limits import Denial, Limits, Scope
+from cache_service.quota.manager import QuotaManager, Reservation
 from cache_service.resilience import (
     RETRYABLE_STATUS,
     CircuitBreaker,
@@ -264,7 +259,9 @@ class Forwarder:
             ),
         )
         for u in st.upstreams:
-            self.manager.configure("upstream", u.name, Limits(rpm=u.rpm, tpm=u.tpm))
+            self.manager.configure(
+                "upstream", u.name, Limits(rpm=u.rpm, tpm=u.tpm, rpd=u.rpd, tpd=u.tpd)
+            )
         for p in st.projects:
             self.manager.configure("project", p.name, _limits(p))
 
@@ -667,6 +664,8 @@ def _limits(p: ProjectSetting) -> Limits:
         tpm=p.tpm,
         daily_budget_usd=p.daily_budget_usd,
         monthly_budget_usd=p.monthly_budget_usd,
+        rpd=p.rpd,
+        tpd=p.tpd,
     )
 
 

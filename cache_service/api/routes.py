@@ -21,7 +21,7 @@ from cache_service.api.schemas import (
 from cache_service.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, Unauthorized
 from cache_service.pipeline import ANTHROPIC, OPENAI, Flavor, Pipeline
 from cache_service.policy import parse_directives
-from cache_service.quota import Limits
+from cache_service.quota.limits import Limits
 from cache_service.scope import ANSWER_PARAMS, build_keys, project_of, tenant_of
 from cache_service.stats import Outcome
 
@@ -336,6 +336,8 @@ class LimitsUpdate(BaseModel):
     tpm: int | None = Field(None, ge=0)
     daily_budget_usd: float | None = Field(None, ge=0)
     monthly_budget_usd: float | None = Field(None, ge=0)
+    rpd: int | None = Field(None, ge=0)
+    tpd: int | None = Field(None, ge=0)
 
 
 @router.put("/v1/admin/limits")
@@ -357,6 +359,8 @@ async def set_limits(request: Request) -> JSONResponse:
         tpm=update.tpm,
         daily_budget_usd=update.daily_budget_usd,
         monthly_budget_usd=update.monthly_budget_usd,
+        rpd=update.rpd,
+        tpd=update.tpd,
     )
     pipeline.s.forwarder.set_limits(update.kind, update.name, limits)
     return JSONResponse(pipeline.s.forwarder.manager.scope_snapshot((update.kind, update.name)))
