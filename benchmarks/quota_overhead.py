@@ -25,7 +25,8 @@ from cache_service.backends.jsonfile import JsonFile
 from cache_service.forwarder import Forwarder, Slot
 from cache_service.pricing import PriceTable
 from cache_service.protocols import SystemClock, UpstreamResponse
-from cache_service.quota import Limits, QuotaManager
+from cache_service.quota.limits import Limits
+from cache_service.quota.manager import QuotaManager
 from cache_service.resilience import CircuitBreaker
 from cache_service.settings import load_settings
 

@@ -58,7 +58,7 @@ class RateLimited(ServiceError):
     status = 429
     type = "rate_limit_error"
     denial: Any = None
-    """The quota decision behind it (cache_service.quota.Denial), for metrics."""
+    """The quota decision behind it (cache_service.quota.limits.Denial), for metrics."""
 
 
 class UpstreamUnavailable(ServiceError):

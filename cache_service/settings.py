@@ -36,6 +36,10 @@ class UpstreamSetting(BaseModel):
     """Environment variable holding this upstream's key (never the key itself in YAML)."""
     rpm: int | None = Field(None, ge=0)
     tpm: int | None = Field(None, ge=0)
+    rpd: int | None = Field(None, ge=0)
+    """Requests per UTC day (resets at 00:00 UTC), as providers' tiers state them."""
+    tpd: int | None = Field(None, ge=0)
+    """Tokens per UTC day, held at the estimate and settled to the actual like tpm."""
     models: list[str] = Field(default_factory=lambda: ["*"])
     """Model names (or fnmatch patterns) this upstream serves."""
 
@@ -63,6 +67,10 @@ class ProjectSetting(BaseModel):
     name: str = Field(min_length=1)
     rpm: int | None = Field(None, ge=0)
     tpm: int | None = Field(None, ge=0)
+    rpd: int | None = Field(None, ge=0)
+    """Requests per UTC day (resets at 00:00 UTC)."""
+    tpd: int | None = Field(None, ge=0)
+    """Tokens per UTC day, held at the estimate and settled to the actual like tpm."""
     daily_budget_usd: float | None = Field(None, ge=0)
     monthly_budget_usd: float | None = Field(None, ge=0)
     priority: int = 1

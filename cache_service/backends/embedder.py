@@ -112,6 +112,9 @@ def load_token_counter() -> Callable[[str], int]:
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(bundled_model_path() / "tokenizer.json"))
+    # The file is set up for the embedder: padded to 128 and truncated. For counting, both
+    # must go, or every short prompt counts as 128 tokens and a long one is cut off.
+    tokenizer.no_padding()
     tokenizer.no_truncation()
 
     def count(text: str) -> int:

@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from cache_service.quota import SpendEvent
+from cache_service.quota.manager import SpendEvent
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def _scopes_json(scopes: tuple[tuple[str, str], ...]) -> str:
 def _encode(e: SpendEvent) -> bytes:
     # Formatted by hand: json.dumps of the whole record was most of the cost of journalling.
     line = f'{{"op":"{e.op}","id":{e.id},"scopes":{_scopes_json(e.scopes)},'
-    return f'{line}"usd":{e.usd!r},"t":{e.wall!r}}}\n'.encode()
+    return f'{line}"usd":{e.usd!r},"tok":{e.tokens},"t":{e.wall!r}}}\n'.encode()
 
 
 def _decode(line: bytes) -> SpendEvent:
@@ -42,7 +42,9 @@ def _decode(line: bytes) -> SpendEvent:
     if r["op"] not in ("hold", "settle", "release"):
         raise ValueError(f"unknown op {r['op']!r}")
     scopes = tuple((str(kind), str(name)) for kind, name in r["scopes"])
-    return SpendEvent(r["op"], int(r["id"]), scopes, float(r["usd"]), float(r["t"]))
+    # "tok" arrived with per-day token limits: lines journalled before it read as 0 tokens.
+    tokens = int(r.get("tok", 0))
+    return SpendEvent(r["op"], int(r["id"]), scopes, float(r["usd"]), float(r["t"]), tokens)
 
 
 class SpendJournal:

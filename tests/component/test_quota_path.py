@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 
 import pytest
 
+from cache_service.quota.windows import window_reset_at
 from cache_service.settings import ConfigError, Settings
 from tests.conftest import Harness, harness
 from tests.fakes import FakeClock, HashingEmbedder
@@ -154,6 +156,33 @@ async def test_spend_survives_restart(
         assert await project_spend(h) == pytest.approx(before)
 
 
+async def test_requests_per_day_refuse_until_midnight_and_survive_restart(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+) -> None:
+    settings = settings_factory(
+        projects=[{"name": "default", "rpd": 2, "tpd": 100_000}], on_limit="queue"
+    )
+    midnight = window_reset_at("day", clock.now())
+
+    async with harness(settings, embedder, clock) as h:
+        assert [(await h.chat(f"daily {i}")).status_code for i in range(2)] == [200, 200]
+        refused = await h.chat("daily 2")  # a wait until midnight is refused, not queued
+        assert refused.status_code == 429
+        err = refused.json()["error"]
+        assert err["code"] == "project_rpd_exceeded"
+        assert "requests-per-day" in err["message"]
+        assert int(refused.headers["retry-after"]) == math.ceil(midnight - clock.now())
+        quota = (await h.client.get("/v1/quota")).json()
+        project = next(s for s in quota["scopes"] if s["kind"] == "project")
+        assert project["daily_requests"]["used"] == 2
+        assert project["daily_requests"]["limit"] == 2
+        assert 0 < project["daily_tokens"]["used"] <= 100_000
+    async with harness(settings, embedder, clock) as h:  # a restart does not reset the day
+        assert (await h.chat("daily 3")).json()["error"]["code"] == "project_rpd_exceeded"
+        clock.advance(midnight - clock.now())
+        assert (await h.chat("daily 3")).status_code == 200
+
+
 async def test_fallback_to_next_upstream_when_primary_fails(
     settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
 ) -> None:
@@ -190,6 +219,28 @@ async def test_admin_api_changes_limits_at_runtime(
         assert ok.json()["requests"]["limit"] == 1
         assert (await h.chat("one")).status_code == 200
         assert (await h.chat("two")).status_code == 429
+
+
+async def test_per_day_limits_from_settings_and_admin_api(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+) -> None:
+    upstreams = [{"name": "primary", "base_url": "http://sim/v1", "rpd": 1000, "tpd": 50_000}]
+    settings = settings_factory(upstreams=upstreams, admin_key="s3cret", on_limit="reject")
+    async with harness(settings, embedder, clock) as h:
+        quota = (await h.client.get("/v1/quota")).json()
+        upstream = next(s for s in quota["scopes"] if s["kind"] == "upstream")
+        assert (upstream["limits"]["rpd"], upstream["limits"]["tpd"]) == (1000, 50_000)
+        assert upstream["daily_tokens"]["remaining"] == 50_000
+        body = {"kind": "project", "name": "default", "rpd": 1, "tpd": 10_000}
+        ok = await h.client.put(
+            "/v1/admin/limits", json=body, headers={"Authorization": "Bearer s3cret"}
+        )
+        assert ok.status_code == 200
+        assert ok.json()["daily_requests"]["limit"] == 1
+        assert ok.json()["daily_tokens"]["limit"] == 10_000
+        assert (await h.chat("one")).status_code == 200
+        refused = await h.chat("two")
+        assert refused.json()["error"]["code"] == "project_rpd_exceeded"
 
 
 async def test_unknown_projects_get_default_limits_but_bounded_state(

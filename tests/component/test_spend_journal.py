@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cache_service.backends.journal import SpendJournal
-from cache_service.quota import SpendEvent
+from cache_service.quota.manager import SpendEvent
 
 P = ("project", "default")
 
@@ -67,3 +67,18 @@ def test_names_from_headers_round_trip(tmp_path: Path) -> None:
     j.close()
     (event,), _ = SpendJournal(tmp_path).recover(after=0)
     assert event == SpendEvent("settle", 7, (odd, P), 1e-05, 1.7e9)
+
+
+def test_tokens_round_trip_and_older_lines_read_as_none(tmp_path: Path) -> None:
+    j = SpendJournal(tmp_path)
+    j.start(1)
+    j.append(SpendEvent("settle", 3, (P,), 0.0, 1.7e9, tokens=1234))
+    j.close()
+    segment = next(tmp_path.glob("spend-journal.*"))
+    with open(segment, "ab") as f:  # as written before per-day token limits
+        f.write(b'{"op":"settle","id":4,"scopes":[["project","default"]],"usd":0.5,"t":1.7e9}\n')
+    events, _ = SpendJournal(tmp_path).recover(after=0)
+    assert events == [
+        SpendEvent("settle", 3, (P,), 0.0, 1.7e9, tokens=1234),
+        SpendEvent("settle", 4, (P,), 0.5, 1.7e9),
+    ]

@@ -1,4 +1,4 @@
-"""Property tests for the guarantees stated in ``cache_service.quota``'s module docstring.
+"""Property tests for the guarantees stated in ``cache_service.quota.manager``'s docstring.
 
 Windows are checked only at their start points ``s = t_i`` (an admission time): any 60 s
 window holding admissions is covered by the one starting at its first admission, so that is
@@ -14,13 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cache_service.quota import (
-    Denial,
-    Limits,
-    QuotaManager,
-    Reservation,
-    SlidingWindow,
-)
+from cache_service.quota.limits import Denial, Limits
+from cache_service.quota.manager import QuotaManager, Reservation, SpendEvent
+from cache_service.quota.windows import SlidingWindow, window_key, window_reset_at
 from tests.fakes import FakeClock
 
 W = 60.0
@@ -317,3 +313,166 @@ def test_snapshot_plus_journal_recovers_every_charge(
             before = live.scope_snapshot(scope)[which]
             after = restored.scope_snapshot(scope)[which]
             assert after["spent"] == pytest.approx(before["used"], abs=1e-9), (scope, which)
+
+
+# -- per-day limits ----------------------------------------------------------------------------
+
+
+@dataclass
+class DayAdmitted:
+    day: str  # UTC day of the admission
+    scopes: tuple[tuple[str, str], ...]
+    estimate: int
+    reservation: Reservation
+    final: int  # estimate while in flight, actual once settled, 0 once released
+    charged_to: str | None = None  # UTC day of the settlement
+    released: bool = False
+    overrun: int = 0
+
+
+day_reserve = st.tuples(
+    st.just("reserve"),
+    st.sampled_from([(P,), (G,), (P, G)]),
+    st.integers(min_value=0, max_value=500),
+)
+day_ops = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("advance"),
+            st.one_of(st.floats(0.0, 8 * 3600.0, allow_nan=False), st.sampled_from([1.0, 60.0])),
+        ),
+        # To just before / at / after the next 00:00 UTC, where a day boundary that is off by a
+        # little would show.
+        st.tuples(st.just("midnight"), st.sampled_from([-1.0, -1e-3, 0.0, 1e-3, 1.0])),
+        st.lists(day_reserve, min_size=1, max_size=6),
+        day_reserve,
+        st.tuples(st.just("settle"), st.integers(0, 1000), st.integers(min_value=0, max_value=700)),
+        st.tuples(st.just("release"), st.integers(0, 1000)),
+    ),
+    max_size=80,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rpd=st.tuples(st.integers(1, 6), st.integers(1, 6)),
+    tpd=st.tuples(st.integers(100, 1500), st.integers(100, 1500)),
+    ops=day_ops,
+)
+def test_every_utc_day_respects_rpd_and_tpd(
+    rpd: tuple[int, int], tpd: tuple[int, int], ops: list[Op | list[Op]]
+) -> None:
+    """For each scope and every UTC day, counting requests either by the day they were
+    admitted in or by the day they were charged to (settled in):
+    * requests (admitted and not released) <= rpd;
+    * tokens (actual once settled, estimate in flight, 0 released) <= tpd + their overruns
+      (actual - estimate where positive): the tpm rule, per day. An overrun is charged in full
+      to the day it settles in and holds that day's later requests back, never refused;
+    and a denied reserve changes nothing anywhere, waiting at most until the next day."""
+    clock = FakeClock(ts("2026-11-29T20:00:00"))  # crosses days, a month end too
+    qm = QuotaManager(clock)
+    limits = {P: (rpd[0], tpd[0]), G: (rpd[1], tpd[1])}
+    for (kind, name), (r, t) in limits.items():
+        qm.configure(kind, name, Limits(rpd=r, tpd=t))
+    log: list[DayAdmitted] = []
+    pending: list[DayAdmitted] = []
+
+    for op in flatten(ops):
+        if op[0] == "advance":
+            assert isinstance(op[1], float)
+            clock.advance(op[1])
+        elif op[0] == "midnight":
+            assert isinstance(op[1], float)
+            target = window_reset_at("day", clock.wall) + op[1]
+            clock.advance(max(0.0, target - clock.wall))
+        elif op[0] == "reserve":
+            scopes, tokens = op[1], op[2]
+            assert isinstance(scopes, tuple) and isinstance(tokens, int)
+            before = qm.snapshot()
+            result = qm.reserve(list(scopes), tokens, 0.0)
+            if isinstance(result, Denial):
+                assert qm.snapshot() == before
+                assert result.limit in ("rpd", "tpd")
+                assert result.retryable == all(tokens <= limits[s][1] for s in scopes)
+                if result.retryable:
+                    assert 0 < result.retry_after_s <= 86_400
+            else:
+                entry = DayAdmitted(window_key("day", clock.wall), scopes, tokens, result, tokens)
+                log.append(entry)
+                pending.append(entry)
+        elif pending:
+            index = op[1]
+            assert isinstance(index, int)
+            entry = pending.pop(index % len(pending))
+            if op[0] == "settle":
+                actual = op[2]
+                assert isinstance(actual, int)
+                qm.settle(entry.reservation, actual, 0.0)
+                entry.final = actual
+                entry.overrun = max(0, actual - entry.estimate)
+                entry.charged_to = window_key("day", clock.wall)
+            else:
+                qm.release(entry.reservation)
+                entry.final = 0
+                entry.released = True
+
+    for scope, (r, t) in limits.items():
+        mine = [e for e in log if scope in e.scopes]
+        for day in {e.day for e in mine} | {e.charged_to for e in mine if e.charged_to}:
+            for group in (
+                [e for e in mine if e.day == day],
+                [e for e in mine if e.charged_to == day],
+            ):
+                assert sum(not e.released for e in group) <= r, (scope, day)
+                assert sum(e.final for e in group) <= t + sum(e.overrun for e in group)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ops=st.lists(
+        st.one_of(
+            st.tuples(st.just("reserve"), st.integers(0, 500), st.integers(0, 3)),
+            st.tuples(st.just("settle"), st.integers(0, 30), st.integers(0, 800)),
+            st.tuples(st.just("release"), st.integers(0, 30)),
+            st.tuples(st.just("tick"), st.floats(0.0, 6 * 3600.0)),
+        ),
+        max_size=40,
+    ),
+    snapshot_at=st.integers(0, 40),
+)
+def test_restart_keeps_the_days_request_and_token_counts(
+    ops: list[tuple[object, ...]], snapshot_at: int
+) -> None:
+    """Whenever the last snapshot was taken, a manager restored from it and the journal
+    written after it has today's requests and tokens as the live one had them (settled +
+    held: a request in flight at a crash counts, at its estimate), so a restart neither
+    resets nor doubles rpd/tpd. Unpriced requests ($0) count too."""
+    clock = FakeClock(ts("2026-11-22T14:00:00"))
+    live = QuotaManager(clock)
+    journal: list[SpendEvent] = []
+    live.on_spend = journal.append
+    open_: list[Reservation] = []
+    snapshot, covered = live.export_spend(), 0
+    for i, op in enumerate(ops):
+        if i == snapshot_at:
+            snapshot, covered = live.export_spend(), len(journal)
+        if op[0] == "reserve":
+            tokens, cents = int(op[1]), int(op[2])  # type: ignore[call-overload]
+            r = live.reserve([P, G], tokens, cents / 100)
+            if isinstance(r, Reservation):
+                open_.append(r)
+        elif op[0] in ("settle", "release") and open_:
+            r = open_.pop(int(op[1]) % len(open_))  # type: ignore[call-overload]
+            if op[0] == "settle":
+                live.settle(r, int(op[2]), r.cost_usd)  # type: ignore[call-overload]
+            else:
+                live.release(r)
+        elif op[0] == "tick":
+            clock.advance(float(op[1]))  # type: ignore[arg-type]
+    restored = QuotaManager(clock)
+    restored.restore_spend(snapshot, journal[covered:])
+    for scope in (P, G):
+        for which in ("daily_requests", "daily_tokens"):
+            before = live.scope_snapshot(scope)[which]
+            after = restored.scope_snapshot(scope)[which]
+            assert after["settled"] == before["used"], (scope, which)

@@ -215,3 +215,20 @@ def test_upstream_url_needs_a_scheme(url: str) -> None:
 )
 def test_upstream_url_normalised(url: str, expected: str | None) -> None:
     assert load_settings(None, upstream_url=url).upstream_url == expected
+
+
+def test_per_day_limits_of_projects_and_upstreams(tmp_path: Path) -> None:
+    s = load_settings(
+        write(
+            tmp_path,
+            "upstreams:\n"
+            "  - {name: primary, base_url: https://api.example.com/v1, rpd: 10000, tpd: 2000000}\n"
+            "projects:\n"
+            "  - {name: default, rpd: 500, tpd: 100000}\n",
+        )
+    )
+    assert (s.upstreams[0].rpd, s.upstreams[0].tpd) == (10000, 2_000_000)
+    assert (s.projects[0].rpd, s.projects[0].tpd) == (500, 100_000)
+    assert load_settings().projects == []  # unlimited unless configured
+    with pytest.raises(ConfigError, match=r"projects\.0\.rpd"):
+        load_settings(write(tmp_path, "projects:\n  - {name: default, rpd: -1}\n"))

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cache_service.quota import Limits, QuotaManager, Reservation
+from cache_service.quota.limits import Limits
+from cache_service.quota.manager import QuotaManager, Reservation
 from cache_service.telemetry.events import OutcomeEvent, StageTimer, split_cost
 from cache_service.telemetry.hub import Telemetry
 from cache_service.telemetry.metrics import Metrics

@@ -1,46 +1,19 @@
+"""QuotaManager: admission across scopes, settlement, budgets, reconfiguration, reporting."""
+
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
 
 import pytest
 
 from cache_service.protocols import Clock
-from cache_service.quota import (
-    HELD_RETRY_S,
-    AlertTracker,
-    BudgetWindow,
-    Denial,
-    Limits,
-    QuotaManager,
-    Reservation,
-    SlidingWindow,
-    SpendEvent,
-    estimate_request_tokens,
-    format_duration,
-    window_key,
-    window_reset_at,
-)
+from cache_service.quota.estimate import estimate_request_tokens
+from cache_service.quota.limits import Denial, Limits
+from cache_service.quota.manager import QuotaManager, Reservation
+from cache_service.quota.scopes import format_duration
+from cache_service.quota.windows import HELD_RETRY_S
 from tests.fakes import FakeClock
-
-
-def ts(iso: str) -> float:
-    return datetime.fromisoformat(iso).replace(tzinfo=UTC).timestamp()
-
-
-P: tuple[str, str] = ("project", "default")
-G: tuple[str, str] = ("global", "total")
-U: tuple[str, str] = ("upstream", "openai")
-
-
-def admitted(result: Reservation | Denial) -> Reservation:
-    assert isinstance(result, Reservation), result
-    return result
-
-
-def denied(result: Reservation | Denial) -> Denial:
-    assert isinstance(result, Denial), result
-    return result
+from tests.unit.quota_support import G, P, U, admitted, denied, ts
 
 
 @pytest.fixture
@@ -94,172 +67,6 @@ def test_format_duration(seconds: float, text: str) -> None:
 def test_format_duration_rejects_infinity() -> None:
     with pytest.raises(ValueError, match="infinite"):
         format_duration(math.inf)
-
-
-# -- SlidingWindow -----------------------------------------------------------------------------
-
-
-def test_window_admits_up_to_capacity_and_frees_exactly_after_window() -> None:
-    w = SlidingWindow(3)
-    for t in (0.0, 10.0, 20.0):
-        assert w.try_take(1, t) is not None
-    assert w.try_take(1, 30.0) is None
-    assert w.time_until(1, 30.0) == pytest.approx(30.0)
-    assert w.try_take(1, 59.999) is None
-    assert w.try_take(1, 60.0) is not None  # the t=0 take stops counting at exactly t+60
-    assert w.used(60.0) == 3
-
-
-def test_window_time_until_walks_oldest_first() -> None:
-    w = SlidingWindow(100)
-    w.take(30, 0.0)
-    w.take(30, 10.0)
-    w.take(40, 20.0)
-    assert w.time_until(0, 25.0) == 0.0
-    assert w.time_until(50, 25.0) == pytest.approx(45.0)  # needs the first two gone
-    assert w.time_until(30, 25.0) == pytest.approx(35.0)
-    assert w.time_until(101, 25.0) == math.inf
-    assert w.reset_in(25.0) == pytest.approx(55.0)
-
-
-def test_window_adjust_in_place_and_after_ageing_out() -> None:
-    w = SlidingWindow(100)
-    c = w.take(50, 0.0)
-    w.adjust(c, 20, 10.0)  # under-run frees room immediately
-    assert w.used(10.0) == 20
-    w.adjust(c, 90, 10.0)  # over-run charged at the original time
-    assert w.used(10.0) == 90
-    assert w.used(60.0) == 0
-    assert not c.live
-    w.adjust(c, 10, 61.0)  # shrinking an aged-out charge changes nothing
-    assert w.used(61.0) == 0
-    w.adjust(c, 40, 70.0)  # growing it books the overrun now, as debt
-    assert w.used(70.0) == 30
-    assert w.used(129.999) == 30
-    assert w.used(130.0) == 0
-
-
-def test_window_release_and_reset_in_skip_zero_entries() -> None:
-    w = SlidingWindow(2)
-    w.take(1, 0.0)
-    c = w.take(1, 30.0)
-    w.adjust(c, 0, 31.0)
-    assert w.used(31.0) == 1
-    assert w.reset_in(31.0) == pytest.approx(29.0)
-
-
-def test_window_unlimited_still_tracks() -> None:
-    w = SlidingWindow(None)
-    for _ in range(1000):
-        w.take(5, 0.0)
-    assert w.admits(10**9, 0.0)
-    assert w.time_until(10**9, 0.0) == 0.0
-    assert w.remaining(0.0) is None
-    assert w.used(0.0) == 5000
-    w.capacity = 4000
-    assert not w.admits(1, 1.0)
-
-
-def test_window_clock_stepping_back_is_no_time_passing() -> None:
-    w = SlidingWindow(1)
-    w.take(1, 100.0)
-    assert not w.admits(1, 50.0)
-    assert not w.admits(1, 159.0)
-    assert w.admits(1, 160.0)
-
-
-def test_window_validation() -> None:
-    with pytest.raises(ValueError):
-        SlidingWindow(-1)
-    with pytest.raises(ValueError):
-        SlidingWindow(1, window_s=0)
-    w = SlidingWindow(1)
-    with pytest.raises(ValueError):
-        w.take(-1, 0.0)
-    c = w.take(1, 0.0)
-    with pytest.raises(ValueError):
-        w.adjust(c, -1, 0.0)
-
-
-# -- calendar windows --------------------------------------------------------------------------
-
-
-def test_window_keys_and_resets() -> None:
-    t = ts("2026-11-22T13:45:00")
-    assert window_key("day", t) == "2026-11-22"
-    assert window_key("month", t) == "2026-11"
-    assert window_reset_at("day", t) == ts("2026-11-23T00:00:00")
-    assert window_reset_at("month", t) == ts("2026-12-01T00:00:00")
-
-
-def test_rollover_at_end_of_november_and_of_year() -> None:
-    t = ts("2026-11-30T23:59:59")
-    assert window_key("day", t) == "2026-11-30"
-    assert window_key("day", t + 1) == "2026-12-01"
-    assert window_key("month", t + 1) == "2026-12"
-    assert window_reset_at("day", t) == t + 1
-    assert window_reset_at("month", t) == t + 1
-    new_year = ts("2026-12-31T23:00:00")
-    assert window_reset_at("month", new_year) == ts("2027-01-01T00:00:00")
-    assert window_key("month", ts("2027-01-01T00:00:00")) == "2027-01"
-
-
-def test_budget_window_admits_exactly_up_to_limit() -> None:
-    now = ts("2026-11-22T12:00:00")
-    b = BudgetWindow("day", 1.0, now)
-    for _ in range(10):
-        assert b.admits(0.1, now)
-        b.hold(0.1, now)
-        b.settle(0.1, 0.1, now)
-    assert b.spent_usd(now) == pytest.approx(1.0)
-    assert not b.admits(0.0, now)  # exhausted: an unpriced request must not slip through
-    assert b.remaining_usd(now) == 0.0
-
-
-def test_budget_window_holds_count_and_carry_over_midnight() -> None:
-    now = ts("2026-11-22T23:59:00")
-    b = BudgetWindow("day", 1.0, now)
-    b.hold(0.6, now)
-    assert not b.admits(0.5, now)
-    assert b.retry_after(0.5, now) == HELD_RETRY_S  # only the hold is in the way
-    assert b.used_usd(now) == pytest.approx(0.6)
-    later = ts("2026-11-23T00:01:00")
-    assert b.key(later) == "2026-11-23"
-    assert b.used_usd(later) == pytest.approx(0.6)  # still in flight
-    b.settle(0.6, 0.7, later)  # lands in the window it settles in
-    assert b.spent_usd(later) == pytest.approx(0.7)
-    assert b.held_usd == 0.0
-
-
-def test_budget_window_retry_after() -> None:
-    now = ts("2026-11-22T23:00:00")
-    b = BudgetWindow("day", 1.0, now)
-    assert b.retry_after(0.5, now) == 0.0
-    assert b.retry_after(1.5, now) == math.inf
-    assert b.never_admits(1.5)
-    b.hold(0.8, now)
-    b.settle(0.8, 0.8, now)
-    assert b.retry_after(0.5, now) == pytest.approx(3600.0)
-    assert BudgetWindow("day", 0.0, now).retry_after(0.0, now) == math.inf
-
-
-def test_budget_window_does_not_reset_when_wall_clock_steps_back() -> None:
-    now = ts("2026-11-23T00:00:05")
-    b = BudgetWindow("day", 1.0, now)
-    b.hold(0.5, now)
-    b.settle(0.5, 0.5, now)
-    assert b.key(now - 10) == "2026-11-23"
-    assert b.spent_usd(now - 10) == pytest.approx(0.5)
-
-
-def test_budget_window_release_mismatch_never_goes_negative() -> None:
-    now = 0.0
-    b = BudgetWindow("month", None, now)
-    b.release(1.0)
-    assert b.held_usd == 0.0
-    assert b.remaining_usd(now) is None
-    with pytest.raises(ValueError):
-        b.limit_usd = -1
 
 
 # -- QuotaManager: admission -------------------------------------------------------------------
@@ -582,6 +389,8 @@ def test_snapshot_shape(qm: QuotaManager, clock: FakeClock) -> None:
         "tpm": 1000,
         "daily_budget_usd": 2.0,
         "monthly_budget_usd": 20.0,
+        "rpd": None,
+        "tpd": None,
     }
     assert p["requests"]["used"] == 1
     assert p["requests"]["remaining"] == 9
@@ -626,231 +435,163 @@ def test_ratelimit_headers(qm: QuotaManager, clock: FakeClock) -> None:
     }
 
 
-# -- persistence -------------------------------------------------------------------------------
+# -- per-day limits (rpd, tpd) -----------------------------------------------------------------
 
 
-def spend_some(qm: QuotaManager) -> None:
-    qm.configure(*P, Limits(daily_budget_usd=1.0, monthly_budget_usd=3.0))
-    qm.settle(admitted(qm.reserve([P, G], 10, 0.6)), 10, 0.6)
-
-
-def test_export_import_across_restart_same_day(clock: FakeClock) -> None:
-    old = QuotaManager(clock)
-    spend_some(old)
-    data = old.export_spend()
-    assert data["version"] == 1
-    clock.advance(3600)
-    new = QuotaManager(clock)
-    new.configure(*P, Limits(daily_budget_usd=1.0, monthly_budget_usd=3.0))
-    new.import_spend(data)
-    new.import_spend(data)  # idempotent
-    assert new.scope_snapshot(P)["daily_budget"]["spent"] == pytest.approx(0.6)
-    assert new.scope_snapshot(G)["monthly_budget"]["spent"] == pytest.approx(0.6)
-    assert denied(new.reserve([P], 10, 0.5)).limit == "daily_budget"
-    admitted(new.reserve([P], 10, 0.4))
-
-
-def test_import_across_day_change_keeps_only_the_month(clock: FakeClock) -> None:
-    old = QuotaManager(clock)
-    spend_some(old)
-    data = old.export_spend()
-    clock.advance(86_400)
-    new = QuotaManager(clock)
-    new.import_spend(data)
-    snap = new.scope_snapshot(P)
-    assert snap["daily_budget"]["spent"] == 0.0
-    assert snap["monthly_budget"]["spent"] == pytest.approx(0.6)
-
-
-def test_import_across_month_change_keeps_nothing(clock: FakeClock) -> None:
-    clock.wall = ts("2026-11-30T23:00:00")
-    old = QuotaManager(clock)
-    spend_some(old)
-    data = old.export_spend()
-    clock.advance(3600)
-    new = QuotaManager(clock)
-    new.import_spend(data)
-    snap = new.scope_snapshot(P)
-    assert snap["daily_budget"]["spent"] == 0.0
-    assert snap["monthly_budget"]["spent"] == 0.0
-
-
-def test_in_flight_holds_are_restored_as_spent(clock: FakeClock) -> None:
-    old = QuotaManager(clock)
-    old.configure(*P, Limits(daily_budget_usd=1.0))
-    r = admitted(old.reserve([P], 10, 0.3))
-    data = old.export_spend()
-    record = next(r for r in data["scopes"] if (r["kind"], r["name"]) == P)
-    assert record["daily"] == {"window": "2026-11-22", "spent_usd": 0.0, "held_usd": 0.3}
-    assert data["open"] == [{"id": r.id, "scopes": [list(P)], "usd": 0.3}]
-    new = QuotaManager(clock)
-    new.restore_spend(data)
-    assert new.scope_snapshot(P)["daily_budget"]["spent"] == pytest.approx(0.3)
-
-
-def test_older_snapshots_without_open_holds_count_held_as_spent(clock: FakeClock) -> None:
-    old = QuotaManager(clock)
-    admitted(old.reserve([P], 10, 0.3))
-    data = old.export_spend()
-    del data["open"]
-    new = QuotaManager(clock)
-    new.import_spend(data)
-    assert new.scope_snapshot(P)["daily_budget"]["spent"] == pytest.approx(0.3)
-
-
-def test_journal_after_snapshot_settles_what_the_snapshot_held(clock: FakeClock) -> None:
-    events: list[SpendEvent] = []
-    old = QuotaManager(clock)
-    old.on_spend = events.append
-    held = admitted(old.reserve([P, G], 10, 0.3))
-    data = old.export_spend()
-    covered = len(events)
-    old.settle(held, 10, 0.1)  # cheaper than estimated, after the snapshot
-    late = admitted(old.reserve([P], 10, 0.2))
-    old.release(late)
-    admitted(old.reserve([P], 10, 0.05))  # in flight at the crash
-    assert [e.op for e in events[covered:]] == ["settle", "hold", "release", "hold"]
-    new = QuotaManager(clock)
-    new.restore_spend(data, events[covered:])
-    assert new.scope_snapshot(P)["daily_budget"]["spent"] == pytest.approx(0.15)
-    assert new.scope_snapshot(G)["monthly_budget"]["spent"] == pytest.approx(0.1)
-
-
-def test_journal_charges_settlements_in_their_own_day(clock: FakeClock) -> None:
-    events: list[SpendEvent] = []
-    old = QuotaManager(clock)
-    old.on_spend = events.append
-    old.settle(admitted(old.reserve([P], 10, 0.4)), 10, 0.4)
-    clock.advance(86_400)
-    old.settle(admitted(old.reserve([P], 10, 0.1)), 10, 0.1)
-    new = QuotaManager(clock)
-    new.restore_spend(None, events)
-    snap = new.scope_snapshot(P)
-    assert snap["daily_budget"]["spent"] == pytest.approx(0.1)
-    assert snap["monthly_budget"]["spent"] == pytest.approx(0.5)
-
-
-def test_import_keeps_larger_existing_spend(qm: QuotaManager, clock: FakeClock) -> None:
-    spend_some(qm)
-    qm.import_spend(
-        {
-            "version": 1,
-            "scopes": [
-                {
-                    "kind": "project",
-                    "name": "default",
-                    "daily": {"window": "2026-11-22", "spent_usd": 0.1},
-                }
-            ],
-        }
-    )
-    assert qm.scope_snapshot(P)["daily_budget"]["spent"] == pytest.approx(0.6)
-
-
-@pytest.mark.parametrize(
-    "data",
-    [
-        {},
-        {"version": 2, "scopes": []},
-        {"version": 1, "scopes": {}},
-        {"version": 1, "scopes": [{"name": "x"}]},
-        {"version": 1, "scopes": [{"kind": "p", "name": "x", "daily": {"window": "d"}}]},
-        {"version": 1, "scopes": [{"kind": "p", "name": "x", "daily": None}]},
-        {
-            "version": 1,
-            "scopes": [
-                {"kind": "p", "name": "x", "daily": {"window": "2026-11-22", "spent_usd": 1.0}},
-                {"kind": "p", "name": "y", "daily": {"window": "2026-11-22", "spent_usd": "nan"}},
-            ],
-        },
-        {
-            "version": 1,
-            "scopes": [
-                {"kind": "p", "name": "y", "monthly": {"window": "2026-11", "spent_usd": -1}}
-            ],
-        },
-    ],
-)
-def test_import_rejects_malformed_and_applies_nothing(
-    qm: QuotaManager, data: dict[str, object]
+def test_rpd_admits_exactly_the_limit_until_utc_midnight(
+    qm: QuotaManager, clock: FakeClock
 ) -> None:
-    with pytest.raises(ValueError):
-        qm.import_spend(data)
-    assert qm.scopes() == []
-
-
-def test_import_of_another_window_creates_no_scope(qm: QuotaManager) -> None:
-    qm.import_spend(
-        {
-            "version": 1,
-            "scopes": [
-                {"kind": "p", "name": "x", "daily": {"window": "2026-11-21", "spent_usd": 1}}
-            ],
-        }
+    qm.configure(*P, Limits(rpd=3))
+    for _ in range(3):
+        qm.settle(admitted(qm.reserve([P], 10, 0.0)), 10, 0.0)
+    d = denied(qm.reserve([P], 10, 0.0))
+    assert (d.scope, d.limit, d.retryable) == (P, "rpd", True)
+    assert d.retry_after_s == pytest.approx(12 * 3600)  # to 00:00 UTC, not 60 s
+    assert d.retry_after_header() == str(12 * 3600)
+    assert d.message == (
+        "project 'default' is over its requests-per-day limit (rpd=3; 3 used or in flight "
+        "this UTC day)"
     )
-    assert qm.scopes() == []
+    clock.advance(60)  # a new minute does not help
+    assert denied(qm.reserve([P], 10, 0.0)).limit == "rpd"
+    clock.wall = ts("2026-11-22T23:59:59.999")
+    wait = denied(qm.reserve([P], 10, 0.0)).retry_after_s
+    assert wait == pytest.approx(0.001, abs=1e-6)
+    assert clock.wall + wait >= ts("2026-11-23T00:00:00")  # waiting exactly that long suffices
+    clock.wall = ts("2026-11-23T00:00:00")
+    for _ in range(3):
+        admitted(qm.reserve([P], 10, 0.0))
+    assert denied(qm.reserve([P], 10, 0.0)).limit == "rpd"
 
 
-# -- alerts ------------------------------------------------------------------------------------
+def test_rpd_counts_requests_in_flight_and_a_release_frees_one(qm: QuotaManager) -> None:
+    qm.configure(*P, Limits(rpd=2))
+    first = admitted(qm.reserve([P], 10, 0.0))
+    admitted(qm.reserve([P], 10, 0.0))
+    d = denied(qm.reserve([P], 10, 0.0))
+    # held requests settle as requests: waiting a second would not help, midnight would
+    assert d.retry_after_s == pytest.approx(12 * 3600)
+    qm.release(first)  # never sent: it does not count
+    admitted(qm.reserve([P], 10, 0.0))
 
 
-def test_alerts_fire_once_per_threshold_and_window() -> None:
-    t = AlertTracker()
-    assert t.check(P, "daily_budget", "2026-11-22", 0.5, 1.0) == []
-    alerts = t.check(P, "daily_budget", "2026-11-22", 0.85, 1.0)
-    assert [a.threshold for a in alerts] == [0.8]
-    assert alerts[0].message == (
-        "project 'default' has used 85% of its daily budget for 2026-11-22 (0.85 of 1)"
+def test_rpd_zero_blocks_everything(qm: QuotaManager) -> None:
+    qm.configure(*P, Limits(rpd=0))
+    d = denied(qm.reserve([P], 1, 0.0))
+    assert (d.limit, d.retryable, d.retry_after_s) == ("rpd", False, math.inf)
+    assert d.message == "project 'default' allows no requests (rpd=0)"
+
+
+def test_tpd_holds_the_estimate_and_settles_to_the_actual(qm: QuotaManager) -> None:
+    qm.configure(*P, Limits(tpd=1000))
+    r = admitted(qm.reserve([P], 700, 0.0))
+    d = denied(qm.reserve([P], 400, 0.0))
+    assert d.limit == "tpd"
+    assert d.retry_after_s == HELD_RETRY_S  # only the hold is in the way, and it may shrink
+    assert d.message == (
+        "project 'default' is over its tokens-per-day limit (tpd=1000; 700 used or in flight "
+        "this UTC day)"
     )
-    assert t.check(P, "daily_budget", "2026-11-22", 0.86, 1.0) == []
-    assert t.check(P, "daily_budget", "2026-11-22", 0.5, 1.0) == []
-    assert t.check(P, "daily_budget", "2026-11-22", 0.85, 1.0) == []  # no re-fire after a dip
-    assert [a.threshold for a in t.check(P, "daily_budget", "2026-11-22", 2.0, 1.0)] == [0.95]
-    # a jump past both at once reports both, once
-    assert [a.threshold for a in t.check(P, "monthly_budget", "2026-11", 1.0, 1.0)] == [0.8, 0.95]
-    # a new window re-arms
-    assert [a.threshold for a in t.check(P, "daily_budget", "2026-11-23", 0.9, 1.0)] == [0.8]
-    # other scopes are independent
-    assert len(t.check(G, "daily_budget", "2026-11-23", 0.9, 1.0)) == 1
+    qm.settle(r, 300, 0.0)
+    admitted(qm.reserve([P], 400, 0.0))
+    day = qm.scope_snapshot(P)["daily_tokens"]
+    assert (day["settled"], day["held"], day["used"], day["remaining"]) == (300, 400, 700, 300)
 
 
-def test_alerts_ignore_unlimited_or_zero_limits() -> None:
-    t = AlertTracker([0.5])
-    assert t.check(P, "daily_budget", "k", 100.0, None) == []
-    assert t.check(P, "daily_budget", "k", 100.0, 0.0) == []
-    with pytest.raises(ValueError):
-        AlertTracker([0.0])
+def test_tpd_overrun_is_debt_until_midnight(qm: QuotaManager, clock: FakeClock) -> None:
+    qm.configure(*P, Limits(tpd=1000))
+    qm.settle(admitted(qm.reserve([P], 500, 0.0)), 1300, 0.0)
+    assert qm.scope_snapshot(P)["daily_tokens"]["used"] == 1300
+    d = denied(qm.reserve([P], 1, 0.0))
+    assert (d.limit, d.retry_after_s) == ("tpd", pytest.approx(12 * 3600))
+    clock.advance(12 * 3600)
+    admitted(qm.reserve([P], 1000, 0.0))
 
 
-def test_alert_fired_set_survives_restart() -> None:
-    t = AlertTracker()
-    t.check(P, "daily_budget", "2026-11-22", 0.9, 1.0)
-    t.check(G, "monthly_budget", "2026-11", 0.81, 1.0)
-    saved = t.export_fired()
-    restarted = AlertTracker()
-    restarted.import_fired(saved)
-    assert restarted.check(P, "daily_budget", "2026-11-22", 0.9, 1.0) == []
-    assert [a.threshold for a in restarted.check(P, "daily_budget", "2026-11-22", 0.96, 1.0)] == [
-        0.95
-    ]
-    assert restarted.check(P, "daily_budget", "2026-11-23", 0.9, 1.0) != []
-    # a stale record for an older window does not clobber the newer one
-    restarted.import_fired(saved)
-    assert restarted.check(P, "daily_budget", "2026-11-23", 0.9, 1.0) == []
-    restarted.import_fired(saved)
-    assert [a.threshold for a in restarted.check(G, "monthly_budget", "2026-11", 1, 1.0)] == [0.95]
+def test_request_larger_than_tpd_is_not_retryable(qm: QuotaManager) -> None:
+    qm.configure(*P, Limits(tpd=1000))
+    d = denied(qm.reserve([P], 1001, 0.0))
+    assert (d.limit, d.retryable, d.retry_after_header()) == ("tpd", False, None)
+    assert d.message == (
+        "the request's estimated 1001 tokens exceed project 'default''s tokens-per-day limit "
+        "(tpd=1000), so it can never be admitted; lower max_tokens or raise tpd"
+    )
 
 
-def test_manager_check_alerts_uses_actual_spend(qm: QuotaManager, clock: FakeClock) -> None:
-    qm.configure(*P, Limits(daily_budget_usd=1.0, monthly_budget_usd=100.0))
-    tracker = AlertTracker()
-    r = admitted(qm.reserve([P], 10, 0.9))
-    assert qm.check_alerts(tracker) == []  # held, not spent
-    qm.settle(r, 10, 0.85)
-    alerts = qm.check_alerts(tracker)
-    assert [(a.scope_kind, a.limit, a.threshold) for a in alerts] == [
-        ("project", "daily_budget", 0.8)
-    ]
-    assert qm.check_alerts(tracker) == []
-    clock.advance(86_400)
-    assert qm.check_alerts(tracker) == []
+def test_day_limits_are_all_or_nothing_with_the_other_limits(qm: QuotaManager) -> None:
+    qm.configure(*P, Limits(rpm=10, tpm=10_000, rpd=100, tpd=10_000))
+    qm.configure(*U, Limits(rpd=1))
+    admitted(qm.reserve([P, U], 100, 0.0))
+    before = qm.snapshot()
+    d = denied(qm.reserve([P, U], 100, 0.0))
+    assert (d.scope, d.limit) == (U, "rpd")
+    assert qm.snapshot() == before  # the project admitted it but took nothing
+    assert qm.scope_snapshot(P)["daily_requests"]["used"] == 1
+    assert qm.scope_snapshot(P)["daily_tokens"]["used"] == 100
+    # the longest wait is reported: midnight (rpd) beats a minute (rpm)
+    qm.configure(*U, Limits(rpm=1, rpd=1))
+    assert denied(qm.reserve([U], 1, 0.0)).limit == "rpd"
+
+
+def test_settle_across_midnight_charges_the_new_day_counts(
+    qm: QuotaManager, clock: FakeClock
+) -> None:
+    clock.wall = ts("2026-11-22T23:59:59")
+    qm.configure(*P, Limits(rpd=1, tpd=100))
+    r = admitted(qm.reserve([P], 80, 0.0))
+    clock.advance(2)
+    day = qm.scope_snapshot(P)
+    assert day["daily_requests"]["window"] == "2026-11-23"
+    assert (day["daily_requests"]["used"], day["daily_tokens"]["used"]) == (1, 80)  # held
+    qm.settle(r, 50, 0.0)
+    day = qm.scope_snapshot(P)
+    assert (day["daily_requests"]["settled"], day["daily_tokens"]["settled"]) == (1, 50)
+    assert denied(qm.reserve([P], 10, 0.0)).limit == "rpd"
+
+
+def test_reconfigure_keeps_day_counts(qm: QuotaManager) -> None:
+    for _ in range(5):
+        qm.settle(admitted(qm.reserve([P], 100, 0.0)), 100, 0.0)
+    qm.configure(*P, Limits(rpd=5))
+    assert denied(qm.reserve([P], 1, 0.0)).limit == "rpd"
+    qm.configure(*P, Limits(rpd=6, tpd=550))
+    assert denied(qm.reserve([P], 100, 0.0)).limit == "tpd"
+    admitted(qm.reserve([P], 50, 0.0))
+
+
+def test_day_limit_validation() -> None:
+    with pytest.raises(ValueError, match="rpd"):
+        Limits(rpd=-1)
+    with pytest.raises(ValueError, match="tpd"):
+        Limits(tpd=math.inf)  # type: ignore[arg-type]
+
+
+def test_snapshot_shape_of_day_counts(qm: QuotaManager, clock: FakeClock) -> None:
+    qm.configure(*P, Limits(rpd=100, tpd=5000))
+    qm.settle(admitted(qm.reserve([P], 300, 0.0)), 120, 0.0)
+    admitted(qm.reserve([P], 200, 0.0))
+    p = qm.scope_snapshot(P)
+    assert p["limits"]["rpd"] == 100
+    assert p["limits"]["tpd"] == 5000
+    assert p["daily_requests"] == {
+        "window": "2026-11-22",
+        "used": 2,
+        "settled": 1,
+        "held": 1,
+        "limit": 100,
+        "remaining": 98,
+        "reset_at": ts("2026-11-23T00:00:00"),
+    }
+    assert p["daily_tokens"] == {
+        "window": "2026-11-22",
+        "used": 320,
+        "settled": 120,
+        "held": 200,
+        "limit": 5000,
+        "remaining": 4680,
+        "reset_at": ts("2026-11-23T00:00:00"),
+    }
+    unlimited = qm.scope_snapshot(G)["daily_requests"]
+    assert (unlimited["limit"], unlimited["remaining"]) == (None, None)
+    # per-day limits have no OpenAI header of their own
+    assert qm.ratelimit_headers(P) == {}

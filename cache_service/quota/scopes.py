@@ -1,0 +1,200 @@
+"""One scope's windows together: what refuses a request there and in what words, and how the
+scope reads in ``/v1/quota`` and in OpenAI-style ``x-ratelimit-*`` headers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import asdict
+from typing import Any
+
+from cache_service.quota.limits import Denial, LimitName, Limits, Scope, label
+from cache_service.quota.money import format_usd
+from cache_service.quota.windows import BudgetWindow, DayCounter, SlidingWindow
+
+
+def format_duration(seconds: float) -> str:
+    """Render like OpenAI's ``x-ratelimit-reset-*`` headers (Go durations): ``"20ms"``,
+    ``"6s"``, ``"1m0s"``, ``"1m30.5s"``, ``"1h0m0s"``. Rounded *up* to the millisecond so a
+    client that waits exactly this long is never early."""
+    if math.isinf(seconds):
+        raise ValueError("an infinite wait has no duration; the request is not retryable")
+    ms = max(0, math.ceil(seconds * 1000 - 1e-6))
+    if ms == 0:
+        return "0s"
+    if ms < 1000:
+        return f"{ms}ms"
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    secs = str(rest // 1000)
+    if rest % 1000:
+        secs += f".{rest % 1000:03d}".rstrip("0")
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
+class ScopeState:
+    """The windows of one scope. Rate windows run on the monotonic clock (``mono``),
+    calendar ones on the wall clock (``wall``); every method takes both readings from the
+    caller, so one admission sees one instant everywhere."""
+
+    __slots__ = (
+        "daily",
+        "day_requests",
+        "day_tokens",
+        "limits",
+        "monthly",
+        "requests",
+        "tokens",
+    )
+
+    def __init__(self, limits: Limits, now: float, window_s: float) -> None:
+        self.limits = limits
+        self.requests = SlidingWindow(limits.rpm, window_s)
+        self.tokens = SlidingWindow(limits.tpm, window_s)
+        # A held request settles as exactly one request: only its release frees room, so a
+        # refusal by holds alone is not worth a short retry the way tokens and dollars are.
+        self.day_requests = DayCounter(limits.rpd, now, holds_shrink=False)
+        self.day_tokens = DayCounter(limits.tpd, now)
+        self.daily = BudgetWindow("day", limits.daily_budget_usd, now)
+        self.monthly = BudgetWindow("month", limits.monthly_budget_usd, now)
+
+    def apply(self, limits: Limits) -> None:
+        self.limits = limits
+        self.requests.capacity = limits.rpm
+        self.tokens.capacity = limits.tpm
+        self.day_requests.limit = limits.rpd
+        self.day_tokens.limit = limits.tpd
+        self.daily.limit_usd = limits.daily_budget_usd
+        self.monthly.limit_usd = limits.monthly_budget_usd
+
+    # -- admission ---------------------------------------------------------------------------
+
+    def denials(
+        self, scope: Scope, tokens: int, cost: float, mono: float, wall: float
+    ) -> Iterator[Denial]:
+        """Every limit of this scope that refuses the request now (none: it fits here)."""
+        name, lim = label(scope), self.limits
+        if not self.requests.admits(1, mono):
+            wait = self.requests.time_until(1, mono)
+            if math.isinf(wait):
+                msg = f"{name} allows no requests (rpm={lim.rpm})"
+            else:
+                msg = f"{name} is over its requests-per-minute limit (rpm={lim.rpm})"
+            yield Denial(*scope, "rpm", wait, not math.isinf(wait), msg)
+        if not self.tokens.admits(tokens, mono):
+            wait = self.tokens.time_until(tokens, mono)
+            if math.isinf(wait):
+                msg = (
+                    f"the request's estimated {tokens} tokens exceed {name}'s "
+                    f"tokens-per-minute limit (tpm={lim.tpm}), so it can never be admitted; "
+                    "lower max_tokens or raise tpm"
+                )
+            else:
+                msg = f"{name} is over its tokens-per-minute limit (tpm={lim.tpm})"
+            yield Denial(*scope, "tpm", wait, not math.isinf(wait), msg)
+        if not self.day_requests.admits(1, wall):
+            wait = self.day_requests.retry_after(1, wall)
+            if math.isinf(wait):
+                msg = f"{name} allows no requests (rpd={lim.rpd})"
+            else:
+                msg = (
+                    f"{name} is over its requests-per-day limit (rpd={lim.rpd}; "
+                    f"{self.day_requests.used(wall)} used or in flight this UTC day)"
+                )
+            yield Denial(*scope, "rpd", wait, not math.isinf(wait), msg)
+        if not self.day_tokens.admits(tokens, wall):
+            wait = self.day_tokens.retry_after(tokens, wall)
+            if math.isinf(wait):
+                msg = (
+                    f"the request's estimated {tokens} tokens exceed {name}'s "
+                    f"tokens-per-day limit (tpd={lim.tpd}), so it can never be admitted; "
+                    "lower max_tokens or raise tpd"
+                )
+            else:
+                msg = (
+                    f"{name} is over its tokens-per-day limit (tpd={lim.tpd}; "
+                    f"{self.day_tokens.used(wall)} used or in flight this UTC day)"
+                )
+            yield Denial(*scope, "tpd", wait, not math.isinf(wait), msg)
+        budgets: tuple[tuple[BudgetWindow, LimitName, str], ...] = (
+            (self.daily, "daily_budget", "UTC day"),
+            (self.monthly, "monthly_budget", "UTC month"),
+        )
+        for budget, limit_name, per in budgets:
+            if budget.admits(cost, wall):
+                continue
+            wait = budget.retry_after(cost, wall)
+            limit_usd = budget.limit_usd or 0.0
+            if math.isinf(wait):
+                msg = (
+                    f"the request's estimated cost {format_usd(cost)} exceeds {name}'s whole "
+                    f"{limit_name.replace('_', ' ')} ({format_usd(limit_usd)} per {per}), "
+                    "so it can never be admitted"
+                )
+            else:
+                msg = (
+                    f"{name} is over its {limit_name.replace('_', ' ')} "
+                    f"({format_usd(limit_usd)} per {per}; "
+                    f"{format_usd(budget.used_usd(wall))} used or in flight)"
+                )
+            yield Denial(*scope, limit_name, wait, not math.isinf(wait), msg)
+
+    # -- reporting ---------------------------------------------------------------------------
+
+    def snapshot(self, scope: Scope, mono: float, wall: float) -> dict[str, Any]:
+        """Usage, JSON-ready; ``limit``/``remaining`` are ``None`` where unlimited. Reset
+        times are epoch seconds: for a rate window, when everything in it will have aged out;
+        for a calendar window, the next calendar boundary."""
+        out: dict[str, Any] = {"kind": scope[0], "name": scope[1], "limits": asdict(self.limits)}
+        for key, window in (("requests", self.requests), ("tokens", self.tokens)):
+            reset_in = window.reset_in(mono)
+            out[key] = {
+                "used": window.used(mono),
+                "limit": window.capacity,
+                "remaining": window.remaining(mono),
+                "reset_at": wall + reset_in,
+                "reset_in_s": reset_in,
+                "window_s": window.window_s,
+            }
+        for key, counter in (
+            ("daily_requests", self.day_requests),
+            ("daily_tokens", self.day_tokens),
+        ):
+            out[key] = {
+                "window": counter.key(wall),
+                "used": counter.used(wall),
+                "settled": counter.settled(wall),
+                "held": counter.held,
+                "limit": counter.limit,
+                "remaining": counter.remaining(wall),
+                "reset_at": counter.reset_at(wall),
+            }
+        for key, budget in (("daily_budget", self.daily), ("monthly_budget", self.monthly)):
+            out[key] = {
+                "window": budget.key(wall),
+                "used": budget.used_usd(wall),
+                "spent": budget.spent_usd(wall),
+                "held": budget.held_usd,
+                "limit": budget.limit_usd,
+                "remaining": budget.remaining_usd(wall),
+                "reset_at": budget.reset_at(wall),
+            }
+        return out
+
+    def ratelimit_headers(self, mono: float) -> dict[str, str]:
+        """OpenAI-style ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` for the
+        per-minute limits this scope has (none for an unlimited one). OpenAI defines no
+        headers for per-day limits, so rpd/tpd show only in ``/v1/quota`` and in 429s."""
+        headers: dict[str, str] = {}
+        for suffix, window in (("requests", self.requests), ("tokens", self.tokens)):
+            if window.capacity is None:
+                continue
+            headers[f"x-ratelimit-limit-{suffix}"] = str(window.capacity)
+            headers[f"x-ratelimit-remaining-{suffix}"] = str(window.remaining(mono))
+            headers[f"x-ratelimit-reset-{suffix}"] = format_duration(window.reset_in(mono))
+        return headers
