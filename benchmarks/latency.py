@@ -56,12 +56,12 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cache_service.cache.guards import AcceptConfig  # noqa: E402
 from cache_service.backends.faiss_index import FaissIndex  # noqa: E402
 from cache_service.backends.store import DiskCacheStore  # noqa: E402
+from cache_service.cache.guards import AcceptConfig  # noqa: E402
+from cache_service.cache.keys import build_keys, tenant_of  # noqa: E402
 from cache_service.cache.semantic import SemanticCache  # noqa: E402
 from cache_service.protocols import SystemClock  # noqa: E402
-from cache_service.cache.keys import build_keys, tenant_of  # noqa: E402
 from cache_service.settings import load_settings  # noqa: E402
 
 MODEL = "gpt-4o-mini"

@@ -19,10 +19,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cache_service.forwarder import Forwarder, Slot
+
 from cache_service.backends.embedder import load_token_counter
 from cache_service.backends.journal import SpendJournal
 from cache_service.backends.jsonfile import JsonFile
-from cache_service.forwarder import Forwarder, Slot
 from cache_service.pricing import PriceTable
 from cache_service.protocols import SystemClock, UpstreamResponse
 from cache_service.quota.limits import Limits

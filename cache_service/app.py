@@ -159,7 +159,9 @@ def create_app(
         # and semantic lookups are skipped (readyz says so), instead of refusing traffic.
         tasks = [
             asyncio.create_task(_rebuild(cache)),
-            asyncio.create_task(_sweep_forever(cache, settings.sweep_interval_s, telemetry.metrics)),
+            asyncio.create_task(
+                _sweep_forever(cache, settings.sweep_interval_s, telemetry.metrics)
+            ),
             asyncio.create_task(ledger.persist_forever(settings.spend_snapshot_interval_s)),
         ]
         try:

@@ -70,12 +70,12 @@ from benchmarks.quality.datasets import (
     load_followups,
     load_pairs,
 )
-from cache_service.cache.guards import AcceptConfig
 from cache_service.backends.faiss_index import FaissIndex
 from cache_service.backends.store import DiskCacheStore
+from cache_service.cache.guards import AcceptConfig
+from cache_service.cache.keys import RequestKeys, build_keys
 from cache_service.cache.semantic import Lookup, SemanticCache
 from cache_service.protocols import Embedder, Vector
-from cache_service.cache.keys import RequestKeys, build_keys
 from cache_service.settings import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from cache_service.api import state
 from cache_service.api.body import read_json, validate
 from cache_service.errors import Forbidden, Unauthorized
-from cache_service.quota.manager import Limits
+from cache_service.quota.limits import Limits
 
 router = APIRouter()
 
@@ -24,6 +24,8 @@ class LimitsUpdate(BaseModel):
     name: str = Field(min_length=1)
     rpm: int | None = Field(None, ge=0)
     tpm: int | None = Field(None, ge=0)
+    rpd: int | None = Field(None, ge=0)
+    tpd: int | None = Field(None, ge=0)
     daily_budget_usd: float | None = Field(None, ge=0)
     monthly_budget_usd: float | None = Field(None, ge=0)
 

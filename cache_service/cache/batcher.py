@@ -79,7 +79,9 @@ class EmbeddingBatcher(ModelBatcher[str, Vector]):
 
     def __init__(self, embedder: Embedder, *, max_batch: int = 32) -> None:
         # Rows of the (n, dim) array, as views: no copy.
-        super().__init__(lambda texts: list(embedder.embed(texts)), max_batch=max_batch, name="embed")
+        super().__init__(
+            lambda texts: list(embedder.embed(texts)), max_batch=max_batch, name="embed"
+        )
         self.embedder = embedder
 
     async def embed(self, text: str, timeout_s: float | None = None) -> Vector:

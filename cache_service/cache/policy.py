@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from cache_service.flavors.base import CanonicalRequest
 
+
 @dataclass(frozen=True, slots=True)
 class CacheDirectives:
     read: bool = True

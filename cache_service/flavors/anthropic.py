@@ -8,10 +8,12 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from pydantic import BaseModel
+
 from cache_service.api.schemas import AnthropicRequest
-from cache_service.protocols import AuthScheme
-from cache_service.flavors.base import CanonicalRequest, positive_int, usage_pair
 from cache_service.cache.keys import ANSWER_PARAMS
+from cache_service.flavors.base import CanonicalRequest, positive_int, usage_pair
+from cache_service.protocols import AuthScheme
 from cache_service.sse import encode, pieces
 
 # Anthropic's error types are a closed set; ours that it lacks map to its nearest.
@@ -23,7 +25,7 @@ class AnthropicMessages:
     route = "/v1/messages"
     upstream_path = "messages"
     auth: AuthScheme = "x-api-key"
-    schema = AnthropicRequest
+    schema: type[BaseModel] = AnthropicRequest
 
     def canonical(self, body: dict[str, Any]) -> CanonicalRequest:
         return CanonicalRequest(
@@ -68,7 +70,9 @@ class AnthropicMessages:
         if not isinstance(content, list):
             return ""
         return "".join(
-            str(b.get("text") or "") for b in content if isinstance(b, dict) and b.get("type") == "text"
+            str(b.get("text") or "")
+            for b in content
+            if isinstance(b, dict) and b.get("type") == "text"
         )
 
 
@@ -95,6 +99,7 @@ def store_refusal(status: int, response: Any, *, cache_tool_calls: bool) -> str 
     if uses_tools and not cache_tool_calls:
         return "tool calls"
     return None
+
 
 class AnthropicStreamAssembler:
     """Rebuilds the Anthropic message a Messages API stream delivered. `complete` is true only

@@ -20,7 +20,6 @@ from pydantic import BaseModel
 from cache_service.protocols import AuthScheme
 
 
-
 @dataclass(frozen=True, slots=True)
 class CanonicalRequest:
     """One request in the terms every wire format shares."""

@@ -7,14 +7,16 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from pydantic import BaseModel
+
 from cache_service.api.schemas import ChatRequest
-from cache_service.protocols import AuthScheme
+from cache_service.cache.keys import ANSWER_PARAMS
 from cache_service.flavors.base import (
     CanonicalRequest,
     positive_int,
     usage_pair,
 )
-from cache_service.cache.keys import ANSWER_PARAMS
+from cache_service.protocols import AuthScheme
 from cache_service.sse import DONE, encode, pieces
 
 UNSTORABLE_FINISH = frozenset({"length", "content_filter"})
@@ -25,7 +27,7 @@ class OpenAIChat:
     route = "/v1/chat/completions"
     upstream_path = "chat/completions"
     auth: AuthScheme = "bearer"
-    schema = ChatRequest
+    schema: type[BaseModel] = ChatRequest
 
     def canonical(self, body: dict[str, Any]) -> CanonicalRequest:
         options = body.get("stream_options")
@@ -116,7 +118,6 @@ def store_refusal(status: int, response: Any, *, cache_tool_calls: bool) -> str 
     if not message.get("content") and not message.get("tool_calls"):
         return "empty answer"
     return None
-
 
 
 class ChatStreamAssembler:

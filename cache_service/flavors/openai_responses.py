@@ -13,10 +13,12 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from pydantic import BaseModel
+
 from cache_service.api.schemas import ResponsesRequest
-from cache_service.protocols import AuthScheme
 from cache_service.flavors.base import CanonicalRequest, positive_int, usage_pair
 from cache_service.flavors.openai_chat import error_body
+from cache_service.protocols import AuthScheme
 from cache_service.sse import encode, pieces
 
 # Request fields that change what the model answers. `previous_response_id` and
@@ -69,7 +71,7 @@ class OpenAIResponses:
     route = "/v1/responses"
     upstream_path = "responses"
     auth: AuthScheme = "bearer"
-    schema = ResponsesRequest
+    schema: type[BaseModel] = ResponsesRequest
 
     def canonical(self, body: dict[str, Any]) -> CanonicalRequest:
         return CanonicalRequest(

@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator, Iterable
 
 from starlette.responses import Response, StreamingResponse
 
-from cache_service.cache.front import CacheFront
 from cache_service.cache.feedback import FeedbackLearner, ServedHit
+from cache_service.cache.front import CacheFront
 from cache_service.cache.policy import lookup_allowed
 from cache_service.cache.semantic import Lookup
 from cache_service.errors import ServiceError
@@ -116,6 +116,8 @@ class ProxyHandler:
             extra = call_headers(call.info)
             if resp.status >= 400:
                 await call.hold.release()
+                if ctx.directives.write:
+                    extra["x-cache-stored"] = "false"  # an error is never cached
                 self.recorder.record(ctx, Outcome.ERROR, p, c)
                 return self._relay(ctx, resp, state, extra)
             dollars = await call.hold.settle(p, c)

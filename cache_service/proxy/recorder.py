@@ -98,7 +98,7 @@ class Recorder:
                 "namespace": ctx.keys.tenant,
                 "model": ctx.keys.model,
                 "outcome": outcome.value,
-                "similarity": (found.hit or searched).similarity if (found.hit or searched) else None,
+                "similarity": similarity,
                 "ms": round(latency_ms, 2),
                 "stages_ms": {k: round(v, 3) for k, v in ctx.stages.items()},
             },

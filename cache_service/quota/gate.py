@@ -19,7 +19,7 @@ from types import TracebackType
 from cache_service.errors import RateLimited
 from cache_service.pricing import Price
 from cache_service.quota.ledger import Held, QuotaLedger
-from cache_service.quota.manager import Denial, Scope
+from cache_service.quota.limits import Denial, Scope
 
 
 @dataclass(order=True, slots=True)

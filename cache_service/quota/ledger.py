@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from cache_service.quota.manager import Denial, Limits, Scope
+from cache_service.quota.limits import Denial, Limits, Scope
 from cache_service.quota.usage import QuotaSnapshot, ScopeUse
 
 
@@ -35,9 +35,7 @@ class Held:
 
 
 class QuotaLedger(Protocol):
-    async def reserve(
-        self, scopes: Sequence[Scope], tokens: int, cost_usd: float
-    ) -> Held | Denial:
+    async def reserve(self, scopes: Sequence[Scope], tokens: int, cost_usd: float) -> Held | Denial:
         """Admit against every scope or none."""
         ...
 

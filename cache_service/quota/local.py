@@ -24,7 +24,8 @@ from cache_service.backends.jsonfile import JsonFile
 from cache_service.protocols import Clock
 from cache_service.quota.alerts import AlertTracker
 from cache_service.quota.ledger import Held
-from cache_service.quota.manager import Denial, Limits, QuotaManager, Reservation, Scope
+from cache_service.quota.limits import Denial, Limits, Scope
+from cache_service.quota.manager import QuotaManager, Reservation
 from cache_service.quota.usage import QuotaSnapshot, ScopeUse
 
 log = logging.getLogger("cache_service.quota")
@@ -54,9 +55,7 @@ class LocalLedger:
 
     # ------------------------------------------------------------------ the ledger protocol
 
-    async def reserve(
-        self, scopes: Sequence[Scope], tokens: int, cost_usd: float
-    ) -> Held | Denial:
+    async def reserve(self, scopes: Sequence[Scope], tokens: int, cost_usd: float) -> Held | Denial:
         result = self.manager.reserve(scopes, tokens, cost_usd)
         if isinstance(result, Denial):
             return result

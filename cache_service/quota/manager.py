@@ -40,6 +40,7 @@ from cache_service.protocols import Clock
 from cache_service.quota.alerts import Alert, AlertTracker
 from cache_service.quota.limits import Denial, Limits, Scope
 from cache_service.quota.scopes import ScopeState
+from cache_service.quota.usage import QuotaSnapshot, ScopeUse
 from cache_service.quota.windows import WINDOW_S, Charge, window_key
 
 
@@ -222,17 +223,17 @@ class QuotaManager:
 
     # -- reporting ---------------------------------------------------------------------------
 
-    def scope_snapshot(self, scope: Scope) -> dict[str, Any]:
+    def scope_snapshot(self, scope: Scope) -> ScopeUse:
         """Usage of one scope (see :meth:`ScopeState.snapshot`)."""
         return self._peek(scope).snapshot(scope, self._clock.monotonic(), self._clock.now())
 
-    def snapshot(self) -> dict[str, Any]:
-        """Everything, JSON-ready, for ``GET /v1/quota``."""
-        return {
-            "now": self._clock.now(),
-            "in_flight": self._in_flight,
-            "scopes": [self.scope_snapshot(scope) for scope in self.scopes()],
-        }
+    def snapshot(self) -> QuotaSnapshot:
+        """Everything, for ``GET /v1/quota`` (``.as_json()``), metrics and reports."""
+        return QuotaSnapshot(
+            now=self._clock.now(),
+            in_flight=self._in_flight,
+            scopes=tuple(self.scope_snapshot(scope) for scope in self.scopes()),
+        )
 
     def ratelimit_headers(self, scope: Scope) -> dict[str, str]:
         """OpenAI-style ``x-ratelimit-*`` headers for this scope's per-minute limits."""

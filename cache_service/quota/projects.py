@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from cache_service.errors import Forbidden
 from cache_service.quota.ledger import QuotaLedger
-from cache_service.quota.manager import Limits
+from cache_service.quota.limits import Limits
 from cache_service.settings import ProjectSetting, Settings, UpstreamSetting
 
 GLOBAL = ("global", "total")
@@ -35,13 +35,15 @@ def project_limits(p: ProjectSetting) -> Limits:
     return Limits(
         rpm=p.rpm,
         tpm=p.tpm,
+        rpd=p.rpd,
+        tpd=p.tpd,
         daily_budget_usd=p.daily_budget_usd,
         monthly_budget_usd=p.monthly_budget_usd,
     )
 
 
 def upstream_limits(u: UpstreamSetting) -> Limits:
-    return Limits(rpm=u.rpm, tpm=u.tpm)
+    return Limits(rpm=u.rpm, tpm=u.tpm, rpd=u.rpd, tpd=u.tpd)
 
 
 class Projects:

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import asdict
-from typing import Any
 
 from cache_service.quota.limits import Denial, LimitName, Limits, Scope, label
 from cache_service.quota.money import format_usd
+from cache_service.quota.usage import BudgetUse, DayUse, RateUse, ScopeUse
 from cache_service.quota.windows import BudgetWindow, DayCounter, SlidingWindow
 
 
@@ -146,45 +145,53 @@ class ScopeState:
 
     # -- reporting ---------------------------------------------------------------------------
 
-    def snapshot(self, scope: Scope, mono: float, wall: float) -> dict[str, Any]:
-        """Usage, JSON-ready; ``limit``/``remaining`` are ``None`` where unlimited. Reset
-        times are epoch seconds: for a rate window, when everything in it will have aged out;
-        for a calendar window, the next calendar boundary."""
-        out: dict[str, Any] = {"kind": scope[0], "name": scope[1], "limits": asdict(self.limits)}
-        for key, window in (("requests", self.requests), ("tokens", self.tokens)):
+    def snapshot(self, scope: Scope, mono: float, wall: float) -> ScopeUse:
+        """Usage; ``limit``/``remaining`` are ``None`` where unlimited."""
+
+        def rate(window: SlidingWindow) -> RateUse:
             reset_in = window.reset_in(mono)
-            out[key] = {
-                "used": window.used(mono),
-                "limit": window.capacity,
-                "remaining": window.remaining(mono),
-                "reset_at": wall + reset_in,
-                "reset_in_s": reset_in,
-                "window_s": window.window_s,
-            }
-        for key, counter in (
-            ("daily_requests", self.day_requests),
-            ("daily_tokens", self.day_tokens),
-        ):
-            out[key] = {
-                "window": counter.key(wall),
-                "used": counter.used(wall),
-                "settled": counter.settled(wall),
-                "held": counter.held,
-                "limit": counter.limit,
-                "remaining": counter.remaining(wall),
-                "reset_at": counter.reset_at(wall),
-            }
-        for key, budget in (("daily_budget", self.daily), ("monthly_budget", self.monthly)):
-            out[key] = {
-                "window": budget.key(wall),
-                "used": budget.used_usd(wall),
-                "spent": budget.spent_usd(wall),
-                "held": budget.held_usd,
-                "limit": budget.limit_usd,
-                "remaining": budget.remaining_usd(wall),
-                "reset_at": budget.reset_at(wall),
-            }
-        return out
+            return RateUse(
+                used=window.used(mono),
+                limit=window.capacity,
+                remaining=window.remaining(mono),
+                reset_at=wall + reset_in,
+                reset_in_s=reset_in,
+                window_s=window.window_s,
+            )
+
+        def day(counter: DayCounter) -> DayUse:
+            return DayUse(
+                window=counter.key(wall),
+                used=counter.used(wall),
+                settled=counter.settled(wall),
+                held=counter.held,
+                limit=counter.limit,
+                remaining=counter.remaining(wall),
+                reset_at=counter.reset_at(wall),
+            )
+
+        def budget(b: BudgetWindow) -> BudgetUse:
+            return BudgetUse(
+                window=b.key(wall),
+                used=b.used_usd(wall),
+                spent=b.spent_usd(wall),
+                held=b.held_usd,
+                limit=b.limit_usd,
+                remaining=b.remaining_usd(wall),
+                reset_at=b.reset_at(wall),
+            )
+
+        return ScopeUse(
+            kind=scope[0],
+            name=scope[1],
+            limits=self.limits,
+            requests=rate(self.requests),
+            tokens=rate(self.tokens),
+            daily_requests=day(self.day_requests),
+            daily_tokens=day(self.day_tokens),
+            daily_budget=budget(self.daily),
+            monthly_budget=budget(self.monthly),
+        )
 
     def ratelimit_headers(self, mono: float) -> dict[str, str]:
         """OpenAI-style ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` for the

@@ -25,7 +25,7 @@ from cache_service.protocols import AuthScheme, Clock, Upstream, UpstreamRespons
 from cache_service.quota.estimate import estimate_request_tokens
 from cache_service.quota.gate import Hold, QuotaGate
 from cache_service.quota.ledger import QuotaLedger
-from cache_service.quota.manager import Limits
+from cache_service.quota.limits import Limits
 from cache_service.quota.projects import GLOBAL, Project, Projects
 from cache_service.resilience import (
     RETRYABLE_STATUS,
@@ -109,7 +109,9 @@ class UpstreamChain:
         self.count_tokens = count_tokens
         self.metrics = metrics
         self.clock = clock
-        self.gate = QuotaGate(ledger, on_limit=settings.on_limit, max_wait_s=settings.max_queue_wait_s)
+        self.gate = QuotaGate(
+            ledger, on_limit=settings.on_limit, max_wait_s=settings.max_queue_wait_s
+        )
         self.counters: dict[str, int] = {"retries": 0, "fallbacks": 0, "rejections": 0}
         self._unpriced: set[str] = set()
 
@@ -121,7 +123,9 @@ class UpstreamChain:
         async def call(slot: Slot, b: dict[str, Any]) -> UpstreamResponse:
             return await slot.client.send(flavor.upstream_path, b, headers, flavor.auth)
 
-        return await self._forward(flavor, body, project, call, lambda r: r.status, lambda r: r.headers)
+        return await self._forward(
+            flavor, body, project, call, lambda r: r.status, lambda r: r.headers
+        )
 
     async def stream(
         self, flavor: Flavor, body: dict[str, Any], headers: dict[str, str], project: str
@@ -135,7 +139,9 @@ class UpstreamChain:
                 return UpstreamStream(up.status, up.headers, _once(data))
             return up
 
-        return await self._forward(flavor, body, project, call, lambda r: r.status, lambda r: r.headers)
+        return await self._forward(
+            flavor, body, project, call, lambda r: r.status, lambda r: r.headers
+        )
 
     async def relay(
         self,
@@ -181,7 +187,9 @@ class UpstreamChain:
 
     # ------------------------------------------------------------------ the chain
 
-    async def _admission(self, flavor: Flavor, body: dict[str, Any], project: str) -> tuple[_Admission, dict[str, Any]]:
+    async def _admission(
+        self, flavor: Flavor, body: dict[str, Any], project: str
+    ) -> tuple[_Admission, dict[str, Any]]:
         p = await self.projects.resolve(project)
         requested = str(body.get("model"))
         cheaper = await self.projects.downgrade(p, requested)
@@ -193,7 +201,9 @@ class UpstreamChain:
         if price is None:
             self._warn_unpriced(model)
         cost = price.cost(prompt, completion) if price else 0.0
-        admission = _Admission(p, model, requested if cheaper else None, prompt + completion, cost, price)
+        admission = _Admission(
+            p, model, requested if cheaper else None, prompt + completion, cost, price
+        )
         return admission, body
 
     async def _estimate(self, request: CanonicalRequest) -> tuple[int, int]:
@@ -319,11 +329,17 @@ class UpstreamChain:
                     retry_after_cap_s=self.settings.retry_after_cap_s,
                 )
                 self.counters["retries"] += 1
-                reason = str(status_of(failed.result)) if isinstance(failed, UpstreamCall) else "error"
+                reason = (
+                    str(status_of(failed.result)) if isinstance(failed, UpstreamCall) else "error"
+                )
                 self.metrics.retry(slot.name, reason)
                 log.info(
                     "retrying upstream",
-                    extra={"upstream": slot.name, "attempt": attempt + 1, "delay_s": round(delay, 3)},
+                    extra={
+                        "upstream": slot.name,
+                        "attempt": attempt + 1,
+                        "delay_s": round(delay, 3),
+                    },
                 )
                 await self.clock.sleep(delay)
             slot.breaker.failure()

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from cache_service.cache import semantic as cache_module
-from cache_service.cache.guards import AcceptConfig
 from cache_service.backends.faiss_index import FaissIndex
 from cache_service.backends.store import DiskCacheStore
+from cache_service.cache import semantic as cache_module
+from cache_service.cache.guards import AcceptConfig
 from cache_service.cache.semantic import SemanticCache
 from cache_service.protocols import Entry, Vector
 from tests.fakes import FakeClock, HashingEmbedder

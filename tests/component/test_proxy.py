@@ -296,7 +296,9 @@ async def test_unreachable_upstream_is_502(
     app = create_app(settings_factory(), embedder=embedder, upstream=upstream, clock=clock)
     async with (
         app.router.lifespan_context(app) as state,
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=served(app, state)), base_url="http://s") as c,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=served(app, state)), base_url="http://s"
+        ) as c,
     ):
         r = await c.post(
             "/v1/chat/completions",

@@ -69,7 +69,9 @@ def test_streamed_miss_then_streamed_and_plain_hits(base: str) -> None:
 def test_instructions_belong_to_the_scope(base: str) -> None:
     c = client(base, **{"X-Cache-Namespace": "responses-scope"})
     respond(c, "Which plan includes priority support?")
-    _, h, _ = respond(c, "Which plan includes priority support?", instructions="Talk like a pirate.")
+    _, h, _ = respond(
+        c, "Which plan includes priority support?", instructions="Talk like a pirate."
+    )
     assert h["x-cache"] == "MISS"
 
 

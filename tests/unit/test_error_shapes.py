@@ -5,7 +5,9 @@ import pytest
 from cache_service.flavors import for_route
 
 
-@pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/responses", "/v1/{path:path}", None])
+@pytest.mark.parametrize(
+    "route", ["/v1/chat/completions", "/v1/responses", "/v1/{path:path}", None]
+)
 def test_openai_shape_everywhere_but_the_messages_api(route: str | None) -> None:
     body = for_route(route).error_body("bad", "invalid_request_error", param="model")
     assert body == {

@@ -152,12 +152,12 @@ def test_all_or_nothing_across_scopes(qm: QuotaManager, clock: FakeClock) -> Non
     qm.configure(*G, Limits(rpm=2))
     admitted(qm.reserve([P, G], 100, 0.01))
     admitted(qm.reserve([P, G], 100, 0.01))
-    before = qm.snapshot()
+    before = qm.snapshot().as_json()
     d = denied(qm.reserve([P, G], 100, 0.01))
     assert d.scope == G
     assert d.limit == "rpm"
-    assert qm.snapshot() == before  # the project admitted it but took nothing
-    p = qm.scope_snapshot(P)
+    assert qm.snapshot().as_json() == before  # the project admitted it but took nothing
+    p = qm.scope_snapshot(P).as_json()
     assert p["requests"]["used"] == 2
     assert p["tokens"]["used"] == 200
     assert p["daily_budget"]["held"] == pytest.approx(0.02)
@@ -169,7 +169,7 @@ def test_duplicate_scopes_count_once(qm: QuotaManager) -> None:
     qm.configure(*P, Limits(rpm=1))
     r = admitted(qm.reserve([P, P], 5, 0.0))
     assert r.scopes == (P,)
-    assert qm.scope_snapshot(P)["tokens"]["used"] == 5
+    assert qm.scope_snapshot(P).as_json()["tokens"]["used"] == 5
 
 
 def test_worst_denial_is_reported(qm: QuotaManager, clock: FakeClock) -> None:
@@ -201,12 +201,12 @@ def test_check_is_a_dry_run(qm: QuotaManager) -> None:
 def test_unconfigured_scope_is_unlimited_but_tracked(qm: QuotaManager) -> None:
     for _ in range(50):
         admitted(qm.reserve([("project", "other")], 1000, 1.0))
-    snap = qm.scope_snapshot(("project", "other"))
+    snap = qm.scope_snapshot(("project", "other")).as_json()
     assert snap["requests"] == {
         "used": 50,
         "limit": None,
         "remaining": None,
-        "reset_at": pytest.approx(qm.snapshot()["now"] + 60),
+        "reset_at": pytest.approx(qm.snapshot().as_json()["now"] + 60),
         "reset_in_s": pytest.approx(60),
         "window_s": 60.0,
     }
@@ -216,7 +216,7 @@ def test_unconfigured_scope_is_unlimited_but_tracked(qm: QuotaManager) -> None:
 
 
 def test_reads_do_not_create_scopes(qm: QuotaManager) -> None:
-    qm.scope_snapshot(("project", "ghost"))
+    qm.scope_snapshot(("project", "ghost")).as_json()
     qm.ratelimit_headers(("project", "ghost"))
     assert qm.scopes() == []
 
@@ -229,8 +229,8 @@ def test_settle_more_than_reserved_creates_debt(qm: QuotaManager, clock: FakeClo
     r = admitted(qm.reserve([P], 500, 0.0))
     clock.advance(5)
     qm.settle(r, 1300, 0.0)
-    assert qm.scope_snapshot(P)["tokens"]["used"] == 1300
-    assert qm.scope_snapshot(P)["tokens"]["remaining"] == 0
+    assert qm.scope_snapshot(P).as_json()["tokens"]["used"] == 1300
+    assert qm.scope_snapshot(P).as_json()["tokens"]["remaining"] == 0
     d = denied(qm.reserve([P], 1, 0.0))
     assert d.retry_after_s == pytest.approx(55.0)  # until the overrun request ages out
     clock.advance(55)
@@ -244,7 +244,7 @@ def test_settle_less_than_reserved_frees_room(qm: QuotaManager, clock: FakeClock
     qm.settle(r, 400, 0.3)
     admitted(qm.reserve([P], 600, 0.7))
     assert isinstance(qm.reserve([P], 0, 0.01), Denial)
-    snap = qm.scope_snapshot(P)["daily_budget"]
+    snap = qm.scope_snapshot(P).as_json()["daily_budget"]
     assert snap["spent"] == pytest.approx(0.3)
     assert snap["held"] == pytest.approx(0.7)
     assert snap["used"] == pytest.approx(1.0)
@@ -256,7 +256,7 @@ def test_release_returns_everything(qm: QuotaManager) -> None:
     assert qm.in_flight == 1
     qm.release(r)
     assert qm.in_flight == 0
-    snap = qm.scope_snapshot(P)
+    snap = qm.scope_snapshot(P).as_json()
     assert snap["requests"]["used"] == 0
     assert snap["tokens"]["used"] == 0
     assert snap["daily_budget"]["used"] == 0.0
@@ -271,7 +271,7 @@ def test_second_settle_or_release_is_a_noop(qm: QuotaManager) -> None:
     qm.release(r)
     assert r.closed
     assert qm.in_flight == 0
-    assert qm.scope_snapshot(P)["daily_budget"]["spent"] == pytest.approx(2.0)
+    assert qm.scope_snapshot(P).as_json()["daily_budget"]["spent"] == pytest.approx(2.0)
 
 
 def test_settle_across_midnight_charges_the_new_day(qm: QuotaManager, clock: FakeClock) -> None:
@@ -279,12 +279,12 @@ def test_settle_across_midnight_charges_the_new_day(qm: QuotaManager, clock: Fak
     qm.configure(*P, Limits(daily_budget_usd=1.0, monthly_budget_usd=10.0))
     r = admitted(qm.reserve([P], 10, 0.5))
     clock.advance(1)  # 2026-12-01T00:00:00
-    snap = qm.scope_snapshot(P)
+    snap = qm.scope_snapshot(P).as_json()
     assert snap["daily_budget"]["window"] == "2026-12-01"
     assert snap["monthly_budget"]["window"] == "2026-12"
     assert snap["daily_budget"]["held"] == pytest.approx(0.5)
     qm.settle(r, 10, 0.4)
-    snap = qm.scope_snapshot(P)
+    snap = qm.scope_snapshot(P).as_json()
     assert snap["daily_budget"]["spent"] == pytest.approx(0.4)
     assert snap["monthly_budget"]["spent"] == pytest.approx(0.4)
 
@@ -360,7 +360,7 @@ def test_reconfigure_keeps_usage(qm: QuotaManager, clock: FakeClock) -> None:
     qm.configure(*P, Limits())
     admitted(qm.reserve([P], 10, 0.0))
     qm.configure(*P, Limits(rpm=7))
-    assert qm.scope_snapshot(P)["requests"]["used"] == 7
+    assert qm.scope_snapshot(P).as_json()["requests"]["used"] == 7
     assert isinstance(qm.reserve([P], 10, 0.0), Denial)
 
 
@@ -379,7 +379,7 @@ def test_snapshot_shape(qm: QuotaManager, clock: FakeClock) -> None:
     qm.configure(*P, Limits(rpm=10, tpm=1000, daily_budget_usd=2.0, monthly_budget_usd=20.0))
     qm.settle(admitted(qm.reserve([P, G], 100, 0.5)), 120, 0.25)
     clock.advance(6)
-    snap = qm.snapshot()
+    snap = qm.snapshot().as_json()
     assert snap["now"] == clock.wall
     assert snap["in_flight"] == 0
     assert [(s["kind"], s["name"]) for s in snap["scopes"]] == [G, P]
@@ -494,14 +494,14 @@ def test_tpd_holds_the_estimate_and_settles_to_the_actual(qm: QuotaManager) -> N
     )
     qm.settle(r, 300, 0.0)
     admitted(qm.reserve([P], 400, 0.0))
-    day = qm.scope_snapshot(P)["daily_tokens"]
+    day = qm.scope_snapshot(P).as_json()["daily_tokens"]
     assert (day["settled"], day["held"], day["used"], day["remaining"]) == (300, 400, 700, 300)
 
 
 def test_tpd_overrun_is_debt_until_midnight(qm: QuotaManager, clock: FakeClock) -> None:
     qm.configure(*P, Limits(tpd=1000))
     qm.settle(admitted(qm.reserve([P], 500, 0.0)), 1300, 0.0)
-    assert qm.scope_snapshot(P)["daily_tokens"]["used"] == 1300
+    assert qm.scope_snapshot(P).as_json()["daily_tokens"]["used"] == 1300
     d = denied(qm.reserve([P], 1, 0.0))
     assert (d.limit, d.retry_after_s) == ("tpd", pytest.approx(12 * 3600))
     clock.advance(12 * 3600)
@@ -522,12 +522,12 @@ def test_day_limits_are_all_or_nothing_with_the_other_limits(qm: QuotaManager) -
     qm.configure(*P, Limits(rpm=10, tpm=10_000, rpd=100, tpd=10_000))
     qm.configure(*U, Limits(rpd=1))
     admitted(qm.reserve([P, U], 100, 0.0))
-    before = qm.snapshot()
+    before = qm.snapshot().as_json()
     d = denied(qm.reserve([P, U], 100, 0.0))
     assert (d.scope, d.limit) == (U, "rpd")
-    assert qm.snapshot() == before  # the project admitted it but took nothing
-    assert qm.scope_snapshot(P)["daily_requests"]["used"] == 1
-    assert qm.scope_snapshot(P)["daily_tokens"]["used"] == 100
+    assert qm.snapshot().as_json() == before  # the project admitted it but took nothing
+    assert qm.scope_snapshot(P).as_json()["daily_requests"]["used"] == 1
+    assert qm.scope_snapshot(P).as_json()["daily_tokens"]["used"] == 100
     # the longest wait is reported: midnight (rpd) beats a minute (rpm)
     qm.configure(*U, Limits(rpm=1, rpd=1))
     assert denied(qm.reserve([U], 1, 0.0)).limit == "rpd"
@@ -540,11 +540,11 @@ def test_settle_across_midnight_charges_the_new_day_counts(
     qm.configure(*P, Limits(rpd=1, tpd=100))
     r = admitted(qm.reserve([P], 80, 0.0))
     clock.advance(2)
-    day = qm.scope_snapshot(P)
+    day = qm.scope_snapshot(P).as_json()
     assert day["daily_requests"]["window"] == "2026-11-23"
     assert (day["daily_requests"]["used"], day["daily_tokens"]["used"]) == (1, 80)  # held
     qm.settle(r, 50, 0.0)
-    day = qm.scope_snapshot(P)
+    day = qm.scope_snapshot(P).as_json()
     assert (day["daily_requests"]["settled"], day["daily_tokens"]["settled"]) == (1, 50)
     assert denied(qm.reserve([P], 10, 0.0)).limit == "rpd"
 
@@ -570,7 +570,7 @@ def test_snapshot_shape_of_day_counts(qm: QuotaManager, clock: FakeClock) -> Non
     qm.configure(*P, Limits(rpd=100, tpd=5000))
     qm.settle(admitted(qm.reserve([P], 300, 0.0)), 120, 0.0)
     admitted(qm.reserve([P], 200, 0.0))
-    p = qm.scope_snapshot(P)
+    p = qm.scope_snapshot(P).as_json()
     assert p["limits"]["rpd"] == 100
     assert p["limits"]["tpd"] == 5000
     assert p["daily_requests"] == {
@@ -591,7 +591,7 @@ def test_snapshot_shape_of_day_counts(qm: QuotaManager, clock: FakeClock) -> Non
         "remaining": 4680,
         "reset_at": ts("2026-11-23T00:00:00"),
     }
-    unlimited = qm.scope_snapshot(G)["daily_requests"]
+    unlimited = qm.scope_snapshot(G).as_json()["daily_requests"]
     assert (unlimited["limit"], unlimited["remaining"]) == (None, None)
     # per-day limits have no OpenAI header of their own
     assert qm.ratelimit_headers(P) == {}

@@ -116,10 +116,10 @@ def test_every_60s_window_respects_rpm_and_tpm(
         elif op[0] == "reserve":
             scopes, tokens = op[1], op[2]
             assert isinstance(scopes, tuple) and isinstance(tokens, int)
-            before = qm.snapshot()
+            before = qm.snapshot().as_json()
             result = qm.reserve(list(scopes), tokens, 0.0)
             if isinstance(result, Denial):
-                assert qm.snapshot() == before
+                assert qm.snapshot().as_json() == before
                 assert result.retryable == (tokens <= limits[result.scope][1])
             else:
                 entry = Admitted(clock.mono, scopes, tokens, result, tokens)
@@ -232,7 +232,7 @@ def test_budgets_never_exceeded_by_admitted_estimates(
         elif op[0] == "reserve":
             assert isinstance(op[1], int)
             cost = op[1] / 100
-            snap = qm.scope_snapshot(P)
+            snap = qm.scope_snapshot(P).as_json()
             result = qm.reserve([P], 1, cost)
             if isinstance(result, Reservation):
                 assert snap["daily_budget"]["used"] + cost <= daily + eps
@@ -253,7 +253,7 @@ def test_budgets_never_exceeded_by_admitted_estimates(
             else:
                 qm.release(reservation)
         if not overruns:
-            snap = qm.scope_snapshot(P)
+            snap = qm.scope_snapshot(P).as_json()
             assert snap["daily_budget"]["used"] <= daily + eps
             assert snap["monthly_budget"]["used"] <= monthly + eps
 
@@ -310,8 +310,8 @@ def test_snapshot_plus_journal_recovers_every_charge(
     restored.restore_spend(snapshot, journal[covered:])  # type: ignore[arg-type]
     for scope in (P, G):
         for which in ("daily_budget", "monthly_budget"):
-            before = live.scope_snapshot(scope)[which]
-            after = restored.scope_snapshot(scope)[which]
+            before = live.scope_snapshot(scope).as_json()[which]
+            after = restored.scope_snapshot(scope).as_json()[which]
             assert after["spent"] == pytest.approx(before["used"], abs=1e-9), (scope, which)
 
 
@@ -388,10 +388,10 @@ def test_every_utc_day_respects_rpd_and_tpd(
         elif op[0] == "reserve":
             scopes, tokens = op[1], op[2]
             assert isinstance(scopes, tuple) and isinstance(tokens, int)
-            before = qm.snapshot()
+            before = qm.snapshot().as_json()
             result = qm.reserve(list(scopes), tokens, 0.0)
             if isinstance(result, Denial):
-                assert qm.snapshot() == before
+                assert qm.snapshot().as_json() == before
                 assert result.limit in ("rpd", "tpd")
                 assert result.retryable == all(tokens <= limits[s][1] for s in scopes)
                 if result.retryable:
@@ -473,6 +473,6 @@ def test_restart_keeps_the_days_request_and_token_counts(
     restored.restore_spend(snapshot, journal[covered:])
     for scope in (P, G):
         for which in ("daily_requests", "daily_tokens"):
-            before = live.scope_snapshot(scope)[which]
-            after = restored.scope_snapshot(scope)[which]
+            before = live.scope_snapshot(scope).as_json()[which]
+            after = restored.scope_snapshot(scope).as_json()[which]
             assert after["settled"] == before["used"], (scope, which)

@@ -38,8 +38,8 @@ def test_export_import_across_restart_same_day(clock: FakeClock) -> None:
     new.configure(*P, Limits(daily_budget_usd=1.0, monthly_budget_usd=3.0))
     new.import_spend(data)
     new.import_spend(data)  # idempotent
-    assert new.scope_snapshot(P)["daily_budget"]["spent"] == pytest.approx(0.6)
-    assert new.scope_snapshot(G)["monthly_budget"]["spent"] == pytest.approx(0.6)
+    assert new.scope_snapshot(P).as_json()["daily_budget"]["spent"] == pytest.approx(0.6)
+    assert new.scope_snapshot(G).as_json()["monthly_budget"]["spent"] == pytest.approx(0.6)
     assert denied(new.reserve([P], 10, 0.5)).limit == "daily_budget"
     admitted(new.reserve([P], 10, 0.4))
 
@@ -51,7 +51,7 @@ def test_import_across_day_change_keeps_only_the_month(clock: FakeClock) -> None
     clock.advance(86_400)
     new = QuotaManager(clock)
     new.import_spend(data)
-    snap = new.scope_snapshot(P)
+    snap = new.scope_snapshot(P).as_json()
     assert snap["daily_budget"]["spent"] == 0.0
     assert snap["monthly_budget"]["spent"] == pytest.approx(0.6)
 
@@ -64,7 +64,7 @@ def test_import_across_month_change_keeps_nothing(clock: FakeClock) -> None:
     clock.advance(3600)
     new = QuotaManager(clock)
     new.import_spend(data)
-    snap = new.scope_snapshot(P)
+    snap = new.scope_snapshot(P).as_json()
     assert snap["daily_budget"]["spent"] == 0.0
     assert snap["monthly_budget"]["spent"] == 0.0
 
@@ -79,7 +79,7 @@ def test_in_flight_holds_are_restored_as_spent(clock: FakeClock) -> None:
     assert data["open"] == [{"id": r.id, "scopes": [list(P)], "usd": 0.3, "tokens": 10}]
     new = QuotaManager(clock)
     new.restore_spend(data)
-    assert new.scope_snapshot(P)["daily_budget"]["spent"] == pytest.approx(0.3)
+    assert new.scope_snapshot(P).as_json()["daily_budget"]["spent"] == pytest.approx(0.3)
 
 
 def test_older_snapshots_without_open_holds_count_held_as_spent(clock: FakeClock) -> None:
@@ -89,7 +89,7 @@ def test_older_snapshots_without_open_holds_count_held_as_spent(clock: FakeClock
     del data["open"]
     new = QuotaManager(clock)
     new.import_spend(data)
-    assert new.scope_snapshot(P)["daily_budget"]["spent"] == pytest.approx(0.3)
+    assert new.scope_snapshot(P).as_json()["daily_budget"]["spent"] == pytest.approx(0.3)
 
 
 def test_journal_after_snapshot_settles_what_the_snapshot_held(clock: FakeClock) -> None:
@@ -106,8 +106,8 @@ def test_journal_after_snapshot_settles_what_the_snapshot_held(clock: FakeClock)
     assert [e.op for e in events[covered:]] == ["settle", "hold", "release", "hold"]
     new = QuotaManager(clock)
     new.restore_spend(data, events[covered:])
-    assert new.scope_snapshot(P)["daily_budget"]["spent"] == pytest.approx(0.15)
-    assert new.scope_snapshot(G)["monthly_budget"]["spent"] == pytest.approx(0.1)
+    assert new.scope_snapshot(P).as_json()["daily_budget"]["spent"] == pytest.approx(0.15)
+    assert new.scope_snapshot(G).as_json()["monthly_budget"]["spent"] == pytest.approx(0.1)
 
 
 def test_journal_charges_settlements_in_their_own_day(clock: FakeClock) -> None:
@@ -119,7 +119,7 @@ def test_journal_charges_settlements_in_their_own_day(clock: FakeClock) -> None:
     old.settle(admitted(old.reserve([P], 10, 0.1)), 10, 0.1)
     new = QuotaManager(clock)
     new.restore_spend(None, events)
-    snap = new.scope_snapshot(P)
+    snap = new.scope_snapshot(P).as_json()
     assert snap["daily_budget"]["spent"] == pytest.approx(0.1)
     assert snap["monthly_budget"]["spent"] == pytest.approx(0.5)
 
@@ -138,7 +138,7 @@ def test_import_keeps_larger_existing_spend(qm: QuotaManager, clock: FakeClock) 
             ],
         }
     )
-    assert qm.scope_snapshot(P)["daily_budget"]["spent"] == pytest.approx(0.6)
+    assert qm.scope_snapshot(P).as_json()["daily_budget"]["spent"] == pytest.approx(0.6)
 
 
 @pytest.mark.parametrize(
@@ -206,9 +206,9 @@ def test_day_counts_survive_a_restart_the_same_day(clock: FakeClock) -> None:
     new.configure(*P, Limits(rpd=3, tpd=1000))
     new.import_spend(data)
     new.import_spend(data)  # idempotent
-    snap = new.scope_snapshot(P)
+    snap = new.scope_snapshot(P).as_json()
     assert (snap["daily_requests"]["settled"], snap["daily_tokens"]["settled"]) == (2, 400)
-    assert new.scope_snapshot(G)["daily_tokens"]["settled"] == 250
+    assert new.scope_snapshot(G).as_json()["daily_tokens"]["settled"] == 250
     assert denied(new.reserve([P], 601, 0.0)).limit == "tpd"
     admitted(new.reserve([P], 600, 0.0))
     assert denied(new.reserve([P], 0, 0.0)).limit == "rpd"
@@ -221,7 +221,7 @@ def test_day_counts_are_not_restored_into_the_next_day(clock: FakeClock) -> None
     clock.advance(12 * 3600)
     new = QuotaManager(clock)
     new.import_spend(data)
-    snap = new.scope_snapshot(P)
+    snap = new.scope_snapshot(P).as_json()
     assert (snap["daily_requests"]["settled"], snap["daily_tokens"]["settled"]) == (0, 0)
 
 
@@ -240,7 +240,7 @@ def test_spend_file_from_before_day_counts_still_loads(clock: FakeClock) -> None
     }
     new = QuotaManager(clock)
     new.restore_spend(old_format)
-    snap = new.scope_snapshot(P)
+    snap = new.scope_snapshot(P).as_json()
     assert snap["daily_budget"]["spent"] == pytest.approx(0.5)
     # the open hold is one request (its tokens were not recorded then)
     assert (snap["daily_requests"]["settled"], snap["daily_tokens"]["settled"]) == (1, 0)
@@ -253,7 +253,7 @@ def test_requests_in_flight_are_restored_as_counted(clock: FakeClock) -> None:
     data = old.export_spend()
     new = QuotaManager(clock)
     new.restore_spend(data)
-    snap = new.scope_snapshot(P)
+    snap = new.scope_snapshot(P).as_json()
     assert (snap["daily_requests"]["settled"], snap["daily_tokens"]["settled"]) == (1, 120)
 
 
@@ -274,7 +274,7 @@ def test_journal_carries_unpriced_requests_and_their_tokens(clock: FakeClock) ->
     ]
     new = QuotaManager(clock)
     new.restore_spend(data, events)
-    snap = new.scope_snapshot(P)
+    snap = new.scope_snapshot(P).as_json()
     assert (snap["daily_requests"]["settled"], snap["daily_tokens"]["settled"]) == (2, 110)
 
 
@@ -287,7 +287,7 @@ def test_journal_charges_day_counts_to_the_day_they_settled_in(clock: FakeClock)
     old.settle(admitted(old.reserve([P], 20, 0.0)), 25, 0.0)
     new = QuotaManager(clock)
     new.restore_spend(None, events)
-    snap = new.scope_snapshot(P)
+    snap = new.scope_snapshot(P).as_json()
     assert (snap["daily_requests"]["settled"], snap["daily_tokens"]["settled"]) == (1, 25)
 
 

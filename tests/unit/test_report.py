@@ -11,13 +11,15 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
+from cache_service.api.middleware import install_error_handlers
 from cache_service.api.reports import router
-from cache_service.errors import ServiceError, error_body
 from cache_service.pricing import PriceTable
+from cache_service.quota.limits import Limits
+from cache_service.quota.manager import QuotaManager, Reservation
+from cache_service.quota.usage import QuotaSnapshot
 from cache_service.report.build import ReportError, build_report, parse_since
 from cache_service.report.cli import run_cli
 from cache_service.report.html import render_html
@@ -26,6 +28,8 @@ from cache_service.telemetry.events import OutcomeEvent, split_cost
 from cache_service.telemetry.hub import Telemetry
 from cache_service.telemetry.outcome_log import OutcomeLog
 from cache_service.telemetry.stats import Outcome, Stats
+from tests.conftest import served
+from tests.fakes import FakeClock
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC).timestamp()
 BUDGETS = [
@@ -270,19 +274,23 @@ def test_cli_writes_a_report_from_the_log(
 async def test_routes(tmp_path: Path) -> None:
     app = FastAPI()
     app.include_router(router)
+    install_error_handlers(app)
 
-    @app.exception_handler(ServiceError)
-    async def _err(request: Request, exc: ServiceError) -> JSONResponse:
-        body = error_body(exc.message, exc.type, param=exc.param, code=exc.code)
-        return JSONResponse(body, status_code=exc.status)
+    # Budgets come from the quota ledger's snapshot: proj-a has spent $4 of $5 today.
+    quota = QuotaManager(FakeClock())
+    quota.configure("project", "proj-a", Limits(daily_budget_usd=5.0))
+    held = quota.reserve([("project", "proj-a")], 10, 4.0)
+    assert isinstance(held, Reservation)
+    quota.settle(held, 10, 4.0)
 
-    telemetry = Telemetry.open(tmp_path / "o.sqlite3")
-    telemetry.budgets = lambda: BUDGETS
-    app.state.telemetry = telemetry
+    async def snapshot() -> QuotaSnapshot:
+        return quota.snapshot()
+
+    telemetry = Telemetry.open(tmp_path / "o.sqlite3", quota=snapshot)
     for e in hand_built():
         telemetry.record(e)
     try:
-        transport = httpx.ASGITransport(app=app)
+        transport = httpx.ASGITransport(app=served(app, {"telemetry": telemetry}))
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             r = await client.get("/metrics")
             assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")

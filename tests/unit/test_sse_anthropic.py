@@ -467,7 +467,7 @@ async def test_assembles_the_simulator_stream_to_its_non_streamed_message(max_to
     assert message["id"].startswith("msg_")
     assert {**message, "id": whole["id"]} == whole
     # And the cache's replay of it assembles back to the same message.
-    assert reassemble(message).message() == message
+    assert reassemble(message).result() == message
 
 
 async def test_relaying_the_simulator_stream_is_byte_identical() -> None:
@@ -486,7 +486,7 @@ async def test_a_dropped_simulator_stream_is_not_complete() -> None:
     assert asm.stop_reason is None
     partial = asm.result()["content"][0]["text"]
     assert partial
-    assert whole.message()["content"][0]["text"].startswith(partial)
+    assert whole.result()["content"][0]["text"].startswith(partial)
 
 
 content_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=200)

@@ -11,11 +11,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cache_service.quota.limits import Limits
 from cache_service.quota.manager import QuotaManager, Reservation
+from cache_service.quota.usage import QuotaSnapshot
 from cache_service.telemetry.events import OutcomeEvent, StageTimer, split_cost
 from cache_service.telemetry.hub import Telemetry
 from cache_service.telemetry.metrics import Metrics
 from cache_service.telemetry.outcome_log import OutcomeLog, read_outcomes
-from cache_service.telemetry.quota_view import apply_quota_snapshot, budgets_of
+from cache_service.telemetry.quota_view import budgets_of
 from cache_service.telemetry.stats import OTHER, LabelCap, Outcome
 from tests.fakes import FakeClock
 
@@ -353,14 +354,26 @@ def test_telemetry_records_metrics_and_log_and_drops_prompts(tmp_path: Path) -> 
     t.close()
 
 
-def test_telemetry_without_log() -> None:
+async def test_telemetry_without_log() -> None:
     t = Telemetry.open(None)
     t.record(event(Outcome.EXACT_HIT))
     assert t.events() == []
-    assert t.current_budgets() is None
-    t.budgets = lambda: [{"project": "p", "window": "daily", "used_usd": 1.0, "limit_usd": 2.0}]
-    assert t.current_budgets() == [
-        {"project": "p", "window": "daily", "used_usd": 1.0, "limit_usd": 2.0}
+    assert await t.current_budgets() is None
+    t.close()
+
+    quota = QuotaManager(FakeClock())
+    quota.configure("project", "p", Limits(daily_budget_usd=2.0))
+    r = quota.reserve([("project", "p")], 1, 1.0)
+    assert isinstance(r, Reservation)
+    quota.settle(r, 1, 1.0)
+
+    async def source() -> QuotaSnapshot:
+        return quota.snapshot()
+
+    t = Telemetry.open(None, quota=source)
+    assert await t.current_budgets() == [
+        {"project": "p", "window": "daily", "used_usd": 1.0, "limit_usd": 2.0},
+        {"project": "p", "window": "monthly", "used_usd": 1.0, "limit_usd": None},
     ]
     t.close()
 
@@ -368,7 +381,7 @@ def test_telemetry_without_log() -> None:
 # ------------------------------------------------------------------------------ quota adapters
 
 
-def test_quota_snapshot_feeds_gauges_and_report_budgets() -> None:
+async def test_quota_snapshot_feeds_gauges_and_report_budgets() -> None:
     clock = FakeClock()
     quota = QuotaManager(clock)
     quota.configure("project", "proj-a", Limits(rpm=10, daily_budget_usd=5.0))
@@ -385,8 +398,13 @@ def test_quota_snapshot_feeds_gauges_and_report_budgets() -> None:
     ]
 
     m = Metrics()
-    t = Telemetry(m, before_scrape=lambda: apply_quota_snapshot(m, quota.snapshot()))
-    t.refresh()
+
+    async def source() -> QuotaSnapshot:
+        return quota.snapshot()
+
+    t = Telemetry(m, quota=source)
+    await t.refresh()
+    assert await t.current_budgets() == budgets_of(snapshot)
     s = scrape(m)
     assert value(s, "llm_cache_budget_used_usd", project="proj-a", window="daily") == 1.5
     assert value(s, "llm_cache_budget_limit_usd", project="proj-a", window="daily") == 5.0
@@ -396,11 +414,12 @@ def test_quota_snapshot_feeds_gauges_and_report_budgets() -> None:
     upstream = {"scope_kind": "upstream", "scope_name": "openai"}
     assert value(s, "llm_cache_quota_remaining_tokens", **upstream) == 880
 
-    def broken() -> None:
+    async def broken() -> QuotaSnapshot:
         raise RuntimeError("quota gone")
 
-    t.before_scrape = broken
-    t.refresh()  # logged, not raised: the scrape still answers
+    t = Telemetry(m, quota=broken)
+    await t.refresh()  # logged, not raised: the scrape still answers
+    assert await t.current_budgets() is None  # the report goes without its budgets
 
 
 def test_label_cap_keeps_first_values_and_seeded_ones() -> None:
