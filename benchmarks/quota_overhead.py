@@ -2,8 +2,9 @@
 
 Times, per request: the pure QuotaManager reserve + settle against three scopes (project,
 upstream, global) with rpm, tpm and budgets set; the token estimate with the real tokenizer;
-and Forwarder.send end to end against an upstream that answers instantly, minus the same
-upstream called directly. Run: python benchmarks/quota_overhead.py
+and UpstreamChain.send plus settling its hold, end to end through the local quota ledger
+(journal on) against an upstream that answers instantly, minus the same upstream called
+directly. Run: python benchmarks/quota_overhead.py
 """
 
 from __future__ import annotations
@@ -19,17 +20,20 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cache_service.forwarder import Forwarder, Slot
-
 from cache_service.backends.embedder import load_token_counter
 from cache_service.backends.journal import SpendJournal
 from cache_service.backends.jsonfile import JsonFile
+from cache_service.flavors import OPENAI_CHAT
 from cache_service.pricing import PriceTable
 from cache_service.protocols import SystemClock, UpstreamResponse
 from cache_service.quota.limits import Limits
+from cache_service.quota.local import LocalLedger
 from cache_service.quota.manager import QuotaManager
+from cache_service.quota.projects import Projects
 from cache_service.resilience import CircuitBreaker
 from cache_service.settings import load_settings
+from cache_service.telemetry.metrics import Metrics
+from cache_service.upstream.chain import Slot, UpstreamChain
 
 N = 20_000
 BODY = {
@@ -43,10 +47,17 @@ ANSWER = UpstreamResponse(200, {}, b"{}")
 
 
 class InstantUpstream:
-    async def send(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> Any:
+    async def send(
+        self, path: str, body: dict[str, Any], headers: dict[str, str], auth: Any
+    ) -> Any:
         return ANSWER
 
-    async def stream(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> Any:
+    async def stream(
+        self, path: str, body: dict[str, Any], headers: dict[str, str], auth: Any
+    ) -> Any:
+        raise NotImplementedError
+
+    async def raw(self, *args: Any) -> Any:
         raise NotImplementedError
 
     async def aclose(self) -> None:
@@ -72,23 +83,29 @@ async def forwarder_us(data_dir: Path) -> tuple[float, float]:
     )
     clock = SystemClock()
     up = InstantUpstream()
-    fw = Forwarder(
+    # As served: every hold and settlement is journalled before the request goes on.
+    ledger = LocalLedger(
+        clock, snapshot_file=JsonFile(data_dir / "spend.json"), journal=SpendJournal(data_dir)
+    )
+    projects = Projects(settings, ledger)
+    await projects.configure_all()
+    chain = UpstreamChain(
         settings,
         [Slot("primary", up, ["*"], CircuitBreaker(clock))],
-        clock=clock,
+        ledger=ledger,
+        projects=projects,
         prices=PriceTable.with_overrides(None),
         count_tokens=load_token_counter(),
-        # As served: every hold and settlement is journalled before the request goes on.
-        ledger=JsonFile(data_dir / "spend.json"),
-        journal=SpendJournal(data_dir),
+        metrics=Metrics(),
+        clock=clock,
     )
 
     async def via() -> None:
-        _resp, ticket = await fw.send("chat/completions", BODY, {}, "default")
-        fw.settle(ticket, 30, 60)
+        call = await chain.send(OPENAI_CHAT, BODY, {}, "default")
+        await call.hold.settle(30, 60)
 
     async def direct() -> None:
-        await up.send("chat/completions", BODY, {})
+        await up.send("chat/completions", BODY, {}, "bearer")
 
     async def time_it(fn: Any) -> float:
         runs = []
@@ -122,7 +139,7 @@ def main() -> None:
     result = {
         "reserve_plus_settle_us": round(arithmetic, 1),
         "token_estimate_us": round(estimate, 1),
-        "forwarder_send_us": round(via, 1),
+        "chain_send_us": round(via, 1),
         "direct_call_us": round(direct, 1),
         "added_per_request_us": round(via - direct, 1),
     }
