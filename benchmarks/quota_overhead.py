@@ -74,7 +74,7 @@ def per_call_us(fn: Any, n: int = N) -> float:
     return statistics.median(runs)
 
 
-async def forwarder_us(data_dir: Path) -> tuple[float, float]:
+async def chain_us(data_dir: Path) -> tuple[float, float]:
     settings = load_settings(
         None,
         data_dir=data_dir,
@@ -135,7 +135,7 @@ def main() -> None:
     arithmetic = per_call_us(reserve_settle)
     estimate = per_call_us(lambda: count(text))
     with tempfile.TemporaryDirectory() as tmp:
-        via, direct = asyncio.run(forwarder_us(Path(tmp)))
+        via, direct = asyncio.run(chain_us(Path(tmp)))
     result = {
         "reserve_plus_settle_us": round(arithmetic, 1),
         "token_estimate_us": round(estimate, 1),

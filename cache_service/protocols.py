@@ -1,7 +1,7 @@
 """One small interface per I/O boundary.
 
 Everything that touches a disk, a model, the network or the wall clock sits behind one of
-these, so the pure logic (scope, policy, quota) and the pipeline can be tested with fakes at
+these, so the pure logic (scope, policy, quota) and the request path can be tested with fakes at
 exactly these seams and nowhere else.
 """
 

@@ -2,7 +2,7 @@
 
 For every labelled pair (text_a, text_b, label) the harness stores text_a with a synthetic answer
 in a real ``SemanticCache`` (real ``FaissIndex``, real ``DiskCacheStore`` in a temp dir, keys from
-``scope.build_keys`` as the pipeline derives them), then looks text_b up the way
+``cache.keys.build_keys`` as the request path derives them), then looks text_b up the way
 ``Pipeline.lookup`` does (exact key first, then ``SemanticCache.search``: FAISS candidates plus
 ``acceptance.accept``). A served hit is right when the label is 1 and the entry served is the
 pair's own text_a, or when the entry served is the looked-up text itself, verbatim (another

@@ -1,7 +1,7 @@
 """The real upstream: an OpenAI-compatible API over httpx.
 
 Transport failures become our own errors here (connection → 502, timeout → 504), so the
-pipeline never sees an httpx exception and an upstream problem is never reported as a bug
+request path never sees an httpx exception and an upstream problem is never reported as a bug
 of the sidecar.
 """
 

@@ -1,4 +1,4 @@
-"""What one request did: `OutcomeEvent`, recorded once per request by the pipeline, and the
+"""What one request did: `OutcomeEvent`, recorded once per request by the recorder, and the
 small helpers that build it (cost split, per-stage timing)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ STAGES = ("exact", "embed", "search", "verify")
 
 @dataclass(frozen=True, slots=True)
 class OutcomeEvent:
-    """What one request did, as recorded once per request by the pipeline.
+    """What one request did, as recorded once per request by the recorder.
 
     Tokens are the answer's usage: saved on a hit, spent upstream on a miss or bypass, and
     counted nowhere on an error (the same rule as `Stats.record`). `prompt` is dropped before

@@ -160,7 +160,7 @@ class Stats:
 
 def record_event(stats: Stats, key: str, e: OutcomeEvent) -> None:
     """Feed one logged outcome to `stats` under `key` (a namespace, or a project), exactly as
-    the pipeline recorded it live, so figures rebuilt from the log match the live ones."""
+    the recorder recorded it live, so figures rebuilt from the log match the live ones."""
     stats.record(
         key,
         e.model,

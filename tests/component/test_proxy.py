@@ -1,5 +1,5 @@
 """The whole request path in-process: real FAISS, real diskcache on tmp_path, the real
-pipeline and routes, the simulated upstream over ASGI; only the embedder is a fake."""
+request path and routes, the simulated upstream over ASGI; only the embedder is a fake."""
 
 from __future__ import annotations
 

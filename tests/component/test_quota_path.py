@@ -448,3 +448,64 @@ async def test_failed_calls_do_not_grow_the_spend_journal(
             await asyncio.sleep(0.02)
         assert journal == 0
         assert await project_spend(h) == 0.0
+
+
+async def test_a_downgraded_call_is_reported_at_the_price_it_was_charged(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+) -> None:
+    # Cost is computed once, at the model actually called: stats, metrics and the budget
+    # agree (they had reported the requested model's price for a downgraded call).
+    settings = settings_factory(
+        prices={"pricey": {"input": 1000, "output": 1000}, "cheap": {"input": 1, "output": 1}},
+        projects=[
+            {
+                "name": "default",
+                "daily_budget_usd": 1000,
+                "downgrade": {"at": 1e-6, "model": "cheap"},
+            }
+        ],
+    )
+    async with harness(settings, embedder, clock) as h:
+        await h.chat("first question", model="pricey", max_tokens=50)
+        before = await project_spend(h)
+        second = await h.chat("second question", model="pricey", max_tokens=50)
+        assert second.headers["x-model-downgraded"] == "pricey -> cheap"
+        usage = second.json()["usage"]
+        cheap_cost = (usage["prompt_tokens"] + usage["completion_tokens"]) / 1e6
+        charged = await project_spend(h)
+        assert charged - before == pytest.approx(cheap_cost)
+        stats = (await h.client.get("/v1/cache/stats")).json()["total"]
+        assert stats["dollars_spent"] == pytest.approx(charged)
+        metrics = (await h.client.get("/metrics")).text
+        spent = next(
+            float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith("llm_cache_dollars_spent_total")
+        )
+        assert spent == pytest.approx(charged)
+
+
+async def test_no_path_leaks_a_quota_hold(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+) -> None:
+    settings = settings_factory(
+        projects=[{"name": "default", "rpm": 1000, "daily_budget_usd": 100}], **FAST
+    )
+    async with harness(settings, embedder, clock) as h:
+        assert (await h.chat("answered")).status_code == 200
+        assert (await h.chat("answered", stream=True)).headers["x-cache"] == "HIT"
+        assert (await h.chat("streamed", stream=True)).status_code == 200
+        await h.faults("500", "500", "500", "500", retry_after=0)
+        assert (await h.chat("fails every time")).status_code == 500
+        await h.faults("429", "429", "429", "429", retry_after=0)
+        assert (await h.chat("limited every time", stream=True)).status_code == 429
+        await h.faults("drop")
+        await h.chat("dropped mid-stream", stream=True)
+        assert (await h.client.get("/v1/models")).status_code == 200
+        quota = (await h.client.get("/v1/quota")).json()
+        assert quota["in_flight"] == 0
+        project = next(
+            s for s in quota["scopes"] if (s["kind"], s["name"]) == ("project", "default")
+        )
+        assert project["daily_budget"]["held"] == 0
+        assert project["daily_tokens"]["held"] == 0

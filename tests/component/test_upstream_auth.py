@@ -3,12 +3,18 @@ route's wire format decides (never the path), and a relayed call keeps its calle
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
 import pytest
 
+from cache_service.app import create_app
 from cache_service.backends.upstream import HttpUpstream
 from cache_service.flavors import ANTHROPIC, OPENAI_CHAT
 from cache_service.flavors.base import Flavor
+from cache_service.settings import Settings
+from tests.conftest import served
+from tests.fakes import FakeClock, HashingEmbedder
 
 
 @pytest.mark.parametrize(
@@ -48,3 +54,45 @@ async def test_operator_key_replaces_the_callers(
     assert other not in headers  # the caller's own key never reaches upstream
     assert "caller" not in str(headers.raw)
     assert headers["anthropic-version"] == "2023-06-01"
+
+
+async def test_relayed_openai_calls_keep_openai_auth_and_errors(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+) -> None:
+    # A relayed path ending in "messages" (OpenAI's threads API) is not Anthropic's Messages
+    # API: it had been sent with x-api-key and answered with Anthropic-shaped errors.
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"object": "list", "data": []})
+
+    upstream = HttpUpstream(
+        "http://up/v1", api_key="sk-op", transport=httpx.MockTransport(handler), timeout_s=5
+    )
+    settings = settings_factory(max_body_bytes=1024)
+    app = create_app(settings, embedder=embedder, upstream=upstream, clock=clock)
+    caller = {"authorization": "Bearer sk-caller"}
+    async with (
+        app.router.lifespan_context(app) as state,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=served(app, state)), base_url="http://s"
+        ) as c,
+    ):
+        r = await c.get("/v1/threads/thread_1/messages", headers=caller)
+        assert r.status_code == 200
+        assert seen[-1].url.path == "/v1/threads/thread_1/messages"
+        assert seen[-1].headers["authorization"] == "Bearer sk-op"
+        assert "x-api-key" not in seen[-1].headers
+        # An Anthropic SDK's caller keeps its own scheme on a relayed call.
+        await c.get("/v1/models", headers={"x-api-key": "sk-ant-caller"})
+        assert seen[-1].headers["x-api-key"] == "sk-op"
+        assert "authorization" not in seen[-1].headers
+
+        too_big = await c.post("/v1/threads/thread_1/messages", content=b"x" * 2000, headers=caller)
+        assert too_big.status_code == 413
+        assert too_big.json()["error"]["code"] == "request_too_large"  # OpenAI's shape
+        # The Messages API itself still answers in Anthropic's.
+        too_big = await c.post("/v1/messages", content=b"x" * 2000, headers=caller)
+        assert too_big.json()["type"] == "error"
+        assert too_big.json()["error"]["type"] == "request_too_large"

@@ -1,0 +1,150 @@
+"""The matching chain: threshold and guards in the search, then verifiers behind one
+protocol, each able only to refuse; and the generic model batcher they may share."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from cache_service.backends.faiss_index import FaissIndex
+from cache_service.backends.store import DiskCacheStore
+from cache_service.cache.batcher import EmbeddingBatcher, ModelBatcher
+from cache_service.cache.feedback import FeedbackLearner
+from cache_service.cache.front import CacheFront
+from cache_service.cache.guards import AcceptConfig
+from cache_service.cache.keys import RequestKeys, build_keys
+from cache_service.cache.matching import Candidate, Verdict, choose
+from cache_service.cache.semantic import SemanticCache
+from cache_service.protocols import Entry
+from tests.fakes import FakeClock, HashingEmbedder
+
+
+class Refuses:
+    """A verifier refusing the prompts it is told to, recording what it was shown."""
+
+    def __init__(self, name: str, refused: set[str]) -> None:
+        self.name = name
+        self.refused = refused
+        self.shown: list[list[str]] = []
+
+    async def verify(self, prompt: str, candidates: Sequence[Candidate]) -> list[Verdict]:
+        self.shown.append([c.entry.prompt for c in candidates])
+        return [
+            Verdict(False, self.name) if c.entry.prompt in self.refused else Verdict(True)
+            for c in candidates
+        ]
+
+
+def candidate(prompt: str, similarity: float) -> Candidate:
+    entry = Entry(prompt, "s", prompt, "ns", "m", prompt, None, {}, 0.0, None)
+    return Candidate(entry, similarity)
+
+
+async def test_the_first_candidate_every_verifier_accepts_wins() -> None:
+    a, b, c = candidate("a", 0.99), candidate("b", 0.97), candidate("c", 0.95)
+    first, second = Refuses("first", {"a"}), Refuses("second", {"b"})
+    chosen = await choose("q", [a, b, c], [first, second])
+    assert chosen.candidate is c
+    assert (chosen.best_rejected, chosen.reason) == (0.99, "first")
+    # Each verifier judges only what the ones before it let through.
+    assert first.shown == [["a", "b", "c"]] and second.shown == [["b", "c"]]
+
+
+async def test_when_every_candidate_is_refused_it_is_a_miss_naming_the_refusal() -> None:
+    chosen = await choose("q", [candidate("a", 0.96)], [Refuses("nli", {"a"})])
+    assert (chosen.candidate, chosen.best_rejected, chosen.reason) == (None, 0.96, "nli")
+
+
+async def test_no_verifiers_serve_the_best_candidate() -> None:
+    a = candidate("a", 0.99)
+    assert (await choose("q", [a, candidate("b", 0.9)], [])).candidate is a
+
+
+async def test_a_verifier_in_the_front_turns_a_guarded_hit_into_a_miss(tmp_path: Path) -> None:
+    clock, embedder = FakeClock(), HashingEmbedder()
+    cache = SemanticCache(
+        DiskCacheStore(tmp_path / "s"), FaissIndex(embedder.dim), clock, AcceptConfig(0.5)
+    )
+    cache.rebuild()
+    batcher = EmbeddingBatcher(embedder)
+    verifier = Refuses("verifier", {"how do i reset my password"})
+    front = CacheFront(
+        cache,
+        batcher,
+        FeedbackLearner(0.5),
+        embed_timeout_s=5,
+        default_ttl_s=60,
+        verifiers=[verifier],
+    )
+
+    def keys(text: str) -> RequestKeys:
+        body = {"model": "m", "messages": [{"role": "user", "content": text}]}
+        return build_keys(body, "ns")
+
+    try:
+        stored = keys("how do i reset my password")
+        await front.store(stored, {"answer": 1}, api="openai", ttl_s=None, usage=(1, 1))
+        stages: dict[str, float] = {}
+        found = await front.lookup(keys("how can i reset my password"), None, stages)
+        assert found.hit is None
+        assert found.searched is not None and found.searched.reason == "verifier"
+        assert "verify" in stages
+        verifier.refused.clear()
+        found = await front.lookup(keys("how can i reset my password"), None, {})
+        assert found.hit is not None and found.hit.match == "semantic"
+        # An exact match is served before any model runs.
+        verifier.shown.clear()
+        found = await front.lookup(stored, None, {})
+        assert found.hit is not None and found.hit.match == "exact" and verifier.shown == []
+    finally:
+        batcher.close()
+        cache.store.close()
+
+
+async def test_the_model_batcher_batches_concurrent_calls_for_any_model() -> None:
+    calls: list[list[str]] = []
+
+    def model(batch: list[str]) -> list[int]:
+        calls.append(batch)
+        return [len(x) for x in batch]
+
+    batcher: ModelBatcher[str, int] = ModelBatcher(model, max_batch=8, name="lengths")
+    try:
+        results = await asyncio.gather(*(batcher.run("x" * i, 5) for i in range(10)))
+        assert results == list(range(10))
+        assert sum(len(b) for b in calls) == 10
+        assert all(len(b) <= 8 for b in calls)
+        assert len(calls) < 10  # what queued while a pass ran went as one batch
+        assert (batcher.batches, batcher.processed) == (len(calls), 10)
+    finally:
+        batcher.close()
+
+
+async def test_the_model_batcher_passes_on_failures_and_deadlines() -> None:
+    def broken(batch: list[str]) -> list[int]:
+        raise ValueError("model failed")
+
+    batcher: ModelBatcher[str, int] = ModelBatcher(broken)
+    try:
+        with pytest.raises(ValueError, match="model failed"):
+            await batcher.run("x", 5)
+    finally:
+        batcher.close()
+
+    gate = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def slow(batch: list[str]) -> list[int]:
+        asyncio.run_coroutine_threadsafe(gate.wait(), loop).result()
+        return [0 for _ in batch]
+
+    batcher = ModelBatcher(slow)
+    try:
+        with pytest.raises(TimeoutError):
+            await batcher.run("x", 0.05)
+    finally:
+        gate.set()
+        batcher.close()
