@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from cache_service.api.schemas import AnthropicRequest
 from cache_service.cache.keys import ANSWER_PARAMS
-from cache_service.flavors.base import CanonicalRequest, positive_int, usage_pair
+from cache_service.flavors.base import CanonicalRequest, positive_int, typed_event, usage_pair
 from cache_service.protocols import AuthScheme
 from cache_service.sse import encode, pieces
 
@@ -125,12 +125,8 @@ class AnthropicStreamAssembler:
 
     def add(self, data: str) -> dict[str, Any] | None:
         """Take one event's data; return the parsed event (None for garbage)."""
-        try:
-            event = json.loads(data)
-        except json.JSONDecodeError:
-            self.malformed = True
-            return None
-        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        event = typed_event(data)
+        if event is None:
             self.malformed = True
             return None
         kind = event["type"]

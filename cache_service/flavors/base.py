@@ -135,3 +135,15 @@ def usage_pair(body: Any, prompt_key: str, completion_key: str) -> tuple[int, in
 
 def positive_int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def typed_event(data: str) -> dict[str, Any] | None:
+    """An event's data as a JSON object carrying a string `type` (Anthropic's and the
+    Responses API's streams), or None for anything else."""
+    try:
+        event = json.loads(data)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        return None
+    return event

@@ -9,14 +9,13 @@ response; replay writes the event sequence the openai SDK's stream expects, from
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
 from pydantic import BaseModel
 
 from cache_service.api.schemas import ResponsesRequest
-from cache_service.flavors.base import CanonicalRequest, positive_int, usage_pair
+from cache_service.flavors.base import CanonicalRequest, positive_int, typed_event, usage_pair
 from cache_service.flavors.openai_chat import error_body
 from cache_service.protocols import AuthScheme
 from cache_service.sse import encode, pieces
@@ -167,12 +166,8 @@ class ResponsesStreamAssembler:
         self.malformed = False
 
     def add(self, data: str) -> dict[str, Any] | None:
-        try:
-            event = json.loads(data)
-        except json.JSONDecodeError:
-            self.malformed = True
-            return None
-        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        event = typed_event(data)
+        if event is None:
             self.malformed = True
             return None
         kind = event["type"]
