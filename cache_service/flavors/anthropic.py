@@ -12,7 +12,13 @@ from pydantic import BaseModel
 
 from cache_service.api.schemas import AnthropicRequest
 from cache_service.cache.keys import ANSWER_PARAMS
-from cache_service.flavors.base import CanonicalRequest, positive_int, typed_event, usage_pair
+from cache_service.flavors.base import (
+    CanonicalRequest,
+    answer_params,
+    positive_int,
+    typed_event,
+    usage_pair,
+)
 from cache_service.protocols import AuthScheme
 from cache_service.sse import encode, pieces
 
@@ -32,7 +38,7 @@ class AnthropicMessages:
             model=str(body["model"]),
             system=body.get("system"),
             messages=body["messages"],
-            params={k: body[k] for k in ANSWER_PARAMS if body.get(k) is not None},
+            params=answer_params(body, ANSWER_PARAMS),
             completion_cap=positive_int(body.get("max_tokens")),
             stream=body.get("stream") is True,
         )

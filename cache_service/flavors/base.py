@@ -121,6 +121,11 @@ class Flavor(Protocol):
         ...
 
 
+def answer_params(body: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """The fields among `names` the body sets (a null is as good as absent)."""
+    return {k: body[k] for k in names if body.get(k) is not None}
+
+
 def int_or_zero(value: Any) -> int:
     # bool is an int to Python but never a token count.
     return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -13,6 +13,7 @@ from cache_service.api.schemas import ChatRequest
 from cache_service.cache.keys import ANSWER_PARAMS
 from cache_service.flavors.base import (
     CanonicalRequest,
+    answer_params,
     positive_int,
     usage_pair,
 )
@@ -39,7 +40,7 @@ class OpenAIChat:
             model=str(body["model"]),
             system=None,
             messages=body["messages"],
-            params={k: body[k] for k in ANSWER_PARAMS if body.get(k) is not None},
+            params=answer_params(body, ANSWER_PARAMS),
             completion_cap=cap,
             stream=body.get("stream") is True,
             choices=n if isinstance(n, int) else 1,

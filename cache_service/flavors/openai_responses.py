@@ -15,7 +15,13 @@ from typing import Any
 from pydantic import BaseModel
 
 from cache_service.api.schemas import ResponsesRequest
-from cache_service.flavors.base import CanonicalRequest, positive_int, typed_event, usage_pair
+from cache_service.flavors.base import (
+    CanonicalRequest,
+    answer_params,
+    positive_int,
+    typed_event,
+    usage_pair,
+)
 from cache_service.flavors.openai_chat import error_body
 from cache_service.protocols import AuthScheme
 from cache_service.sse import encode, pieces
@@ -77,7 +83,7 @@ class OpenAIResponses:
             model=str(body["model"]),
             system=body.get("instructions"),
             messages=input_messages(body.get("input")),
-            params={k: body[k] for k in ANSWER_PARAMS if body.get(k) is not None},
+            params=answer_params(body, ANSWER_PARAMS),
             completion_cap=positive_int(body.get("max_output_tokens")),
             stream=body.get("stream") is True,
         )
