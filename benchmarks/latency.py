@@ -59,8 +59,9 @@ sys.path.insert(0, str(ROOT))
 from cache_service.backends.faiss_index import FaissIndex  # noqa: E402
 from cache_service.backends.store import DiskCacheStore  # noqa: E402
 from cache_service.cache.guards import AcceptConfig  # noqa: E402
-from cache_service.cache.keys import build_keys, tenant_of  # noqa: E402
+from cache_service.cache.keys import build_keys  # noqa: E402
 from cache_service.cache.semantic import SemanticCache  # noqa: E402
+from cache_service.cache.tenancy import credential_identity  # noqa: E402
 from cache_service.protocols import SystemClock  # noqa: E402
 from cache_service.settings import load_settings  # noqa: E402
 
@@ -304,7 +305,7 @@ def prefill(
     """Write `size` entries into data_dir's store as the proxy would have stored them.
     Returns prompt -> entry id for the real prompts, and the seconds it took."""
     settings = load_settings(data_dir=data_dir)
-    tenant = tenant_of({k.lower(): v for k, v in HEADERS.items()})
+    tenant = credential_identity({k.lower(): v for k, v in HEADERS.items()})
     started = time.perf_counter()
     store = DiskCacheStore(settings.store_dir, settings.store_size_limit_bytes)
     # Only new_entry is used (ids, timestamps, expiry); the sidecar builds its own index.

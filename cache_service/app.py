@@ -31,6 +31,7 @@ from cache_service.cache.feedback import FeedbackLearner
 from cache_service.cache.front import CacheFront
 from cache_service.cache.guards import AcceptConfig
 from cache_service.cache.semantic import SemanticCache
+from cache_service.cache.tenancy import Tenancy
 from cache_service.cache.verdicts import Verdicts
 from cache_service.pricing import Price, PriceTable
 from cache_service.protocols import Clock, Embedder, EntryStore, SystemClock, Upstream
@@ -146,6 +147,11 @@ def create_app(
             sample_rate=settings.audit_sample_rate,
             agree_similarity=settings.audit_agree_similarity,
         )
+        tenancy = Tenancy(
+            admin_key=settings.admin_key,
+            identity_header=settings.identity_header,
+            shared_namespaces=settings.shared_namespaces,
+        )
         handler = ProxyHandler(
             front,
             chain,
@@ -167,9 +173,12 @@ def create_app(
         try:
             yield AppState(
                 settings=settings,
+                tenancy=tenancy,
                 proxy=handler,
-                cache_api=CacheAPI(front, recorder, telemetry.metrics, settings, the_clock),
-                verdicts=Verdicts(learner, cache, learner_file),
+                cache_api=CacheAPI(
+                    front, recorder, telemetry.metrics, settings, the_clock, tenancy
+                ),
+                verdicts=Verdicts(learner, cache, learner_file, tenancy),
                 front=front,
                 chain=chain,
                 ledger=ledger,

@@ -202,7 +202,14 @@ class Settings(BaseSettings):
     """Also store prompt text in the outcome log. Off by default."""
 
     admin_key: str | None = None
-    """Bearer key for the admin API (runtime limit changes). None: admin API disabled."""
+    """Bearer key (or X-Admin-Key) for operations spanning tenants: limits, invalidation
+    across tenants, every tenant's stats and reports. None: those are refused."""
+    identity_header: str | None = None
+    """A header the operator's own gateway sets to name the caller (trusted as its
+    identity, in place of its API key's hash). Only set it if callers cannot send it."""
+    shared_namespaces: list[str] = Field(default_factory=list)
+    """Namespaces whose entries every caller naming them shares, whatever its credential.
+    At the operator's risk: one caller's stored answer is served to all the others."""
 
     @field_validator("upstream_url")
     @classmethod

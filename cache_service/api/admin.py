@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Literal
 
 from fastapi import APIRouter, Request
@@ -10,7 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from cache_service.api import state
-from cache_service.api.body import read_json, validate
+from cache_service.api.body import lower_headers, read_json, validate
 from cache_service.errors import Forbidden, Unauthorized
 from cache_service.quota.limits import Limits
 
@@ -35,11 +34,9 @@ async def set_limits(request: Request) -> JSONResponse:
     """Change a scope's limits at run time (usage so far is kept). Fields left out become
     unlimited, so a PUT states the whole limit set."""
     settings = state.settings(request)
-    admin_key = settings.admin_key
-    if not admin_key:
+    if not settings.admin_key:
         raise Forbidden("the admin API is disabled: set admin_key to enable it")
-    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given.encode(), admin_key.encode()):
+    if not state.tenancy(request).is_admin(lower_headers(request)):
         raise Unauthorized("a valid admin key is required (Authorization: Bearer <admin_key>)")
     data = await read_json(request, settings.max_body_bytes)
     update = validate(LimitsUpdate, data)

@@ -1,4 +1,5 @@
-"""The cache-lookup API: look up, store, invalidate, and give feedback on hits."""
+"""The cache-lookup API: look up, store, invalidate, and give feedback on hits, each within
+the caller's own tenant (the admin key reaches across tenants)."""
 
 from __future__ import annotations
 
@@ -18,17 +19,21 @@ router = APIRouter()
 async def cache_lookup(request: Request) -> JSONResponse:
     data = await read_json(request, state.settings(request).max_body_bytes)
     req = validate(LookupRequest, data)
-    body, headers = await state.cache_api(request).lookup(
-        req, data, lower_headers(request), request_id(request)
+    headers = lower_headers(request)
+    caller = state.tenancy(request).caller(headers)
+    body, out = await state.cache_api(request).lookup(
+        req, data, headers, request_id(request), caller
     )
-    return JSONResponse(body, headers=headers)
+    return JSONResponse(body, headers=out)
 
 
 @router.post("/v1/cache/store")
 async def cache_store(request: Request) -> JSONResponse:
     data = await read_json(request, state.settings(request).max_body_bytes)
     req = validate(StoreRequest, data)
-    entry = await state.cache_api(request).store(req, lower_headers(request))
+    headers = lower_headers(request)
+    caller = state.tenancy(request).caller(headers)
+    entry = await state.cache_api(request).store(req, headers, caller)
     return JSONResponse(
         {"entry_id": entry.id, "namespace": entry.namespace, "expires": entry.expires},
         status_code=201,
@@ -37,7 +42,8 @@ async def cache_store(request: Request) -> JSONResponse:
 
 @router.delete("/v1/cache/entries/{entry_id}")
 async def delete_entry(request: Request, entry_id: str) -> JSONResponse:
-    if not await state.cache_api(request).delete(entry_id):
+    caller = state.tenancy(request).caller(lower_headers(request))
+    if not await state.cache_api(request).delete(entry_id, caller):
         raise NotFound(f"no cache entry with id {entry_id!r}", param="entry_id")
     return JSONResponse({"deleted": 1, "entry_id": entry_id})
 
@@ -50,7 +56,8 @@ async def delete_entries(
         raise BadRequest(
             "name a namespace and/or a model to invalidate (query parameters)", param="namespace"
         )
-    count = await state.cache_api(request).delete_where(namespace, model)
+    caller = state.tenancy(request).caller(lower_headers(request))
+    count = await state.cache_api(request).delete_where(namespace, model, caller)
     return JSONResponse({"deleted": count, "namespace": namespace, "model": model})
 
 
@@ -68,8 +75,9 @@ async def feedback(request: Request) -> JSONResponse:
     the namespace's threshold above the similarity that fooled it."""
     data = await read_json(request, state.settings(request).max_body_bytes)
     fb = validate(FeedbackRequest, data)
+    caller = state.tenancy(request).caller(lower_headers(request))
     judged = await state.verdicts(request).judge(
-        request_id=fb.request_id, entry_id=fb.entry_id, correct=fb.correct
+        caller, request_id=fb.request_id, entry_id=fb.entry_id, correct=fb.correct
     )
     return JSONResponse(
         {

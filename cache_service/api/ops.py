@@ -1,4 +1,5 @@
-"""What an operator reads: stats, quota use, liveness and readiness."""
+"""What an operator reads: stats (a caller's own tenant's; every tenant's with the admin
+key), quota use, liveness and readiness."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from cache_service.api import state
+from cache_service.api.body import lower_headers
 
 router = APIRouter()
 
@@ -13,11 +15,15 @@ router = APIRouter()
 @router.get("/v1/cache/stats")
 async def cache_stats(request: Request) -> JSONResponse:
     front = state.front(request)
-    snapshot = state.stats(request).snapshot()
+    visible = state.tenancy(request).visible_to(lower_headers(request))
+    snapshot = state.stats(request).snapshot(visible)
+    learner = front.learner
     snapshot["quality"] = {
         "audit": state.proxy(request).auditor.tally.as_dict(),
-        "feedback": front.learner.counts,
-        "learned_thresholds": front.learner.thresholds,
+        "feedback": {k: v for k, v in learner.counts.items() if visible is None or visible(k)},
+        "learned_thresholds": {
+            k: v for k, v in learner.thresholds.items() if visible is None or visible(k)
+        },
     }
     snapshot["cache"] = {
         "vectors": len(front.cache.index),

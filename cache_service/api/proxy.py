@@ -11,6 +11,7 @@ from starlette.responses import Response, StreamingResponse
 from cache_service.api import state
 from cache_service.api.body import lower_headers, read_body, read_json, request_id, validate
 from cache_service.cache.keys import project_of
+from cache_service.cache.tenancy import namespace_of
 from cache_service.flavors import FLAVORS
 from cache_service.flavors.base import Flavor
 from cache_service.proxy.context import proxy_context
@@ -25,7 +26,10 @@ def _endpoint(flavor: Flavor) -> Callable[[Request], Awaitable[Response]]:
         settings = state.settings(request)
         body = await read_json(request, settings.max_body_bytes)
         validate(flavor.schema, body)
-        ctx = proxy_context(flavor, body, lower_headers(request), request_id(request), settings)
+        headers = lower_headers(request)
+        tenancy = state.tenancy(request)
+        tenant = tenancy.tenant(tenancy.caller(headers), namespace_of(headers))
+        ctx = proxy_context(flavor, body, headers, request_id(request), settings, tenant)
         return await state.proxy(request).handle(ctx)
 
     endpoint.__name__ = f"proxy_{flavor.name}"

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from cache_service.api import state
+from cache_service.api.body import lower_headers
 from cache_service.errors import BadRequest
 from cache_service.report.build import ReportError, build_report, parse_since
 from cache_service.report.formats import FORMATS, render
@@ -31,7 +32,8 @@ async def cache_report(
     request: Request, format: str = "json", since: str | None = None
 ) -> Response:
     """The outcome log since `since` (1h, 7d, ISO 8601; default: all of it) as html, md or
-    json. Totals use the definitions of GET /v1/cache/stats."""
+    json. Totals use the definitions of GET /v1/cache/stats. A caller's own tenant's
+    requests; every tenant's, and the projects' budgets, with the admin key."""
     if format not in FORMATS:
         raise BadRequest(f"format must be one of {', '.join(FORMATS)}", param="format")
     try:
@@ -39,12 +41,17 @@ async def cache_report(
     except ReportError as e:
         raise BadRequest(str(e), param="since") from e
     telemetry = state.telemetry(request)
+    visible = state.tenancy(request).visible_to(lower_headers(request))
     # On the loop: the quota ledger behind it is only safe to read from the loop's thread.
-    budgets = await telemetry.current_budgets()
+    # Budgets belong to projects, which span tenants: the admin's view only.
+    budgets = await telemetry.current_budgets() if visible is None else None
 
     def make() -> tuple[str, str]:
         # Reading the log and drawing plots both block (SQLite, matplotlib): one thread.
-        report: dict[str, Any] = build_report(telemetry.events(start), since=start, budgets=budgets)
+        events = telemetry.events(start)
+        if visible is not None:
+            events = [e for e in events if visible(e.namespace)]
+        report: dict[str, Any] = build_report(events, since=start, budgets=budgets)
         return render(report, format)
 
     text, media_type = await asyncio.to_thread(make)

@@ -9,6 +9,7 @@ from typing import TypedDict
 from fastapi import Request
 
 from cache_service.cache.front import CacheFront
+from cache_service.cache.tenancy import Tenancy
 from cache_service.cache.verdicts import Verdicts
 from cache_service.proxy.cache_api import CacheAPI
 from cache_service.proxy.handler import ProxyHandler
@@ -21,6 +22,7 @@ from cache_service.upstream.chain import UpstreamChain
 
 class AppState(TypedDict):
     settings: Settings
+    tenancy: Tenancy
     proxy: ProxyHandler
     cache_api: CacheAPI
     verdicts: Verdicts
@@ -33,6 +35,11 @@ class AppState(TypedDict):
 
 def settings(request: Request) -> Settings:
     value: Settings = request.state.settings
+    return value
+
+
+def tenancy(request: Request) -> Tenancy:
+    value: Tenancy = request.state.tenancy
     return value
 
 

@@ -57,22 +57,6 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(_canonical(value).encode()).hexdigest()
 
 
-def tenant_of(headers: dict[str, str]) -> str:
-    """X-Cache-Namespace, else X-Project-Id, else a hash of the caller's API key.
-
-    Hashing the key (never storing it) keeps two customers sharing one sidecar apart even
-    when neither sets a namespace.
-    """
-    for name in ("x-cache-namespace", "x-project-id"):
-        value = headers.get(name, "").strip()
-        if value:
-            return value
-    auth = headers.get("authorization") or headers.get("x-api-key") or ""
-    if auth:
-        return "key-" + hashlib.sha256(auth.encode()).hexdigest()[:16]
-    return "anonymous"
-
-
 def project_of(headers: dict[str, str]) -> str:
     """The quota project: X-Project-Id, else "default"."""
     return headers.get("x-project-id", "").strip() or "default"

@@ -11,6 +11,7 @@ import dataclasses
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -191,15 +192,19 @@ class SemanticCache:
         return entry
 
     def delete_where(self, *, namespace: str | None = None, model: str | None = None) -> int:
-        doomed = [
-            e
-            for e in self.store.iter_entries()
-            if (namespace is None or e.namespace == namespace)
-            and (model is None or e.model == model)
-        ]
-        for e in doomed:
-            self.delete(e.id)
-        return len(doomed)
+        return self.delete_matching(
+            lambda e: (
+                (namespace is None or e.namespace == namespace)
+                and (model is None or e.model == model)
+            )
+        )
+
+    def delete_matching(self, doomed: Callable[[Entry], bool]) -> int:
+        """Delete every entry `doomed` picks; returns how many."""
+        picked = [e.id for e in self.store.iter_entries() if doomed(e)]
+        for entry_id in picked:
+            self.delete(entry_id)
+        return len(picked)
 
     # --- maintenance
 

@@ -1,7 +1,8 @@
 """The cache-lookup API's door to the cache (`/v1/cache/lookup`, `/v1/cache/store`,
 invalidation): the same lookup, store and recorder as proxied requests, under a scope of its
 own (`api=lookup`), since what an app stores here is whatever shape it likes and must never
-be served as a chat completion."""
+be served as a chat completion. Every call acts within the caller's own tenant (the
+`namespace` it names partitions inside it); only the admin key reaches across tenants."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from typing import Any
 
 from cache_service.api.schemas import LookupRequest, StoreRequest
 from cache_service.cache.front import CacheFront
-from cache_service.cache.keys import ANSWER_PARAMS, RequestKeys, build_keys, project_of, tenant_of
+from cache_service.cache.keys import ANSWER_PARAMS, RequestKeys, build_keys, project_of
 from cache_service.cache.policy import parse_directives
+from cache_service.cache.tenancy import Caller, Tenancy, namespace_of
 from cache_service.errors import BadRequest, ServiceError
 from cache_service.flavors import DEFAULT
 from cache_service.protocols import Clock, Entry
@@ -36,14 +38,18 @@ class CacheAPI:
         metrics: Metrics,
         settings: Settings,
         clock: Clock,
+        tenancy: Tenancy,
     ) -> None:
+        self.tenancy = tenancy
         self.front = front
         self.recorder = recorder
         self.metrics = metrics
         self.settings = settings
         self.clock = clock
 
-    def keys(self, req: LookupRequest | StoreRequest, headers: dict[str, str]) -> RequestKeys:
+    def keys(
+        self, req: LookupRequest | StoreRequest, headers: dict[str, str], caller: Caller
+    ) -> RequestKeys:
         if (req.messages is None) == (req.prompt is None):
             raise BadRequest("give exactly one of 'messages' or 'prompt'", param="messages")
         messages = (
@@ -56,18 +62,23 @@ class CacheAPI:
         body.update({k: extra[k] for k in ANSWER_PARAMS if k in extra})
         return build_keys(
             body,
-            req.namespace or tenant_of(headers),
+            self.tenancy.tenant(caller, req.namespace or namespace_of(headers)),
             api="lookup",
             max_semantic_chars=self.settings.semantic_max_chars,
         )
 
     async def lookup(
-        self, req: LookupRequest, data: dict[str, Any], headers: dict[str, str], request_id: str
+        self,
+        req: LookupRequest,
+        data: dict[str, Any],
+        headers: dict[str, str],
+        request_id: str,
+        caller: Caller,
     ) -> tuple[dict[str, Any], dict[str, str]]:
         threshold = parse_threshold(
             req.threshold, param="threshold", floor=self.settings.min_threshold
         )
-        keys = self.keys(req, headers)
+        keys = self.keys(req, headers, caller)
         ctx = RequestContext(
             flavor=DEFAULT,
             body=data,
@@ -107,8 +118,8 @@ class CacheAPI:
         }
         return body, {"x-cache": "HIT", "x-cache-entry": entry.id}
 
-    async def store(self, req: StoreRequest, headers: dict[str, str]) -> Entry:
-        keys = self.keys(req, headers)
+    async def store(self, req: StoreRequest, headers: dict[str, str], caller: Caller) -> Entry:
+        keys = self.keys(req, headers, caller)
         ttl = parse_directives(
             None,
             None if req.ttl is None else str(req.ttl),
@@ -126,16 +137,38 @@ class CacheAPI:
             raise StoreFailed("the entry could not be stored; try again")
         return entry
 
-    async def delete(self, entry_id: str) -> bool:
-        entry = await asyncio.to_thread(self.front.cache.delete, entry_id)
-        if entry is not None:
-            self.metrics.evicted(1)
-        return entry is not None
+    async def delete(self, entry_id: str, caller: Caller) -> bool:
+        """Invalidate one entry of the caller's (another tenant's is "not found": its
+        existence is not the caller's business)."""
+        cache = self.front.cache
+        entry = await asyncio.to_thread(cache.store.get, entry_id)
+        if entry is None or not self.tenancy.owns(caller, entry.namespace):
+            return False
+        if await asyncio.to_thread(cache.delete, entry_id) is None:
+            return False
+        self.metrics.evicted(1)
+        return True
 
-    async def delete_where(self, namespace: str | None, model: str | None) -> int:
-        count = await asyncio.to_thread(
-            self.front.cache.delete_where, namespace=namespace, model=model
-        )
+    async def delete_where(self, namespace: str | None, model: str | None, caller: Caller) -> int:
+        """Invalidate by namespace and/or model: within the caller's tenant; with the admin
+        key, across every tenant (a bare namespace then names it in every tenant)."""
+        tenancy = self.tenancy
+
+        def doomed(entry: Entry) -> bool:
+            if model is not None and entry.model != model:
+                return False
+            if caller.admin:
+                return namespace is None or namespace in (
+                    entry.namespace,
+                    entry.namespace.split("/", 1)[-1],
+                )
+            if namespace is not None:
+                return entry.namespace == tenancy.tenant(caller, namespace)
+            return tenancy.owns(caller, entry.namespace)
+
+        if namespace is not None and not caller.admin:
+            tenancy.tenant(caller, namespace)  # a malformed name is a 400, not "0 deleted"
+        count = await asyncio.to_thread(self.front.cache.delete_matching, doomed)
         self.metrics.evicted(count)
         return count
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cache_service.cache.front import Found
-from cache_service.cache.keys import RequestKeys, keys_of, project_of, tenant_of
+from cache_service.cache.keys import RequestKeys, keys_of, project_of
 from cache_service.cache.policy import CacheDirectives, DirectiveError, parse_directives
 from cache_service.errors import BadRequest
 from cache_service.flavors.base import CanonicalRequest, Flavor
@@ -72,11 +72,13 @@ def proxy_context(
     headers: dict[str, str],
     request_id: str,
     settings: Settings,
+    tenant: str,
 ) -> RequestContext:
-    """A proxied request: its flavour's canonical view, keys, directives and threshold."""
+    """A proxied request in `tenant`'s partition: its flavour's canonical view, keys,
+    directives and threshold."""
     request = flavor.canonical(body)
     keys = keys_of(
-        tenant=tenant_of(headers),
+        tenant=tenant,
         api=flavor.name,
         model=request.model,
         system=request.system,

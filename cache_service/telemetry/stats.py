@@ -4,7 +4,7 @@ the same counters rebuilt from logged outcome events."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -139,11 +139,13 @@ class Stats:
         """The namespaces and the models counted so far."""
         return {ns for ns, _ in self._by_key}, {m for _, m in self._by_key}
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, visible: Callable[[str], bool] | None = None) -> dict[str, Any]:
+        """Every row, or only the namespaces `visible` admits (a caller's own tenant)."""
         total = Counters()
         namespaces: dict[str, Counters] = defaultdict(Counters)
         models: dict[str, Counters] = defaultdict(Counters)
-        for (ns, model), c in self._by_key.items():
+        rows = {key: c for key, c in self._by_key.items() if visible is None or visible(key[0])}
+        for (ns, model), c in rows.items():
             total.add(c)
             namespaces[ns].add(c)
             models[model].add(c)
@@ -152,8 +154,7 @@ class Stats:
             "by_namespace": {k: v.as_dict() for k, v in sorted(namespaces.items())},
             "by_model": {k: v.as_dict() for k, v in sorted(models.items())},
             "by_namespace_model": [
-                {"namespace": ns, "model": m, **c.as_dict()}
-                for (ns, m), c in sorted(self._by_key.items())
+                {"namespace": ns, "model": m, **c.as_dict()} for (ns, m), c in sorted(rows.items())
             ],
         }
 

@@ -79,20 +79,22 @@ async def test_stats_survive_a_restart(
 async def test_label_values_from_requests_are_capped(
     settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
 ) -> None:
-    settings = settings_factory(max_label_values=2)
+    settings = settings_factory(max_label_values=2, admin_key="adm")
+    # "_other" belongs to no one tenant: only the admin's view shows it.
+    admin = {"X-Admin-Key": "adm"}
     async with harness(settings, embedder, clock) as h:
         for ns in ("alpha", "beta", "gamma", "delta"):
             await h.chat("How do I reset my password?", headers={"X-Cache-Namespace": ns})
-        stats = (await h.client.get("/v1/cache/stats")).json()
-        assert sorted(stats["by_namespace"]) == ["_other", "alpha", "beta"]
+        stats = (await h.client.get("/v1/cache/stats", headers=admin)).json()
+        assert sorted(stats["by_namespace"]) == ["_other", "anonymous/alpha", "anonymous/beta"]
         assert stats["by_namespace"]["_other"]["requests"] == 2
         assert stats["total"]["requests"] == 4
         metrics = (await h.client.get("/metrics")).text
         namespaces = set(re.findall(r'llm_cache_requests_total\{[^}]*namespace="([^"]+)"', metrics))
-        assert namespaces == {"alpha", "beta", "_other"}
+        assert namespaces == {"anonymous/alpha", "anonymous/beta", "_other"}
     async with harness(settings, embedder, clock) as h:  # restored rows keep their names
         await h.chat("How do I reset my password?", headers={"X-Cache-Namespace": "beta"})
         await h.chat("How do I reset my password?", headers={"X-Cache-Namespace": "epsilon"})
-        stats = (await h.client.get("/v1/cache/stats")).json()
-        assert stats["by_namespace"]["beta"]["requests"] == 2
+        stats = (await h.client.get("/v1/cache/stats", headers=admin)).json()
+        assert stats["by_namespace"]["anonymous/beta"]["requests"] == 2
         assert stats["by_namespace"]["_other"]["requests"] == 3

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cache_service.api.middleware import install_error_handlers
 from cache_service.api.reports import router
+from cache_service.cache.tenancy import Tenancy
 from cache_service.pricing import PriceTable
 from cache_service.quota.limits import Limits
 from cache_service.quota.manager import QuotaManager, Reservation
@@ -290,8 +291,11 @@ async def test_routes(tmp_path: Path) -> None:
     for e in hand_built():
         telemetry.record(e)
     try:
-        transport = httpx.ASGITransport(app=served(app, {"telemetry": telemetry}))
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        state = {"telemetry": telemetry, "tenancy": Tenancy(admin_key="adm")}
+        transport = httpx.ASGITransport(app=served(app, state))
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://t", headers={"X-Admin-Key": "adm"}
+        ) as client:
             r = await client.get("/metrics")
             assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
             names = {f.name for f in text_string_to_metric_families(r.text)}

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from cache_service.cache.keys import build_keys, tenant_of
+from cache_service.cache.keys import build_keys
 
 Q = "How do I reset my password?"
 
@@ -22,61 +22,6 @@ def user(content: Any, **extra: Any) -> dict[str, Any]:
 
 def base() -> dict[str, Any]:
     return chat(user(Q))
-
-
-# ------------------------------------------------------------------ tenant
-
-
-def test_namespace_beats_project_and_key() -> None:
-    headers = {
-        "x-cache-namespace": "team-a",
-        "x-project-id": "proj-1",
-        "authorization": "Bearer sk-secret",
-    }
-    assert tenant_of(headers) == "team-a"
-
-
-def test_project_id_beats_key() -> None:
-    assert tenant_of({"x-project-id": "proj-1", "authorization": "Bearer sk-secret"}) == "proj-1"
-
-
-def test_blank_namespace_falls_through_to_project() -> None:
-    assert tenant_of({"x-cache-namespace": "   ", "x-project-id": "proj-1"}) == "proj-1"
-
-
-def test_namespace_is_stripped() -> None:
-    assert tenant_of({"x-cache-namespace": "  team-a "}) == "team-a"
-
-
-def test_api_key_is_hashed_never_stored() -> None:
-    secret = "sk-live-0123456789abcdef"
-    tenant = tenant_of({"authorization": f"Bearer {secret}"})
-    assert tenant.startswith("key-")
-    assert secret not in tenant
-    assert "0123456789" not in tenant
-    # Deterministic: the same key is the same tenant on every request.
-    assert tenant_of({"authorization": f"Bearer {secret}"}) == tenant
-
-
-def test_different_keys_are_different_tenants() -> None:
-    a = tenant_of({"authorization": "Bearer sk-a"})
-    b = tenant_of({"authorization": "Bearer sk-b"})
-    assert a != b
-    assert a.startswith("key-")
-    assert b.startswith("key-")
-
-
-def test_x_api_key_is_used_when_no_authorization() -> None:
-    secret = "sk-ant-abcdef"
-    tenant = tenant_of({"x-api-key": secret})
-    assert tenant.startswith("key-")
-    assert secret not in tenant
-    assert tenant != tenant_of({"x-api-key": "sk-ant-other"})
-
-
-def test_anonymous_without_any_identity() -> None:
-    assert tenant_of({}) == "anonymous"
-    assert tenant_of({"content-type": "application/json"}) == "anonymous"
 
 
 # ------------------------------------------------------------------ scope: what splits it
