@@ -187,6 +187,11 @@ class Settings(BaseSettings):
     backoff_max_s: float = Field(8.0, gt=0)
     retry_after_cap_s: float = Field(30.0, gt=0)
     """An upstream's Retry-After is honoured up to this many seconds."""
+    request_deadline_s: float = Field(120.0, gt=0)
+    """The whole upstream part of one request (every retry and fallback, and a stream to
+    its last byte) ends by then: no retry or fallback starts that could not finish in time."""
+    stream_idle_timeout_s: float = Field(60.0, gt=0)
+    """A stream that sends no bytes for this long is ended with an error event."""
     breaker_failures: int = Field(5, ge=1)
     """Consecutive failures that open an upstream's circuit breaker."""
     breaker_cooldown_s: float = Field(30.0, gt=0)
