@@ -182,7 +182,8 @@ class Settings(BaseSettings):
     default_completion_tokens: int = Field(256, ge=1)
     """Completion estimate for requests without max_tokens, reserved until usage settles."""
     max_retries: int = Field(3, ge=0, le=10)
-    """Retries per upstream on 429, 5xx and connection errors, before falling back."""
+    """Retries per upstream on 429, 5xx and connection errors, before falling back (a
+    connection refused or a host not found falls back at once: asking again cannot help)."""
     backoff_base_s: float = Field(0.5, gt=0)
     backoff_max_s: float = Field(8.0, gt=0)
     retry_after_cap_s: float = Field(30.0, gt=0)
