@@ -20,6 +20,7 @@ from cache_service.settings import Settings
 from cache_service.sse import SSEParser
 from tests.conftest import Harness, harness
 from tests.fakes import FakeClock, HashingEmbedder
+from tests.unit.test_simulated import server_url  # noqa: F401  (a fixture)
 
 DEADLINE_S = 0.6
 IDLE_S = 0.25
@@ -327,3 +328,35 @@ async def test_a_refused_connection_falls_back_at_once(
         counters = (await h.client.get("/v1/quota")).json()["counters"]
         assert (counters["retries"], counters["fallbacks"]) == (0, 1)
         assert not clock.slept
+
+
+# --- over a real connection -----------------------------------------------------------------
+
+
+async def test_over_a_real_connection_drips_stall_and_gzip_streams_decode(
+    settings_factory: Callable[..., Settings],
+    embedder: HashingEmbedder,
+    clock: FakeClock,
+    server_url: str,  # noqa: F811
+) -> None:
+    # httpx's ASGI transport hands over a body only once it is complete; a real server
+    # delivers it byte by byte, so here a drip is a stream going quiet mid-answer.
+    def wrap(_: HttpUpstream) -> Upstream:
+        return HttpUpstream(f"{server_url}/v1", timeout_s=10)
+
+    settings = settings_factory(**{**SETTINGS, "request_deadline_s": 5.0})
+    async with (
+        harness(settings, embedder, clock, wrap=wrap) as h,
+        httpx.AsyncClient(base_url=server_url) as sim,
+    ):
+        await sim.post("/_sim/faults", json={"faults": ["drip:1", "gzip"]})
+        r, took = await ask(h, CHAT, "dripping", stream=True)
+        assert r.status_code == 200
+        assert stream_error(CHAT, r)["code"] == "upstream_stream_stalled"
+        assert took < 2.0
+        r, _ = await ask(h, CHAT, "compressed", stream=True)
+        assert "content-encoding" not in r.headers
+        events = [d for _, d in SSEParser().feed_events(r.content)]
+        assert events[-1] == "[DONE]"
+        assert (await h.chat("compressed")).headers["x-cache"] == "HIT"
+        await contained(h, CHAT, "dripping")
