@@ -360,3 +360,21 @@ async def test_over_a_real_connection_drips_stall_and_gzip_streams_decode(
         assert events[-1] == "[DONE]"
         assert (await h.chat("compressed")).headers["x-cache"] == "HIT"
         await contained(h, CHAT, "dripping")
+
+
+async def test_an_audit_answered_with_garbage_is_skipped_not_a_disagreement(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+) -> None:
+    settings = settings_factory(**SETTINGS, audit_sample_rate=1.0)
+    async with harness(settings, embedder, clock) as h:
+        await h.chat("How do I reset my password?")
+        await h.faults("garbage")  # the audit's fresh call gets it
+        hit = await h.chat("how do I reset my password")
+        assert hit.headers["x-cache-match"] == "semantic"
+        for _ in range(500):  # the audit runs in the background, after the hit was served
+            audit = (await h.client.get("/v1/cache/stats")).json()["quality"]["audit"]
+            if audit.get("skipped"):
+                break
+            await asyncio.sleep(0.02)
+        assert (audit["skipped"], audit["audited"]) == (1, 0)
+        assert (await h.client.get("/v1/quota")).json()["in_flight"] == 0
