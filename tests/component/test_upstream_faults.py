@@ -353,7 +353,7 @@ async def test_over_a_real_connection_drips_stall_and_gzip_streams_decode(
         r, took = await ask(h, CHAT, "dripping", stream=True)
         assert r.status_code == 200
         assert stream_error(CHAT, r)["code"] == "upstream_stream_stalled"
-        assert took < 2.0
+        assert took < 5.0 - 1  # the idle timeout ended it, well before the deadline
         r, _ = await ask(h, CHAT, "compressed", stream=True)
         assert "content-encoding" not in r.headers
         events = [d for _, d in SSEParser().feed_events(r.content)]
