@@ -65,6 +65,23 @@ class UpstreamUnavailable(ServiceError):
     status = 502
     type = "upstream_error"
     code = "upstream_unavailable"
+    retryable = True
+    """False when asking the same upstream again cannot help (connection refused, no such
+    host): the chain moves on to the next upstream at once."""
+
+
+class UpstreamInvalidResponse(UpstreamUnavailable):
+    """A 2xx whose body is not an answer of the route's API: a 502, never stored."""
+
+    code = "upstream_invalid_response"
+
+
+def invalid_answer(state: str) -> UpstreamInvalidResponse:
+    """The error for such an answer, with the lookup's `x-cache` state."""
+    return UpstreamInvalidResponse(
+        "upstream answered with a body that is not a valid response for this API",
+        headers={"x-cache": state, "x-cache-stored": "false"},
+    )
 
 
 class UpstreamTimeout(ServiceError):

@@ -6,15 +6,18 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 
 from cache_service.protocols import Clock
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 
 
-def parse_retry_after(headers: dict[str, str]) -> float | None:
-    """Seconds from `retry-after-ms` or `retry-after` (seconds; HTTP dates are rare from
-    LLM APIs and treated as absent)."""
+def parse_retry_after(headers: dict[str, str], now: float | None = None) -> float | None:
+    """Seconds from `retry-after-ms`, or `retry-after` as seconds or as an HTTP-date
+    (RFC 9110), the date read relative to `now` (the injected clock's wall time; a date
+    already past is 0). Without `now` a date cannot be placed and counts as absent."""
     ms = headers.get("retry-after-ms")
     if ms is not None:
         try:
@@ -22,12 +25,21 @@ def parse_retry_after(headers: dict[str, str]) -> float | None:
         except ValueError:
             pass
     value = headers.get("retry-after")
-    if value is not None:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            return None
-    return None
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    if now is None:
+        return None
+    try:
+        when = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000" parses zone-less; an HTTP-date is GMT anyway
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
 
 
 def backoff_delay(

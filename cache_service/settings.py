@@ -182,11 +182,17 @@ class Settings(BaseSettings):
     default_completion_tokens: int = Field(256, ge=1)
     """Completion estimate for requests without max_tokens, reserved until usage settles."""
     max_retries: int = Field(3, ge=0, le=10)
-    """Retries per upstream on 429, 5xx and connection errors, before falling back."""
+    """Retries per upstream on 429, 5xx and connection errors, before falling back (a
+    connection refused or a host not found falls back at once: asking again cannot help)."""
     backoff_base_s: float = Field(0.5, gt=0)
     backoff_max_s: float = Field(8.0, gt=0)
     retry_after_cap_s: float = Field(30.0, gt=0)
     """An upstream's Retry-After is honoured up to this many seconds."""
+    request_deadline_s: float = Field(120.0, gt=0)
+    """The whole upstream part of one request (every retry and fallback, and a stream to
+    its last byte) ends by then: no retry or fallback starts that could not finish in time."""
+    stream_idle_timeout_s: float = Field(60.0, gt=0)
+    """A stream that sends no bytes for this long is ended with an error event."""
     breaker_failures: int = Field(5, ge=1)
     """Consecutive failures that open an upstream's circuit breaker."""
     breaker_cooldown_s: float = Field(30.0, gt=0)

@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cache_service.app import create_app
 from cache_service.backends.upstream import HttpUpstream
+from cache_service.protocols import Upstream
 from cache_service.settings import Settings, load_settings
 from cache_service.simulator.app import create_simulated_app
 from tests.fakes import FakeClock, HashingEmbedder
@@ -82,12 +83,19 @@ class Harness:
 
 @contextlib.asynccontextmanager
 async def harness(
-    settings: Settings, embedder: HashingEmbedder, clock: FakeClock, upstream_url: str | None = None
+    settings: Settings,
+    embedder: HashingEmbedder,
+    clock: FakeClock,
+    upstream_url: str | None = None,
+    wrap: Callable[[HttpUpstream], Upstream | dict[str, Upstream]] | None = None,
 ) -> AsyncIterator[Harness]:
+    """`wrap` puts something between the sidecar and the simulator's client (a stalling
+    stream, a dead primary), by upstream name if it returns a dict."""
     sim_app = create_simulated_app()
     sim_transport = httpx.ASGITransport(app=sim_app)
     upstream = HttpUpstream(upstream_url or "http://sim/v1", transport=sim_transport, timeout_s=10)
-    app = create_app(settings, embedder=embedder, upstream=upstream, clock=clock)
+    injected = wrap(upstream) if wrap is not None else upstream
+    app = create_app(settings, embedder=embedder, upstream=injected, clock=clock)
     async with (
         app.router.lifespan_context(app) as state,
         httpx.AsyncClient(

@@ -2,7 +2,12 @@
 
 Transport failures become our own errors here (connection → 502, timeout → 504), so the
 request path never sees an httpx exception and an upstream problem is never reported as a bug
-of the sidecar.
+of the sidecar. A connection that could not be made at all (refused, unknown host) is marked
+not retryable: the same upstream will refuse again, the next one may not.
+
+Every body handed on is decoded: httpx decodes `.content`, and streams are read with
+`aiter_bytes` (not `aiter_raw`), because the content-encoding header is never returned to
+the caller and the SSE parser needs plain text.
 """
 
 from __future__ import annotations
@@ -50,6 +55,16 @@ def pick_returned_headers(headers: httpx.Headers) -> dict[str, str]:
     return {k: headers[k] for k in RETURNED_HEADERS if k in headers}
 
 
+def transport_error(e: httpx.HTTPError) -> UpstreamTimeout | UpstreamUnavailable:
+    """Our error for an httpx failure before any answer came."""
+    if isinstance(e, httpx.TimeoutException):
+        return UpstreamTimeout(f"upstream did not answer in time ({type(e).__name__})")
+    error = UpstreamUnavailable(f"upstream unreachable: {type(e).__name__}: {e}")
+    # A timeout is caught above, so a ConnectError is a refusal or a failed name lookup.
+    error.retryable = not isinstance(e, httpx.ConnectError)
+    return error
+
+
 class HttpUpstream:
     def __init__(
         self,
@@ -90,10 +105,8 @@ class HttpUpstream:
             r = await self._client.post(
                 path, content=json.dumps(body).encode(), headers=self._headers(headers, auth)
             )
-        except httpx.TimeoutException as e:
-            raise UpstreamTimeout(f"upstream did not answer in time ({type(e).__name__})") from e
         except httpx.HTTPError as e:
-            raise UpstreamUnavailable(f"upstream unreachable: {type(e).__name__}: {e}") from e
+            raise transport_error(e) from e
         return UpstreamResponse(r.status_code, pick_returned_headers(r.headers), r.content)
 
     async def stream(
@@ -134,14 +147,12 @@ class HttpUpstream:
         )
         try:
             r = await self._client.send(request, stream=True)
-        except httpx.TimeoutException as e:
-            raise UpstreamTimeout(f"upstream did not answer in time ({type(e).__name__})") from e
         except httpx.HTTPError as e:
-            raise UpstreamUnavailable(f"upstream unreachable: {type(e).__name__}: {e}") from e
+            raise transport_error(e) from e
 
         async def chunks() -> AsyncIterator[bytes]:
             try:
-                async for chunk in r.aiter_raw():
+                async for chunk in r.aiter_bytes():
                     yield chunk
             except httpx.TimeoutException as e:
                 raise UpstreamTimeout("upstream stream stalled") from e

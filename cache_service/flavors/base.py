@@ -87,6 +87,11 @@ class Flavor(Protocol):
         """Prompt and completion tokens an answer reports; (0, 0) when it reports none."""
         ...
 
+    def valid(self, body: Any) -> bool:
+        """A successful answer's parsed body is an answer of this format (a JSON object of
+        its kind), not a proxy's page or `{"nope": 1}`: else it is a 502, never stored."""
+        ...
+
     def refusal(self, status: int, body: Any, *, cache_tool_calls: bool) -> str | None:
         """Why an upstream answer must not be stored, or None when it may be."""
         ...

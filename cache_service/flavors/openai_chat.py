@@ -50,6 +50,9 @@ class OpenAIChat:
     def usage(self, body: Any) -> tuple[int, int]:
         return usage_pair(body, "prompt_tokens", "completion_tokens")
 
+    def valid(self, body: Any) -> bool:
+        return isinstance(body, dict) and isinstance(body.get("choices"), list)
+
     def refusal(self, status: int, body: Any, *, cache_tool_calls: bool) -> str | None:
         return store_refusal(status, body, cache_tool_calls=cache_tool_calls)
 

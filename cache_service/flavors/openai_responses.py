@@ -91,6 +91,9 @@ class OpenAIResponses:
     def usage(self, body: Any) -> tuple[int, int]:
         return usage_pair(body, "input_tokens", "output_tokens")
 
+    def valid(self, body: Any) -> bool:
+        return isinstance(body, dict) and isinstance(body.get("output"), list)
+
     def refusal(self, status: int, body: Any, *, cache_tool_calls: bool) -> str | None:
         return store_refusal(status, body, cache_tool_calls=cache_tool_calls)
 

@@ -65,6 +65,12 @@ class Auditor:
                 await call.hold.release()
                 self._audited("skipped")
                 return
+            if not flavor.valid(fresh):
+                # Answered, so perhaps billed (settled at the estimate), but no answer to
+                # compare: a `{"nope": 1}` would count as a disagreement.
+                await call.hold.settle(0, 0)
+                self._audited("skipped")
+                return
             await call.hold.settle(*flavor.usage(fresh))
         a, b = flavor.answer_text(entry.response), flavor.answer_text(fresh)
         try:

@@ -4,7 +4,8 @@
 Read with `flavors/base.py` (what a request is), `cache/front.py` (the lookup),
 `upstream/chain.py` (where a miss goes) and `quota/ledger.py` (what a miss may spend).
 Streamed misses continue in `streaming.py`. Every request leaves exactly one outcome with
-the recorder, whichever way it leaves.
+the recorder, whichever way it leaves. A 2xx that is not an answer of the route's format is
+a 502 `upstream_invalid_response`, never stored.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from cache_service.cache.feedback import FeedbackLearner, ServedHit
 from cache_service.cache.front import CacheFront
 from cache_service.cache.policy import lookup_allowed
 from cache_service.cache.semantic import Lookup
-from cache_service.errors import ServiceError
+from cache_service.errors import ServiceError, invalid_answer
 from cache_service.protocols import Clock, UpstreamResponse
 from cache_service.proxy.audit import Auditor
 from cache_service.proxy.context import RequestContext
@@ -103,15 +104,25 @@ class ProxyHandler:
             raise
         resp = call.result
         ctx.upstream_status = resp.status
+        try:
+            parsed = resp.json()
+        except ValueError:
+            parsed = None
+        invalid = 200 <= resp.status < 300 and not ctx.flavor.valid(parsed)
         if not led:
             # A shared answer was paid for (and stored) once, by the request that fetched it.
+            if invalid:
+                self.recorder.record(ctx, Outcome.ERROR)
+                raise invalid_answer(state)
             self.recorder.record(ctx, outcome if resp.status < 400 else Outcome.ERROR)
             return self._relay(ctx, resp, state, dict(COALESCED))
         async with call.hold:
-            try:
-                parsed = resp.json()
-            except ValueError:
-                parsed = None
+            if invalid:
+                # The upstream did answer, so it may have billed: settled at the estimate,
+                # the side of a budget that cannot overspend unnoticed. Nothing is stored.
+                dollars = await call.hold.settle(0, 0)
+                self.recorder.record(ctx, Outcome.ERROR, dollars=dollars)
+                raise invalid_answer(state)
             p, c = ctx.flavor.usage(parsed)
             extra = call_headers(call.info)
             if resp.status >= 400:

@@ -6,17 +6,28 @@ a client that hangs up mid-answer neither breaks the stream for the requests fol
 nor loses an answer that was already paid for. The task settles the quota hold whatever
 way the stream ends, and the fan-out is finished only after the store, so a client whose
 stream has ended finds the answer in the cache.
+
+A stream is never left hanging: one silent for `stream_idle_timeout_s`, one still running at
+the request's deadline, or one that ends before its answer is complete is ended with an error
+event in the format's shape, settled at the estimate (upstream billed what it produced) and
+not stored. A 2xx that is not an event stream at all is a 502 before any header is sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 
 from starlette.responses import Response, StreamingResponse
 
 from cache_service.cache.front import CacheFront
-from cache_service.errors import ServiceError
+from cache_service.errors import (
+    ServiceError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    invalid_answer,
+)
 from cache_service.flavors.base import StreamAssembler
 from cache_service.protocols import UpstreamResponse, UpstreamStream
 from cache_service.proxy.context import RequestContext
@@ -96,6 +107,15 @@ class StreamRelay:
             return Response(
                 resp.body, status_code=resp.status, media_type="application/json", headers=headers
             )
+        kind = up.headers.get("content-type", SSE).split(";")[0].strip().lower()
+        if kind != SSE:
+            # A 2xx that is no event stream (`{"nope": 1}`, a proxy's page): headers are not
+            # sent yet, so it is a plain 502. It may have been billed: settled at the estimate.
+            async with call.hold:
+                await up.aclose()
+                dollars = await call.hold.settle(0, 0)
+            self.recorder.record(ctx, Outcome.ERROR, dollars=dollars)
+            raise invalid_answer(state)
         fan.start()
         task = asyncio.create_task(self._pump(ctx, outcome, call, fan))
         self.pumps.add(task)
@@ -119,8 +139,9 @@ class StreamRelay:
         up = call.result
         try:
             async with call.hold:
+                error: ServiceError | None = None
                 try:
-                    async for raw in up.chunks:
+                    async for raw in self._chunks(up, call):
                         for name, data in parser.feed_events(raw):
                             event = assembler.add(data)
                             fan.push(
@@ -128,14 +149,50 @@ class StreamRelay:
                                 usage_only=flavor.usage_only(event),
                             )
                 except ServiceError as e:
-                    # Headers are gone already: tell the clients in-band, in the format's shape.
-                    fan.push(flavor.error_event(e.message, e.type, param=e.param, code=e.code))
+                    error = e
                 finally:
                     await up.aclose()
+                if error is None and not assembler.complete:
+                    error = UpstreamUnavailable(
+                        "upstream stream ended before the answer was complete",
+                        code="upstream_incomplete_stream",
+                    )
+                if error is not None:
+                    # Headers are gone already: tell the clients in-band, in the format's shape.
+                    fan.push(
+                        flavor.error_event(
+                            error.message, error.type, param=error.param, code=error.code
+                        )
+                    )
                 await self._settle(ctx, outcome, call, assembler)
         finally:
             fan.finish()
             self.flights.end(ctx.keys.exact_key, fan)
+
+    async def _chunks(
+        self, up: UpstreamStream, call: UpstreamCall[UpstreamStream]
+    ) -> AsyncIterator[bytes]:
+        """The stream's chunks, each waited for at most `stream_idle_timeout_s` and never
+        past the request's deadline."""
+        idle = self.chain.settings.stream_idle_timeout_s
+        deadline = call.info.deadline
+        chunks = aiter(up.chunks)
+        while True:
+            wait = idle if deadline is None else min(idle, deadline.left())
+            if deadline is not None and wait <= 0:
+                raise deadline.error()
+            try:
+                async with asyncio.timeout(wait):
+                    raw = await anext(chunks)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                if deadline is not None and deadline.left() <= 0:
+                    raise deadline.error() from None
+                raise UpstreamTimeout(
+                    f"upstream stream sent nothing for {idle:g} s", code="upstream_stream_stalled"
+                ) from None
+            yield raw
 
     async def _settle(
         self,

@@ -10,14 +10,22 @@ Fault injection lives on the simulator itself, because the sidecar in front of i
 the standard headers:
 
 * ``POST /_sim/faults`` ``{"faults": ["429", "500", "slow", ...], "retry_after": 2,
-  "slow_s": 0.2, "timeout_s": 1}`` appends to a FIFO queue; every completion request
-  (``/v1/chat/completions``, ``/v1/responses`` and ``/v1/messages``) pops one.
+  "slow_s": 0.2, "timeout_s": 1, "hang_s": 30, "drip_s": 0.5}`` appends to a FIFO queue;
+  every completion request (``/v1/chat/completions``, ``/v1/responses`` and
+  ``/v1/messages``) pops one.
 * ``X-Sim-Fault: <fault>`` on a single request does the same for direct tests; it wins over
   the queue and leaves the queue untouched.
 
 A fault is ``ok`` (no fault, to leave a gap in the queue), ``401``, ``429``, ``500``, ``503``,
-``slow``, ``timeout`` or ``drop``; ``429``, ``slow`` and ``timeout`` take an optional
-``:<seconds>`` suffix (``"slow:0.2"``) that overrides the request-wide value. ``drop`` ends a
+``slow``, ``timeout``, ``drop``, ``reset``, ``hang``, ``drip``, ``garbage`` or ``gzip``;
+``429``, ``slow``, ``timeout``, ``hang`` and ``drip`` take an optional ``:<seconds>`` suffix
+(``"slow:0.2"``) that overrides the request-wide value. ``reset`` closes the connection without
+an answer (uvicorn: a status line, then the connection dies; in-process, httpx's ASGI transport
+raises ``delivery.SimulatedReset``, an ``httpx.RemoteProtocolError``). ``hang`` accepts and
+never answers (sleeps ``hang_s``, default an hour, then resets). ``drip`` sends the answer, or
+its stream, a few bytes per ``drip_s`` (default 1 s). ``garbage`` is a 200 whose body is
+``{"nope": 1}``, no answer of any API, streamed or not. ``gzip`` is the valid answer
+gzip-encoded with ``content-encoding: gzip`` (a stream is flushed event by event). ``drop`` ends a
 streamed answer after a few chunks with no ``finish_reason`` and no ``[DONE]`` (on
 ``/v1/messages``: no ``message_delta`` and no ``message_stop``; on ``/v1/responses``: no
 ``*.done`` event and no ``response.completed``); on a non-streamed request it is a 500, because
@@ -28,7 +36,7 @@ app was created) and ``POST /_sim/config`` (change latency and friends at runtim
 control API.
 
 Modules: ``app`` (the application, the control API), ``state`` (config, counters, faults),
-``errors`` (error shapes, shared checks), ``answers`` (the deterministic answer), ``stream``
-(SSE framing and pacing), ``openai_chat``, ``responses`` with ``responses_request``, and
-``anthropic`` (one per API).
+``errors`` (error shapes, shared checks), ``delivery`` (drip, gzip, reset), ``answers`` (the
+deterministic answer), ``stream`` (SSE framing and pacing), ``openai_chat``, ``responses``
+with ``responses_request``, and ``anthropic`` (one per API).
 """

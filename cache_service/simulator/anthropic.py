@@ -107,7 +107,7 @@ async def anthropic_messages(request: Request) -> Response:
     }
     headers = {"request-id": f"req_{uuid.uuid4().hex}"}
     if not stream:
-        return JSONResponse(message, headers=headers)
+        return admitted.deliver(JSONResponse(message, headers=headers))
 
     admitted.sim.streams += 1
-    return event_stream(_stream_events(message, admitted.drop), config, headers)
+    return admitted.deliver(event_stream(_stream_events(message, admitted.drop), config, headers))

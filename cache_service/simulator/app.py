@@ -62,7 +62,13 @@ async def _sim_faults(request: Request) -> Response:
         if not isinstance(specs, list):
             raise BadRequest("'faults' must be an array.", "faults")
         defaults: dict[str, float] = {}
-        for key, kind in (("retry_after", "429"), ("slow_s", "slow"), ("timeout_s", "timeout")):
+        for key, kind in (
+            ("retry_after", "429"),
+            ("slow_s", "slow"),
+            ("timeout_s", "timeout"),
+            ("hang_s", "hang"),
+            ("drip_s", "drip"),
+        ):
             value = body.get(key)
             if value is None:
                 continue

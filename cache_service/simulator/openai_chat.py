@@ -320,7 +320,7 @@ async def chat_completions(request: Request) -> Response:
     headers = {"x-request-id": f"req_{uuid.uuid4().hex}"}
     if not req.stream:
         body_out = _completion_body(req, choices, usage, completion_id, created, system_fingerprint)
-        return JSONResponse(body_out, headers=headers)
+        return admitted.deliver(JSONResponse(body_out, headers=headers))
 
     admitted.sim.streams += 1
     head = {
@@ -332,4 +332,4 @@ async def chat_completions(request: Request) -> Response:
         "system_fingerprint": system_fingerprint,
     }
     events = _stream_events(req, choices, usage, admitted.drop, head)
-    return event_stream(events, config, headers)
+    return admitted.deliver(event_stream(events, config, headers))

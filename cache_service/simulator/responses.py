@@ -237,11 +237,11 @@ async def create_response(request: Request) -> Response:
     )
     headers = {"x-request-id": f"req_{uuid.uuid4().hex}"}
     if not req.stream:
-        return JSONResponse(final, headers=headers)
+        return admitted.deliver(JSONResponse(final, headers=headers))
 
     admitted.sim.streams += 1
     pending = _response_object(
         req, response_id, created_at, output=[], usage=None, status="in_progress"
     )
     events = _stream_events(pending, final, admitted.drop, req.obfuscate)
-    return event_stream(events, config, headers)
+    return admitted.deliver(event_stream(events, config, headers))

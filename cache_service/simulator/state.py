@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import Response
 
+from cache_service.simulator.delivery import ResetResponse, deliver
 from cache_service.simulator.errors import (
     Api,
     BadRequest,
@@ -37,15 +38,22 @@ class SimConfig:
 
 _DEFAULT_SLOW_S = 5.0
 _DEFAULT_TIMEOUT_S = 60.0
-_FAULT_KINDS = frozenset({"ok", "401", "429", "500", "503", "slow", "timeout", "drop"})
-_TIMED_FAULTS = frozenset({"429", "slow", "timeout"})
+_DEFAULT_HANG_S = 3600.0
+_FAULT_KINDS = frozenset(
+    {"ok", "401", "429", "500", "503", "slow", "timeout", "drop"}
+    | {"reset", "hang", "drip", "garbage", "gzip"}
+)
+_TIMED_FAULTS = frozenset({"429", "slow", "timeout", "hang", "drip"})
+GARBAGE_BODY = b'{"nope": 1}'
+"""A `garbage` fault's 200: JSON, but no answer of any API."""
 
 
 @dataclass(frozen=True, slots=True)
 class Fault:
     kind: str
     seconds: float | None = None
-    """Retry-After for 429, the sleep for slow/timeout; None means the configured default."""
+    """Retry-After for 429, the sleep for slow/timeout/hang, the pause between a drip's
+    bytes; None means the configured default."""
 
 
 @dataclass
@@ -135,9 +143,18 @@ def parse_fault(spec: Any, defaults: Mapping[str, float]) -> Fault:
 async def apply_fault(
     fault: Fault | None, api: Api, stream: bool, config: SimConfig
 ) -> Response | None:
-    """Return the error that replaces the answer, or None to answer (perhaps after a sleep)."""
-    if fault is None or fault.kind == "ok" or (fault.kind == "drop" and stream):
+    """Return the error that replaces the answer, or None to answer (perhaps after a sleep;
+    `drip` and `gzip` change how the answer is delivered, in `delivery.deliver`)."""
+    if fault is None or fault.kind in ("ok", "drip", "gzip") or (fault.kind == "drop" and stream):
         return None
+    if fault.kind == "reset":
+        return ResetResponse()
+    if fault.kind == "hang":
+        # Accepted, and never answered: the client gives up first (or the line dies).
+        await asyncio.sleep(fault.seconds if fault.seconds is not None else _DEFAULT_HANG_S)
+        return ResetResponse()
+    if fault.kind == "garbage":
+        return Response(GARBAGE_BODY, status_code=200, media_type="application/json")
     if fault.kind == "429":
         seconds = fault.seconds if fault.seconds is not None else config.retry_after_s
         # Retry-After only allows whole seconds; the ms header (which the openai SDK prefers)
@@ -203,6 +220,12 @@ class Admitted:
     @property
     def drop(self) -> bool:
         return self.fault is not None and self.fault.kind == "drop"
+
+    def deliver(self, response: Response) -> Response:
+        """The answer as this request's fault (if any) delivers it."""
+        if self.fault is None:
+            return response
+        return deliver(self.fault.kind, self.fault.seconds, response)
 
     def json_object(self) -> dict[str, Any]:
         """The body as an object, or the 400 its parse (or its type) deserves."""

@@ -5,7 +5,9 @@ One call is: resolve the project → maybe downgrade → estimate tokens and cos
 upstream serving the model whose breaker allows it: admit under quota (queue or 429), call
 with retries; the first answer that is not retryable wins, and carries the `Hold` that must
 settle or release its reservation. If every upstream failed with an HTTP error, the last one
-is relayed as it came (never a 500 of ours).
+is relayed as it came (never a 500 of ours). A connection that cannot be made moves on to the
+next upstream at once, and the whole of it runs under one `Deadline` (`request_deadline_s`):
+no call outlives it, no retry or fallback starts past it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from cache_service.resilience import (
 )
 from cache_service.settings import Settings
 from cache_service.telemetry.metrics import Metrics
+from cache_service.upstream.deadline import Deadline
 
 log = logging.getLogger("cache_service.quota")
 
@@ -65,6 +68,8 @@ class CallInfo:
     downgraded_from: str | None = None
     ratelimit: dict[str, str] = field(default_factory=dict)
     """The caller's project's `x-ratelimit-*` after admission."""
+    deadline: Deadline | None = None
+    """The request's deadline, which a stream's reader keeps honouring after the call."""
 
 
 @dataclass(slots=True)
@@ -233,9 +238,15 @@ class UpstreamChain:
         chain = [s for s in self.slots if s.serves(admission.model)]
         if not chain:
             raise UpstreamUnavailable(f"no configured upstream serves model {admission.model!r}")
+        deadline = Deadline(self.clock, self.settings.request_deadline_s)
         last_error: ServiceError | None = None
         last_failed: UpstreamCall[T] | None = None
         for position, slot in enumerate(chain):
+            if deadline.left() <= 0:
+                # No fallback starts past the deadline: what failed so far is the answer.
+                if last_error is None and last_failed is None:
+                    last_error = deadline.error()
+                break
             if not slot.breaker.allow():
                 continue
             if position > 0:
@@ -243,7 +254,9 @@ class UpstreamChain:
                 self.metrics.fallback(chain[position - 1].name, slot.name)
                 log.warning("falling back", extra={"upstream": slot.name, "model": admission.model})
             try:
-                outcome = await self._try_slot(slot, body, admission, call, status_of, headers_of)
+                outcome = await self._try_slot(
+                    slot, body, admission, deadline, call, status_of, headers_of
+                )
             except BaseException:
                 # Refused by quota, cancelled...: the upstream was not judged, so a
                 # half-open breaker's trial call is still to be made.
@@ -272,6 +285,7 @@ class UpstreamChain:
         slot: Slot,
         body: dict[str, Any],
         a: _Admission,
+        deadline: Deadline,
         call: Callable[[Slot, dict[str, Any]], Awaitable[T]],
         status_of: Callable[[T], int],
         headers_of: Callable[[T], dict[str, str]],
@@ -295,18 +309,28 @@ class UpstreamChain:
         if waited > 0.001:
             self.metrics.queue_wait(project, waited)
         hold = Hold(self.gate, held, a.price)
-        info = CallInfo(slot.name, a.model, 0, a.downgraded_from)
+        info = CallInfo(slot.name, a.model, 0, a.downgraded_from, deadline=deadline)
         try:
             failed: ServiceError | UpstreamCall[T] = UpstreamUnavailable("no attempt made")
             for attempt in range(self.settings.max_retries + 1):
                 info.attempts = attempt + 1
                 retry_after: float | None = None
                 started = time.perf_counter()
+                left = deadline.left()
+                if left <= 0:
+                    failed = deadline.error()
+                    break
                 try:
-                    result = await call(slot, body)
+                    result = await asyncio.wait_for(call(slot, body), left)
+                except TimeoutError:
+                    failed = deadline.error()
+                    self._observe(slot, None, started)
+                    break
                 except ServiceError as e:
                     failed = e
                     self._observe(slot, None, started)
+                    if isinstance(e, UpstreamUnavailable) and not e.retryable:
+                        break  # refused or no such host: asking again cannot help
                 else:
                     status = status_of(result)
                     self._observe(slot, status, started)
@@ -318,7 +342,7 @@ class UpstreamChain:
                         info.ratelimit = await self.ratelimit_headers(project)
                         return UpstreamCall(result, hold, info)
                     failed = UpstreamCall(result, hold, info)
-                    retry_after = parse_retry_after(headers_of(result))
+                    retry_after = parse_retry_after(headers_of(result), self.clock.now())
                 if attempt == self.settings.max_retries:
                     break
                 delay = backoff_delay(
@@ -328,6 +352,8 @@ class UpstreamChain:
                     retry_after_s=retry_after,
                     retry_after_cap_s=self.settings.retry_after_cap_s,
                 )
+                if delay >= deadline.left():
+                    break  # a retry that could only start after the deadline is not made
                 self.counters["retries"] += 1
                 reason = (
                     str(status_of(failed.result)) if isinstance(failed, UpstreamCall) else "error"

@@ -327,3 +327,19 @@ def test_answer_text_per_format() -> None:
         == "ab"
     )
     assert OPENAI_CHAT.answer_text({}) == "" and ANTHROPIC.answer_text({}) == ""
+
+
+@pytest.mark.parametrize(
+    ("flavor", "answer"),
+    [
+        (OPENAI_CHAT, {"object": "chat.completion", "choices": [], "usage": {}}),
+        (ANTHROPIC, {"type": "message", "content": [], "usage": {}}),
+        (RESPONSES, {"object": "response", "output": [], "usage": {}}),
+    ],
+)
+def test_a_flavour_knows_its_answers_from_garbage(flavor: Flavor, answer: dict[str, Any]) -> None:
+    assert flavor.valid(answer)
+    for garbage in (None, {"nope": 1}, [answer], "<html>bad gateway</html>", 1, {}):
+        assert not flavor.valid(garbage)
+    others = [f for f in FLAVORS if f is not flavor]
+    assert not any(other.valid(answer) for other in others)

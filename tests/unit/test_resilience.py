@@ -21,6 +21,37 @@ def test_parse_retry_after(headers: dict[str, str], expected: float | None) -> N
     assert parse_retry_after(headers) == expected
 
 
+NOW = 1_445_412_480.0  # Wed, 21 Oct 2015 07:28:00 GMT
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("Wed, 21 Oct 2015 07:28:30 GMT", 30.0),  # RFC 9110's IMF-fixdate
+        ("Wednesday, 21-Oct-15 07:29:00 GMT", 60.0),  # obsolete RFC 850 form
+        ("Wed Oct 21 07:28:05 2015", 5.0),  # obsolete asctime form, no zone: GMT
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # now
+        ("Tue, 20 Oct 2015 07:28:00 GMT", 0.0),  # in the past
+        ("Wed, 21 Oct 2015 09:28:10 +0200", 10.0),  # a zone other than GMT still places it
+        ("soon", None),
+        ("", None),
+    ],
+)
+def test_retry_after_as_an_http_date_is_read_against_the_clock(
+    value: str, expected: float | None
+) -> None:
+    clock = FakeClock(wall=NOW)
+    assert parse_retry_after({"retry-after": value}, clock.now()) == expected
+
+
+def test_seconds_and_ms_win_over_the_clock() -> None:
+    assert parse_retry_after({"retry-after": "3"}, NOW) == 3.0
+    assert parse_retry_after({"retry-after-ms": "250", "retry-after": "3"}, NOW) == 0.25
+    # A broken ms header falls back to the date.
+    headers = {"retry-after-ms": "x", "retry-after": "Wed, 21 Oct 2015 07:28:02 GMT"}
+    assert parse_retry_after(headers, NOW) == 2.0
+
+
 def test_backoff_is_full_jitter_exponential_and_capped() -> None:
     top = [backoff_delay(a, base_s=0.5, max_s=8, rand=lambda: 1.0) for a in range(7)]
     assert top == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
