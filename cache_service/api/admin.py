@@ -41,7 +41,7 @@ async def set_limits(request: Request) -> JSONResponse:
     given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
     if not hmac.compare_digest(given.encode(), admin_key.encode()):
         raise Unauthorized("a valid admin key is required (Authorization: Bearer <admin_key>)")
-    data = await read_json(request, settings.max_body_bytes)
+    data = await read_json(request, settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     update = validate(LimitsUpdate, data)
     limits = Limits(**update.model_dump(exclude={"kind", "name"}))
     use = await state.chain(request).set_limits(update.kind, update.name, limits)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -14,9 +16,14 @@ from cache_service.errors import BadRequest, NotFound
 router = APIRouter()
 
 
+async def _read(request: Request) -> dict[str, Any]:
+    settings = state.settings(request)
+    return await read_json(request, settings.max_body_bytes, timeout_s=settings.body_timeout_s)
+
+
 @router.post("/v1/cache/lookup")
 async def cache_lookup(request: Request) -> JSONResponse:
-    data = await read_json(request, state.settings(request).max_body_bytes)
+    data = await _read(request)
     req = validate(LookupRequest, data)
     body, headers = await state.cache_api(request).lookup(
         req, data, lower_headers(request), request_id(request)
@@ -26,7 +33,7 @@ async def cache_lookup(request: Request) -> JSONResponse:
 
 @router.post("/v1/cache/store")
 async def cache_store(request: Request) -> JSONResponse:
-    data = await read_json(request, state.settings(request).max_body_bytes)
+    data = await _read(request)
     req = validate(StoreRequest, data)
     entry = await state.cache_api(request).store(req, lower_headers(request))
     return JSONResponse(
@@ -66,7 +73,7 @@ class FeedbackRequest(BaseModel):
 async def feedback(request: Request) -> JSONResponse:
     """Tell the cache whether a hit was right. A wrong hit invalidates its entry and raises
     the namespace's threshold above the similarity that fooled it."""
-    data = await read_json(request, state.settings(request).max_body_bytes)
+    data = await _read(request)
     fb = validate(FeedbackRequest, data)
     judged = await state.verdicts(request).judge(
         request_id=fb.request_id, entry_id=fb.entry_id, correct=fb.correct

@@ -23,7 +23,7 @@ relay_router = APIRouter()
 def _endpoint(flavor: Flavor) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         settings = state.settings(request)
-        body = await read_json(request, settings.max_body_bytes)
+        body = await read_json(request, settings.max_body_bytes, timeout_s=settings.body_timeout_s)
         validate(flavor.schema, body)
         ctx = proxy_context(flavor, body, lower_headers(request), request_id(request), settings)
         return await state.proxy(request).handle(ctx)
@@ -43,7 +43,7 @@ async def relay(request: Request, path: str) -> Response:
     request-rate limits: the app changes only its base URL, and nothing it used before
     stops working."""
     settings = state.settings(request)
-    content = await read_body(request, settings.max_body_bytes)
+    content = await read_body(request, settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     headers = lower_headers(request)
     up = await state.chain(request).relay(
         request.method,
