@@ -11,10 +11,11 @@ from pydantic import BaseModel, Field
 
 from cache_service.api import state
 from cache_service.api.body import read_json, validate
+from cache_service.api.openapi import error_responses, json_body
 from cache_service.errors import Forbidden, Unauthorized
 from cache_service.quota.limits import Limits
 
-router = APIRouter()
+router = APIRouter(responses=error_responses())
 
 
 class LimitsUpdate(BaseModel):
@@ -30,7 +31,7 @@ class LimitsUpdate(BaseModel):
     monthly_budget_usd: float | None = Field(None, ge=0)
 
 
-@router.put("/v1/admin/limits")
+@router.put("/v1/admin/limits", openapi_extra=json_body(LimitsUpdate))
 async def set_limits(request: Request) -> JSONResponse:
     """Change a scope's limits at run time (usage so far is kept). Fields left out become
     unlimited, so a PUT states the whole limit set."""

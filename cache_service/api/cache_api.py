@@ -10,10 +10,11 @@ from pydantic import BaseModel
 
 from cache_service.api import state
 from cache_service.api.body import lower_headers, read_json, request_id, validate
+from cache_service.api.openapi import error_responses, json_body
 from cache_service.api.schemas import LookupRequest, StoreRequest
 from cache_service.errors import BadRequest, NotFound
 
-router = APIRouter()
+router = APIRouter(responses=error_responses())
 
 
 async def _read(request: Request) -> dict[str, Any]:
@@ -21,7 +22,7 @@ async def _read(request: Request) -> dict[str, Any]:
     return await read_json(request, settings.max_body_bytes, timeout_s=settings.body_timeout_s)
 
 
-@router.post("/v1/cache/lookup")
+@router.post("/v1/cache/lookup", openapi_extra=json_body(LookupRequest))
 async def cache_lookup(request: Request) -> JSONResponse:
     data = await _read(request)
     req = validate(LookupRequest, data)
@@ -31,7 +32,7 @@ async def cache_lookup(request: Request) -> JSONResponse:
     return JSONResponse(body, headers=headers)
 
 
-@router.post("/v1/cache/store")
+@router.post("/v1/cache/store", status_code=201, openapi_extra=json_body(StoreRequest))
 async def cache_store(request: Request) -> JSONResponse:
     data = await _read(request)
     req = validate(StoreRequest, data)
@@ -69,7 +70,7 @@ class FeedbackRequest(BaseModel):
     correct: bool
 
 
-@router.post("/v1/cache/feedback")
+@router.post("/v1/cache/feedback", openapi_extra=json_body(FeedbackRequest))
 async def feedback(request: Request) -> JSONResponse:
     """Tell the cache whether a hit was right. A wrong hit invalidates its entry and raises
     the namespace's threshold above the similarity that fooled it."""
