@@ -92,7 +92,9 @@ def prompt(mb: float, seed: int) -> str:
     return " ".join(text)[:target]
 
 
-def run_variant(name: str, env: dict[str, str], n: int, mb: float, idle_s: float) -> dict[str, float]:
+def run_variant(
+    name: str, env: dict[str, str], n: int, mb: float, idle_s: float
+) -> dict[str, float]:
     sim_port, port = free_port(), free_port()
     with (
         tempfile.TemporaryDirectory() as data,
@@ -102,13 +104,23 @@ def run_variant(name: str, env: dict[str, str], n: int, mb: float, idle_s: float
             {},
         ),
         started(
-            ["serve", "--port", str(port), "--upstream", f"http://127.0.0.1:{sim_port}/v1",
-             "--data-dir", data, "--log-level", "WARNING"],
+            [
+                "serve",
+                "--port",
+                str(port),
+                "--upstream",
+                f"http://127.0.0.1:{sim_port}/v1",
+                "--data-dir",
+                data,
+                "--log-level",
+                "WARNING",
+            ],
             f"http://127.0.0.1:{port}/readyz",
             env,
         ) as proc,
         httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client,
     ):
+
         def chat(content: str) -> None:
             body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]}
             r = client.post("/v1/chat/completions", json=body)

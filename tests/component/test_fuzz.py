@@ -78,10 +78,13 @@ async def send(client: httpx.AsyncClient, case: Case) -> httpx.Response:
         kw.pop(unused, None)
     if "json" in kw:
         kw["content"] = json.dumps(kw.pop("json")).encode()
-    if isinstance(kw.get("data"), str):
-        kw["content"] = kw.pop("data").encode()
-    elif "data" in kw:
-        kw["content"] = kw.pop("data")
+    data = kw.pop("data", None)
+    if isinstance(data, str):
+        kw["content"] = data.encode()
+    elif isinstance(data, bytes):
+        kw["content"] = data
+    elif data is not None:
+        kw["data"] = data  # a form
     return await client.request(**kw)
 
 
