@@ -10,11 +10,11 @@ from pydantic import BaseModel
 
 from cache_service.api import state
 from cache_service.api.body import lower_headers, read_json, request_id, validate
-from cache_service.api.openapi import error_responses, json_body
+from cache_service.api.openapi import WITHOUT_BODY, error_responses, json_body
 from cache_service.api.schemas import LookupRequest, StoreRequest
 from cache_service.errors import BadRequest, NotFound
 
-router = APIRouter(responses=error_responses())
+router = APIRouter()
 
 
 async def _read(request: Request) -> dict[str, Any]:
@@ -22,7 +22,9 @@ async def _read(request: Request) -> dict[str, Any]:
     return await read_json(request, settings.max_body_bytes, timeout_s=settings.body_timeout_s)
 
 
-@router.post("/v1/cache/lookup", openapi_extra=json_body(LookupRequest))
+@router.post(
+    "/v1/cache/lookup", responses=error_responses(), openapi_extra=json_body(LookupRequest)
+)
 async def cache_lookup(request: Request) -> JSONResponse:
     data = await _read(request)
     req = validate(LookupRequest, data)
@@ -32,7 +34,12 @@ async def cache_lookup(request: Request) -> JSONResponse:
     return JSONResponse(body, headers=headers)
 
 
-@router.post("/v1/cache/store", status_code=201, openapi_extra=json_body(StoreRequest))
+@router.post(
+    "/v1/cache/store",
+    status_code=201,
+    responses=error_responses(),
+    openapi_extra=json_body(StoreRequest),
+)
 async def cache_store(request: Request) -> JSONResponse:
     data = await _read(request)
     req = validate(StoreRequest, data)
@@ -43,14 +50,14 @@ async def cache_store(request: Request) -> JSONResponse:
     )
 
 
-@router.delete("/v1/cache/entries/{entry_id}")
+@router.delete("/v1/cache/entries/{entry_id}", responses=error_responses(statuses=WITHOUT_BODY))
 async def delete_entry(request: Request, entry_id: str) -> JSONResponse:
     if not await state.cache_api(request).delete(entry_id):
         raise NotFound(f"no cache entry with id {entry_id!r}", param="entry_id")
     return JSONResponse({"deleted": 1, "entry_id": entry_id})
 
 
-@router.delete("/v1/cache")
+@router.delete("/v1/cache", responses=error_responses(statuses=WITHOUT_BODY))
 async def delete_entries(
     request: Request, namespace: str | None = None, model: str | None = None
 ) -> JSONResponse:
@@ -70,7 +77,9 @@ class FeedbackRequest(BaseModel):
     correct: bool
 
 
-@router.post("/v1/cache/feedback", openapi_extra=json_body(FeedbackRequest))
+@router.post(
+    "/v1/cache/feedback", responses=error_responses(), openapi_extra=json_body(FeedbackRequest)
+)
 async def feedback(request: Request) -> JSONResponse:
     """Tell the cache whether a hit was right. A wrong hit invalidates its entry and raises
     the namespace's threshold above the similarity that fooled it."""

@@ -60,9 +60,15 @@ _STATUSES = {
     429: "A quota limit (rpm, tpm, rpd, tpd, budget) is reached",
     500: "An unexpected error in the sidecar",
     502: "No upstream could answer (connection failures, open breakers, upstream errors)",
-    503: "The sidecar is at max_concurrency, or not ready",
+    503: "The sidecar is at max_concurrency",
     504: "The upstream did not answer in time",
 }
+
+
+WITH_BODY = tuple(_STATUSES)
+"""The error statuses of a route that reads a body."""
+WITHOUT_BODY = tuple(s for s in _STATUSES if s not in (408, 413))
+"""The error statuses of a route that reads none."""
 
 
 def _register(model: type[BaseModel]) -> dict[str, Any]:
@@ -87,7 +93,7 @@ def json_body(model: type[BaseModel] | None, description: str = "") -> dict[str,
 
 
 def error_responses(
-    flavor: Flavor = DEFAULT, statuses: tuple[int, ...] = tuple(_STATUSES)
+    flavor: Flavor = DEFAULT, statuses: tuple[int, ...] = WITH_BODY
 ) -> dict[int | str, dict[str, Any]]:
     """`responses=` for the error statuses a route may answer, in its wire format."""
     model = AnthropicError if flavor.name == ANTHROPIC.name else OpenAIError

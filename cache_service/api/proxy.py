@@ -10,7 +10,7 @@ from starlette.responses import Response, StreamingResponse
 
 from cache_service.api import state
 from cache_service.api.body import lower_headers, read_body, read_json, request_id, validate
-from cache_service.api.openapi import error_responses, json_body
+from cache_service.api.openapi import WITH_BODY, WITHOUT_BODY, error_responses, json_body
 from cache_service.cache.keys import project_of
 from cache_service.flavors import FLAVORS
 from cache_service.flavors.base import Flavor
@@ -72,7 +72,9 @@ for _method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
         relay,
         methods=[_method],
         operation_id=f"relay_{_method.lower()}",
-        responses=error_responses(),
+        responses=error_responses(
+            statuses=WITH_BODY if _method in ("POST", "PUT", "PATCH") else WITHOUT_BODY
+        ),
         openapi_extra=(
             json_body(None, "Passed upstream as it is")
             if _method in ("POST", "PUT", "PATCH")
