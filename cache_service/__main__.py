@@ -57,10 +57,9 @@ def _start_simulated(host: str, port: int) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from cache_service import logs
     from cache_service.app import create_app
+    from cache_service.serving import serve
     from cache_service.settings import ConfigError, load_settings
 
     logs.configure(args.log_level)
@@ -84,7 +83,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"cache sidecar on http://{settings.host}:{settings.port}/v1 -> {settings.upstream_url}",
         file=sys.stderr,
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    serve(app, settings)
     return 0
 
 

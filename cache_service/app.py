@@ -18,9 +18,10 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
-from cache_service.api import admin, cache_api, ops, proxy, reports
+from cache_service.api import admin, cache_api, openapi, ops, proxy, reports
 from cache_service.api.middleware import RequestIdMiddleware, install_error_handlers
 from cache_service.api.state import AppState
+from cache_service.api.trim import TrimAfterLargeBodies
 from cache_service.backends.faiss_index import FaissIndex
 from cache_service.backends.journal import SpendJournal
 from cache_service.backends.jsonfile import JsonFile
@@ -206,6 +207,8 @@ def create_app(
         app.include_router(module.router)
     app.include_router(proxy.relay_router)  # last: claims every /v1 path left
     install_error_handlers(app)
+    openapi.install(app)
+    app.add_middleware(TrimAfterLargeBodies)
     app.add_middleware(RequestIdMiddleware)
     return app
 

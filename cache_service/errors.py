@@ -48,6 +48,12 @@ class NotFound(ServiceError):
     type = "not_found_error"
 
 
+class RequestTimeout(ServiceError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class PayloadTooLarge(ServiceError):
     status = 413
     type = "invalid_request_error"

@@ -103,6 +103,19 @@ class Settings(BaseSettings):
     """Where the entry store and spend ledger live. Survives restarts."""
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     """Requests larger than this get 413 before any parsing."""
+    body_timeout_s: float = Field(30.0, gt=0)
+    """Reading a request's whole body must finish within this, else 408: a client that
+    stalls or sends a byte a second does not hold its request open indefinitely."""
+    header_timeout_s: float = Field(10.0, gt=0)
+    """A connection must send a request's headers within this (from connecting, or from the
+    previous answer), else it is closed: idle or dribbling connections do not pile up."""
+    keep_alive_timeout_s: int = Field(5, ge=1)
+    """An idle keep-alive connection is closed this many seconds after its last answer."""
+    max_concurrency: int = Field(512, ge=2)
+    """Open connections (idle keep-alive ones included) or requests in progress at which
+    further requests get 503 at once instead of queueing."""
+    max_header_bytes: int = Field(16 * 1024, ge=4096)
+    """Request line and headers larger than this are refused with 400."""
 
     # --- upstream
     upstream_url: str | None = None

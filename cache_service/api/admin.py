@@ -10,10 +10,11 @@ from pydantic import BaseModel, Field
 
 from cache_service.api import state
 from cache_service.api.body import lower_headers, read_json, validate
+from cache_service.api.openapi import error_responses, json_body
 from cache_service.errors import Forbidden, Unauthorized
 from cache_service.quota.limits import Limits
 
-router = APIRouter()
+router = APIRouter(responses=error_responses())
 
 
 class LimitsUpdate(BaseModel):
@@ -29,7 +30,7 @@ class LimitsUpdate(BaseModel):
     monthly_budget_usd: float | None = Field(None, ge=0)
 
 
-@router.put("/v1/admin/limits")
+@router.put("/v1/admin/limits", openapi_extra=json_body(LimitsUpdate))
 async def set_limits(request: Request) -> JSONResponse:
     """Change a scope's limits at run time (usage so far is kept). Fields left out become
     unlimited, so a PUT states the whole limit set."""
@@ -38,7 +39,7 @@ async def set_limits(request: Request) -> JSONResponse:
         raise Forbidden("the admin API is disabled: set admin_key to enable it")
     if not state.tenancy(request).is_admin(lower_headers(request)):
         raise Unauthorized("a valid admin key is required (Authorization: Bearer <admin_key>)")
-    data = await read_json(request, settings.max_body_bytes)
+    data = await read_json(request, settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     update = validate(LimitsUpdate, data)
     limits = Limits(**update.model_dump(exclude={"kind", "name"}))
     use = await state.chain(request).set_limits(update.kind, update.name, limits)

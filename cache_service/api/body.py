@@ -3,13 +3,14 @@ against a schema, with an error that names what is wrong; the caller's headers a
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
-from cache_service.errors import BadRequest, PayloadTooLarge
+from cache_service.errors import BadRequest, PayloadTooLarge, RequestTimeout
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -24,24 +25,33 @@ def lower_headers(request: Request) -> dict[str, str]:
     return {k.lower(): v for k, v in request.headers.items()}
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refusing oversized bodies before buffering them whole."""
+async def read_body(request: Request, limit: int, *, timeout_s: float | None = None) -> bytes:
+    """The raw body, refusing oversized bodies before buffering them whole, and bodies not
+    received within `timeout_s` (a stalled or byte-a-second client) with 408."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError as e:
+        raise RequestTimeout(
+            f"request body not received within {timeout_s:g} s ({size} bytes arrived)"
+        ) from e
     return b"".join(chunks)
 
 
-async def read_json(request: Request, limit: int) -> dict[str, Any]:
+async def read_json(
+    request: Request, limit: int, *, timeout_s: float | None = None
+) -> dict[str, Any]:
     """The body as a JSON object, with an error naming what is wrong with it."""
-    raw = await read_body(request, limit)
+    raw = await read_body(request, limit, timeout_s=timeout_s)
     if not raw.strip():
         raise BadRequest("request body is empty; expected a JSON object")
     try:

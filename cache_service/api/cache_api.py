@@ -3,21 +3,31 @@ the caller's own tenant (the admin key reaches across tenants)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from cache_service.api import state
 from cache_service.api.body import lower_headers, read_json, request_id, validate
+from cache_service.api.openapi import WITHOUT_BODY, error_responses, json_body
 from cache_service.api.schemas import LookupRequest, StoreRequest
 from cache_service.errors import BadRequest, NotFound
 
 router = APIRouter()
 
 
-@router.post("/v1/cache/lookup")
+async def _read(request: Request) -> dict[str, Any]:
+    settings = state.settings(request)
+    return await read_json(request, settings.max_body_bytes, timeout_s=settings.body_timeout_s)
+
+
+@router.post(
+    "/v1/cache/lookup", responses=error_responses(), openapi_extra=json_body(LookupRequest)
+)
 async def cache_lookup(request: Request) -> JSONResponse:
-    data = await read_json(request, state.settings(request).max_body_bytes)
+    data = await _read(request)
     req = validate(LookupRequest, data)
     headers = lower_headers(request)
     caller = state.tenancy(request).caller(headers)
@@ -27,9 +37,14 @@ async def cache_lookup(request: Request) -> JSONResponse:
     return JSONResponse(body, headers=out)
 
 
-@router.post("/v1/cache/store")
+@router.post(
+    "/v1/cache/store",
+    status_code=201,
+    responses=error_responses(),
+    openapi_extra=json_body(StoreRequest),
+)
 async def cache_store(request: Request) -> JSONResponse:
-    data = await read_json(request, state.settings(request).max_body_bytes)
+    data = await _read(request)
     req = validate(StoreRequest, data)
     headers = lower_headers(request)
     caller = state.tenancy(request).caller(headers)
@@ -40,7 +55,7 @@ async def cache_store(request: Request) -> JSONResponse:
     )
 
 
-@router.delete("/v1/cache/entries/{entry_id}")
+@router.delete("/v1/cache/entries/{entry_id}", responses=error_responses(statuses=WITHOUT_BODY))
 async def delete_entry(request: Request, entry_id: str) -> JSONResponse:
     caller = state.tenancy(request).caller(lower_headers(request))
     if not await state.cache_api(request).delete(entry_id, caller):
@@ -48,7 +63,7 @@ async def delete_entry(request: Request, entry_id: str) -> JSONResponse:
     return JSONResponse({"deleted": 1, "entry_id": entry_id})
 
 
-@router.delete("/v1/cache")
+@router.delete("/v1/cache", responses=error_responses(statuses=WITHOUT_BODY))
 async def delete_entries(
     request: Request, namespace: str | None = None, model: str | None = None
 ) -> JSONResponse:
@@ -69,11 +84,13 @@ class FeedbackRequest(BaseModel):
     correct: bool
 
 
-@router.post("/v1/cache/feedback")
+@router.post(
+    "/v1/cache/feedback", responses=error_responses(), openapi_extra=json_body(FeedbackRequest)
+)
 async def feedback(request: Request) -> JSONResponse:
     """Tell the cache whether a hit was right. A wrong hit invalidates its entry and raises
     the namespace's threshold above the similarity that fooled it."""
-    data = await read_json(request, state.settings(request).max_body_bytes)
+    data = await _read(request)
     fb = validate(FeedbackRequest, data)
     caller = state.tenancy(request).caller(lower_headers(request))
     judged = await state.verdicts(request).judge(

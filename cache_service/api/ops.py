@@ -8,8 +8,10 @@ from fastapi.responses import JSONResponse
 
 from cache_service.api import state
 from cache_service.api.body import lower_headers
+from cache_service.api.openapi import error_responses
 
-router = APIRouter()
+# Only its own failures: these routes read no body and call no upstream.
+router = APIRouter(responses=error_responses(statuses=(500,)))
 
 
 @router.get("/v1/cache/stats")
@@ -44,7 +46,9 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz", responses={503: {"description": "Not ready yet: the same body, with ready false"}}
+)
 async def readyz(request: Request) -> JSONResponse:
     """Ready once the index is rebuilt from the store (the model loads before the app
     accepts requests at all; exact hits are served while the index rebuilds)."""

@@ -11,11 +11,13 @@ from starlette.responses import Response
 
 from cache_service.api import state
 from cache_service.api.body import lower_headers
+from cache_service.api.openapi import error_responses
 from cache_service.errors import BadRequest
 from cache_service.report.build import ReportError, build_report, parse_since
 from cache_service.report.formats import FORMATS, render
 
-router = APIRouter()
+# Only its own failures: these routes read no body and call no upstream.
+router = APIRouter(responses=error_responses(statuses=(400, 500)))
 
 
 @router.get("/metrics", include_in_schema=False)

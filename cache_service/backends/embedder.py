@@ -104,6 +104,9 @@ class SentenceTransformerEmbedder:
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
+_COUNT_SLICE_CHARS = 64 * 1024
+
+
 def load_token_counter() -> Callable[[str], int]:
     """Counts tokens with the bundled model's WordPiece tokenizer: a real tokenizer that
     ships with the package (tiktoken would fetch its tables at run time). Its counts run
@@ -118,6 +121,18 @@ def load_token_counter() -> Callable[[str], int]:
     tokenizer.no_truncation()
 
     def count(text: str) -> int:
-        return len(tokenizer.encode(text, add_special_tokens=False).ids)
+        # In slices cut at spaces (where the pre-tokenizer splits anyway, so the total is the
+        # same): one encode of a 4 MB prompt built ~350 MB of offsets and token strings, which
+        # glibc then kept; slices bound that to a few MB.
+        total, start = 0, 0
+        while start < len(text):
+            end = min(start + _COUNT_SLICE_CHARS, len(text))
+            if end < len(text):
+                cut = text.rfind(" ", start, end)
+                end = cut if cut > start else end
+            piece = text[start:end]
+            total += len(tokenizer.encode(piece, add_special_tokens=False).ids)
+            start = end
+        return total
 
     return count

@@ -26,3 +26,11 @@ def test_long_text_is_not_capped_at_the_model_window(count: Callable[[str], int]
     # and truncates to and MiniLM's 256/512 windows.
     assert count("word " * 1000) == 1000
     assert count("word " * 1000 + "and more") == 1002
+
+
+def test_a_long_prompt_counts_the_same_in_slices(count: Callable[[str], int]) -> None:
+    # Counted in 64 KiB slices cut at spaces: the total matches word by word.
+    words = ["alpha", "beta,", "gamma!", "delta-epsilon", "zeta"]
+    text = " ".join(words[i % len(words)] for i in range(60_000))
+    assert len(text) > 5 * 64 * 1024
+    assert count(text) == 9 * 60_000 // 5  # alpha 1, beta , 2, gamma ! 2, delta - epsilon 3, zeta 1
