@@ -19,7 +19,7 @@ import httpx
 from fastapi import FastAPI
 
 from cache_service.api import admin, cache_api, ops, proxy, reports
-from cache_service.api.middleware import RequestIdMiddleware, install_error_handlers
+from cache_service.api.middleware import install_error_handlers, install_request_ids
 from cache_service.api.state import AppState
 from cache_service.backends.faiss_index import FaissIndex
 from cache_service.backends.journal import SpendJournal
@@ -197,7 +197,7 @@ def create_app(
         app.include_router(module.router)
     app.include_router(proxy.relay_router)  # last: claims every /v1 path left
     install_error_handlers(app)
-    app.add_middleware(RequestIdMiddleware)
+    install_request_ids(app)
     return app
 
 

@@ -1,9 +1,17 @@
 """Reading a request: the body within its size limit, parsed as a JSON object, validated
-against a schema, with an error that names what is wrong; the caller's headers and id."""
+against a schema, with an error that names what is wrong; the caller's headers and id.
+
+Parsing refuses what standard JSON or the layers behind it cannot carry, so that no later
+layer meets it: nesting deeper than `MAX_DEPTH`, NaN and infinities (`1e400` included),
+integers longer than Python converts, and lone UTF-16 surrogates (`"\\ud800"`), which no
+encoder (the scope hash, the upstream call) can write back out."""
 
 from __future__ import annotations
 
 import json
+import math
+import re
+from itertools import accumulate
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -12,6 +20,16 @@ from pydantic import BaseModel, ValidationError
 from cache_service.errors import BadRequest, PayloadTooLarge
 
 M = TypeVar("M", bound=BaseModel)
+
+MAX_DEPTH = 64
+"""Arrays and objects inside each other; real requests stay far below it."""
+MAX_INT_DIGITS = 4300
+"""Python's own limit on int(str) (sys.get_int_max_str_digits), refused before it raises."""
+
+# A JSON string (escapes included), to blank out before counting brackets.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_BRACKET = re.compile(rb"[\[\]{}]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def request_id(request: Request) -> str:
@@ -44,13 +62,68 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     raw = await read_body(request, limit)
     if not raw.strip():
         raise BadRequest("request body is empty; expected a JSON object")
+    return parse_json(raw)
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    """A JSON object every layer can handle, or a BadRequest naming what is wrong."""
+    depth = nesting(raw)
+    if depth > MAX_DEPTH:
+        raise BadRequest(f"request body nests {depth} levels deep; the limit is {MAX_DEPTH}")
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        data = json.loads(
+            raw, parse_constant=_refuse_constant, parse_float=_finite, parse_int=_bounded_int
+        )
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError too
         raise BadRequest(f"request body is not valid JSON: {e}") from e
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
+    _refuse_surrogates(data)
     return data
+
+
+def nesting(raw: bytes) -> int:
+    """How deep arrays and objects nest, counted without parsing (so without recursion):
+    brackets outside strings. Malformed JSON may count wrong; the parser refuses it anyway."""
+    brackets = _BRACKET.findall(_STRING.sub(b'""', raw))
+    if len(brackets) <= MAX_DEPTH:
+        return 0
+    steps = (1 if b in (b"[", b"{") else -1 for b in brackets)
+    return max(accumulate(steps), default=0)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise BadRequest(f"request body contains {name}, which is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise BadRequest(f"request body contains a number out of range: {text[:40]}")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > MAX_INT_DIGITS:
+        raise BadRequest(f"request body contains an integer of {len(text)} digits")
+    return int(text)
+
+
+def _refuse_surrogates(data: Any) -> None:
+    # Iterative: the nesting is bounded already, but a walk needs no recursion anyway.
+    pending = [data]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, str) and _SURROGATE.search(value):
+            raise BadRequest(
+                "request body contains a lone UTF-16 surrogate escape (such as \\ud800), "
+                "which is not text"
+            )
 
 
 def validate(schema: type[M], data: dict[str, Any]) -> M:
