@@ -165,6 +165,10 @@ class CacheFront:
             completion_tokens=usage[1],
             meta={"api": api},
         )
+        if not servable(entry):
+            # E.g. an upstream's NaN: it would be dropped at its first lookup anyway.
+            log.warning("unservable answer not stored", extra={"entry": entry.id})
+            return None
         try:
             await asyncio.to_thread(self.cache.put, entry)
         except Exception:

@@ -82,6 +82,9 @@ async def test_a_lone_surrogate_is_refused_at_parse_time(
         content = content.replace(b'"content": "hi"', b'"content": "hi \\udfff"')
     error = assert_refused(await post(h, path, content), path)
     assert "surrogate" in error["message"]
+    # as UTF-8 bytes, which the JSON decoder lets pass as a surrogate too
+    utf8 = content.replace(b"\\ud800", "\ud800".encode("utf-8", "surrogatepass"))
+    assert "surrogate" in assert_refused(await post(h, path, utf8), path)["message"]
     # a proper pair is text, and still welcome
     ok = await post(
         h, path, content.replace(b"\\ud800", b"\\ud83d\\ude00").replace(b" \\udfff", b"")
@@ -118,7 +121,9 @@ async def test_an_integer_of_thousands_of_digits_is_refused(
 
 
 # 4. Non-finite numbers: not JSON, and an overflow in the pricing.
-@pytest.mark.parametrize("raw", ["NaN", "Infinity", "-Infinity", "1e400", "-1e400"])
+@pytest.mark.parametrize(
+    "raw", ["NaN", "Infinity", "-Infinity", "1e400", "-1e400", "1E+309", "9" * 250 + "e99"]
+)
 @pytest.mark.parametrize("field", ["max_tokens", "metadata", "temperature"])
 async def test_non_finite_numbers_are_refused(h: Harness, raw: str, field: str) -> None:
     path = "/v1/chat/completions"
