@@ -79,6 +79,11 @@ class VectorIndex(Protocol):
     def __len__(self) -> int: ...
 
 
+MAX_TOKENS = 2**31 - 1
+"""The most tokens one request or answer may count: far above any model's window, and low
+enough that the pricing's floats never overflow."""
+
+
 @dataclass(slots=True)
 class Entry:
     """One stored answer and everything needed to serve, verify, expire and re-index it."""

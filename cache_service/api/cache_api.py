@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from cache_service.api import state
 from cache_service.api.body import lower_headers, read_json, request_id, validate
@@ -79,8 +79,8 @@ async def delete_entries(
 class FeedbackRequest(BaseModel):
     model_config = {"extra": "forbid"}
 
-    entry_id: str | None = None
-    request_id: str | None = None
+    entry_id: str | None = Field(None, min_length=1)
+    request_id: str | None = Field(None, min_length=1)
     correct: bool
 
 

@@ -1,5 +1,9 @@
 """Request ids on every answer, and errors in the wire format of the route that failed.
 
+The request-id layer is the outermost wrapper of the app (`install_request_ids`), outside
+starlette's ServerErrorMiddleware: the 500 an unhandled exception becomes carries the id too,
+and the exception is logged once, here, with it.
+
 Errors are written by the flavour of the route that matched (the Anthropic shape on
 `/v1/messages`, OpenAI's everywhere else), decided by the route's declared path, never by
 the request's URL.
@@ -48,12 +52,39 @@ class RequestIdMiddleware:
         rid = given if _SAFE_ID.fullmatch(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
 
+        started = False
+
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 MutableHeaders(scope=message)["x-request-id"] = rid
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            # ServerErrorMiddleware has answered (the `Exception` handler's body) and re-raised
+            # for the server to log; it is logged here instead, once, with its request id. A
+            # response cut short mid-body is closed by the server when the app returns.
+            log.exception("unhandled error", extra={"request_id": rid})
+            if not started:
+                body = for_route(None).error_body(
+                    "internal error in the cache sidecar", "server_error"
+                )
+                await JSONResponse(body, status_code=500)(scope, receive, send_with_id)
+
+
+def install_request_ids(app: FastAPI) -> None:
+    """Make RequestIdMiddleware the outermost layer: `add_middleware` would put it inside
+    ServerErrorMiddleware, whose 500s would then leave without an id. The stack is still
+    built lazily, on the first request, so later exception handlers are kept."""
+    build = app.build_middleware_stack
+
+    def outermost() -> ASGIApp:
+        return RequestIdMiddleware(build())
+
+    app.build_middleware_stack = outermost  # type: ignore[method-assign]
 
 
 def _flavor(request: Request) -> Flavor:
@@ -83,6 +114,6 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
+        # Logged by RequestIdMiddleware, once, with the request id, when this re-raises.
         body = _flavor(request).error_body("internal error in the cache sidecar", "server_error")
         return JSONResponse(body, status_code=500)

@@ -1,21 +1,48 @@
 """The proxied wire formats, one route per flavour from the registry, and the relay for every
-other `/v1/...` call. Routes only translate HTTP into calls on the proxy handler."""
+other `/v1/...` call. Routes only translate HTTP into calls on the proxy handler.
+
+The relay claims only paths that are the upstream's: a sidecar path called with another
+method is answered 405 here (it would otherwise fall through to the relay and go upstream
+with the caller's credentials), and a path that could leave the upstream's base URL is 400."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import Response, StreamingResponse
+from starlette.routing import BaseRoute, Match, Route
 
 from cache_service.api import state
 from cache_service.api.body import lower_headers, read_body, read_json, request_id, validate
 from cache_service.api.openapi import WITH_BODY, WITHOUT_BODY, error_responses, json_body
 from cache_service.cache.keys import project_of
 from cache_service.cache.tenancy import namespace_of
-from cache_service.flavors import FLAVORS
+from cache_service.errors import BadRequest
+from cache_service.flavors import FLAVORS, for_route
 from cache_service.flavors.base import Flavor
 from cache_service.proxy.context import proxy_context
+from cache_service.upstream.paths import checked_relay_path
+
+
+class _AnyPath(Convertor[str]):
+    # Starlette's `path` stops at a newline (the route then 404s); the relay must see every
+    # path to refuse it in its own words.
+    regex = "[\\s\\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("relayed", _AnyPath())
+RELAYED = "/v1/{path:relayed}"
+# Encoded separators: the server decoded them into the path, where they would pass as real ones.
+_ENCODED_SEPARATORS = (b"%2f", b"%5c")
 
 router = APIRouter()
 # Last in the app: any /v1 path no other router claims is relayed upstream.
@@ -48,10 +75,43 @@ for _flavor in FLAVORS:
     )
 
 
+def _own_routes(routes: Iterable[BaseRoute]) -> Iterator[Route]:
+    """Every route of the app, into included routers (recent FastAPI keeps them whole). The
+    sidecar includes its routers without a prefix, so their own paths are the paths served."""
+    for route in routes:
+        if isinstance(route, Route):
+            yield route
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _own_routes(inner.routes)
+
+
+def _not_allowed(request: Request) -> Response | None:
+    """405 when a sidecar route owns this path under other methods, in that route's shape."""
+    owners = [
+        route
+        for route in _own_routes(request.app.router.routes)
+        if route.path != RELAYED and route.matches(request.scope)[0] is Match.PARTIAL
+    ]
+    if not owners:
+        return None
+    allowed = sorted({m for route in owners for m in route.methods or ()})
+    message = f"{request.method} is not allowed on {request.url.path}; use {', '.join(allowed)}"
+    body = for_route(owners[0].path).error_body(message, "invalid_request_error")
+    return JSONResponse(body, status_code=405, headers={"allow": ", ".join(allowed)})
+
+
 async def relay(request: Request, path: str) -> Response:
     """Every other API path (embeddings, models, files...) goes upstream as it is, under the
     request-rate limits: the app changes only its base URL, and nothing it used before
     stops working."""
+    refused = _not_allowed(request)
+    if refused is not None:
+        return refused
+    raw = bytes(request.scope.get("raw_path") or b"").lower()
+    if any(sep in raw for sep in _ENCODED_SEPARATORS):
+        raise BadRequest("relayed path contains an encoded '/' or '\\'", param="path")
+    path = checked_relay_path(path)
     settings = state.settings(request)
     content = await read_body(request, settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     headers = lower_headers(request)
@@ -72,7 +132,7 @@ async def relay(request: Request, path: str) -> Response:
 # declare one.
 for _method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
     relay_router.add_api_route(
-        "/v1/{path:path}",
+        RELAYED,
         relay,
         methods=[_method],
         operation_id=f"relay_{_method.lower()}",

@@ -1,18 +1,34 @@
 """Wire schemas: the minimum we must understand of a request. Unknown fields are kept and
-forwarded untouched, since upstream APIs grow faster than any proxy."""
+forwarded untouched, since upstream APIs grow faster than any proxy.
+
+Every field the sidecar itself reads (the flavours' `canonical`, the cache API) is strict:
+`stream: "false"` or `max_tokens: 5.0` is refused rather than coerced, since the body is
+forwarded as it came and the upstream would read it otherwise than we did."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictBool, StrictInt, StrictStr
+
+from cache_service.protocols import MAX_TOKENS
+
+Tokens = Annotated[StrictInt, Field(ge=1, le=MAX_TOKENS)]
+TokenCount = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS)]
+Content = StrictStr | list[dict[str, Any]]
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[dict[str, Any]] | None = None
+    content: Content | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: StrictBool | None = None
 
 
 class ChatRequest(BaseModel):
@@ -20,20 +36,20 @@ class ChatRequest(BaseModel):
 
     model: str = Field(min_length=1, max_length=256)
     messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool | None = None
-    n: int | None = Field(None, ge=1, le=128)
+    stream: StrictBool | None = None
+    n: Annotated[StrictInt, Field(ge=1, le=128)] | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    stream_options: dict[str, Any] | None = None
+    max_tokens: Tokens | None = None
+    max_completion_tokens: Tokens | None = None
+    stream_options: StreamOptions | None = None
 
 
 class AnthropicMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: Literal["user", "assistant"]
-    content: str | list[dict[str, Any]]
+    content: Content
 
 
 class AnthropicRequest(BaseModel):
@@ -41,9 +57,9 @@ class AnthropicRequest(BaseModel):
 
     model: str = Field(min_length=1, max_length=256)
     messages: list[AnthropicMessage] = Field(min_length=1)
-    max_tokens: int = Field(ge=1)
-    system: str | list[dict[str, Any]] | None = None
-    stream: bool | None = None
+    max_tokens: Tokens
+    system: Content | None = None
+    stream: StrictBool | None = None
 
 
 class ResponsesRequest(BaseModel):
@@ -53,10 +69,10 @@ class ResponsesRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1, max_length=256)
-    input: str | list[dict[str, Any]] = Field(min_length=1)
-    instructions: str | None = None
-    stream: bool | None = None
-    max_output_tokens: int | None = Field(None, ge=1)
+    input: Content = Field(min_length=1)
+    instructions: StrictStr | None = None
+    stream: StrictBool | None = None
+    max_output_tokens: Tokens | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
 
@@ -81,5 +97,5 @@ class StoreRequest(_CacheKeyed):
     response: JsonValue
     ttl: float | None = Field(None, gt=0)
     """Seconds; capped by the operator's max_ttl_s."""
-    prompt_tokens: int = Field(0, ge=0)
-    completion_tokens: int = Field(0, ge=0)
+    prompt_tokens: TokenCount = 0
+    completion_tokens: TokenCount = 0

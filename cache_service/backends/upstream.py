@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from cache_service.errors import UpstreamTimeout, UpstreamUnavailable
+from cache_service.errors import BadRequest, UpstreamTimeout, UpstreamUnavailable
 from cache_service.protocols import AuthScheme, UpstreamResponse, UpstreamStream
 
 # Caller headers worth passing on. Everything else (host, content-length, our X-Cache-*,
@@ -145,6 +145,10 @@ class HttpUpstream:
             headers=out,
             params=tuple(params) if params else None,
         )
+        if not self._below_base(request.url):
+            # Defence in depth behind the relay's path check: credentials go to the
+            # configured upstream, under its base path, or nowhere.
+            raise BadRequest(f"path {path[:200]!r} is not below the upstream", param="path")
         try:
             r = await self._client.send(request, stream=True)
         except httpx.HTTPError as e:
@@ -165,6 +169,14 @@ class HttpUpstream:
         if "content-type" in r.headers:
             returned["content-type"] = r.headers["content-type"]
         return UpstreamStream(r.status_code, returned, chunks())
+
+    def _below_base(self, url: httpx.URL) -> bool:
+        base = self._client.base_url
+        return (url.scheme, url.host, url.port) == (
+            base.scheme,
+            base.host,
+            base.port,
+        ) and url.raw_path.startswith(base.raw_path)
 
     async def aclose(self) -> None:
         await self._client.aclose()

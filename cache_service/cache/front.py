@@ -9,6 +9,7 @@ batcher's thread; this module only decides and awaits.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from cache_service.cache.feedback import FeedbackLearner
 from cache_service.cache.keys import RequestKeys
 from cache_service.cache.matching import Verifier, choose
 from cache_service.cache.semantic import Lookup, SemanticCache
-from cache_service.protocols import Entry, Vector
+from cache_service.protocols import MAX_TOKENS, Entry, Vector
 from cache_service.telemetry.events import StageTimer
 
 log = logging.getLogger("cache_service.cache")
@@ -34,6 +35,19 @@ class Found:
     searched: Lookup | None = None
     vector: Vector | None = None
     embed_timeout: bool = False
+
+
+def servable(entry: Entry) -> bool:
+    """Its answer is standard JSON (no NaN, no infinity) and its token counts plain ints
+    the pricing can multiply."""
+    counts = (entry.prompt_tokens, entry.completion_tokens)
+    if not all(type(n) is int and 0 <= n <= MAX_TOKENS for n in counts):
+        return False
+    try:
+        json.dumps(entry.response, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return isinstance(entry.response, dict)
 
 
 class CacheFront:
@@ -65,7 +79,7 @@ class CacheFront:
         cache = self.cache
         with StageTimer(stages, "exact"):
             entry = await asyncio.to_thread(cache.get_exact, keys.exact_key)
-        if entry is not None:
+        if entry is not None and await self._servable(entry):
             found.hit = Lookup(entry, 1.0, "exact", reason="ok")
             return found
         if not (keys.semantic_ok and cache.ready):
@@ -102,9 +116,20 @@ class CacheFront:
             else:
                 c = chosen.candidate
                 searched = Lookup(c.entry, c.similarity, "semantic", chosen.best_rejected, "ok")
+        if searched.entry is not None and not await self._servable(searched.entry):
+            searched = Lookup(best_rejected=searched.best_rejected, reason="unservable")
         found.searched = searched
         found.hit = searched if searched.entry is not None else None
         return found
+
+    async def _servable(self, entry: Entry) -> bool:
+        """An entry that cannot be served (written before the store refused such answers, or
+        by another writer) is dropped and costs a hit, never a 500 on every lookup."""
+        if servable(entry):
+            return True
+        log.warning("unservable entry dropped", extra={"entry": entry.id})
+        await asyncio.to_thread(self.cache.delete, entry.id)
+        return False
 
     async def store(
         self,
@@ -140,6 +165,10 @@ class CacheFront:
             completion_tokens=usage[1],
             meta={"api": api},
         )
+        if not servable(entry):
+            # E.g. an upstream's NaN: it would be dropped at its first lookup anyway.
+            log.warning("unservable answer not stored", extra={"entry": entry.id})
+            return None
         try:
             await asyncio.to_thread(self.cache.put, entry)
         except Exception:

@@ -38,6 +38,7 @@ from cache_service.resilience import (
 from cache_service.settings import Settings
 from cache_service.telemetry.metrics import Metrics
 from cache_service.upstream.deadline import Deadline
+from cache_service.upstream.paths import checked_relay_path
 
 log = logging.getLogger("cache_service.quota")
 
@@ -160,6 +161,7 @@ class UpstreamChain:
         """Relay an API call the cache does not handle to the first upstream, counted as one
         request against rpm (its tokens are unknown here). Not retried: it may not be
         idempotent. Authenticated the way the caller authenticated itself."""
+        path = checked_relay_path(path)  # never a URL off the upstream's base (checked twice)
         p = await self.projects.resolve(project)
         # A relayed call is judged by nobody: it must not take a half-open breaker's trial.
         slot = next((s for s in self.slots if s.breaker.state == "closed"), self.slots[0])
