@@ -32,7 +32,11 @@ def test_serve_without_upstream_starts_the_simulated_one(tmp_path: Path) -> None
             model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello there?"}]
         )
         assert again.headers["x-cache"] == "HIT"
-        report = httpx.get(f"http://127.0.0.1:{port}/v1/cache/report?format=md").text
+        # A caller's report shows its own tenant's requests: ask as the same caller.
+        report = httpx.get(
+            f"http://127.0.0.1:{port}/v1/cache/report?format=md",
+            headers={"Authorization": "Bearer sk-demo"},
+        ).text
         assert "| requests | 2 |" in report
 
     out = tmp_path / "report.html"
