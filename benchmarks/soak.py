@@ -153,9 +153,9 @@ async def drive(
         window = Window(0.0)
         i = 0
         while (now := time.perf_counter() - start) < seconds:
-            due = i / rate
-            if due > now:
-                await asyncio.sleep(due - now)
+            # Always yield, even when behind schedule: the requests in flight run on this
+            # same loop, and a driver that only creates tasks would stop sending them.
+            await asyncio.sleep(max(0.0, i / rate - now))
             if time.perf_counter() - start - window.start >= window_s:
                 rows.append(window.row(pid, window_s))
                 print(json.dumps(rows[-1]), flush=True)

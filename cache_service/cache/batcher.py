@@ -42,7 +42,13 @@ class ModelBatcher(Generic[In, Out]):
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._drain())
         # shield: a caller giving up must not cancel the batch others are waiting on.
-        return await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except (TimeoutError, asyncio.CancelledError):
+            # Nobody waits for this input any more: the batcher skips it instead of computing
+            # it late, so an overloaded model sheds work rather than queueing more of it.
+            future.cancel()
+            raise
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()

@@ -140,10 +140,13 @@ class CacheFront:
         ttl_s: float | None,
         usage: tuple[int, int],
         vector: Vector | None = None,
+        embed: bool = True,
     ) -> Entry | None:
         """Store an answer (store before index); the stored entry, or None if the store
-        failed: the caller still has its answer, a failure costs a future hit only."""
-        if vector is None and keys.semantic_ok:
+        failed: the caller still has its answer, a failure costs a future hit only.
+        `embed=False` (the lookup's own embedding missed its deadline: the model is
+        overloaded) stores it for exact matches only instead of queueing more model work."""
+        if vector is None and keys.semantic_ok and embed:
             try:
                 # No lookup embedding (no-cache, the lookup API, or the lookup timed out):
                 # embed now. The caller's answer waits on this store (so its next request

@@ -161,6 +161,7 @@ class ProxyHandler:
             ttl_s=ctx.directives.ttl_s,
             usage=usage,
             vector=ctx.found.vector,
+            embed=not ctx.found.embed_timeout,
         )
         return entry is not None
 

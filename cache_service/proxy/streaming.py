@@ -216,6 +216,7 @@ class StreamRelay:
                     ttl_s=ctx.directives.ttl_s,
                     usage=(p, c),
                     vector=ctx.found.vector,
+                    embed=not ctx.found.embed_timeout,
                 )
         self.recorder.record(
             ctx, outcome if assembler.complete else Outcome.ERROR, p, c, dollars=dollars

@@ -148,3 +148,53 @@ async def test_the_model_batcher_passes_on_failures_and_deadlines() -> None:
     finally:
         gate.set()
         batcher.close()
+
+
+async def test_an_input_whose_caller_gave_up_is_never_computed() -> None:
+    # Under overload, a lookup past its deadline must shed its model work, not queue it.
+    seen: list[list[str]] = []
+    gate = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def model(batch: list[str]) -> list[int]:
+        seen.append(batch)
+        if batch == ["first"]:
+            asyncio.run_coroutine_threadsafe(gate.wait(), loop).result()
+        return [0 for _ in batch]
+
+    batcher: ModelBatcher[str, int] = ModelBatcher(model)
+    try:
+        first = asyncio.create_task(batcher.run("first", 5))
+        await asyncio.sleep(0.05)  # the model is busy with it
+        with pytest.raises(TimeoutError):
+            await batcher.run("late", 0.05)
+        gate.set()
+        assert await first == 0
+        await asyncio.sleep(0.05)
+        assert seen == [["first"]]
+        assert batcher.processed == 1
+    finally:
+        gate.set()
+        batcher.close()
+
+
+async def test_a_store_after_an_overloaded_lookup_does_not_embed(tmp_path: Path) -> None:
+    clock, embedder = FakeClock(), HashingEmbedder()
+    cache = SemanticCache(
+        DiskCacheStore(tmp_path / "s"), FaissIndex(embedder.dim), clock, AcceptConfig(0.5)
+    )
+    cache.rebuild()
+    batcher = EmbeddingBatcher(embedder)
+    front = CacheFront(cache, batcher, FeedbackLearner(0.5), embed_timeout_s=5, default_ttl_s=60)
+    body = {"model": "m", "messages": [{"role": "user", "content": "reset my password"}]}
+    keys = build_keys(body, "ns")
+    try:
+        entry = await front.store(
+            keys, {"a": 1}, api="openai", ttl_s=None, usage=(1, 1), embed=False
+        )
+        assert entry is not None and entry.embedding is None  # exact matches only
+        assert embedder.calls == 0
+        assert (await front.lookup(keys, None, {})).hit is not None
+    finally:
+        batcher.close()
+        cache.store.close()
