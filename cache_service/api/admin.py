@@ -34,13 +34,13 @@ class LimitsUpdate(BaseModel):
 async def set_limits(request: Request) -> JSONResponse:
     """Change a scope's limits at run time (usage so far is kept). Fields left out become
     unlimited, so a PUT states the whole limit set."""
-    settings = state.settings(request)
+    settings = state.of(request)["settings"]
     if not settings.admin_key:
         raise Forbidden("the admin API is disabled: set admin_key to enable it")
-    if not state.tenancy(request).is_admin(lower_headers(request)):
+    if not state.of(request)["tenancy"].is_admin(lower_headers(request)):
         raise Unauthorized("a valid admin key is required (Authorization: Bearer <admin_key>)")
     data = await read_json(request, settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     update = validate(LimitsUpdate, data)
     limits = Limits(**update.model_dump(exclude={"kind", "name"}))
-    use = await state.chain(request).set_limits(update.kind, update.name, limits)
+    use = await state.of(request)["chain"].set_limits(update.kind, update.name, limits)
     return JSONResponse(use)

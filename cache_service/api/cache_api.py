@@ -19,7 +19,7 @@ router = APIRouter()
 
 
 async def _read(request: Request) -> dict[str, Any]:
-    settings = state.settings(request)
+    settings = state.of(request)["settings"]
     return await read_json(request, settings.max_body_bytes, timeout_s=settings.body_timeout_s)
 
 
@@ -30,8 +30,8 @@ async def cache_lookup(request: Request) -> JSONResponse:
     data = await _read(request)
     req = validate(LookupRequest, data)
     headers = lower_headers(request)
-    caller = state.tenancy(request).caller(headers)
-    body, out = await state.cache_api(request).lookup(
+    caller = state.of(request)["tenancy"].caller(headers)
+    body, out = await state.of(request)["cache_api"].lookup(
         req, data, headers, request_id(request), caller
     )
     return JSONResponse(body, headers=out)
@@ -47,8 +47,8 @@ async def cache_store(request: Request) -> JSONResponse:
     data = await _read(request)
     req = validate(StoreRequest, data)
     headers = lower_headers(request)
-    caller = state.tenancy(request).caller(headers)
-    entry = await state.cache_api(request).store(req, headers, caller)
+    caller = state.of(request)["tenancy"].caller(headers)
+    entry = await state.of(request)["cache_api"].store(req, headers, caller)
     return JSONResponse(
         {"entry_id": entry.id, "namespace": entry.namespace, "expires": entry.expires},
         status_code=201,
@@ -57,8 +57,8 @@ async def cache_store(request: Request) -> JSONResponse:
 
 @router.delete("/v1/cache/entries/{entry_id}", responses=error_responses(statuses=WITHOUT_BODY))
 async def delete_entry(request: Request, entry_id: str) -> JSONResponse:
-    caller = state.tenancy(request).caller(lower_headers(request))
-    if not await state.cache_api(request).delete(entry_id, caller):
+    caller = state.of(request)["tenancy"].caller(lower_headers(request))
+    if not await state.of(request)["cache_api"].delete(entry_id, caller):
         raise NotFound(f"no cache entry with id {entry_id!r}", param="entry_id")
     return JSONResponse({"deleted": 1, "entry_id": entry_id})
 
@@ -71,8 +71,8 @@ async def delete_entries(
         raise BadRequest(
             "name a namespace and/or a model to invalidate (query parameters)", param="namespace"
         )
-    caller = state.tenancy(request).caller(lower_headers(request))
-    count = await state.cache_api(request).delete_where(namespace, model, caller)
+    caller = state.of(request)["tenancy"].caller(lower_headers(request))
+    count = await state.of(request)["cache_api"].delete_where(namespace, model, caller)
     return JSONResponse({"deleted": count, "namespace": namespace, "model": model})
 
 
@@ -92,8 +92,8 @@ async def feedback(request: Request) -> JSONResponse:
     the namespace's threshold above the similarity that fooled it."""
     data = await _read(request)
     fb = validate(FeedbackRequest, data)
-    caller = state.tenancy(request).caller(lower_headers(request))
-    judged = await state.verdicts(request).judge(
+    caller = state.of(request)["tenancy"].caller(lower_headers(request))
+    judged = await state.of(request)["verdicts"].judge(
         caller, request_id=fb.request_id, entry_id=fb.entry_id, correct=fb.correct
     )
     return JSONResponse(

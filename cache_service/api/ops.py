@@ -16,12 +16,12 @@ router = APIRouter(responses=error_responses(statuses=(500,)))
 
 @router.get("/v1/cache/stats")
 async def cache_stats(request: Request) -> JSONResponse:
-    front = state.front(request)
-    visible = state.tenancy(request).visible_to(lower_headers(request))
-    snapshot = state.stats(request).snapshot(visible)
+    front = state.of(request)["front"]
+    visible = state.of(request)["tenancy"].visible_to(lower_headers(request))
+    snapshot = state.of(request)["stats"].snapshot(visible)
     learner = front.learner
     snapshot["quality"] = {
-        "audit": state.proxy(request).auditor.tally.as_dict(),
+        "audit": state.of(request)["proxy"].auditor.tally.as_dict(),
         "feedback": {k: v for k, v in learner.counts.items() if visible is None or visible(k)},
         "learned_thresholds": {
             k: v for k, v in learner.thresholds.items() if visible is None or visible(k)
@@ -38,7 +38,7 @@ async def cache_stats(request: Request) -> JSONResponse:
 
 @router.get("/v1/quota")
 async def quota(request: Request) -> JSONResponse:
-    return JSONResponse(await state.chain(request).status())
+    return JSONResponse(await state.of(request)["chain"].status())
 
 
 @router.get("/healthz")
@@ -52,7 +52,7 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> JSONResponse:
     """Ready once the index is rebuilt from the store (the model loads before the app
     accepts requests at all; exact hits are served while the index rebuilds)."""
-    front = state.front(request)
+    front = state.of(request)["front"]
     ready = front.ready
     body = {
         "ready": ready,

@@ -51,14 +51,14 @@ relay_router = APIRouter()
 
 def _endpoint(flavor: Flavor) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
-        settings = state.settings(request)
+        settings = state.of(request)["settings"]
         body = await read_json(request, settings.max_body_bytes, timeout_s=settings.body_timeout_s)
         validate(flavor.schema, body)
         headers = lower_headers(request)
-        tenancy = state.tenancy(request)
+        tenancy = state.of(request)["tenancy"]
         tenant = tenancy.tenant(tenancy.caller(headers), namespace_of(headers))
         ctx = proxy_context(flavor, body, headers, request_id(request), settings, tenant)
-        return await state.proxy(request).handle(ctx)
+        return await state.of(request)["proxy"].handle(ctx)
 
     endpoint.__name__ = f"proxy_{flavor.name}"
     endpoint.__doc__ = f"{flavor.route}: looked up in the cache, else forwarded under quota."
@@ -112,10 +112,10 @@ async def relay(request: Request, path: str) -> Response:
     if any(sep in raw for sep in _ENCODED_SEPARATORS):
         raise BadRequest("relayed path contains an encoded '/' or '\\'", param="path")
     path = checked_relay_path(path)
-    settings = state.settings(request)
+    settings = state.of(request)["settings"]
     content = await read_body(request, settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     headers = lower_headers(request)
-    up = await state.chain(request).relay(
+    up = await state.of(request)["chain"].relay(
         request.method,
         path,
         content,

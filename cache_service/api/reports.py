@@ -22,7 +22,7 @@ router = APIRouter(responses=error_responses(statuses=(400, 500)))
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    telemetry = state.telemetry(request)
+    telemetry = state.of(request)["telemetry"]
     await telemetry.refresh()  # on the loop: reads quota state, which lives there
     # Off the loop: the cache-size callback may ask the store, which is disk I/O.
     body, content_type = await asyncio.to_thread(telemetry.metrics.render)
@@ -42,8 +42,8 @@ async def cache_report(
         start = parse_since(since, time.time())
     except ReportError as e:
         raise BadRequest(str(e), param="since") from e
-    telemetry = state.telemetry(request)
-    visible = state.tenancy(request).visible_to(lower_headers(request))
+    telemetry = state.of(request)["telemetry"]
+    visible = state.of(request)["tenancy"].visible_to(lower_headers(request))
     # On the loop: the quota ledger behind it is only safe to read from the loop's thread.
     # Budgets belong to projects, which span tenants: the admin's view only.
     budgets = await telemetry.current_budgets() if visible is None else None

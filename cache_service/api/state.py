@@ -1,10 +1,11 @@
 """The services the lifespan builds, as typed state: `create_app`'s lifespan yields an
 `AppState`, starlette hands it to every request as `request.state`, and each route takes
-exactly the services it uses through the accessors below (no attribute bag on the app)."""
+exactly the services it uses through `of(request)`, checked by mypy against `AppState` (no
+attribute bag on the app)."""
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import TypedDict, cast
 
 from fastapi import Request
 
@@ -33,51 +34,7 @@ class AppState(TypedDict):
     stats: Stats
 
 
-def settings(request: Request) -> Settings:
-    value: Settings = request.state.settings
-    return value
-
-
-def tenancy(request: Request) -> Tenancy:
-    value: Tenancy = request.state.tenancy
-    return value
-
-
-def proxy(request: Request) -> ProxyHandler:
-    value: ProxyHandler = request.state.proxy
-    return value
-
-
-def cache_api(request: Request) -> CacheAPI:
-    value: CacheAPI = request.state.cache_api
-    return value
-
-
-def verdicts(request: Request) -> Verdicts:
-    value: Verdicts = request.state.verdicts
-    return value
-
-
-def front(request: Request) -> CacheFront:
-    value: CacheFront = request.state.front
-    return value
-
-
-def chain(request: Request) -> UpstreamChain:
-    value: UpstreamChain = request.state.chain
-    return value
-
-
-def ledger(request: Request) -> QuotaLedger:
-    value: QuotaLedger = request.state.ledger
-    return value
-
-
-def telemetry(request: Request) -> Telemetry:
-    value: Telemetry = request.state.telemetry
-    return value
-
-
-def stats(request: Request) -> Stats:
-    value: Stats = request.state.stats
-    return value
+def of(request: Request) -> AppState:
+    """The lifespan's services, typed: `state.of(request)["proxy"]`. Starlette copies the
+    dict the lifespan yielded into every request's state."""
+    return cast(AppState, request.state._state)
