@@ -100,6 +100,7 @@ async def one(
     i: int,
     rng: random.Random,
     window: Window,
+    slots: asyncio.Semaphore,
 ) -> None:
     headers: dict[str, str] = {}
     original, paraphrase = PAIRS[rng.randrange(len(PAIRS))]
@@ -119,7 +120,8 @@ async def one(
         headers["Cache-Control"] = "no-store"
     t0 = time.perf_counter()
     try:
-        r = await client.post("/v1/chat/completions", json=payload, headers=headers)
+        async with slots:
+            r = await client.post("/v1/chat/completions", json=payload, headers=headers)
     except httpx.HTTPError:
         r = None  # the connection itself failed: never designed
     window.latencies.append((time.perf_counter() - t0) * 1000)
@@ -138,7 +140,13 @@ async def drive(
 ) -> list[Any]:
     rng = random.Random(7)
     kinds, weights = zip(*MIX, strict=True)
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+    # The driver must not be what melts: httpx's pool costs O(connections x queued) per
+    # request, so a backlog inside it saturated the driver's own loop (100 % CPU) and its
+    # latency read as the sidecar's. Requests queue on a semaphore instead (the wait still
+    # counts: the clock starts before it), in front of a pool that never queues.
+    concurrency = 128
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    slots = asyncio.Semaphore(concurrency)
     rows: list[dict[str, Any]] = []
     pending: set[asyncio.Task[None]] = set()
     async with (
@@ -161,7 +169,7 @@ async def drive(
                 print(json.dumps(rows[-1]), flush=True)
                 window = Window(window.start + window_s)
             kind = rng.choices(kinds, weights)[0]
-            task = asyncio.create_task(one(client, sim, kind, i, rng, window))
+            task = asyncio.create_task(one(client, sim, kind, i, rng, window, slots))
             pending.add(task)
             task.add_done_callback(pending.discard)
             i += 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import threading
 import time
@@ -22,43 +21,35 @@ def _thread_defaults() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def _wait_for_port(host: str, port: int, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex((host, port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"simulated upstream did not start on {host}:{port}")
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _start_simulated(host: str, port: int) -> str:
     """The bundled simulated upstream in a background thread, so `serve` works out of the
-    box on a machine with no API key and no network."""
+    box on a machine with no API key and no network. Its socket is bound here, first: a
+    taken port is a refusal to start, never a silent fallback to whoever holds it."""
     import uvicorn
 
+    from cache_service.preflight import StartupError, listen_socket
     from cache_service.simulator.app import create_simulated_app
     from cache_service.simulator.state import SimConfig
 
-    port = port or _free_port(host)
-    server = uvicorn.Server(
-        uvicorn.Config(create_simulated_app(SimConfig()), host=host, port=port, log_level="warning")
+    sock = listen_socket(host, port, "the simulated upstream")
+    bound_host, bound_port = sock.getsockname()[:2]
+    server = uvicorn.Server(uvicorn.Config(create_simulated_app(SimConfig()), log_level="warning"))
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="simulated-upstream", daemon=True
     )
-    threading.Thread(target=server.run, name="simulated-upstream", daemon=True).start()
-    _wait_for_port(host, port)
-    return f"http://{host}:{port}/v1"
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise StartupError(f"the simulated upstream did not start on {host}:{bound_port}")
+        time.sleep(0.02)
+    return f"http://{bound_host}:{bound_port}/v1"
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from cache_service import logs
     from cache_service.app import create_app
+    from cache_service.preflight import StartupError, check_data_dir, check_model, listen_socket
     from cache_service.serving import serve
     from cache_service.settings import ConfigError, load_settings
 
@@ -74,16 +65,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if settings.upstream_url is None:
-        url = _start_simulated(settings.host, settings.simulated_upstream_port)
-        print(f"no upstream configured: using the simulated upstream at {url}", file=sys.stderr)
-        settings = settings.model_copy(update={"upstream_url": url})
+    try:
+        # Everything that can refuse does so here, before the model loads.
+        check_model(settings)
+        check_data_dir(settings.data_dir)
+        sock = listen_socket(settings.host, settings.port, "the sidecar")
+        if settings.upstream_url is None and not settings.upstreams:
+            url = _start_simulated(settings.host, settings.simulated_upstream_port)
+            print(f"no upstream configured: using the simulated upstream at {url}", file=sys.stderr)
+            settings = settings.model_copy(update={"upstream_url": url})
+    except StartupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     app = create_app(settings)
+    targets = [u.base_url for u in settings.upstreams] or [str(settings.upstream_url)]
     print(
-        f"cache sidecar on http://{settings.host}:{settings.port}/v1 -> {settings.upstream_url}",
+        f"cache sidecar on http://{settings.host}:{settings.port}/v1 -> {', '.join(targets)}",
         file=sys.stderr,
     )
-    serve(app, settings)
+    serve(app, settings, sock)
     return 0
 
 

@@ -116,6 +116,7 @@ def create_app(
             quota=ledger.snapshot,
             cache_size=lambda: (len(cache.index), the_store.volume()),
         )
+        telemetry.metrics.watch_embedder(batcher)
         stats = await asyncio.to_thread(lambda: replay_stats(telemetry.events()))
         labels = LabelCaps.of(settings.max_label_values)
         namespaces, models = stats.labels()

@@ -13,6 +13,7 @@ too many connections cost a bounded amount instead of being held open indefinite
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import uvicorn
@@ -83,5 +84,6 @@ def server_config(app: Any, settings: Settings) -> uvicorn.Config:
     )
 
 
-def serve(app: Any, settings: Settings) -> None:
-    uvicorn.Server(server_config(app, settings)).run()
+def serve(app: Any, settings: Settings, sock: socket.socket) -> None:
+    """Run on `sock`, bound by the caller before the app loaded (see `preflight`)."""
+    uvicorn.Server(server_config(app, settings)).run(sockets=[sock])

@@ -223,6 +223,10 @@ class Settings(BaseSettings):
     admin_key: str | None = None
     """Bearer key (or X-Admin-Key) for operations spanning tenants: limits, invalidation
     across tenants, every tenant's stats and reports. None: those are refused."""
+    admin_only_ops: bool = False
+    """Also require the admin key for /metrics and /v1/quota, which show every tenant's
+    namespaces and every project's spend. Off by default: keep the port private instead,
+    or turn this on and give the scraper the key."""
     identity_header: str | None = None
     """A header the operator's own gateway sets to name the caller (trusted as its
     identity, in place of its API key's hash). Only set it if callers cannot send it."""

@@ -9,9 +9,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from cache_service.api import state
-from cache_service.api.body import lower_headers, read_json, validate
+from cache_service.api.auth import require_admin
+from cache_service.api.body import read_json, validate
 from cache_service.api.openapi import error_responses, json_body
-from cache_service.errors import Forbidden, Unauthorized
 from cache_service.quota.limits import Limits
 
 router = APIRouter(responses=error_responses())
@@ -34,11 +34,8 @@ class LimitsUpdate(BaseModel):
 async def set_limits(request: Request) -> JSONResponse:
     """Change a scope's limits at run time (usage so far is kept). Fields left out become
     unlimited, so a PUT states the whole limit set."""
+    require_admin(request, "the admin API")
     settings = state.of(request)["settings"]
-    if not settings.admin_key:
-        raise Forbidden("the admin API is disabled: set admin_key to enable it")
-    if not state.of(request)["tenancy"].is_admin(lower_headers(request)):
-        raise Unauthorized("a valid admin key is required (Authorization: Bearer <admin_key>)")
     data = await read_json(request, settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     update = validate(LimitsUpdate, data)
     limits = Limits(**update.model_dump(exclude={"kind", "name"}))

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from cache_service.api import state
+from cache_service.api.auth import fleet_view
 from cache_service.api.body import lower_headers
 from cache_service.api.openapi import error_responses
 
@@ -32,12 +33,15 @@ async def cache_stats(request: Request) -> JSONResponse:
         "index_ready": front.ready,
         "embedding_batches": front.batcher.batches,
         "embedded": front.batcher.processed,
+        "embeddings_shed": front.batcher.shed,
     }
     return JSONResponse(snapshot)
 
 
 @router.get("/v1/quota")
 async def quota(request: Request) -> JSONResponse:
+    """Every scope's limits and use now (all projects: admin-only with `admin_only_ops`)."""
+    fleet_view(request, "the quota view")
     return JSONResponse(await state.of(request)["chain"].status())
 
 

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from cache_service.api import state
+from cache_service.api.auth import fleet_view
 from cache_service.api.body import lower_headers
 from cache_service.api.openapi import error_responses
 from cache_service.errors import BadRequest
@@ -22,6 +23,7 @@ router = APIRouter(responses=error_responses(statuses=(400, 500)))
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
+    fleet_view(request, "/metrics")
     telemetry = state.of(request)["telemetry"]
     await telemetry.refresh()  # on the loop: reads quota state, which lives there
     # Off the loop: the cache-size callback may ask the store, which is disk I/O.

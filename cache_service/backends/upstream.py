@@ -12,6 +12,7 @@ the caller and the SSE parser needs plain text.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -74,15 +75,26 @@ class HttpUpstream:
         timeout_s: float = 60.0,
         connect_timeout_s: float = 5.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        max_connections: int = 128,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
+        # httpcore's pool rescans every connection (and, per idle one, all of them again) and
+        # every queued request on each request and response: cheap at the few connections of
+        # a normal load, quadratic under a backlog (found by the soak: past a few hundred
+        # queued calls the scan alone kept the event loop busy, so the backlog never
+        # drained). So the pool stays modest, keeps what it opens, and plain calls queue on
+        # a semaphore in front of it, in O(1), instead of inside it. Streams hold their
+        # connection while the caller reads and are bounded by the pool itself.
         self._client = httpx.AsyncClient(
             base_url=self.base_url + "/",
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
             transport=transport,
         )
+        self._calls = asyncio.Semaphore(max_connections // 2)
 
     def _headers(self, headers: dict[str, str], auth: AuthScheme) -> dict[str, str]:
         out = {k: v for k, v in headers.items() if k in FORWARDED_HEADERS}
@@ -102,9 +114,10 @@ class HttpUpstream:
         self, path: str, body: dict[str, Any], headers: dict[str, str], auth: AuthScheme
     ) -> UpstreamResponse:
         try:
-            r = await self._client.post(
-                path, content=json.dumps(body).encode(), headers=self._headers(headers, auth)
-            )
+            async with self._calls:
+                r = await self._client.post(
+                    path, content=json.dumps(body).encode(), headers=self._headers(headers, auth)
+                )
         except httpx.HTTPError as e:
             raise transport_error(e) from e
         return UpstreamResponse(r.status_code, pick_returned_headers(r.headers), r.content)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
@@ -18,6 +19,18 @@ from cache_service.protocols import Embedder, Vector
 
 In = TypeVar("In")
 Out = TypeVar("Out")
+
+# Weight of the newest batch in the running per-input cost: enough to follow a change in
+# load within a few batches, not so much that one slow batch (a GC pause) sheds a burst.
+_EWMA = 0.2
+
+
+class ModelBusy(TimeoutError):
+    """Refused at admission: the queue ahead is expected to outlast the caller's deadline.
+
+    A `TimeoutError`, so every caller already treats it as one (a miss for the embedder, a
+    refusal for a verifier); it is raised at once instead of after the deadline, and the
+    input never joins the queue, so an overloaded model stops growing its backlog."""
 
 
 class ModelBatcher(Generic[In, Out]):
@@ -33,10 +46,30 @@ class ModelBatcher(Generic[In, Out]):
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
         self.batches = 0
         self.processed = 0
+        self.shed = 0
+        # Seconds of model time per input, measured over recent batches (0 until the first).
+        self.per_input_s = 0.0
+        self._running = 0  # inputs in the batch on the model thread now
+
+    def expected_wait_s(self) -> float:
+        """How long a new input would wait for its result: everything ahead of it at the
+        recently measured cost per input (batches amortise, so this is per input in the
+        batch sizes the current load produces)."""
+        return (len(self._pending) + self._running + 1) * self.per_input_s
 
     async def run(self, item: In, timeout_s: float | None = None) -> Out:
         """The model's output for one input; raises TimeoutError past the deadline (the
-        caller decides what that means: a miss for the embedder, a refusal for a verifier)."""
+        caller decides what that means: a miss for the embedder, a refusal for a verifier).
+
+        Admission: an input expected to wait more than half its deadline is refused at
+        once (`ModelBusy`). Waiting for it would mostly end in a timeout anyway, and queued
+        behind the backlog it would make every later caller later still; half, not all,
+        leaves the estimate room to be wrong and keeps the queue short enough to drain.
+        An idle model admits whatever its last measured cost: only a queue is evidence."""
+        busy = bool(self._pending) or self._running > 0  # an idle model always admits
+        if busy and timeout_s is not None and self.expected_wait_s() > timeout_s / 2:
+            self.shed += 1
+            raise ModelBusy(f"model queue ~{self.expected_wait_s() * 1000:.0f} ms deep")
         future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
         if self._worker is None or self._worker.done():
@@ -61,6 +94,8 @@ class ModelBatcher(Generic[In, Out]):
             live = [(t, f) for t, f in batch if not f.done()]
             if not live:
                 continue
+            self._running = len(live)
+            started = time.perf_counter()
             try:
                 outputs = await loop.run_in_executor(
                     self._executor, self._run_batch, [t for t, _ in live]
@@ -70,6 +105,12 @@ class ModelBatcher(Generic[In, Out]):
                     if not f.done():
                         f.set_exception(e)
                 continue
+            finally:
+                self._running = 0
+            cost = (time.perf_counter() - started) / len(live)
+            self.per_input_s = (
+                cost if self.batches == 0 else (1 - _EWMA) * self.per_input_s + _EWMA * cost
+            )
             self.batches += 1
             self.processed += len(live)
             for (_, f), out in zip(live, outputs, strict=True):

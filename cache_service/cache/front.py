@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cache_service.cache.batcher import EmbeddingBatcher
+from cache_service.cache.batcher import EmbeddingBatcher, ModelBusy
 from cache_service.cache.feedback import FeedbackLearner
 from cache_service.cache.keys import RequestKeys
 from cache_service.cache.matching import Verifier, choose
@@ -87,10 +87,11 @@ class CacheFront:
         try:
             with StageTimer(stages, "embed"):
                 found.vector = await self.batcher.embed(keys.prompt, self.embed_timeout_s)
-        except TimeoutError:
+        except TimeoutError as e:
             # Fail open: a slow embedder must cost a cache hit, never an answer.
             found.embed_timeout = True
-            log.warning("embedding missed its deadline", extra={"scope": keys.scope[:12]})
+            if not isinstance(e, ModelBusy):  # shedding is counted, not logged per request
+                log.warning("embedding missed its deadline", extra={"scope": keys.scope[:12]})
             return found
         # Feedback may have taught this namespace a stricter threshold than asked for.
         learned = self.learner.threshold(keys.tenant)

@@ -20,7 +20,13 @@ from cache_service.simulator.errors import (
 )
 from cache_service.simulator.openai_chat import chat_completions
 from cache_service.simulator.responses import create_response
-from cache_service.simulator.state import SimConfig, SimState, parse_fault, sim_of
+from cache_service.simulator.state import (
+    SimConfig,
+    SimState,
+    apply_fault,
+    parse_fault,
+    sim_of,
+)
 
 _CREATED_MODELS = 1_700_000_000
 _CONFIG_NUMBERS = frozenset({"latency_ms", "stream_chunk_delay_ms", "retry_after_s"})
@@ -38,7 +44,12 @@ _MODELS: tuple[tuple[str, str], ...] = (
 
 
 async def _models(request: Request) -> Response:
-    sim_of(request).record(request, completion=False)
+    """The model list; it takes the next queued fault too, so relayed calls can be faulted."""
+    sim = sim_of(request)
+    sim.record(request, completion=False)
+    error = await apply_fault(sim.take_fault(request), "openai", False, sim.config)
+    if error is not None:
+        return error
     data = [
         {"id": model, "object": "model", "created": _CREATED_MODELS, "owned_by": owner}
         for model, owner in _MODELS

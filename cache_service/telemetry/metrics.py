@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -26,6 +26,7 @@ from cache_service.telemetry.events import HITS, UPSTREAM_PAID, OutcomeEvent
 from cache_service.telemetry.stats import Outcome
 
 if TYPE_CHECKING:
+    from cache_service.cache.batcher import ModelBatcher
     from cache_service.telemetry.outcome_log import OutcomeLog
 
 # The package's logger name from before the split, so log lines keep their "logger" field.
@@ -52,6 +53,7 @@ class _ScrapeTimeCollector(Collector):
         self.size_source: Callable[[], tuple[int, int]] | None = None
         self.size: tuple[int, int] = (0, 0)
         self.outcome_log: OutcomeLog | None = None
+        self.embedder: ModelBatcher[Any, Any] | None = None
 
     def collect(self) -> Iterator[Metric]:
         entries, volume = self.size
@@ -77,6 +79,18 @@ class _ScrapeTimeCollector(Collector):
                 f"{self.prefix}_outcome_log_dropped",
                 "Outcome rows lost (queue full or write failed).",
                 value=self.outcome_log.dropped,
+            )
+        if self.embedder is not None:
+            yield CounterMetricFamily(
+                f"{self.prefix}_embeddings_shed",
+                "Lookups refused at the embedder's admission (queue deeper than half the "
+                "deadline): served exact-only, never queued.",
+                value=self.embedder.shed,
+            )
+            yield GaugeMetricFamily(
+                f"{self.prefix}_embedder_queue_seconds",
+                "Expected wait of a new input at the embedder (queue x measured cost).",
+                value=self.embedder.expected_wait_s(),
             )
 
 
@@ -297,6 +311,9 @@ class Metrics:
 
     def watch_outcome_log(self, outcome_log: OutcomeLog | None) -> None:
         self._scrape.outcome_log = outcome_log
+
+    def watch_embedder(self, batcher: ModelBatcher[Any, Any]) -> None:
+        self._scrape.embedder = batcher
 
     # --- exposition
 

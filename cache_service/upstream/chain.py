@@ -168,8 +168,16 @@ class UpstreamChain:
         scopes = (("project", p.name), ("upstream", slot.name), GLOBAL)
         held = await self.gate.acquire(scopes, 0, 0.0, p.priority)
         auth: AuthScheme = "x-api-key" if "x-api-key" in headers else "bearer"
+        # The answer's head comes within the request's deadline, like every other call. Its
+        # body is bounded per read by the upstream's timeout, not overall: a relayed file
+        # download may rightly take longer than any chat answer.
+        deadline = Deadline(self.clock, self.settings.request_deadline_s)
         async with Hold(self.gate, held, None) as hold:
-            up = await slot.client.raw(method, path, content, headers, params, auth)
+            try:
+                async with asyncio.timeout(deadline.left()):
+                    up = await slot.client.raw(method, path, content, headers, params, auth)
+            except TimeoutError:
+                raise deadline.error() from None
             await hold.settle(0, 0)
         return up
 

@@ -166,3 +166,24 @@ async def test_cross_tenant_operations_need_a_configured_admin_key(
             "/v1/admin/limits", json={"kind": "project", "name": "default", "rpm": 1}, headers=ADMIN
         )
         assert limits.status_code == 403
+
+
+async def test_fleet_wide_views_can_be_made_admin_only(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+) -> None:
+    # /metrics and /v1/quota show every tenant's namespaces and every project's spend: open
+    # by default (the port is private), the admin key's alone with `admin_only_ops`.
+    settings = settings_factory(admin_key="adm", admin_only_ops=True)
+    async with harness(settings, embedder, clock) as h:
+        await chat(h, A)
+        for path in ("/metrics", "/v1/quota"):
+            for who in (A, {}, {"X-Admin-Key": "wrong"}):
+                r = await h.client.get(path, headers=who)
+                assert r.status_code == 401, (path, who)
+                assert r.headers.get("x-request-id") and "admin key" in r.text
+            assert (await h.client.get(path, headers=ADMIN)).status_code == 200
+    async with harness(settings_factory(), embedder, clock) as h:
+        assert (await h.client.get("/metrics")).status_code == 200
+    async with harness(settings_factory(admin_only_ops=True), embedder, clock) as h:
+        r = await h.client.get("/v1/quota", headers=ADMIN)  # no key configured: refused
+        assert r.status_code == 403

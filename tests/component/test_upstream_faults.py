@@ -378,3 +378,18 @@ async def test_an_audit_answered_with_garbage_is_skipped_not_a_disagreement(
             await asyncio.sleep(0.02)
         assert (audit["skipped"], audit["audited"]) == (1, 0)
         assert (await h.client.get("/v1/quota")).json()["in_flight"] == 0
+
+
+async def test_a_relayed_call_that_hangs_ends_at_the_deadline(h: Harness) -> None:
+    # The relay is held to the same deadline as the cached routes: its answer's head comes
+    # within it, or the caller gets a 504 naming the deadline.
+    await h.faults("hang")
+    start = time.monotonic()
+    r = await h.client.get("/v1/models")
+    took = time.monotonic() - start
+    assert r.status_code == 504 and r.headers.get("x-request-id")
+    assert error_of(CHAT, r)["code"] == "upstream_deadline"
+    assert DEADLINE_S * 0.9 <= took < BOUND_S
+    quota = (await h.client.get("/v1/quota")).json()
+    assert quota["in_flight"] == 0
+    assert (await h.client.get("/v1/models")).status_code == 200

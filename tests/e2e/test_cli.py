@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -86,3 +88,44 @@ def test_bad_config_stops_with_a_message_naming_the_key(
     )
     assert done.returncode == 2
     assert needle in done.stderr
+
+
+def _serve_refuses(tmp_path: Path, extra: list[str], env: dict[str, str]) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "cache_service", "serve", "--data-dir", str(tmp_path / "d"), *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
+    assert done.returncode == 2, done.stderr
+    return done.stderr
+
+
+def test_serve_refuses_to_start_when_a_port_it_needs_is_taken(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        # Its own port.
+        err = _serve_refuses(tmp_path, ["--port", port], {"CACHE_SIMULATED_UPSTREAM_PORT": "0"})
+        assert f"the sidecar cannot listen on 127.0.0.1:{port}" in err
+        # The simulated upstream's: before, misses (and the caller's key) went to whoever
+        # held it.
+        err = _serve_refuses(
+            tmp_path, ["--port", str(free_port())], {"CACHE_SIMULATED_UPSTREAM_PORT": port}
+        )
+        assert f"the simulated upstream cannot listen on 127.0.0.1:{port}" in err
+
+
+def test_serve_refuses_to_start_without_its_model_or_a_writable_data_dir(
+    tmp_path: Path,
+) -> None:
+    port = ["--port", str(free_port())]
+    err = _serve_refuses(tmp_path, port, {"CACHE_MODEL_DIR": str(tmp_path / "nowhere")})
+    assert "embedding model" in err and "nowhere" in err
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    err = _serve_refuses(blocker, port, {})  # its data dir would be a-file/d
+    assert "not writable" in err

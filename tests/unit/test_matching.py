@@ -4,6 +4,7 @@ protocol, each able only to refuse; and the generic model batcher they may share
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from cache_service.backends.faiss_index import FaissIndex
 from cache_service.backends.store import DiskCacheStore
-from cache_service.cache.batcher import EmbeddingBatcher, ModelBatcher
+from cache_service.cache.batcher import EmbeddingBatcher, ModelBatcher, ModelBusy
 from cache_service.cache.feedback import FeedbackLearner
 from cache_service.cache.front import CacheFront
 from cache_service.cache.guards import AcceptConfig
@@ -198,3 +199,40 @@ async def test_a_store_after_an_overloaded_lookup_does_not_embed(tmp_path: Path)
     finally:
         batcher.close()
         cache.store.close()
+
+
+async def test_an_input_that_would_outwait_its_deadline_is_refused_at_admission() -> None:
+    # Overload policy: the queue's expected wait (inputs ahead x measured cost per input)
+    # over half the caller's deadline refuses the input at once, before it joins the queue.
+    seen: list[list[str]] = []
+    gate = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def model(batch: list[str]) -> list[int]:
+        seen.append(batch)
+        if batch == ["busy"]:
+            asyncio.run_coroutine_threadsafe(gate.wait(), loop).result()
+        time.sleep(0.05 * len(batch))
+        return [0 for _ in batch]
+
+    batcher: ModelBatcher[str, int] = ModelBatcher(model)
+    try:
+        assert await batcher.run("measure", 5) == 0  # learns ~50 ms per input
+        assert batcher.per_input_s >= 0.05
+        # Idle: admitted whatever the measured cost, since only a queue is evidence.
+        assert await batcher.run("idle", 0.15) == 0
+        busy = asyncio.create_task(batcher.run("busy", 5))
+        await asyncio.sleep(0.02)
+        # One running, this one next: ~100 ms expected, over half of 150 ms.
+        with pytest.raises(ModelBusy):
+            await batcher.run("refused", 0.15)
+        assert batcher.shed == 1
+        # A caller with time to spare still queues behind the busy one.
+        patient = asyncio.create_task(batcher.run("patient", 5))
+        gate.set()
+        assert (await busy, await patient) == (0, 0)
+        assert ["refused"] not in seen and all("refused" not in b for b in seen)
+        assert batcher.processed == 4
+    finally:
+        gate.set()
+        batcher.close()

@@ -1,0 +1,74 @@
+"""What `serve` checks before it loads anything: the ports it must listen on, the model files
+and a writable data directory.
+
+A sidecar that came up half-built is worse than one that refused: with its simulated
+upstream's port taken, the old `serve` logged the bind error and then forwarded every miss,
+the caller's API key included, to whichever process held that port. So each check fails
+with one line naming the component and the fix, before the seconds it takes to load the
+model, and the sockets are bound here and handed to the servers, never re-bound later.
+"""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+from pathlib import Path
+
+from cache_service.settings import Settings
+
+
+class StartupError(Exception):
+    """A component `serve` depends on is unavailable; the message says which and why."""
+
+
+def listen_socket(host: str, port: int, what: str) -> socket.socket:
+    """A bound, listening TCP socket (port 0: any free one), or a StartupError."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    # As uvicorn does: a restart may rebind while old connections sit in TIME_WAIT.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        reason = e.strerror or str(e)
+        raise StartupError(
+            f"{what} cannot listen on {host}:{port}: {reason} "
+            "(another process holds the port? choose another with --port or the config)"
+        ) from e
+    sock.set_inheritable(True)
+    return sock
+
+
+def check_model(settings: Settings) -> None:
+    """The embedding model's files are where settings say (they are made at setup, never
+    downloaded at run time)."""
+    manifest = settings.model_dir / "manifest.json"
+    if not manifest.is_file():
+        raise StartupError(
+            f"embedding model: no {manifest} (set CACHE_MODEL_DIR to the repository's "
+            "models/ directory, or run `make setup`)"
+        )
+    if settings.embedder_backend == "onnx":
+        from cache_service.backends.embedder import manifest as read_manifest
+        from cache_service.backends.embedder import onnx_path
+
+        name = str(read_manifest(settings.model_dir)["onnx_file"])
+        onnx_file = onnx_path(settings.model_dir) / name
+        if not onnx_file.is_file():
+            raise StartupError(
+                f"embedding model: backend onnx but no {onnx_file} "
+                "(run `python -m cache_service export-model` or `make setup`)"
+            )
+
+
+def check_data_dir(data_dir: Path) -> None:
+    """The store, journal and logs can be written: the directory exists (or can be made) and
+    a file can be created in it."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=data_dir):
+            pass
+    except OSError as e:
+        raise StartupError(f"data directory {data_dir} is not writable: {e.strerror or e}") from e
