@@ -54,6 +54,20 @@ class Embedder(Protocol):
         ...
 
 
+class PairScorer(Protocol):
+    """A model reading two prompts jointly (a cross-encoder)."""
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The model directory's manifest.json (threshold, calibration, floor...)."""
+        ...
+
+    def score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """P(one answer serves both) per (stored prompt, new prompt) pair, in order.
+        Blocking, CPU-bound."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class SearchHit:
     entry_id: str

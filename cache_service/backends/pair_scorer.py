@@ -1,0 +1,84 @@
+"""The verifier's cross-encoder: a BERT-style pair classifier exported to ONNX, run through
+ONNX Runtime with a HuggingFace `tokenizers` WordPiece tokenizer (no torch at serving).
+
+The model directory holds `manifest.json` (max_len, calibrated threshold and floor),
+`tokenizer.json` and the ONNX file the manifest names. Nothing here downloads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_LEN = 96
+
+
+def read_manifest(model_dir: Path) -> dict[str, Any]:
+    data = json.loads((model_dir / "manifest.json").read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{model_dir / 'manifest.json'} must hold a JSON object")
+    return data
+
+
+class OnnxPairScorer:
+    """`score` returns sigmoid(logit) per (stored prompt, new prompt) pair. Blocking and
+    CPU-bound: call it from the verifier's batcher thread, never on the event loop."""
+
+    def __init__(self, model_dir: Path, threads: int = 1) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.model_dir = model_dir
+        self._manifest = read_manifest(model_dir)
+        max_len = int(self._manifest.get("max_len", DEFAULT_MAX_LEN))
+        tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        # The file may carry the embedder's settings (padded to 128): the pair model was
+        # trained at max_len, longest_first keeps both prompts represented when one is long.
+        tokenizer.enable_truncation(max_length=max_len, strategy="longest_first")
+        # Pad to the batch's longest only: short pairs cost short forward passes.
+        tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        self._tokenizer = tokenizer
+        options = ort.SessionOptions()
+        # One intra-op thread, like the embedder: on 2 cores more threads fight the event
+        # loop and the embedder's own thread (see settings.embed_threads).
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        onnx_file = model_dir / str(self._manifest.get("onnx_file", "model.onnx"))
+        self._session = ort.InferenceSession(
+            str(onnx_file), options, providers=["CPUExecutionProvider"]
+        )
+        # Exports differ (some drop token_type_ids): feed only what the graph declares.
+        self._inputs = {i.name for i in self._session.get_inputs()}
+        self._output = "logits"
+        outputs = [o.name for o in self._session.get_outputs()]
+        if self._output not in outputs:
+            self._output = outputs[0]
+        log.info(
+            "verifier model loaded",
+            extra={"model": self._manifest.get("name"), "threads": threads, "max_len": max_len},
+        )
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self._manifest
+
+    def score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        if not pairs:
+            return []
+        encodings = self._tokenizer.encode_batch([(a, b) for a, b in pairs])
+        feeds: dict[str, np.ndarray[Any, Any]] = {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+        }
+        feeds = {k: v for k, v in feeds.items() if k in self._inputs}
+        (logits,) = self._session.run([self._output], feeds)
+        flat = np.asarray(logits, dtype=np.float64).reshape(len(pairs), -1)[:, 0]
+        return [float(p) for p in 1.0 / (1.0 + np.exp(-flat))]
