@@ -49,7 +49,13 @@ def _start_simulated(host: str, port: int) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     from cache_service import logs
     from cache_service.app import create_app
-    from cache_service.preflight import StartupError, check_data_dir, check_model, listen_socket
+    from cache_service.preflight import (
+        StartupError,
+        check_data_dir,
+        check_model,
+        check_verifier,
+        listen_socket,
+    )
     from cache_service.serving import serve
     from cache_service.settings import ConfigError, load_settings
 
@@ -68,6 +74,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         # Everything that can refuse does so here, before the model loads.
         check_model(settings)
+        check_verifier(settings)
         check_data_dir(settings.data_dir)
         sock = listen_socket(settings.host, settings.port, "the sidecar")
         if settings.upstream_url is None and not settings.upstreams:

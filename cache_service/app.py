@@ -28,6 +28,7 @@ from cache_service.backends.jsonfile import JsonFile
 from cache_service.backends.store import DiskCacheStore
 from cache_service.backends.upstream import HttpUpstream
 from cache_service.cache.batcher import EmbeddingBatcher
+from cache_service.cache.cross_encoder import CrossEncoderVerifier, choose_floor, choose_threshold
 from cache_service.cache.feedback import FeedbackLearner
 from cache_service.cache.front import CacheFront
 from cache_service.cache.guards import AcceptConfig
@@ -35,7 +36,7 @@ from cache_service.cache.semantic import SemanticCache
 from cache_service.cache.tenancy import Tenancy
 from cache_service.cache.verdicts import Verdicts
 from cache_service.pricing import Price, PriceTable
-from cache_service.protocols import Clock, Embedder, EntryStore, SystemClock, Upstream
+from cache_service.protocols import Clock, Embedder, EntryStore, PairScorer, SystemClock, Upstream
 from cache_service.proxy.audit import Auditor
 from cache_service.proxy.cache_api import CacheAPI
 from cache_service.proxy.handler import ProxyHandler
@@ -59,7 +60,10 @@ def create_app(
     upstream: Upstream | dict[str, Upstream] | None = None,
     store: EntryStore | None = None,
     clock: Clock | None = None,
+    pair_scorer: PairScorer | None = None,
 ) -> FastAPI:
+    """`pair_scorer` injects the verifier's model (tests); it is used unless `verifier` is
+    "off", whether or not a model directory exists."""
     if upstream is None and settings.upstream_url is None and not settings.upstreams:
         raise ConfigError("no upstream: set upstream_url (or run `serve`, which simulates one)")
 
@@ -76,14 +80,22 @@ def create_app(
         the_embedder: Embedder = (
             embedder if embedder is not None else await asyncio.to_thread(_load_embedder, settings)
         )
+        verifier = await _verifier(settings, pair_scorer)
         cache = SemanticCache(
             the_store,
             FaissIndex(the_embedder.dim),
             the_clock,
-            AcceptConfig(threshold=settings.similarity_threshold),
+            AcceptConfig(
+                threshold=settings.similarity_threshold,
+                guards=verifier is None or settings.verifier_guards,
+            ),
             search_k=settings.search_k,
         )
-        learner = FeedbackLearner(settings.similarity_threshold)
+        # With a verifier the floor is where cosine matching starts, so what feedback
+        # learns is measured from there (front.search_threshold says how it is applied).
+        learner = FeedbackLearner(
+            verifier.floor if verifier is not None else settings.similarity_threshold
+        )
         learner_file = JsonFile(settings.data_dir / "feedback.json")
         learner.load(await asyncio.to_thread(learner_file.load))
         batcher = EmbeddingBatcher(the_embedder, max_batch=settings.embed_batch_max)
@@ -93,6 +105,8 @@ def create_app(
             learner,
             embed_timeout_s=settings.embed_timeout_ms / 1000,
             default_ttl_s=settings.default_ttl_s,
+            verifiers=(verifier,) if verifier is not None else (),
+            floor=verifier.floor if verifier is not None else None,
         )
 
         ledger = await asyncio.to_thread(
@@ -117,6 +131,8 @@ def create_app(
             cache_size=lambda: (len(cache.index), the_store.volume()),
         )
         telemetry.metrics.watch_embedder(batcher)
+        if verifier is not None:
+            telemetry.metrics.watch_verifier(verifier)
         stats = await asyncio.to_thread(lambda: replay_stats(telemetry.events()))
         labels = LabelCaps.of(settings.max_label_values)
         namespaces, models = stats.labels()
@@ -197,6 +213,8 @@ def create_app(
             for slot in slots:
                 await slot.client.aclose()
             batcher.close()
+            if verifier is not None:
+                verifier.close()
             the_store.close()
 
     app = FastAPI(
@@ -267,6 +285,56 @@ def _load_embedder(settings: Settings) -> Embedder:
     return SentenceTransformerEmbedder(
         settings.model_dir, settings.embedder_backend, settings.embed_threads
     )
+
+
+def verifier_wanted(settings: Settings) -> bool:
+    if settings.verifier == "off":
+        return False
+    return settings.verifier == "on" or (settings.verifier_dir / "manifest.json").is_file()
+
+
+async def _verifier(settings: Settings, injected: PairScorer | None) -> CrossEncoderVerifier | None:
+    if settings.verifier == "off":
+        return None
+    scorer = injected
+    if scorer is None:
+        if not verifier_wanted(settings):
+            log.info(
+                "no verifier model; verifier off",
+                extra={"verifier_dir": str(settings.verifier_dir)},
+            )
+            return None
+        from cache_service.preflight import check_verifier
+
+        # Again here (serve already checked): create_app is also built without the CLI.
+        check_verifier(settings)
+        scorer = await asyncio.to_thread(_load_pair_scorer, settings)
+    verifier = CrossEncoderVerifier(
+        scorer,
+        threshold=choose_threshold(
+            scorer.manifest,
+            error_bound=settings.verifier_error_bound,
+            override=settings.verifier_threshold,
+        ),
+        floor=choose_floor(scorer.manifest, settings.verifier_floor),
+        timeout_s=settings.verifier_timeout_ms / 1000,
+    )
+    log.info(
+        "verifier on",
+        extra={
+            "threshold": verifier.threshold,
+            "floor": verifier.floor,
+            "guards": settings.verifier_guards,
+        },
+    )
+    return verifier
+
+
+def _load_pair_scorer(settings: Settings) -> PairScorer:
+    from cache_service.backends.pair_scorer import OnnxPairScorer
+
+    # The embedder's thread count: the same cores, the same reasoning.
+    return OnnxPairScorer(settings.verifier_dir, settings.embed_threads)
 
 
 async def _rebuild(cache: SemanticCache) -> None:

@@ -72,3 +72,49 @@ def check_data_dir(data_dir: Path) -> None:
             pass
     except OSError as e:
         raise StartupError(f"data directory {data_dir} is not writable: {e.strerror or e}") from e
+
+
+def check_verifier(settings: Settings) -> None:
+    """With `verifier: on`, or `auto` and a manifest present (the operator shipped a model),
+    the verifier's files are complete and its manifest gives a threshold and a floor (or the
+    settings do). Checked before anything loads, so a broken model directory is one line at
+    start, not a sidecar silently matching without its verifier."""
+    if settings.verifier == "off":
+        return
+    model_dir = settings.verifier_dir
+    manifest_file = model_dir / "manifest.json"
+    if settings.verifier == "auto" and not manifest_file.is_file():
+        return  # off: nothing shipped
+    what = f"verifier model ({model_dir})"
+    if not manifest_file.is_file():
+        raise StartupError(
+            f"{what}: verifier is on but there is no {manifest_file} "
+            "(set CACHE_VERIFIER_DIR, or CACHE_VERIFIER=auto/off)"
+        )
+    from cache_service.backends.pair_scorer import read_manifest
+
+    try:
+        manifest = read_manifest(model_dir)
+    except (OSError, ValueError) as e:
+        raise StartupError(f"{what}: unreadable manifest.json: {e}") from e
+    for name in ("tokenizer.json", str(manifest.get("onnx_file", "model.onnx"))):
+        if not (model_dir / name).is_file():
+            raise StartupError(f"{what}: no {model_dir / name}")
+    from cache_service.cache.cross_encoder import choose_floor, choose_threshold
+
+    try:
+        threshold = choose_threshold(
+            manifest,
+            error_bound=settings.verifier_error_bound,
+            override=settings.verifier_threshold,
+        )
+        floor = choose_floor(manifest, settings.verifier_floor)
+    except (KeyError, TypeError, ValueError) as e:
+        raise StartupError(
+            f"{what}: manifest.json lacks a usable threshold, calibration or floor ({e!r}); "
+            "set verifier_threshold and verifier_floor"
+        ) from e
+    if not (0 <= threshold <= 1 and 0 < floor <= 1):
+        raise StartupError(
+            f"{what}: threshold {threshold} must be in [0, 1] and floor {floor} in (0, 1]"
+        )

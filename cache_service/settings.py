@@ -149,6 +149,25 @@ class Settings(BaseSettings):
     it to let callers opt into looser matching."""
     search_k: int = Field(4, ge=1, le=64)
     """Candidates read per semantic lookup; the best accepted one wins."""
+    verifier: Literal["auto", "on", "off"] = "auto"
+    """A cross-encoder reading both prompts judges every candidate before it is served. auto:
+    on when verifier_dir holds a manifest.json; on: refuse to start without a usable one."""
+    verifier_dir: Path = Path("models/verifier")
+    """The verifier model: manifest.json, tokenizer.json and the ONNX file it names."""
+    verifier_error_bound: float | None = Field(None, ge=0, le=1)
+    """Accepted share of wrong hits: the verifier uses the loosest calibrated threshold whose
+    measured wrong share is within it (the strictest one if none is). None: the manifest's
+    calibrated default threshold."""
+    verifier_threshold: float | None = Field(None, ge=0, le=1)
+    """Explicit probability a pair must reach; wins over verifier_error_bound."""
+    verifier_floor: float | None = Field(None, gt=0, le=1)
+    """Cosine a candidate must reach to be shown to the verifier (with a verifier on, this
+    replaces similarity_threshold). None: the manifest's floor, the one it was calibrated at."""
+    verifier_timeout_ms: float = Field(250.0, gt=0)
+    """A verdict slower than this refuses its candidate (a miss, never a hit)."""
+    verifier_guards: bool = True
+    """With a verifier on, still run the lexical guards before it (they refuse cheaply what
+    they catch). Off: only the floor and the verifier decide."""
     audit_sample_rate: float = Field(0.0, ge=0, le=1)
     """Share of semantic hits also asked upstream (within quota) to estimate live precision."""
     audit_agree_similarity: float = Field(0.8, gt=0, le=1)

@@ -10,6 +10,7 @@ from cache_service.api import state
 from cache_service.api.auth import fleet_view
 from cache_service.api.body import lower_headers
 from cache_service.api.openapi import error_responses
+from cache_service.cache.cross_encoder import CrossEncoderVerifier
 
 # Only its own failures: these routes read no body and call no upstream.
 router = APIRouter(responses=error_responses(statuses=(500,)))
@@ -34,7 +35,11 @@ async def cache_stats(request: Request) -> JSONResponse:
         "embedding_batches": front.batcher.batches,
         "embedded": front.batcher.processed,
         "embeddings_shed": front.batcher.shed,
+        "verifier": "off",
     }
+    for verifier in front.verifiers:
+        if isinstance(verifier, CrossEncoderVerifier):
+            snapshot["cache"].update(verifier.stats())
     return JSONResponse(snapshot)
 
 

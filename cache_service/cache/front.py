@@ -60,13 +60,17 @@ class CacheFront:
         embed_timeout_s: float,
         default_ttl_s: float,
         verifiers: Sequence[Verifier] = (),
+        floor: float | None = None,
     ) -> None:
+        """`floor`: with verifiers, the cosine candidates are searched down to instead of the
+        similarity threshold (None: the threshold, as without verifiers)."""
         self.cache = cache
         self.batcher = batcher
         self.learner = learner
         self.embed_timeout_s = embed_timeout_s
         self.default_ttl_s = default_ttl_s
         self.verifiers = tuple(verifiers)
+        self.floor = floor if self.verifiers else None
 
     @property
     def ready(self) -> bool:
@@ -93,10 +97,7 @@ class CacheFront:
             if not isinstance(e, ModelBusy):  # shedding is counted, not logged per request
                 log.warning("embedding missed its deadline", extra={"scope": keys.scope[:12]})
             return found
-        # Feedback may have taught this namespace a stricter threshold than asked for.
-        learned = self.learner.threshold(keys.tenant)
-        if learned > (threshold or cache.accept_config.threshold):
-            threshold = learned
+        threshold = self.search_threshold(threshold, self.learner.threshold(keys.tenant))
         with StageTimer(stages, "search"):
             searched = await asyncio.to_thread(
                 cache.search,
@@ -122,6 +123,31 @@ class CacheFront:
         found.searched = searched
         found.hit = searched if searched.entry is not None else None
         return found
+
+    def search_threshold(self, requested: float | None, learned: float) -> float | None:
+        """The cosine a candidate must reach in the search (None: the cache's own).
+
+        Without a verifier this is the acceptance threshold: the operator's (or a stricter
+        one the request asked for), raised to what feedback taught this namespace.
+
+        With a verifier the cosine stops deciding and only bounds what the model is shown:
+        the floor replaces the operator's similarity threshold, which was a cosine-only
+        policy. Two cosine bounds still apply on top, because each states something the
+        verifier does not know:
+        - a per-request threshold is the caller's own bound on how close a match must be
+          ("at least this similar"), so it holds whatever the verifier says; a requested
+          value below the floor cannot loosen the floor (the model was calibrated above it);
+        - a learned threshold is evidence that this namespace was served wrong answers at
+          that similarity (with a verifier on, the learner's base is the floor, so what it
+          learns are cosines the verifier let through wrongly), so it holds too.
+        Hence max(floor, requested, learned). The learner never goes below its base, so a
+        namespace without reports searches from the floor."""
+        if self.floor is None:
+            # Feedback may have taught this namespace a stricter threshold than asked for.
+            if learned > (requested or self.cache.accept_config.threshold):
+                return learned
+            return requested
+        return max(self.floor, requested or self.floor, learned)
 
     async def _servable(self, entry: Entry) -> bool:
         """An entry that cannot be served (written before the store refused such answers, or

@@ -25,6 +25,9 @@ __all__ = ["AcceptConfig", "Comparison", "Decision", "accept", "compare", "decid
 class AcceptConfig:
     # Cosine of normalised MiniLM embeddings a candidate must reach before any guard runs.
     threshold: float = 0.92
+    # False: the threshold alone decides here, no guard runs (a model verifier judging every
+    # candidate next may make the guards redundant; whether it does is measured, not assumed).
+    guards: bool = True
     # Prompts with at most this many content words carry little signal per word, so one
     # changed word moves the cosine less than it moves the meaning: demand more there.
     # Measured: on QQP it refused more duplicates than non-duplicates, so off by default.
@@ -218,6 +221,8 @@ def accept(query: str, candidate: str, similarity: float, config: AcceptConfig) 
     """Decide whether ``candidate``'s stored answer may be served for ``query``."""
     if similarity < config.threshold:
         return Decision(False, "below_threshold")
+    if not config.guards:
+        return Decision(True, "ok")  # skip the comparison's cost too
     return decide(compare(query, candidate), similarity, config)
 
 
@@ -225,6 +230,8 @@ def decide(c: Comparison, similarity: float, config: AcceptConfig) -> Decision:
     """The guards applied to an already computed comparison (lets research reuse them)."""
     if similarity < config.threshold:
         return Decision(False, "below_threshold")
+    if not config.guards:
+        return Decision(True, "ok")
     if (
         min(c.content_a, c.content_b) <= config.short_max_content_words
         and similarity < config.short_threshold

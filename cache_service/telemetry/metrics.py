@@ -27,6 +27,7 @@ from cache_service.telemetry.stats import Outcome
 
 if TYPE_CHECKING:
     from cache_service.cache.batcher import ModelBatcher
+    from cache_service.cache.cross_encoder import CrossEncoderVerifier
     from cache_service.telemetry.outcome_log import OutcomeLog
 
 # The package's logger name from before the split, so log lines keep their "logger" field.
@@ -54,6 +55,7 @@ class _ScrapeTimeCollector(Collector):
         self.size: tuple[int, int] = (0, 0)
         self.outcome_log: OutcomeLog | None = None
         self.embedder: ModelBatcher[Any, Any] | None = None
+        self.verifier: CrossEncoderVerifier | None = None
 
     def collect(self) -> Iterator[Metric]:
         entries, volume = self.size
@@ -92,6 +94,47 @@ class _ScrapeTimeCollector(Collector):
                 "Expected wait of a new input at the embedder (queue x measured cost).",
                 value=self.embedder.expected_wait_s(),
             )
+        if self.verifier is not None:
+            yield from self._verifier(self.verifier)
+
+    def _verifier(self, v: CrossEncoderVerifier) -> Iterator[Metric]:
+        p = self.prefix
+        # Plain attribute reads of ints the event loop bumps: a scrape sees a value at most
+        # one lookup stale, no lock needed.
+        verdicts = CounterMetricFamily(
+            f"{p}_verifier_verdicts",
+            "Candidates the cross-encoder verifier judged, by verdict (timeout and error "
+            "verdicts refuse: the lookup is a miss).",
+            labels=["verdict"],
+        )
+        for verdict, n in (
+            ("accepted", v.accepted),
+            ("refused", v.refused),
+            ("timeout", v.timeouts),
+        ):
+            verdicts.add_metric([verdict], n)
+        yield verdicts
+        yield CounterMetricFamily(
+            f"{p}_verifier_errors",
+            "Lookups whose verifier model call failed (all their candidates refused).",
+            value=v.errors,
+        )
+        yield CounterMetricFamily(
+            f"{p}_verifier_shed",
+            "Pairs refused at the verifier's admission (queue deeper than half its deadline).",
+            value=v.shed,
+        )
+        yield GaugeMetricFamily(
+            f"{p}_verifier_threshold", "Probability a pair must reach.", value=v.threshold
+        )
+        yield GaugeMetricFamily(
+            f"{p}_verifier_floor", "Cosine a candidate must reach to be judged.", value=v.floor
+        )
+        yield GaugeMetricFamily(
+            f"{p}_verifier_queue_seconds",
+            "Expected wait of a new pair at the verifier (queue x measured cost).",
+            value=v.batcher.expected_wait_s(),
+        )
 
 
 class Metrics:
@@ -314,6 +357,9 @@ class Metrics:
 
     def watch_embedder(self, batcher: ModelBatcher[Any, Any]) -> None:
         self._scrape.embedder = batcher
+
+    def watch_verifier(self, verifier: CrossEncoderVerifier) -> None:
+        self._scrape.verifier = verifier
 
     # --- exposition
 
