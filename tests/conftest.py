@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cache_service.app import create_app
 from cache_service.backends.upstream import HttpUpstream
-from cache_service.protocols import Upstream
+from cache_service.protocols import PairScorer, Upstream
 from cache_service.settings import Settings, load_settings
 from cache_service.simulator.app import create_simulated_app
 from tests.fakes import FakeClock, HashingEmbedder
@@ -88,14 +88,18 @@ async def harness(
     clock: FakeClock,
     upstream_url: str | None = None,
     wrap: Callable[[HttpUpstream], Upstream | dict[str, Upstream]] | None = None,
+    pair_scorer: PairScorer | None = None,
 ) -> AsyncIterator[Harness]:
     """`wrap` puts something between the sidecar and the simulator's client (a stalling
-    stream, a dead primary), by upstream name if it returns a dict."""
+    stream, a dead primary), by upstream name if it returns a dict. `pair_scorer` turns the
+    verifier on with that model in place of an ONNX one."""
     sim_app = create_simulated_app()
     sim_transport = httpx.ASGITransport(app=sim_app)
     upstream = HttpUpstream(upstream_url or "http://sim/v1", transport=sim_transport, timeout_s=10)
     injected = wrap(upstream) if wrap is not None else upstream
-    app = create_app(settings, embedder=embedder, upstream=injected, clock=clock)
+    app = create_app(
+        settings, embedder=embedder, upstream=injected, clock=clock, pair_scorer=pair_scorer
+    )
     async with (
         app.router.lifespan_context(app) as state,
         httpx.AsyncClient(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -58,3 +59,36 @@ class HashingEmbedder:
             if norm:
                 out[row] /= norm
         return out
+
+
+class FakePairScorer:
+    """A verifier model whose score for a pair is whatever `judge(stored, new)` says;
+    records every batch it was asked to score."""
+
+    def __init__(
+        self,
+        judge: Callable[[str, str], float] = lambda stored, new: 1.0,
+        *,
+        threshold: float = 0.5,
+        floor: float = 0.5,
+    ) -> None:
+        self.judge = judge
+        self.batches: list[list[tuple[str, str]]] = []
+        self._manifest: dict[str, Any] = {
+            "name": "fake",
+            "threshold": threshold,
+            "floor": floor,
+            "calibration": [],
+        }
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self._manifest
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        return [pair for batch in self.batches for pair in batch]
+
+    def score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        self.batches.append(list(pairs))
+        return [self.judge(stored, new) for stored, new in pairs]
