@@ -155,7 +155,8 @@ async def test_a_model_too_slow_for_the_deadline_refuses_fail_closed() -> None:
 
 
 class Broken:
-    manifest: dict[str, Any] = {"threshold": 0.5, "floor": 0.5}
+    def __init__(self) -> None:
+        self.manifest: dict[str, Any] = {"threshold": 0.5, "floor": 0.5}
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         raise RuntimeError("onnx session died")
