@@ -32,6 +32,9 @@ def embedder() -> HashingEmbedder:
 @pytest.fixture
 def settings_factory(tmp_path: Path) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
+        # Never the repository's models/verifier (auto would load it once it ships): a test
+        # wanting a verifier injects a pair scorer or names a directory.
+        overrides.setdefault("verifier_dir", tmp_path / "no-verifier")
         return load_settings(None, data_dir=tmp_path / "data", **overrides)
 
     return make
