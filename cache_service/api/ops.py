@@ -28,6 +28,10 @@ async def cache_stats(request: Request) -> JSONResponse:
         "learned_thresholds": {
             k: v for k, v in learner.thresholds.items() if visible is None or visible(k)
         },
+        # Wrong reports held until a second one corroborates them (cache/feedback.py).
+        "pending_wrong_reports": {
+            k: len(v) for k, v in learner.pending.items() if visible is None or visible(k)
+        },
     }
     snapshot["cache"] = {
         "vectors": len(front.cache.index),

@@ -1,10 +1,29 @@
 """Learning from wrong hits: caller feedback and sampled audits.
 
-A wrong hit reported for a namespace raises that namespace's threshold just above the
-similarity that fooled it (vCache's idea, per namespace rather than per entry: a cache of
-paraphrase-heavy support questions and one of code prompts need different cut-offs, and a
-namespace sees enough traffic to learn one). Correct feedback lowers it back slowly, never
-below the operator's threshold. Pure: the owner persists `export()`.
+A namespace's threshold rises when its callers report wrong hits (vCache's idea, per
+namespace rather than per entry: a cache of paraphrase-heavy support questions and one of
+code prompts need different cut-offs, and a namespace sees enough traffic to learn one).
+
+It rises in measured steps, because one report is weak evidence and the old rule (jump just
+above the fooling similarity at once) overreacted: one wrong report at 0.99 put a namespace at
+0.995, which switches paraphrase matching off for it, on the word of a single caller (who
+may be mistaken, or judging a stale answer rather than the match). So:
+
+- Corroboration: a wrong report whose similarity is at or above the namespace's current
+  threshold (one below it was already excluded, and says nothing new) is held as pending
+  evidence. Only when CORROBORATE such reports are pending does the threshold move; the
+  pending reports are then consumed, so each further step needs fresh evidence.
+- Partial step: it moves STEP_SHARE (half) of the way from where it is toward just above
+  the lowest pending similarity (RAISE_MARGIN above it, at most CEILING). The lowest, because
+  that is the similarity every pending report vouches for being unsafe. Repeated evidence at
+  the same similarity converges on it geometrically and never overshoots it.
+- Correct feedback relaxes it slowly (RELAX_STEP per report), never below the operator's
+  base, as before.
+
+The reported entry itself is invalidated by the caller of `record` at once whatever this
+decides (that answer is known bad), so waiting for corroboration costs only other, similar
+matches. Pure: the owner persists `export()`; files written before pending evidence existed
+still `load()` (no pending reports).
 """
 
 from __future__ import annotations
@@ -16,6 +35,12 @@ from typing import Any
 RAISE_MARGIN = 0.005
 RELAX_STEP = 0.001
 CEILING = 0.995
+CORROBORATE = 2
+"""Wrong reports (at or above the current threshold) needed before the threshold moves."""
+STEP_SHARE = 0.5
+"""Share of the distance to the target a corroborated step covers."""
+MAX_PENDING = 16
+"""Pending similarities kept per namespace (only the lowest CORROBORATE are ever used)."""
 
 
 @dataclass(slots=True)
@@ -31,6 +56,8 @@ class FeedbackLearner:
         self.base = base_threshold
         self.thresholds: dict[str, float] = {}
         self.counts: dict[str, dict[str, int]] = {}
+        # namespace -> similarities of wrong reports not yet acted on.
+        self.pending: dict[str, list[float]] = {}
         self._recent: OrderedDict[str, ServedHit] = OrderedDict()
         self._remember = remember
 
@@ -54,10 +81,19 @@ class FeedbackLearner:
         current = self.threshold(namespace)
         if similarity is None:  # an exact hit judged wrong says nothing about similarity
             return current
-        if not correct and similarity >= current:
-            current = min(CEILING, similarity + RAISE_MARGIN)
-        elif correct:
+        if correct:
             current = max(self.base, current - RELAX_STEP)
+        elif similarity >= current:
+            pending = self.pending.setdefault(namespace, [])
+            pending.append(similarity)
+            # Evidence below the threshold is moot: relaxing may make it relevant again,
+            # but then fresh reports will say so.
+            pending[:] = sorted(s for s in pending if s >= current)[:MAX_PENDING]
+            if len(pending) >= CORROBORATE:
+                target = min(CEILING, pending[0] + RAISE_MARGIN)
+                if target > current:
+                    current = round(current + STEP_SHARE * (target - current), 6)
+                del self.pending[namespace]
         if current == self.base:
             self.thresholds.pop(namespace, None)
         else:
@@ -65,13 +101,19 @@ class FeedbackLearner:
         return current
 
     def export(self) -> dict[str, Any]:
-        return {"thresholds": self.thresholds, "counts": self.counts}
+        return {"thresholds": self.thresholds, "counts": self.counts, "pending": self.pending}
 
     def load(self, data: dict[str, Any]) -> None:
         self.thresholds = {
             str(k): float(v) for k, v in (data.get("thresholds") or {}).items() if v > self.base
         }
         self.counts = {str(k): dict(v) for k, v in (data.get("counts") or {}).items()}
+        # Absent in files written before corroboration: nothing pending.
+        self.pending = {
+            str(k): sorted(float(s) for s in v)[:MAX_PENDING]
+            for k, v in (data.get("pending") or {}).items()
+            if v
+        }
 
 
 @dataclass(slots=True)
