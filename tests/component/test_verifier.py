@@ -98,13 +98,13 @@ def test_verifier_on_without_a_usable_model_directory_is_a_startup_error(
     settings_factory: Callable[..., Settings], tmp_path: Path
 ) -> None:
     model_dir = tmp_path / "verifier"
-    with pytest.raises(StartupError, match="no .*manifest.json"):
+    with pytest.raises(StartupError, match=r"no .*manifest\.json"):
         check_verifier(settings_factory(verifier="on", verifier_dir=model_dir))
     check_verifier(settings_factory(verifier="auto", verifier_dir=model_dir))  # off: fine
     model_dir.mkdir()
     (model_dir / "manifest.json").write_text('{"onnx_file": "model.onnx", "threshold": 0.5}')
     # auto with a manifest present: the operator shipped a model, so it must be whole.
-    with pytest.raises(StartupError, match="tokenizer.json"):
+    with pytest.raises(StartupError, match=r"tokenizer\.json"):
         check_verifier(settings_factory(verifier="auto", verifier_dir=model_dir))
     (model_dir / "tokenizer.json").write_text("{}")
     (model_dir / "model.onnx").write_bytes(b"")
