@@ -7,6 +7,10 @@ prompts, async and batched, run on the event loop's side of the search). A candi
 served only if every step lets it through; the first survivor of all of them wins, since
 candidates arrive best first.
 
+With a verifier configured the first step's cut-off is a lower cosine floor rather than the
+similarity threshold (`CacheFront.search_threshold`): the model, not the cosine, decides
+between floor and threshold, and a lookup with nothing above the floor never reaches it.
+
 A verifier that cannot answer in time must refuse (fail closed to a miss): a wrong answer
 costs more than a call upstream.
 """

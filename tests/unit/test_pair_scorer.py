@@ -118,3 +118,32 @@ def test_long_inputs_are_truncated_not_refused(tiny_verifier_dir: Path) -> None:
     # Truncation keeps a piece of each side (longest_first), so the tokens stay in budget.
     enc = scorer._tokenizer.encode(long, "short question")
     assert len(enc.ids) == MAX_LEN and 0 in enc.type_ids and 1 in enc.type_ids
+
+
+async def test_the_app_builds_the_verifier_from_the_model_directory(
+    tiny_verifier_dir: Path, tmp_path: Path
+) -> None:
+    from cache_service.app import _verifier
+    from cache_service.cache.matching import Candidate
+    from cache_service.protocols import Entry
+    from cache_service.settings import load_settings
+
+    settings = load_settings(
+        None,
+        data_dir=tmp_path,
+        verifier="on",
+        verifier_dir=tiny_verifier_dir,
+        verifier_error_bound=0.02,
+    )
+    verifier = await _verifier(settings, None)
+    assert verifier is not None
+    try:
+        # The calibration table's loosest threshold within 2% wrong, the manifest's floor.
+        assert (verifier.threshold, verifier.floor) == (0.7, 0.75)
+        entry = Entry("e", "s", "k", "ns", "m", PAIRS[0][0], None, {}, 0.0, None)
+        verdicts = await verifier.verify(PAIRS[0][1], [Candidate(entry, 0.8)])
+        assert len(verdicts) == 1 and verifier.judged == 1 and verifier.errors == 0
+    finally:
+        verifier.close()
+    off = load_settings(None, data_dir=tmp_path, verifier_dir=tmp_path / "absent")
+    assert await _verifier(off, None) is None  # auto, nothing shipped: off
