@@ -71,6 +71,7 @@ class CacheFront:
         self.default_ttl_s = default_ttl_s
         self.verifiers = tuple(verifiers)
         self.floor = floor if self.verifiers else None
+        self.base_threshold = cache.accept_config.threshold if cache is not None else 1.0
 
     @property
     def ready(self) -> bool:
@@ -134,20 +135,23 @@ class CacheFront:
         the floor replaces the operator's similarity threshold, which was a cosine-only
         policy. Two cosine bounds still apply on top, because each states something the
         verifier does not know:
-        - a per-request threshold is the caller's own bound on how close a match must be
-          ("at least this similar"), so it holds whatever the verifier says; a requested
-          value below the floor cannot loosen the floor (the model was calibrated above it);
+        - a per-request threshold raised above the operator's similarity threshold is the
+          caller asking for near-identical matches only, so it holds whatever the verifier
+          says. One at or below it (a client sending the default on every request, or a
+          looser one where min_threshold allows it) asks for nothing the floor and verifier
+          do not already give, so it does not undo the verifier's paraphrase hits;
         - a learned threshold is evidence that this namespace was served wrong answers at
           that similarity (with a verifier on, the learner's base is the floor, so what it
           learns are cosines the verifier let through wrongly), so it holds too.
-        Hence max(floor, requested, learned). The learner never goes below its base, so a
-        namespace without reports searches from the floor."""
+        Hence max(floor, raised request, learned). The learner never goes below its base,
+        so a namespace without reports searches from the floor."""
         if self.floor is None:
             # Feedback may have taught this namespace a stricter threshold than asked for.
-            if learned > (requested or self.cache.accept_config.threshold):
+            if learned > (requested or self.base_threshold):
                 return learned
             return requested
-        return max(self.floor, requested or self.floor, learned)
+        raised = requested if requested and requested > self.base_threshold else self.floor
+        return max(self.floor, raised, learned)
 
     async def _servable(self, entry: Entry) -> bool:
         """An entry that cannot be served (written before the store refused such answers, or

@@ -253,18 +253,25 @@ async def test_an_exact_hit_never_calls_the_verifier(rig: Rig) -> None:
 
 
 async def test_a_callers_or_learned_threshold_still_bounds_the_search(rig: Rig) -> None:
-    # The caller asked for at least 0.9 cosine: the 0.875 paraphrase is never judged.
-    found = await rig.front.lookup(keys(PARAPHRASE), 0.9, {})
+    # The caller asked for 0.95, above the operator's 0.92: the 0.875 paraphrase is never
+    # judged.
+    found = await rig.front.lookup(keys(PARAPHRASE), 0.95, {})
     assert found.hit is None and rig.scorer.batches == []
+    # The default threshold asked for explicitly changes nothing: the verifier still judges.
+    found = await rig.front.lookup(keys(PARAPHRASE), 0.92, {})
+    assert found.hit is not None and len(rig.scorer.batches) == 1
     # Feedback taught the namespace 0.9 (it was served wrong answers there).
     rig.front.learner.thresholds["ns"] = 0.9
     found = await rig.front.lookup(keys(PARAPHRASE), None, {})
-    assert found.hit is None and rig.scorer.batches == []
+    assert found.hit is None and len(rig.scorer.batches) == 1
 
 
-def test_search_threshold_is_the_floor_raised_by_request_or_learned() -> None:
+def test_search_threshold_is_the_floor_raised_by_request_or_learned(tmp_path: Path) -> None:
+    cache = SemanticCache(
+        DiskCacheStore(tmp_path / "s"), FaissIndex(8), FakeClock(), AcceptConfig(0.92)
+    )
     front = CacheFront(
-        None,  # type: ignore[arg-type]
+        cache,
         None,  # type: ignore[arg-type]
         FeedbackLearner(0.75),
         embed_timeout_s=1,
@@ -272,12 +279,17 @@ def test_search_threshold_is_the_floor_raised_by_request_or_learned() -> None:
         verifiers=[object()],  # type: ignore[list-item]
         floor=0.75,
     )
-    assert front.search_threshold(None, 0.75) == 0.75
-    assert front.search_threshold(0.95, 0.75) == 0.95
-    assert front.search_threshold(0.7, 0.75) == 0.75  # a request cannot go below the floor
-    assert front.search_threshold(0.8, 0.75) == 0.8  # the caller's own bound holds
-    assert front.search_threshold(None, 0.85) == 0.85
-    assert front.search_threshold(0.8, 0.85) == 0.85
+    try:
+        assert front.search_threshold(None, 0.75) == 0.75
+        assert front.search_threshold(0.95, 0.75) == 0.95  # raised above 0.92: it holds
+        # At or below the operator's threshold it asks for nothing the verifier lacks.
+        assert front.search_threshold(0.92, 0.75) == 0.75
+        assert front.search_threshold(0.8, 0.75) == 0.75
+        assert front.search_threshold(None, 0.85) == 0.85  # learned
+        assert front.search_threshold(0.95, 0.85) == 0.95
+        assert front.search_threshold(0.92, 0.94) == 0.94
+    finally:
+        cache.store.close()
 
 
 NUMBERED = "reset my password within 2 days"
