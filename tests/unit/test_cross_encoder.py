@@ -105,22 +105,27 @@ def verifier(scorer: Any, *, threshold: float = 0.5, timeout_s: float = 5) -> Cr
     return CrossEncoderVerifier(scorer, threshold=threshold, floor=0.5, timeout_s=timeout_s)
 
 
-async def test_pairs_at_or_above_the_threshold_are_accepted_the_rest_refused() -> None:
-    scores = {"good": 0.9, "edge": 0.5, "bad": 0.2}
+async def test_pairs_are_judged_best_first_until_one_reaches_the_threshold() -> None:
+    scores = {"good": 0.9, "edge": 0.5, "bad": 0.2, "late": 0.95}
     scorer = FakePairScorer(lambda stored, new: scores[stored])
     v = verifier(scorer)
     try:
-        verdicts = await v.verify("q", [candidate("good"), candidate("edge"), candidate("bad")])
+        # Below the threshold is refused; at it is accepted; after an acceptance nothing
+        # more is judged (the chain serves the first survivor).
+        verdicts = await v.verify("q", [candidate("bad"), candidate("edge"), candidate("good")])
         assert [(x.accepted, x.reason) for x in verdicts] == [
-            (True, "ok"),
-            (True, "ok"),
             (False, "verifier"),
+            (True, "ok"),
+            (False, "verifier_skipped"),
         ]
-        # (stored, new) order: the model was trained on it.
-        assert sorted(scorer.pairs) == [("bad", "q"), ("edge", "q"), ("good", "q")]
-        assert len(scorer.batches) == 1  # gathered: one forward pass for the lookup
-        assert (v.judged, v.accepted, v.refused, v.timeouts, v.errors) == (3, 2, 1, 0, 0)
+        # (stored, new) order: the model was trained on it; one pass per pair.
+        assert scorer.pairs == [("bad", "q"), ("edge", "q")]
+        assert (v.judged, v.accepted, v.refused, v.timeouts, v.errors) == (2, 1, 1, 0, 0)
         assert v.stats()["verifier_threshold"] == 0.5
+        # At most max_pairs (2) are judged: a third candidate is refused unjudged.
+        verdicts = await v.verify("q", [candidate("bad"), candidate("bad"), candidate("late")])
+        assert [x.reason for x in verdicts] == ["verifier", "verifier", "verifier_skipped"]
+        assert len(scorer.pairs) == 4 and ("late", "q") not in scorer.pairs
     finally:
         v.close()
 
@@ -143,6 +148,7 @@ async def test_a_model_too_slow_for_the_deadline_refuses_fail_closed() -> None:
     try:
         verdicts = await v.verify("q", [candidate("a"), candidate("b")])
         assert [(x.accepted, x.reason) for x in verdicts] == [(False, "verifier_timeout")] * 2
+        # The second pair was queued behind the stuck first one, or shed at the door.
         assert (v.judged, v.accepted, v.timeouts) == (2, 0, 2)
         # Still stuck: the next lookup is refused at admission (shed), also as a timeout.
         v.batcher.per_input_s = 1.0
