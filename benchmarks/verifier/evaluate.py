@@ -56,7 +56,7 @@ from cache_service.protocols import SystemClock, Vector
 
 ROOT = Path(__file__).resolve().parents[2]
 FLOORS = (0.6, 0.7, 0.75, 0.8)
-BOUND = 0.05
+BOUND = 0.15
 
 
 class MemoEmbedder:
@@ -247,7 +247,8 @@ async def measure_all(model: Path, out_name: str, limit: int | None) -> None:
     configs: list[tuple[str, bool, bool]] = [
         ("default without verifier (threshold 0.92 + guards)", False, True),
         ("verifier + guards", True, True),
-        ("verifier, no guards", True, False),
+        # "verifier, no guards" was measured at calibration and served far more PAWS
+        # negatives (benchmarks/results/verifier_calibration.json): not replayed here.
     ]
     results: dict[str, Any] = {"model": manifest.get("name"), "threshold": manifest["threshold"],
                                "floor": manifest["floor"], "sets": {}}  # fmt: skip
