@@ -149,9 +149,12 @@ class Settings(BaseSettings):
     it to let callers opt into looser matching."""
     search_k: int = Field(4, ge=1, le=64)
     """Candidates read per semantic lookup; the best accepted one wins."""
-    verifier: Literal["auto", "on", "off"] = "auto"
+    verifier: Literal["auto", "on", "off"] = "off"
     """A cross-encoder reading both prompts judges every candidate before it is served. auto:
-    on when verifier_dir holds a manifest.json; on: refuse to start without a usable one."""
+    on when verifier_dir holds a manifest.json; on: refuse to start without a usable one.
+    Off by default: the shipped model costs 7-15 ms of CPU per judged pair, and on 2 cores
+    at 100 requests/s that overloaded the sidecar (the soak: p50 16 s); its quality gain is
+    real but modest (README, "The verifier"). Turn it on where the cores allow."""
     verifier_dir: Path = Path("models/verifier")
     """The verifier model: manifest.json, tokenizer.json and the ONNX file it names."""
     verifier_error_bound: float | None = Field(None, ge=0, le=1)

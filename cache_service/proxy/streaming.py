@@ -103,7 +103,14 @@ class StreamRelay:
                 await call.hold.release()
             self.recorder.record(ctx, Outcome.ERROR)
             resp = UpstreamResponse(up.status, up.headers, data)
-            headers = {**resp.headers, **lookup_headers(ctx.found), "x-cache": state}
+            # Where the error came from, as on a plain request's (found by the soak: a
+            # streamed request's relayed 500 did not say which upstream sent it).
+            headers = {
+                **resp.headers,
+                **call_headers(call.info),
+                **lookup_headers(ctx.found),
+                "x-cache": state,
+            }
             return Response(
                 resp.body, status_code=resp.status, media_type="application/json", headers=headers
             )

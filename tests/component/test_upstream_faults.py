@@ -289,6 +289,8 @@ async def test_storms_are_relayed_after_retries(
     r, _ = await ask(h, path, f"storm {fault}", stream)
     assert r.status_code == int(fault)
     error_of(path, r)
+    # Which upstream said so, streamed or not (a client tells a relayed error from ours).
+    assert (r.headers["x-upstream"], r.headers["x-upstream-attempts"]) == ("primary", "4")
     if not stream:  # a streamed miss's error is relayed before any store decision
         assert r.headers["x-cache-stored"] == "false"
     assert await h.upstream_calls() == FOUR

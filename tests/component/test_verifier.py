@@ -23,7 +23,7 @@ async def test_a_paraphrase_under_the_threshold_is_a_hit_when_the_verifier_agree
     settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
 ) -> None:
     scorer = FakePairScorer(lambda stored, new: 0.97, threshold=0.5, floor=0.7)
-    async with harness(settings_factory(), embedder, clock, pair_scorer=scorer) as h:
+    async with harness(settings_factory(verifier="on"), embedder, clock, pair_scorer=scorer) as h:
         assert (await h.chat(Q)).headers["x-cache"] == "MISS"
         hit = await h.chat(PARAPHRASE)
         assert hit.headers["x-cache"] == "HIT"
@@ -43,7 +43,7 @@ async def test_it_is_a_miss_naming_the_verifier_when_the_verifier_disagrees(
     settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
 ) -> None:
     scorer = FakePairScorer(lambda stored, new: 0.03, threshold=0.5, floor=0.7)
-    async with harness(settings_factory(), embedder, clock, pair_scorer=scorer) as h:
+    async with harness(settings_factory(verifier="on"), embedder, clock, pair_scorer=scorer) as h:
         await h.chat(Q)
         miss = await h.chat(PARAPHRASE)
         assert miss.headers["x-cache"] == "MISS"
@@ -68,7 +68,7 @@ async def test_a_verifier_past_its_deadline_is_a_miss_not_a_hit(
     settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
 ) -> None:
     scorer = Stuck()
-    settings = settings_factory(verifier_timeout_ms=50)
+    settings = settings_factory(verifier="on", verifier_timeout_ms=50)
     try:
         async with harness(settings, embedder, clock, pair_scorer=scorer) as h:
             await h.chat(Q)

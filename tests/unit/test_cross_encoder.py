@@ -5,6 +5,7 @@ with a cosine floor below the similarity threshold."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -200,13 +201,17 @@ class Rig:
     verdict: dict[str, float]
 
 
-@pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+@contextlib.asynccontextmanager
+async def chain(
+    path: Path, scorer: FakePairScorer, *, guards: bool = True
+) -> AsyncIterator[tuple[CacheFront, CrossEncoderVerifier]]:
+    """The serving chain as the app builds it: floor 0.6, threshold 0.92, a verifier at 0.5."""
     embedder = HashingEmbedder()
-    verdict = {"p": 0.9}
-    scorer = FakePairScorer(lambda stored, new: verdict["p"])
     cache = SemanticCache(
-        DiskCacheStore(tmp_path / "s"), FaissIndex(embedder.dim), FakeClock(), AcceptConfig(0.92)
+        DiskCacheStore(path),
+        FaissIndex(embedder.dim),
+        FakeClock(),
+        AcceptConfig(0.92, guards=guards),
     )
     cache.rebuild()
     batcher = EmbeddingBatcher(embedder)
@@ -220,13 +225,21 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         verifiers=[v],
         floor=v.floor,
     )
-    await front.store(keys(STORED), {"answer": 1}, api="openai", ttl_s=None, usage=(1, 1))
     try:
-        yield Rig(front, scorer, v, verdict)
+        yield front, v
     finally:
         v.close()
         batcher.close()
         cache.store.close()
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    verdict = {"p": 0.9}
+    scorer = FakePairScorer(lambda stored, new: verdict["p"])
+    async with chain(tmp_path / "s", scorer) as (front, v):
+        await front.store(keys(STORED), {"answer": 1}, api="openai", ttl_s=None, usage=(1, 1))
+        yield Rig(front, scorer, v, verdict)
 
 
 async def test_a_candidate_between_floor_and_threshold_is_served_when_the_verifier_says_so(
@@ -304,27 +317,8 @@ OTHER_NUMBER = "reset my password within 3 days"
 
 async def test_guards_run_before_the_verifier_unless_switched_off(tmp_path: Path) -> None:
     for guards in (True, False):
-        embedder = HashingEmbedder()
         scorer = FakePairScorer(lambda stored, new: 0.9)
-        cache = SemanticCache(
-            DiskCacheStore(tmp_path / str(guards)),
-            FaissIndex(embedder.dim),
-            FakeClock(),
-            AcceptConfig(0.92, guards=guards),
-        )
-        cache.rebuild()
-        batcher = EmbeddingBatcher(embedder)
-        v = CrossEncoderVerifier(scorer, threshold=0.5, floor=0.6, timeout_s=5)
-        front = CacheFront(
-            cache,
-            batcher,
-            FeedbackLearner(0.6),
-            embed_timeout_s=5,
-            default_ttl_s=60,
-            verifiers=[v],
-            floor=0.6,
-        )
-        try:
+        async with chain(tmp_path / str(guards), scorer, guards=guards) as (front, _):
             await front.store(keys(NUMBERED), {"a": 1}, api="openai", ttl_s=None, usage=(1, 1))
             found = await front.lookup(keys(OTHER_NUMBER), None, {})
             if guards:
@@ -333,10 +327,6 @@ async def test_guards_run_before_the_verifier_unless_switched_off(tmp_path: Path
                 assert found.searched is not None and found.searched.reason == "numbers_differ"
             else:
                 assert found.hit is not None and scorer.pairs == [(NUMBERED, OTHER_NUMBER)]
-        finally:
-            v.close()
-            batcher.close()
-            cache.store.close()
 
 
 async def test_the_verifier_is_not_a_timing_hazard_for_the_event_loop() -> None:
