@@ -75,7 +75,7 @@ class HttpUpstream:
         timeout_s: float = 60.0,
         connect_timeout_s: float = 5.0,
         transport: httpx.AsyncBaseTransport | None = None,
-        max_connections: int = 128,
+        max_connections: int = 64,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key

@@ -25,6 +25,7 @@ from cache_service.report.build import ReportError, build_report, parse_since
 from cache_service.report.cli import run_cli
 from cache_service.report.html import render_html
 from cache_service.report.text import render_json, render_markdown, tables
+from cache_service.settings import Settings
 from cache_service.telemetry.events import OutcomeEvent, split_cost
 from cache_service.telemetry.hub import Telemetry
 from cache_service.telemetry.outcome_log import OutcomeLog
@@ -291,7 +292,11 @@ async def test_routes(tmp_path: Path) -> None:
     for e in hand_built():
         telemetry.record(e)
     try:
-        state = {"telemetry": telemetry, "tenancy": Tenancy(admin_key="adm")}
+        state = {
+            "telemetry": telemetry,
+            "tenancy": Tenancy(admin_key="adm"),
+            "settings": Settings(data_dir=tmp_path, admin_key="adm"),
+        }
         transport = httpx.ASGITransport(app=served(app, state))
         async with httpx.AsyncClient(
             transport=transport, base_url="http://t", headers={"X-Admin-Key": "adm"}
