@@ -92,3 +92,23 @@ class FakePairScorer:
     def score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         self.batches.append(list(pairs))
         return [self.judge(stored, new) for stored, new in pairs]
+
+
+def recording_upstream(seen: list[Any], api_key: str | None = None) -> Any:
+    """A real `HttpUpstream` over a mock transport that records every request in `seen` and
+    answers a streamed JSON list, as a real upstream's relayed body arrives."""
+    import httpx
+
+    from cache_service.backends.upstream import HttpUpstream
+
+    class Body(httpx.AsyncByteStream):
+        async def __aiter__(self) -> Any:
+            yield b'{"object": "list", "data": []}'
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, headers={"content-type": "application/json"}, stream=Body())
+
+    return HttpUpstream(
+        "http://up/v1", api_key=api_key, transport=httpx.MockTransport(handler), timeout_s=5
+    )

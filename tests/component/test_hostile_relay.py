@@ -19,7 +19,7 @@ from cache_service.backends.upstream import HttpUpstream
 from cache_service.settings import Settings
 from tests.component.test_hostile_input import assert_refused
 from tests.conftest import served
-from tests.fakes import FakeClock, HashingEmbedder
+from tests.fakes import FakeClock, HashingEmbedder, recording_upstream
 
 
 @dataclasses.dataclass
@@ -37,18 +37,7 @@ async def relayed(
 ) -> AsyncIterator[Relayed]:
     seen: list[httpx.Request] = []
 
-    class Body(httpx.AsyncByteStream):
-        # Streamed, as a real upstream's body: the relay streams it through.
-        async def __aiter__(self) -> AsyncIterator[bytes]:
-            yield b'{"object": "list", "data": []}'
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200, headers={"content-type": "application/json"}, stream=Body())
-
-    upstream = HttpUpstream(
-        "http://up/v1", api_key=None, transport=httpx.MockTransport(handler), timeout_s=5
-    )
+    upstream = recording_upstream(seen, api_key=None)
     app = create_app(settings_factory(), embedder=embedder, upstream=upstream, clock=clock)
     async with (
         app.router.lifespan_context(app) as state,

@@ -3,7 +3,7 @@ route's wire format decides (never the path), and a relayed call keeps its calle
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -14,7 +14,7 @@ from cache_service.flavors import ANTHROPIC, OPENAI_CHAT
 from cache_service.flavors.base import Flavor
 from cache_service.settings import Settings
 from tests.conftest import served
-from tests.fakes import FakeClock, HashingEmbedder
+from tests.fakes import FakeClock, HashingEmbedder, recording_upstream
 
 
 @pytest.mark.parametrize(
@@ -63,18 +63,7 @@ async def test_relayed_openai_calls_keep_openai_auth_and_errors(
     # API: it had been sent with x-api-key and answered with Anthropic-shaped errors.
     seen: list[httpx.Request] = []
 
-    class Body(httpx.AsyncByteStream):
-        # A streamed body, as a real upstream's: the relay streams it through.
-        async def __aiter__(self) -> AsyncIterator[bytes]:
-            yield b'{"object": "list", "data": []}'
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200, headers={"content-type": "application/json"}, stream=Body())
-
-    upstream = HttpUpstream(
-        "http://up/v1", api_key="sk-op", transport=httpx.MockTransport(handler), timeout_s=5
-    )
+    upstream = recording_upstream(seen, api_key="sk-op")
     settings = settings_factory(max_body_bytes=1024)
     app = create_app(settings, embedder=embedder, upstream=upstream, clock=clock)
     caller = {"authorization": "Bearer sk-caller"}
