@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ONNX   := models/all-MiniLM-L6-v2-onnx/onnx/model.onnx
 
-.PHONY: setup run test lint bench bench-quality train-verifier bench-verifier clean
+.PHONY: setup redis-server run test lint bench bench-quality train-verifier bench-verifier clean
 
 setup: $(STAMP) $(ONNX)
 
@@ -30,7 +30,15 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: setup lint
+# The suite runs a real Redis (tests/redis_server.py starts it on a free port): Debian's
+# package, installed here when missing (sudo when not root), never started as a service.
+redis-server:
+	@command -v redis-server >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get install -y -q redis-server >/dev/null 2>&1 || \
+		{ $$SUDO apt-get update -q && $$SUDO apt-get install -y -q redis-server; }; }
+
+test: setup lint redis-server
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: setup

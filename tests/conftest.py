@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from cache_service.protocols import PairScorer, Upstream
 from cache_service.settings import Settings, load_settings
 from cache_service.simulator.app import create_simulated_app
 from tests.fakes import FakeClock, HashingEmbedder
+from tests.redis_server import RedisServer
 
 
 @pytest.fixture
@@ -116,3 +117,19 @@ async def harness(
             assert asyncio.get_running_loop().time() < deadline, "sidecar never became ready"
             await asyncio.sleep(0.01)
         yield Harness(c, sim, app, state)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real Redis for the session (started on first use only)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """A URL to the session's Redis, emptied for this test."""
+    redis_server.flush()
+    return redis_server.url
