@@ -67,6 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port=args.port,
             upstream_url=args.upstream,
             data_dir=args.data_dir,
+            redis_url=args.redis_url,
         )
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -141,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--upstream", help="OpenAI-compatible base URL, e.g. https://api.openai.com/v1"
     )
     serve.add_argument("--data-dir", type=Path)
+    serve.add_argument(
+        "--redis-url", help="share quota and cache with other replicas (also CACHE_REDIS_URL)"
+    )
     serve.add_argument("--config", type=Path, help="YAML config file (also CACHE_CONFIG)")
     serve.add_argument("--log-level", default="INFO")
     serve.set_defaults(func=cmd_serve)

@@ -94,3 +94,22 @@ class UpstreamTimeout(ServiceError):
     status = 504
     type = "upstream_error"
     code = "upstream_timeout"
+
+
+class QuotaUnavailable(ServiceError):
+    """The shared quota ledger cannot be reached and the operator chose to refuse misses
+    meanwhile (`redis_down_quota: reject`)."""
+
+    status = 503
+    type = "server_error"
+    code = "quota_unavailable"
+
+
+class StoreUnavailable(ServiceError):
+    """The entry store cannot be reached (a shared store's server is away). The request
+    path fails open on it (a lookup is a miss, a store is skipped); an operation that is
+    about the store itself (invalidate, delete) answers 503."""
+
+    status = 503
+    type = "server_error"
+    code = "store_unavailable"

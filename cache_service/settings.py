@@ -231,6 +231,24 @@ class Settings(BaseSettings):
     breaker_failures: int = Field(5, ge=1)
     """Consecutive failures that open an upstream's circuit breaker."""
     breaker_cooldown_s: float = Field(30.0, gt=0)
+    # --- fleet (several replicas sharing quota and cache through Redis)
+    redis_url: str | None = None
+    """redis://host:port/db shared by every replica: quota, budgets, cached entries and
+    single flight become fleet-wide. None: this process alone, nothing but its data dir."""
+    redis_prefix: str = Field("llmcache", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    """Key prefix (and hash tag) of this fleet's keys, so fleets can share one Redis."""
+    replica_id: str | None = Field(None, min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    """This replica's name in the fleet (reservation ids, stats). None: host and pid."""
+    redis_timeout_s: float = Field(0.5, gt=0)
+    """A Redis call slower than this counts as Redis being down for that request."""
+    redis_lease_s: float = Field(30.0, gt=0)
+    """How long a replica's quota holds and single-flight locks outlive it: a replica
+    killed mid-call has its holds counted as spent, and its lock handed over, after this."""
+    redis_down_quota: Literal["share", "reject", "allow"] = "share"
+    """Quota while Redis is unreachable. share: each replica enforces its share of every
+    limit (limit ÷ replicas last seen alive) locally and books that spend into Redis when
+    it returns; reject: misses get 503; allow: misses go upstream unmetered."""
+
     # --- telemetry
     outcome_log: bool = True
     """Keep one row per request (never the prompt) in data_dir/outcomes.sqlite3 for reports."""
@@ -264,6 +282,15 @@ class Settings(BaseSettings):
         if not v.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return v.rstrip("/")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
 
     @model_validator(mode="after")
     def _coherent(self) -> Settings:

@@ -20,6 +20,7 @@ from cache_service.cache.feedback import FeedbackLearner
 from cache_service.cache.keys import RequestKeys
 from cache_service.cache.matching import Verifier, choose
 from cache_service.cache.semantic import Lookup, SemanticCache
+from cache_service.errors import StoreUnavailable
 from cache_service.protocols import MAX_TOKENS, Entry, Vector
 from cache_service.telemetry.events import StageTimer
 
@@ -72,6 +73,8 @@ class CacheFront:
         self.verifiers = tuple(verifiers)
         self.floor = floor if self.verifiers else None
         self.base_threshold = cache.accept_config.threshold if cache is not None else 1.0
+        self.store_unavailable = 0
+        """Lookups and stores that found the store unreachable (and failed open)."""
 
     @property
     def ready(self) -> bool:
@@ -83,9 +86,8 @@ class CacheFront:
         found = Found()
         cache = self.cache
         with StageTimer(stages, "exact"):
-            entry = await asyncio.to_thread(cache.get_exact, keys.exact_key)
-        if entry is not None and await self._servable(entry):
-            found.hit = Lookup(entry, 1.0, "exact", reason="ok")
+            found.hit = await self.exact(keys)
+        if found.hit is not None:
             return found
         if not (keys.semantic_ok and cache.ready):
             return found
@@ -99,15 +101,19 @@ class CacheFront:
                 log.warning("embedding missed its deadline", extra={"scope": keys.scope[:12]})
             return found
         threshold = self.search_threshold(threshold, self.learner.threshold(keys.tenant))
-        with StageTimer(stages, "search"):
-            searched = await asyncio.to_thread(
-                cache.search,
-                keys.scope,
-                found.vector,
-                keys.prompt,
-                threshold,
-                all_survivors=bool(self.verifiers),
-            )
+        try:
+            with StageTimer(stages, "search"):
+                searched = await asyncio.to_thread(
+                    cache.search,
+                    keys.scope,
+                    found.vector,
+                    keys.prompt,
+                    threshold,
+                    all_survivors=bool(self.verifiers),
+                )
+        except StoreUnavailable:
+            self.store_unavailable += 1
+            return found
         # Report the guards apart from the index scan they ran inside.
         stages["verify"] = searched.verify_ms
         stages["search"] -= searched.verify_ms
@@ -124,6 +130,17 @@ class CacheFront:
         found.searched = searched
         found.hit = searched if searched.entry is not None else None
         return found
+
+    async def exact(self, keys: RequestKeys) -> Lookup | None:
+        """The entry stored under exactly this request, if it may be served."""
+        try:
+            entry = await asyncio.to_thread(self.cache.get_exact, keys.exact_key)
+        except StoreUnavailable:
+            self.store_unavailable += 1
+            return None  # fail open: the request goes upstream
+        if entry is not None and await self._servable(entry):
+            return Lookup(entry, 1.0, "exact", reason="ok")
+        return None
 
     def search_threshold(self, requested: float | None, learned: float) -> float | None:
         """The cosine a candidate must reach in the search (None: the cache's own).
@@ -205,6 +222,9 @@ class CacheFront:
             return None
         try:
             await asyncio.to_thread(self.cache.put, entry)
+        except StoreUnavailable:
+            self.store_unavailable += 1  # counted, not logged per request: it is one outage
+            return None
         except Exception:
             log.exception("store failed", extra={"entry": entry.id})
             return None

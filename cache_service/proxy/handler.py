@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Iterable
 
+from redis.exceptions import RedisError
 from starlette.responses import Response, StreamingResponse
 
 from cache_service.cache.feedback import FeedbackLearner, ServedHit
@@ -24,6 +25,7 @@ from cache_service.errors import ServiceError, invalid_answer
 from cache_service.protocols import Clock, UpstreamResponse
 from cache_service.proxy.audit import Auditor
 from cache_service.proxy.context import RequestContext
+from cache_service.proxy.fleet_flight import FleetFlights, FlightLease
 from cache_service.proxy.headers import COALESCED, call_headers, hit_headers, lookup_headers
 from cache_service.proxy.recorder import Recorder
 from cache_service.proxy.singleflight import Flights
@@ -47,7 +49,11 @@ class ProxyHandler:
         clock: Clock,
         *,
         cache_tool_calls: bool,
+        fleet: FleetFlights | None = None,
+        fleet_wait_s: float = 60.0,
     ) -> None:
+        """`fleet`: single flight across replicas (None: this process alone); a follower
+        waits for another replica's answer at most `fleet_wait_s`."""
         self.front = front
         self.chain = chain
         self.recorder = recorder
@@ -56,6 +62,8 @@ class ProxyHandler:
         self.clock = clock
         self.cache_tool_calls = cache_tool_calls
         self.flights: Flights[UpstreamCall[UpstreamResponse]] = Flights()
+        self.fleet = fleet
+        self.fleet_wait_s = fleet_wait_s
         self.streams = StreamRelay(front, chain, recorder, cache_tool_calls=cache_tool_calls)
 
     async def handle(self, ctx: RequestContext) -> Response:
@@ -91,6 +99,50 @@ class ProxyHandler:
         return Response(json.dumps(entry.response), media_type=JSON, headers=headers)
 
     async def _miss(self, ctx: RequestContext, outcome: Outcome) -> Response:
+        lease: FlightLease | None = None
+        # A miss another request of this process is already fetching joins it locally.
+        if (
+            self.fleet is not None
+            and ctx.directives.read
+            and not self.flights.busy(ctx.keys.exact_key)
+        ):
+            hit, lease = await self._fleet_turn(ctx, self.fleet)
+            if hit is not None:
+                return self._hit(ctx, hit)
+        try:
+            return await self._fetch(ctx, outcome)
+        finally:
+            if lease is not None:
+                await lease.release()
+
+    async def _fleet_turn(
+        self, ctx: RequestContext, fleet: FleetFlights
+    ) -> tuple[Lookup | None, FlightLease | None]:
+        """Lead this key's call across the fleet (a lease to release once the answer is
+        stored), or wait for the replica leading it and serve what it stored. Neither: go
+        alone. Redis failing only costs the coalescing."""
+        key = ctx.keys.exact_key
+        try:
+            lease = await fleet.acquire(key)
+            if lease is None:
+                await fleet.wait(key, self.fleet_wait_s)
+                hit = await self.front.exact(ctx.keys)
+                if hit is not None:
+                    return hit, None
+                # The leader stored nothing (an error, a refusal) or died: lead now, unless
+                # another follower got there first (then go alone rather than wait twice).
+                lease = await fleet.acquire(key)
+                return None, lease
+            # Stored by another replica between this request's lookup and the lock.
+            hit = await self.front.exact(ctx.keys)
+            if hit is not None:
+                await lease.release()
+                return hit, None
+            return None, lease
+        except RedisError:
+            return None, None
+
+    async def _fetch(self, ctx: RequestContext, outcome: Outcome) -> Response:
         state = "MISS" if outcome is Outcome.MISS else "BYPASS"
         try:
             call, led = await self.flights.run(

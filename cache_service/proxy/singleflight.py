@@ -23,6 +23,10 @@ class Flights(Generic[T]):
     def __init__(self) -> None:
         self._inflight: dict[str, asyncio.Future[T]] = {}
 
+    def busy(self, key: str) -> bool:
+        """Whether a call for `key` is in flight here (a new request would join it)."""
+        return key in self._inflight
+
     async def run(self, key: str, share: bool, call: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """Run `call`, or join an identical one in flight. Returns its result and whether
         this request led (made the call itself)."""

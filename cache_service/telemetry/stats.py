@@ -135,6 +135,23 @@ class Stats:
             c.upstream_completion_tokens += completion_tokens
             c.dollars_spent += dollars
 
+    def rows(self) -> list[dict[str, Any]]:
+        """Every (namespace, model) row's raw counters: what a replica publishes for the
+        fleet's stats (`merge` reads it back)."""
+        return [{"namespace": ns, "model": m, **asdict(c)} for (ns, m), c in self._by_key.items()]
+
+    def merge(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Add another replica's `rows()`. Unknown fields are ignored (a newer replica may
+        count more); a malformed row raises ValueError."""
+        names = Counters.__slots__
+        for row in rows:
+            try:
+                counters = Counters(**{n: row[n] for n in names if n in row})
+                key = (str(row["namespace"]), str(row["model"]))
+            except (KeyError, TypeError) as e:
+                raise ValueError(f"malformed stats row: {row!r}") from e
+            self._by_key[key].add(counters)
+
     def labels(self) -> tuple[set[str], set[str]]:
         """The namespaces and the models counted so far."""
         return {ns for ns, _ in self._by_key}, {m for _, m in self._by_key}
