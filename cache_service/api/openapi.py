@@ -60,7 +60,7 @@ _STATUSES = {
     429: "A quota limit (rpm, tpm, rpd, tpd, budget) is reached",
     500: "An unexpected error in the sidecar",
     502: "No upstream could answer (connection failures, open breakers, upstream errors)",
-    503: "The sidecar is at max_concurrency",
+    503: "The sidecar is at max_concurrency, or the shared Redis is unreachable (fleet)",
     504: "The upstream did not answer in time",
 }
 

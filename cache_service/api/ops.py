@@ -3,24 +3,41 @@ key), quota use, liveness and readiness."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 
 from cache_service.api import state
 from cache_service.api.auth import fleet_view
 from cache_service.api.body import lower_headers
 from cache_service.api.openapi import error_responses
 from cache_service.cache.cross_encoder import CrossEncoderVerifier
+from cache_service.errors import StoreUnavailable
+from cache_service.fleet import Fleet
+from cache_service.telemetry.stats import Stats
 
 # Only its own failures: these routes read no body and call no upstream.
-router = APIRouter(responses=error_responses(statuses=(500,)))
+router = APIRouter(responses=error_responses(statuses=(500, 503)))
 
 
 @router.get("/v1/cache/stats")
-async def cache_stats(request: Request) -> JSONResponse:
+async def cache_stats(
+    request: Request, scope: Literal["replica", "fleet"] = "replica"
+) -> JSONResponse:
+    """This replica's figures, or (`scope=fleet`) every replica's added up, as each last
+    published them (within a heartbeat), with the list of replicas counted."""
     front = state.of(request)["front"]
     visible = state.of(request)["tenancy"].visible_to(lower_headers(request))
-    snapshot = state.of(request)["stats"].snapshot(visible)
+    stats = state.of(request)["stats"]
+    fleet = state.of(request)["fleet"]
+    replicas: list[dict[str, object]] | None = None
+    if scope == "fleet" and fleet is not None:
+        stats, replicas = await _fleet_stats(fleet, stats)
+    snapshot = stats.snapshot(visible)
+    if replicas is not None:
+        snapshot["replicas"] = replicas
     learner = front.learner
     snapshot["quality"] = {
         "audit": state.of(request)["proxy"].auditor.tally.as_dict(),
@@ -45,6 +62,27 @@ async def cache_stats(request: Request) -> JSONResponse:
         if isinstance(verifier, CrossEncoderVerifier):
             snapshot["cache"].update(verifier.stats())
     return JSONResponse(snapshot)
+
+
+async def _fleet_stats(fleet: Fleet, own: Stats) -> tuple[Stats, list[dict[str, object]]]:
+    """Every replica's published rows added up; this one's live rows in place of its own
+    last publication."""
+    total = Stats()
+    total.merge(own.rows())
+    replicas: list[dict[str, object]] = [{"replica": fleet.replica_id, "live": True}]
+    try:
+        published = await fleet.replica_stats()
+    except RedisError as e:
+        raise StoreUnavailable("the fleet's stats are in Redis, which is unreachable") from e
+    for r in published:
+        if r.replica == fleet.replica_id:
+            continue
+        try:
+            total.merge(r.rows)
+        except ValueError:
+            continue  # a replica of another version: skipped, not a 500
+        replicas.append({"replica": r.replica, "published_at": r.published_at})
+    return total, replicas
 
 
 @router.get("/v1/quota")

@@ -12,6 +12,7 @@ from fastapi import Request
 from cache_service.cache.front import CacheFront
 from cache_service.cache.tenancy import Tenancy
 from cache_service.cache.verdicts import Verdicts
+from cache_service.fleet import Fleet
 from cache_service.proxy.cache_api import CacheAPI
 from cache_service.proxy.handler import ProxyHandler
 from cache_service.quota.ledger import QuotaLedger
@@ -32,6 +33,8 @@ class AppState(TypedDict):
     ledger: QuotaLedger
     telemetry: Telemetry
     stats: Stats
+    fleet: Fleet | None
+    """The replicas sharing this one's Redis (None: this process alone)."""
 
 
 def of(request: Request) -> AppState:

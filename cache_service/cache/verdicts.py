@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from cache_service.backends.jsonfile import JsonFile
 from cache_service.cache.feedback import FeedbackLearner
+from cache_service.cache.feedback_feed import FeedbackFeed
 from cache_service.cache.semantic import SemanticCache
 from cache_service.cache.tenancy import Caller, Tenancy
 from cache_service.errors import BadRequest, NotFound
@@ -24,12 +25,19 @@ class Judged:
 
 class Verdicts:
     def __init__(
-        self, learner: FeedbackLearner, cache: SemanticCache, file: JsonFile, tenancy: Tenancy
+        self,
+        learner: FeedbackLearner,
+        cache: SemanticCache,
+        file: JsonFile,
+        tenancy: Tenancy,
+        fleet: FeedbackFeed | None = None,
     ) -> None:
+        """`fleet`: share verdicts with the other replicas (None: this process alone)."""
         self.tenancy = tenancy
         self.learner = learner
         self.cache = cache
         self.file = file
+        self.fleet = fleet
 
     async def judge(
         self, caller: Caller, *, request_id: str | None, entry_id: str | None, correct: bool
@@ -57,4 +65,6 @@ class Verdicts:
             invalidated = await asyncio.to_thread(self.cache.delete, entry_id) is not None
         threshold = self.learner.record(namespace, similarity, correct)
         await asyncio.to_thread(self.file.save, self.learner.export())
+        if self.fleet is not None:
+            await self.fleet.publish(namespace, similarity, correct)
         return Judged(entry_id, namespace, invalidated, threshold)
