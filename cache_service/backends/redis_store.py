@@ -31,6 +31,8 @@ from typing import Any, Literal, cast
 
 import numpy as np
 import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from cache_service.backends.records import from_record, to_record
 from cache_service.protocols import Entry, Vector
@@ -114,17 +116,23 @@ return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
 """
 
 # The stream's bookkeeping and the events after an id, read atomically so that a trim
-# cannot fall between the check and the read.
+# cannot fall between the check and the read. XINFO's fields need Redis 7.0.
 _READ = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {false, false, {}} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {false, false, 0, 0, {}} end
 local info = redis.call('XINFO', 'STREAM', KEYS[1])
-local last, maxdel = false, false
+local last, first, added, length = false, false, 0, 0
 for i = 1, #info, 2 do
-  if info[i] == 'last-generated-id' then last = info[i + 1]
-  elseif info[i] == 'max-deleted-entry-id' then maxdel = info[i + 1] end
+  local k = info[i]
+  if k == 'last-generated-id' then last = info[i + 1]
+  elseif k == 'recorded-first-entry-id' then first = info[i + 1]
+  elseif k == 'entries-added' then added = info[i + 1]
+  elseif k == 'length' then length = info[i + 1] end
 end
-if ARGV[2] == '0' then return {last, maxdel, {}} end
-return {last, maxdel, redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])}
+local rows = {}
+if ARGV[2] ~= '0' then
+  rows = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
+end
+return {last, first, added, length, rows}
 """
 
 
@@ -207,8 +215,15 @@ class RedisEntryStore:
         cls, url: str, *, prefix: str = "llmcache", origin: str, maxlen: int = DEFAULT_MAXLEN
     ) -> RedisEntryStore:
         """A store with a client of its own, closed by close(). The read timeout stays well
-        above the feed's 1 s blocking read, which would otherwise time out while idle."""
-        client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=2)
+        above the feed's 1 s blocking read, which would otherwise time out while idle; a
+        dropped connection is retried twice within about half a second (redis-py's default
+        backs off for up to 7 s, which a request would wait through when Redis is down)."""
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=10,
+            socket_connect_timeout=2,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 2),
+        )
         store = cls(client, prefix=prefix, origin=origin, maxlen=maxlen)
         store._owns_client = True
         return store
@@ -324,7 +339,7 @@ class RedisEntryStore:
     def last_event_id(self) -> str:
         """The id of the latest event ("0-0" if none yet): a reader starting here sees
         every event stored after this call."""
-        last, _, _ = self._read(keys=[self.stream], args=["0-0", 0])
+        last = self._read(keys=[self.stream], args=["0-0", 0])[0]
         return "0-0" if not last else _text(last)
 
     def read_events(
@@ -333,15 +348,20 @@ class RedisEntryStore:
         """Up to `count` events after the id `after`, oldest first; with `block_ms`, waits
         that long for one when there is none yet. Raises StreamTrimmed when events after
         `after` are gone, so the reader rebuilds instead of silently missing them."""
-        last, maxdel, rows = self._read(keys=[self.stream], args=[after, count])
+        last, first, added, length, rows = self._read(keys=[self.stream], args=[after, count])
         mark = parse_id(after)
         if not last:
             if mark != (0, 0):
                 raise StreamTrimmed(f"the event stream is gone (resuming after {after})")
         elif parse_id(_text(last)) < mark:
             raise StreamTrimmed(f"the event stream restarted below {after}: data was lost")
-        elif maxdel and parse_id(_text(maxdel)) > mark:
-            raise StreamTrimmed(f"events after {after} were trimmed (up to {_text(maxdel)})")
+        elif mark == (0, 0) and int(added) > int(length):
+            raise StreamTrimmed("events were trimmed before this reader's first read")
+        elif mark != (0, 0) and first and parse_id(_text(first)) > mark:
+            # The event at `after` itself is gone, so any after it and before the first
+            # one left may be too. (Trimming removes the oldest first, so when only `after`
+            # itself went, this rebuilds for nothing: rare, and safe.)
+            raise StreamTrimmed(f"events after {after} were trimmed (first left {_text(first)})")
         if not rows and block_ms:
             # Blocking cannot happen inside a script. Only events stored from now on can
             # arrive here, and a trim never reaches the newest event, so nothing is skipped.

@@ -11,7 +11,7 @@ import dataclasses
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -208,13 +208,22 @@ class SemanticCache:
 
     # --- maintenance
 
-    def rebuild(self) -> int:
+    def rebuild(self, *, forget_missing: bool = False) -> int:
         """Load every live entry's vector into the index: the store is the truth, the index
         is derived from it, so a restart (or a crash mid-write) cannot lose an entry.
 
         Vectors go in with one add_many per scope for every REBUILD_CHUNK of them read, so a
-        large store loads in few index calls while holding at most one chunk of vectors."""
+        large store loads in few index calls while holding at most one chunk of vectors.
+
+        With `forget_missing`, entries tracked before the rebuild that it did not find leave
+        the index too: a replica that missed deletions made elsewhere in a shared store
+        (its event stream was trimmed) comes back in step. Entries stored meanwhile are
+        untouched, being tracked after the snapshot."""
         now = self.clock.now()
+        before: dict[str, tuple[str, float | None]] = {}
+        if forget_missing:
+            with self._lock:
+                before = dict(self._tracked)
         count = 0
         expired: list[str] = []
         # scope -> the id, vector and expiry of each entry read but not yet indexed.
@@ -224,6 +233,7 @@ class SemanticCache:
             if entry.expired(now):
                 expired.append(entry.id)
                 continue
+            before.pop(entry.id, None)
             count += 1
             if entry.embedding is None:
                 self._track(entry)
@@ -236,8 +246,35 @@ class SemanticCache:
         self._track_pending(pending)
         for entry_id in expired:
             self.store.delete(entry_id)
+        for entry_id, (scope, _) in before.items():
+            self._forget(entry_id, scope)
         self.ready = True
         return count
+
+    def apply_remote(
+        self,
+        adds: Sequence[tuple[str, str, Vector | None, float | None]],
+        deletes: Sequence[tuple[str, str]],
+    ) -> None:
+        """Follow what another replica did to a shared store, without touching the store:
+        `deletes`, as (entry id, scope), leave the index and the sweep's tracking first;
+        then `adds`, as (entry id, scope, vector or None, expires), join them with one
+        add_many per scope. Both are idempotent (an id already indexed keeps its vector),
+        so an event applied twice is harmless; an id in both moves to its new vector.
+        Adds already expired are skipped: the sweep would only drop them again."""
+        for entry_id, scope in deletes:
+            self._forget(entry_id, scope)
+        now = self.clock.now()
+        pending: dict[str, list[tuple[str, Vector, float | None]]] = {}
+        for entry_id, scope, vector, expires in adds:
+            if expires is not None and now >= expires:
+                continue
+            if vector is None:
+                with self._lock:
+                    self._tracked[entry_id] = (scope, expires)
+            else:
+                pending.setdefault(scope, []).append((entry_id, vector, expires))
+        self._track_pending(pending)
 
     def _track_pending(self, pending: dict[str, list[tuple[str, Vector, float | None]]]) -> None:
         """What _track does, for many entries with embeddings: one index call per scope."""
