@@ -318,6 +318,18 @@ class RedisEntryStore:
     def __contains__(self, entry_id: str) -> bool:
         return bool(self._client.exists(self._entry_key(entry_id)))
 
+    def missing(self, entry_ids: Sequence[str]) -> set[str]:
+        """The ids among `entry_ids` whose entries are gone: ITER_BATCH per round trip."""
+        gone: set[str] = set()
+        for start in range(0, len(entry_ids), ITER_BATCH):
+            chunk = entry_ids[start : start + ITER_BATCH]
+            pipe = self._client.pipeline(transaction=False)
+            for entry_id in chunk:
+                pipe.exists(self._entry_key(entry_id))
+            found = pipe.execute()
+            gone.update(i for i, there in zip(chunk, found, strict=True) if not there)
+        return gone
+
     def __len__(self) -> int:
         """Live entries: ids whose expiry (Redis's clock) is still ahead, one ZCOUNT. An
         entry an `allkeys-lru` Redis evicted still counts until its expiry."""

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -41,6 +41,16 @@ class Lookup:
     survivors: tuple[Candidate, ...] = ()
     """Every candidate the threshold and guards let through, best first, when the search
     was asked for all of them (model verifiers judge them next); else just the hit."""
+
+
+@runtime_checkable
+class BatchMembership(Protocol):
+    """A store across a network, which answers membership for many ids per round trip
+    (one `in` per tracked entry would take seconds at 100k entries)."""
+
+    def missing(self, entry_ids: Sequence[str]) -> set[str]:
+        """The ids among `entry_ids` that the store does not hold."""
+        ...
 
 
 class Swept(NamedTuple):
@@ -302,10 +312,15 @@ class SemanticCache:
         expired = len(tracked) - len(live)
         evicted = 0
         # Only pay for a full membership check when the store holds fewer entries than we
-        # track, i.e. diskcache evicted some under its size limit.
+        # track, i.e. diskcache evicted some under its size limit (or a shared store
+        # expired or evicted some on its own clock).
         if len(self.store) < len(live):
+            if isinstance(self.store, BatchMembership):
+                gone = self.store.missing([entry_id for entry_id, _ in live])
+            else:
+                gone = {entry_id for entry_id, _ in live if entry_id not in self.store}
             for entry_id, scope in live:
-                if entry_id not in self.store:
+                if entry_id in gone:
                     self._forget(entry_id, scope)
                     evicted += 1
         self.store.cull()

@@ -5,6 +5,7 @@ store and delete. Feeds are stepped by hand except where the real loop is the po
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -49,7 +50,7 @@ class Replica:
             self.cache, self.store, batch=batch, block_ms=50, first_backoff_s=0.02
         )
 
-    def put(self, prompt: str = Q, *, namespace: str = "ns-a") -> Entry:
+    def put(self, prompt: str = Q, *, namespace: str = "ns-a", ttl_s: float = TTL) -> Entry:
         entry = self.cache.new_entry(
             scope=SCOPE,
             exact_key=f"{SCOPE}|{prompt}",
@@ -58,7 +59,7 @@ class Replica:
             prompt=prompt,
             embedding=self.embedder.embed([prompt])[0],
             response={"choices": [{"message": {"content": f"answer to {prompt}"}}]},
-            ttl_s=TTL,
+            ttl_s=ttl_s,
         )
         self.cache.put(entry)
         return entry
@@ -186,6 +187,23 @@ def test_a_replica_started_later_bootstraps_from_the_store(
     hit = c.search(later.prompt)
     assert hit.entry is not None
     assert hit.entry.id == later.id
+
+
+def test_entries_redis_expired_on_its_own_clock_leave_the_index_at_the_sweep(
+    replica: Callable[..., Replica],
+) -> None:
+    a, b = replica("a"), replica("b")
+    a.put(ttl_s=0.05)  # the fake clock stands still: only Redis sees this one expire
+    kept = a.put("What is the capital of France?")
+    b.catch_up()
+    time.sleep(0.2)
+    assert len(b.store) == 1
+    for r in (a, b):
+        assert r.cache.sweep() == (0, 1)
+        assert len(r.index) == 1
+        hit = r.search(kept.prompt)
+        assert hit.entry is not None
+        assert hit.entry.id == kept.id
 
 
 def test_own_events_are_skipped_so_a_late_add_cannot_revive_a_delete(
