@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
@@ -128,11 +129,22 @@ class IndexFeed:
             self.cache.apply_remote(rows, list(deletes.items()))
 
     async def run(self) -> None:
-        """Follow the stream until stop(); never raises for Redis being away."""
+        """Follow the stream until stop(); never raises for Redis being away. Its blocking
+        reads get a thread of their own rather than one of the default executor's few,
+        which the request path needs."""
+        loop = asyncio.get_running_loop()
+        executor = ThreadPoolExecutor(1, thread_name_prefix="index-feed")
+        try:
+            await self._follow(loop, executor)
+        finally:
+            # Cancelled mid-read: the thread ends by itself within block_ms.
+            executor.shutdown(wait=False)
+
+    async def _follow(self, loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor) -> None:
         backoff = self.first_backoff_s
         while not self._stopping:
             try:
-                await asyncio.to_thread(self.step, self.block_ms)
+                await loop.run_in_executor(executor, self.step, self.block_ms)
             except _DOWN as exc:
                 if self.connected:
                     log.warning("index feed lost Redis (%s); retrying from %s", exc, self.last_id)

@@ -345,3 +345,14 @@ async def test_the_feed_loop_survives_redis_going_away_and_resumes(
     finally:
         b.feed.stop()
         await asyncio.wait_for(task, 5)
+
+
+async def test_a_cancelled_feed_loop_ends_quietly(replica: Callable[..., Replica]) -> None:
+    a, b = replica("a"), replica("b")
+    task = asyncio.create_task(b.feed.run())
+    a.put()
+    await wait_for(lambda: len(b.index) == 1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.1)  # the abandoned read (block_ms 50) ends on its own
