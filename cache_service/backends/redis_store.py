@@ -374,6 +374,8 @@ class RedisEntryStore:
         `after` are gone, so the reader rebuilds instead of silently missing them."""
         last, first, added, length, rows = self._read(keys=[self.stream], args=[after, count])
         mark = parse_id(after)
+        if last and not first:
+            raise RuntimeError("the index feed needs Redis 7.0 or later (XINFO's fields)")
         if not last:
             if mark != (0, 0):
                 raise StreamTrimmed(f"the event stream is gone (resuming after {after})")
