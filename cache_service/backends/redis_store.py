@@ -23,11 +23,12 @@ counted from the put, as DiskCacheStore does), so ``cull()`` has nothing to do.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal, ParamSpec, TypeVar, cast
 
 import numpy as np
 import redis
@@ -35,7 +36,11 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from cache_service.backends.records import from_record, to_record
+from cache_service.errors import StoreUnavailable
 from cache_service.protocols import Entry, Vector
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 DEFAULT_MAXLEN = 100_000
 """Stream events kept (about 1.8 KB each with a 384-d vector, so ~180 MB): enough for a
@@ -192,6 +197,23 @@ def _event(raw: dict[bytes, bytes] | Sequence[bytes]) -> IndexEvent:
     )
 
 
+_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+def _unavailable_when_unreachable(method: Callable[P, R]) -> Callable[P, R]:
+    """Redis being away is StoreUnavailable, which the request path fails open on, not
+    one of redis-py's exceptions, which the layers above should not need to know."""
+
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except _DOWN as exc:
+            raise StoreUnavailable(f"the entry store's Redis is unreachable: {exc}") from exc
+
+    return call
+
+
 def _decode_entry(record: bytes, vector: bytes | None) -> Entry:
     r: dict[str, Any] = json.loads(record)
     r["embedding"] = vector
@@ -211,6 +233,10 @@ class RedisEntryStore:
             raise ValueError("RedisEntryStore needs a client with decode_responses=False")
         self._client = client
         self._owns_client = False
+        # A blocking read must end before the client's read timeout, which would take an
+        # idle stream for a dead Redis: half of it at most.
+        timeout = client.get_connection_kwargs().get("socket_timeout")
+        self._max_block_ms = None if not timeout else max(1, int(float(timeout) * 500))
         self.prefix = prefix
         self.origin = origin
         self.maxlen = maxlen
@@ -226,16 +252,22 @@ class RedisEntryStore:
 
     @classmethod
     def from_url(
-        cls, url: str, *, prefix: str = "llmcache", origin: str, maxlen: int = DEFAULT_MAXLEN
+        cls,
+        url: str,
+        *,
+        prefix: str = "llmcache",
+        origin: str,
+        maxlen: int = DEFAULT_MAXLEN,
+        timeout_s: float = 2.0,
     ) -> RedisEntryStore:
-        """A store with a client of its own, closed by close(). The read timeout stays well
-        above the feed's 1 s blocking read, which would otherwise time out while idle; a
-        dropped connection is retried twice within about half a second (redis-py's default
-        backs off for up to 7 s, which a request would wait through when Redis is down)."""
+        """A store with a client of its own, closed by close(). A call waits `timeout_s` at
+        most for a reply (blocking reads are shortened to fit); a dropped connection is
+        retried twice within about half a second (redis-py's default backs off for up to
+        7 s, which a request would wait through when Redis is down)."""
         client = redis.Redis.from_url(
             url,
-            socket_timeout=10,
-            socket_connect_timeout=2,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
             retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 2),
         )
         store = cls(client, prefix=prefix, origin=origin, maxlen=maxlen)
@@ -254,6 +286,7 @@ class RedisEntryStore:
 
     # --- EntryStore
 
+    @_unavailable_when_unreachable
     def put(self, entry: Entry) -> str | None:
         record = to_record(entry)
         vector: bytes | None = record.pop("embedding")
@@ -285,16 +318,19 @@ class RedisEntryStore:
         )
         return None if old is None else _text(old)
 
+    @_unavailable_when_unreachable
     def get(self, entry_id: str) -> Entry | None:
         record, vector = cast(
             "list[bytes | None]", self._client.hmget(self._entry_key(entry_id), ["r", "v"])
         )
         return None if record is None else _decode_entry(record, vector)
 
+    @_unavailable_when_unreachable
     def get_by_exact_key(self, exact_key: str) -> Entry | None:
         found = self._get_exact(keys=[self._exact_key(exact_key)], args=[self._pre, exact_key])
         return None if not found else _decode_entry(found[0], found[1])
 
+    @_unavailable_when_unreachable
     def delete(self, entry_id: str) -> Entry | None:
         found = self._delete(
             keys=[self._entry_key(entry_id), self._ids, self.stream],
@@ -305,6 +341,12 @@ class RedisEntryStore:
     def iter_entries(self) -> Iterator[Entry]:
         """Every entry present from start to end of the walk, once; entries stored or
         deleted meanwhile may or may not appear (ZSCAN's guarantee)."""
+        try:
+            yield from self._walk()
+        except _DOWN as exc:
+            raise StoreUnavailable(f"the entry store's Redis is unreachable: {exc}") from exc
+
+    def _walk(self) -> Iterator[Entry]:
         seen: set[bytes] = set()  # ZSCAN may return a member twice while the set rehashes
         cursor = 0
         while True:
@@ -327,9 +369,11 @@ class RedisEntryStore:
         """Nothing to do: Redis expires entries and exact keys itself."""
         return 0
 
+    @_unavailable_when_unreachable
     def __contains__(self, entry_id: str) -> bool:
         return bool(self._client.exists(self._entry_key(entry_id)))
 
+    @_unavailable_when_unreachable
     def missing(self, entry_ids: Sequence[str]) -> set[str]:
         """The ids among `entry_ids` whose entries are gone: ITER_BATCH per round trip."""
         gone: set[str] = set()
@@ -342,11 +386,13 @@ class RedisEntryStore:
             gone.update(i for i, there in zip(chunk, found, strict=True) if not there)
         return gone
 
+    @_unavailable_when_unreachable
     def __len__(self) -> int:
         """Live entries: ids whose expiry (Redis's clock) is still ahead, one ZCOUNT. An
         entry an `allkeys-lru` Redis evicted still counts until its expiry."""
         return int(self._count(keys=[self._ids]))
 
+    @_unavailable_when_unreachable
     def volume(self) -> int:
         """Redis's `used_memory`: the whole server's, whatever else it holds. Per-key
         `MEMORY USAGE` would cost a round trip per entry, and a running sum could not see
@@ -360,12 +406,14 @@ class RedisEntryStore:
 
     # --- the event stream
 
+    @_unavailable_when_unreachable
     def last_event_id(self) -> str:
         """The id of the latest event ("0-0" if none yet): a reader starting here sees
         every event stored after this call."""
         last = self._read(keys=[self.stream], args=["0-0", 0])[0]
         return "0-0" if not last else _text(last)
 
+    @_unavailable_when_unreachable
     def read_events(
         self, after: str, count: int, block_ms: int | None = None
     ) -> list[tuple[str, IndexEvent]]:
@@ -388,6 +436,8 @@ class RedisEntryStore:
             # one left may be too. (Trimming removes the oldest first, so when only `after`
             # itself went, this rebuilds for nothing: rare, and safe.)
             raise StreamTrimmed(f"events after {after} were trimmed (first left {_text(first)})")
+        if block_ms and self._max_block_ms is not None:
+            block_ms = min(block_ms, self._max_block_ms)
         if not rows and block_ms:
             # Blocking cannot happen inside a script. Only events stored from now on can
             # arrive here, and a trim never reaches the newest event, so nothing is skipped.

@@ -33,6 +33,7 @@ from cache_service.backends.redis_store import (
     parse_id,
 )
 from cache_service.cache.semantic import SemanticCache
+from cache_service.errors import StoreUnavailable
 from cache_service.protocols import Vector
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,9 @@ BATCH = 512
 BLOCK_MS = 1000
 """How long a read waits for new events: also how long stop() may take to be obeyed."""
 
-_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+# The store says StoreUnavailable; redis-py's own errors are caught too in case a call
+# bypasses its translation.
+_DOWN = (StoreUnavailable, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
 class IndexFeed:
@@ -86,7 +89,7 @@ class IndexFeed:
     def step(self, block_ms: int | None = None) -> int:
         """Read the next batch of events (waiting up to `block_ms` for one) and apply it;
         returns how many were read. Rebuilds instead if the events needed are gone. Raises
-        Redis's ConnectionError/TimeoutError, having changed nothing. Blocking."""
+        StoreUnavailable while Redis is away, having skipped nothing. Blocking."""
         try:
             events = self.store.read_events(self.last_id, self.batch, block_ms)
         except StreamTrimmed as exc:

@@ -22,6 +22,7 @@ from cache_service.backends.redis_store import (
 from cache_service.cache.guards import AcceptConfig
 from cache_service.cache.index_feed import IndexFeed
 from cache_service.cache.semantic import Lookup, SemanticCache
+from cache_service.errors import StoreUnavailable
 from cache_service.protocols import Entry
 from tests.fakes import FakeClock, HashingEmbedder
 from tests.redis_server import RedisServer
@@ -310,6 +311,16 @@ def test_put_and_delete_write_typed_events_and_announce_the_store(
         listener.close()
 
 
+def test_a_blocking_read_ends_before_the_clients_read_timeout(redis_url: str) -> None:
+    store = RedisEntryStore.from_url(redis_url, origin="a", timeout_s=0.2)
+    try:
+        started = time.monotonic()
+        assert store.read_events(store.last_event_id(), 10, block_ms=1000) == []
+        assert time.monotonic() - started < 1.0  # cut to 100 ms: no timeout, no full wait
+    finally:
+        store.close()
+
+
 # ------------------------------------------------------------------ the real loop
 
 
@@ -333,6 +344,10 @@ async def test_the_feed_loop_survives_redis_going_away_and_resumes(
             await wait_for(lambda: not b.feed.connected)
             await asyncio.sleep(0.2)  # a few failed retries
             assert not task.done()
+            with pytest.raises(StoreUnavailable):  # what the request path fails open on
+                a.cache.get_exact(f"{SCOPE}|{Q}")
+            with pytest.raises(StoreUnavailable):
+                a.put("Where is the nearest station?")
         finally:
             redis_server.start()  # the session's server: always left running
         later = a.put("What is the capital of France?")
