@@ -132,7 +132,8 @@ class IndexFeed:
             self.cache.apply_remote(rows, list(deletes.items()))
 
     async def run(self) -> None:
-        """Follow the stream until stop(); never raises for Redis being away. Its blocking
+        """Bootstrap unless done already, then follow the stream until stop(); never raises
+        for Redis being away (the cache stays not `ready` until the bootstrap). Its blocking
         reads get a thread of their own rather than one of the default executor's few,
         which the request path needs."""
         loop = asyncio.get_running_loop()
@@ -147,6 +148,10 @@ class IndexFeed:
         backoff = self.first_backoff_s
         while not self._stopping:
             try:
+                if not self.bootstraps:
+                    # Started without one (the usual way): rebuilt here, so a Redis away at
+                    # start is waited for like one that goes away later.
+                    await loop.run_in_executor(executor, self.bootstrap)
                 await loop.run_in_executor(executor, self.step, self.block_ms)
             except _DOWN as exc:
                 if self.connected:

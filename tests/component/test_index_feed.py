@@ -82,10 +82,11 @@ def replica(
 ) -> Iterator[Callable[..., Replica]]:
     made: list[Replica] = []
 
-    def make(origin: str, **kw: Any) -> Replica:
+    def make(origin: str, *, bootstrap: bool = True, **kw: Any) -> Replica:
         r = Replica(redis_url, origin, clock, embedder, **kw)
         made.append(r)
-        r.feed.bootstrap()
+        if bootstrap:
+            r.feed.bootstrap()
         return r
 
     yield make
@@ -362,11 +363,19 @@ async def test_the_feed_loop_survives_redis_going_away_and_resumes(
         await asyncio.wait_for(task, 5)
 
 
-async def test_a_cancelled_feed_loop_ends_quietly(replica: Callable[..., Replica]) -> None:
-    a, b = replica("a"), replica("b")
+async def test_the_loop_bootstraps_first_and_a_cancelled_loop_ends_quietly(
+    replica: Callable[..., Replica],
+) -> None:
+    a = replica("a")
+    first = a.put()
+    b = replica("b", bootstrap=False)
+    assert not b.cache.ready
     task = asyncio.create_task(b.feed.run())
-    a.put()
-    await wait_for(lambda: len(b.index) == 1)
+    await wait_for(lambda: b.cache.ready)
+    assert b.feed.bootstraps == 1
+    a.put("What is the capital of France?")
+    await wait_for(lambda: len(b.index) == 2)
+    assert b.search(first.prompt).entry is not None
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
