@@ -9,56 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import diskcache
-import numpy as np
 
+from cache_service.backends.records import from_record, to_record
 from cache_service.protocols import Entry
 
 _ENTRY = "e:"
 _EXACT = "x:"
 # Every "e:..." key sorts in ["e:", "e;"): ";" is the character after ":".
 _KEY_RANGE = (_ENTRY, "e;")
-
-
-def _to_record(entry: Entry) -> dict[str, Any]:
-    # Plain types only: a record must stay readable after the Entry class changes.
-    return {
-        "v": 1,
-        "id": entry.id,
-        "scope": entry.scope,
-        "exact_key": entry.exact_key,
-        "namespace": entry.namespace,
-        "model": entry.model,
-        "prompt": entry.prompt,
-        "embedding": None if entry.embedding is None else entry.embedding.astype("<f4").tobytes(),
-        "response": entry.response,
-        "created": entry.created,
-        "expires": entry.expires,
-        "prompt_tokens": entry.prompt_tokens,
-        "completion_tokens": entry.completion_tokens,
-        "meta": entry.meta,
-    }
-
-
-def _from_record(r: dict[str, Any]) -> Entry:
-    emb = r["embedding"]
-    return Entry(
-        id=r["id"],
-        scope=r["scope"],
-        exact_key=r["exact_key"],
-        namespace=r["namespace"],
-        model=r["model"],
-        prompt=r["prompt"],
-        embedding=None if emb is None else np.frombuffer(emb, dtype="<f4").copy(),
-        response=r["response"],
-        created=r["created"],
-        expires=r["expires"],
-        prompt_tokens=r["prompt_tokens"],
-        completion_tokens=r["completion_tokens"],
-        meta=r.get("meta") or {},
-    )
 
 
 class DiskCacheStore:
@@ -84,7 +44,7 @@ class DiskCacheStore:
         # key (harmless), never an exact key without its entry.
         with self._cache.transact():
             old_id = self._cache.get(_EXACT + entry.exact_key)
-            self._cache.set(_ENTRY + entry.id, _to_record(entry), expire=ttl)
+            self._cache.set(_ENTRY + entry.id, to_record(entry), expire=ttl)
             self._cache.set(_EXACT + entry.exact_key, entry.id, expire=ttl)
             if isinstance(old_id, str) and old_id != entry.id:
                 self._cache.delete(_ENTRY + old_id)
@@ -93,7 +53,7 @@ class DiskCacheStore:
 
     def get(self, entry_id: str) -> Entry | None:
         record = self._cache.get(_ENTRY + entry_id)
-        return None if record is None else _from_record(record)
+        return None if record is None else from_record(record)
 
     def get_by_exact_key(self, exact_key: str) -> Entry | None:
         entry_id = self._cache.get(_EXACT + exact_key)
@@ -109,7 +69,7 @@ class DiskCacheStore:
             record = self._cache.pop(_ENTRY + entry_id, default=None)
             if record is None:
                 return None
-            entry = _from_record(record)
+            entry = from_record(record)
             if self._cache.get(_EXACT + entry.exact_key) == entry_id:
                 self._cache.delete(_EXACT + entry.exact_key)
         return entry
@@ -127,7 +87,7 @@ class DiskCacheStore:
         for key in self._entry_keys():
             record = self._cache.get(key)
             if record is not None:
-                yield _from_record(record)
+                yield from_record(record)
 
     def cull(self) -> int:
         """Let diskcache drop what it knows has expired; returns how many keys went."""

@@ -11,9 +11,9 @@ import dataclasses
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -41,6 +41,16 @@ class Lookup:
     survivors: tuple[Candidate, ...] = ()
     """Every candidate the threshold and guards let through, best first, when the search
     was asked for all of them (model verifiers judge them next); else just the hit."""
+
+
+@runtime_checkable
+class BatchMembership(Protocol):
+    """A store across a network, which answers membership for many ids per round trip
+    (one `in` per tracked entry would take seconds at 100k entries)."""
+
+    def missing(self, entry_ids: Sequence[str]) -> set[str]:
+        """The ids among `entry_ids` that the store does not hold."""
+        ...
 
 
 class Swept(NamedTuple):
@@ -208,13 +218,22 @@ class SemanticCache:
 
     # --- maintenance
 
-    def rebuild(self) -> int:
+    def rebuild(self, *, forget_missing: bool = False) -> int:
         """Load every live entry's vector into the index: the store is the truth, the index
         is derived from it, so a restart (or a crash mid-write) cannot lose an entry.
 
         Vectors go in with one add_many per scope for every REBUILD_CHUNK of them read, so a
-        large store loads in few index calls while holding at most one chunk of vectors."""
+        large store loads in few index calls while holding at most one chunk of vectors.
+
+        With `forget_missing`, entries tracked before the rebuild that it did not find leave
+        the index too: a replica that missed deletions made elsewhere in a shared store
+        (its event stream was trimmed) comes back in step. Entries stored meanwhile are
+        untouched, being tracked after the snapshot."""
         now = self.clock.now()
+        before: dict[str, tuple[str, float | None]] = {}
+        if forget_missing:
+            with self._lock:
+                before = dict(self._tracked)
         count = 0
         expired: list[str] = []
         # scope -> the id, vector and expiry of each entry read but not yet indexed.
@@ -224,6 +243,7 @@ class SemanticCache:
             if entry.expired(now):
                 expired.append(entry.id)
                 continue
+            before.pop(entry.id, None)
             count += 1
             if entry.embedding is None:
                 self._track(entry)
@@ -236,8 +256,35 @@ class SemanticCache:
         self._track_pending(pending)
         for entry_id in expired:
             self.store.delete(entry_id)
+        for entry_id, (scope, _) in before.items():
+            self._forget(entry_id, scope)
         self.ready = True
         return count
+
+    def apply_remote(
+        self,
+        adds: Sequence[tuple[str, str, Vector | None, float | None]],
+        deletes: Sequence[tuple[str, str]],
+    ) -> None:
+        """Follow what another replica did to a shared store, without touching the store:
+        `deletes`, as (entry id, scope), leave the index and the sweep's tracking first;
+        then `adds`, as (entry id, scope, vector or None, expires), join them with one
+        add_many per scope. Both are idempotent (an id already indexed keeps its vector),
+        so an event applied twice is harmless; an id in both moves to its new vector.
+        Adds already expired are skipped: the sweep would only drop them again."""
+        for entry_id, scope in deletes:
+            self._forget(entry_id, scope)
+        now = self.clock.now()
+        pending: dict[str, list[tuple[str, Vector, float | None]]] = {}
+        for entry_id, scope, vector, expires in adds:
+            if expires is not None and now >= expires:
+                continue
+            if vector is None:
+                with self._lock:
+                    self._tracked[entry_id] = (scope, expires)
+            else:
+                pending.setdefault(scope, []).append((entry_id, vector, expires))
+        self._track_pending(pending)
 
     def _track_pending(self, pending: dict[str, list[tuple[str, Vector, float | None]]]) -> None:
         """What _track does, for many entries with embeddings: one index call per scope."""
@@ -265,10 +312,15 @@ class SemanticCache:
         expired = len(tracked) - len(live)
         evicted = 0
         # Only pay for a full membership check when the store holds fewer entries than we
-        # track, i.e. diskcache evicted some under its size limit.
+        # track, i.e. diskcache evicted some under its size limit (or a shared store
+        # expired or evicted some on its own clock).
         if len(self.store) < len(live):
+            if isinstance(self.store, BatchMembership):
+                gone = self.store.missing([entry_id for entry_id, _ in live])
+            else:
+                gone = {entry_id for entry_id, _ in live if entry_id not in self.store}
             for entry_id, scope in live:
-                if entry_id not in self.store:
+                if entry_id in gone:
                     self._forget(entry_id, scope)
                     evicted += 1
         self.store.cull()

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from cache_service.backends.redis_store import RedisEntryStore
 from cache_service.backends.store import DiskCacheStore
 from cache_service.protocols import Entry, EntryStore
 
@@ -23,14 +24,22 @@ T0 = 1_795_000_000.0
 
 @dataclass(frozen=True)
 class StoreImpl:
-    open: Callable[[Path], EntryStore]
-    """Opens (or reopens) the store kept under a test's own directory."""
+    open: Callable[[Path, pytest.FixtureRequest], EntryStore]
+    """Opens (or reopens) the store kept under a test's own directory, or in the fixtures
+    the test's request can reach (a Redis)."""
     persistent: bool
     """Entries survive close() and a reopen on the same directory."""
 
 
+def open_redis(_: Path, request: pytest.FixtureRequest) -> EntryStore:
+    # Asked for here, not by the fixture's signature, so only this param needs a Redis.
+    url: str = request.getfixturevalue("redis_url")
+    return RedisEntryStore.from_url(url, origin="contract")
+
+
 IMPLEMENTATIONS = [
-    pytest.param(StoreImpl(lambda d: DiskCacheStore(d / "entries"), persistent=True), id="disk"),
+    pytest.param(StoreImpl(lambda d, _: DiskCacheStore(d / "entries"), persistent=True), id="disk"),
+    pytest.param(StoreImpl(open_redis, persistent=True), id="redis"),
 ]
 
 
@@ -41,8 +50,8 @@ def impl(request: pytest.FixtureRequest) -> StoreImpl:
 
 
 @pytest.fixture
-def store(impl: StoreImpl, tmp_path: Path) -> Iterator[EntryStore]:
-    s = impl.open(tmp_path)
+def store(impl: StoreImpl, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[EntryStore]:
+    s = impl.open(tmp_path, request)
     yield s
     s.close()
 
@@ -311,18 +320,20 @@ def test_volume_is_a_non_negative_int(store: EntryStore) -> None:
     assert full >= 0
 
 
-def test_close_then_reopen_keeps_entries(impl: StoreImpl, tmp_path: Path) -> None:
+def test_close_then_reopen_keeps_entries(
+    impl: StoreImpl, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     if not impl.persistent:
         pytest.skip("entries of this store live only as long as the process")
     a = make_entry("a", "key-a")
     b = make_entry("b", "key-b", embedding=None, expires=None)
-    first = impl.open(tmp_path)
+    first = impl.open(tmp_path, request)
     first.put(a)
     first.put(b)
     first.put(make_entry("gone", "key-gone"))
     first.delete("gone")
     first.close()
-    second = impl.open(tmp_path)
+    second = impl.open(tmp_path, request)
     try:
         assert len(second) == 2
         assert_same_entry(second.get("a"), a)
