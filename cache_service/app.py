@@ -41,8 +41,10 @@ from cache_service.proxy.audit import Auditor
 from cache_service.proxy.cache_api import CacheAPI
 from cache_service.proxy.handler import ProxyHandler
 from cache_service.proxy.recorder import Recorder
+from cache_service.quota.ledger import QuotaLedger
 from cache_service.quota.local import LocalLedger
 from cache_service.quota.projects import Projects
+from cache_service.redis_fleet import RedisFleet
 from cache_service.resilience import CircuitBreaker
 from cache_service.settings import ConfigError, Settings, UpstreamSetting
 from cache_service.telemetry.hub import Telemetry
@@ -70,13 +72,16 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[AppState]:
         the_clock = clock or SystemClock()
-        the_store: EntryStore = (
-            store
-            if store is not None
-            else await asyncio.to_thread(
+        shared = RedisFleet.open(settings, the_clock) if settings.redis_url else None
+        the_store: EntryStore
+        if store is not None:
+            the_store = store
+        elif shared is not None:
+            the_store = shared.store
+        else:
+            the_store = await asyncio.to_thread(
                 DiskCacheStore, settings.store_dir, settings.store_size_limit_bytes
             )
-        )
         the_embedder: Embedder = (
             embedder if embedder is not None else await asyncio.to_thread(_load_embedder, settings)
         )
@@ -97,7 +102,10 @@ def create_app(
             verifier.floor if verifier is not None else settings.similarity_threshold
         )
         learner_file = JsonFile(settings.data_dir / "feedback.json")
-        learner.load(await asyncio.to_thread(learner_file.load))
+        if shared is not None:
+            await shared.load_feedback(learner)
+        else:
+            learner.load(await asyncio.to_thread(learner_file.load))
         batcher = EmbeddingBatcher(the_embedder, max_batch=settings.embed_batch_max)
         front = CacheFront(
             cache,
@@ -109,14 +117,19 @@ def create_app(
             floor=verifier.floor if verifier is not None else None,
         )
 
-        ledger = await asyncio.to_thread(
-            LocalLedger,
-            the_clock,
-            alert_thresholds=settings.alerts.thresholds,
-            snapshot_file=JsonFile(settings.data_dir / "spend.json"),
-            journal=SpendJournal(settings.data_dir),
-            on_alert=_webhook(settings.alerts.webhook_url),
-        )
+        local_ledger: LocalLedger | None = None
+        ledger: QuotaLedger
+        if shared is not None:
+            ledger = shared.ledger
+        else:
+            ledger = local_ledger = await asyncio.to_thread(
+                LocalLedger,
+                the_clock,
+                alert_thresholds=settings.alerts.thresholds,
+                snapshot_file=JsonFile(settings.data_dir / "spend.json"),
+                journal=SpendJournal(settings.data_dir),
+                on_alert=_webhook(settings.alerts.webhook_url),
+            )
         projects = Projects(settings, ledger)
         await projects.configure_all()
 
@@ -178,16 +191,19 @@ def create_app(
             auditor,
             the_clock,
             cache_tool_calls=settings.cache_tool_calls,
+            fleet=shared.flights if shared is not None else None,
+            fleet_wait_s=settings.request_deadline_s,
         )
         # The index is derived from the store; until it is rebuilt, exact hits are served
         # and semantic lookups are skipped (readyz says so), instead of refusing traffic.
-        tasks = [
-            asyncio.create_task(_rebuild(cache)),
-            asyncio.create_task(
-                _sweep_forever(cache, settings.sweep_interval_s, telemetry.metrics)
-            ),
-            asyncio.create_task(ledger.persist_forever(settings.spend_snapshot_interval_s)),
-        ]
+        # With Redis, the index feed builds the index, then follows the other replicas.
+        background = (
+            shared.tasks(cache, learner, stats) if shared is not None else [_rebuild(cache)]
+        )
+        background.append(_sweep_forever(cache, settings.sweep_interval_s, telemetry.metrics))
+        if local_ledger is not None:
+            background.append(local_ledger.persist_forever(settings.spend_snapshot_interval_s))
+        tasks = [asyncio.create_task(work) for work in background]
         try:
             yield AppState(
                 settings=settings,
@@ -196,26 +212,37 @@ def create_app(
                 cache_api=CacheAPI(
                     front, recorder, telemetry.metrics, settings, the_clock, tenancy
                 ),
-                verdicts=Verdicts(learner, cache, learner_file, tenancy),
+                verdicts=Verdicts(
+                    learner,
+                    cache,
+                    learner_file,
+                    tenancy,
+                    shared.feedback if shared is not None else None,
+                ),
                 front=front,
                 chain=chain,
                 ledger=ledger,
                 telemetry=telemetry,
                 stats=stats,
+                fleet=shared.fleet if shared is not None else None,
             )
         finally:
             pending = (*tasks, *handler.streams.pumps, *auditor.tasks)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-            await asyncio.to_thread(ledger.close)
+            if local_ledger is not None:
+                await asyncio.to_thread(local_ledger.close)
             await asyncio.to_thread(telemetry.close)
             for slot in slots:
                 await slot.client.aclose()
             batcher.close()
             if verifier is not None:
                 verifier.close()
-            the_store.close()
+            if shared is not None:
+                await shared.close()  # closes the store too
+            else:
+                the_store.close()
 
     app = FastAPI(
         title="cache-service",

@@ -1,0 +1,149 @@
+"""What `--redis-url` changes: the pieces a replica shares with the rest of its fleet, built
+from one URL, and the background work that keeps them in step.
+
+- entries and exact keys in Redis (`RedisEntryStore`), with each replica's own FAISS index
+  fed from the store's event stream (`IndexFeed`);
+- quota and budgets in Redis (`RedisLedger`), behind the fail-over policy for when Redis is
+  away (`FailoverLedger`);
+- single flight across replicas (`FleetFlights`), verdicts (`FeedbackFeed`), membership
+  and published stats (`Fleet`).
+
+Each piece has a client of its own: the index feed's blocking reads must not queue behind
+the request path's calls, and redis-py's asyncio and sync clients cannot share a pool.
+Every client gives up on a call after `redis_timeout_s` and retries a dropped connection
+only briefly, so a Redis that is away costs a request half a second, not redis-py's default
+backoff of seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+
+from cache_service.backends.redis_store import RedisEntryStore
+from cache_service.cache.feedback import FeedbackLearner
+from cache_service.cache.feedback_feed import FeedbackFeed
+from cache_service.cache.index_feed import IndexFeed
+from cache_service.cache.semantic import SemanticCache
+from cache_service.fleet import Fleet, default_replica_id
+from cache_service.protocols import Clock
+from cache_service.proxy.fleet_flight import FleetFlights
+from cache_service.quota.failover import FailoverLedger
+from cache_service.quota.redis_ledger import RedisLedger
+from cache_service.settings import Settings
+from cache_service.telemetry.stats import Stats
+
+log = logging.getLogger("cache_service.fleet")
+
+USE_REFRESH_S = 5.0
+"""How often the shared quota use is read, for the share each replica may spend while Redis
+is away (`quota/failover.py`)."""
+
+
+def _client(settings: Settings) -> aioredis.Redis:
+    assert settings.redis_url is not None
+    client: aioredis.Redis = aioredis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.2), 1),
+    )
+    return client
+
+
+@dataclass
+class RedisFleet:
+    replica_id: str
+    store: RedisEntryStore
+    ledger: FailoverLedger
+    redis_ledger: RedisLedger
+    flights: FleetFlights
+    feedback: FeedbackFeed
+    fleet: Fleet
+    _clients: list[aioredis.Redis] = field(default_factory=list)
+    _feed: IndexFeed | None = None
+
+    @classmethod
+    def open(cls, settings: Settings, clock: Clock) -> RedisFleet:
+        """Clients and pieces; nothing is contacted yet (Redis may be away at start: the
+        replica then starts anyway, and its feeds catch up when Redis answers)."""
+        assert settings.redis_url is not None
+        replica = settings.replica_id or default_replica_id()
+        prefix = settings.redis_prefix
+        store = RedisEntryStore.from_url(
+            settings.redis_url, prefix=prefix, origin=replica, timeout_s=settings.redis_timeout_s
+        )
+        ledger_client, shared = _client(settings), _client(settings)
+        redis_ledger = RedisLedger(
+            ledger_client, prefix=prefix, replica_id=replica, lease_s=settings.redis_lease_s
+        )
+        fleet = Fleet(shared, prefix=prefix, replica_id=replica)
+        ledger = FailoverLedger(
+            redis_ledger, clock, policy=settings.redis_down_quota, replicas=lambda: fleet.live
+        )
+        return cls(
+            replica_id=replica,
+            store=store,
+            ledger=ledger,
+            redis_ledger=redis_ledger,
+            flights=FleetFlights(
+                shared,
+                prefix=prefix,
+                channel=store.stored_channel,
+                lease_s=settings.redis_lease_s,
+            ),
+            feedback=FeedbackFeed(shared, prefix=prefix, origin=replica),
+            fleet=fleet,
+            _clients=[shared],
+        )
+
+    async def load_feedback(self, learner: FeedbackLearner) -> None:
+        """The fleet's verdicts so far (in place of this replica's own file)."""
+        try:
+            await self.feedback.bootstrap(learner)
+        except aioredis.RedisError:
+            log.warning("fleet verdicts not loaded (redis unreachable); following from now")
+
+    def tasks(
+        self, cache: SemanticCache, learner: FeedbackLearner, stats: Stats
+    ) -> list[Coroutine[Any, Any, None]]:
+        """The background work: index feed (which also first builds the index), verdicts,
+        heartbeat and stats, quota leases, and the use the fail-over policy divides."""
+        self._feed = IndexFeed(cache, self.store)
+        return [
+            self._feed.run(),
+            self.feedback.run(learner),
+            self.fleet.run(stats),
+            self.redis_ledger.renew_forever(),
+            self._remember_use(),
+        ]
+
+    async def _remember_use(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await self.ledger.remember_use()
+            await asyncio.sleep(USE_REFRESH_S)
+
+    @property
+    def index_feed(self) -> IndexFeed | None:
+        return self._feed
+
+    async def close(self) -> None:
+        """After the background tasks are cancelled: leave the membership, close clients.
+        Quota holds still open are left to their leases (the crash rule)."""
+        if self._feed is not None:
+            self._feed.stop()
+        await self.flights.close()
+        await self.fleet.close()
+        await self.redis_ledger.close()
+        for client in self._clients:
+            await client.aclose()
+        await asyncio.to_thread(self.store.close)
