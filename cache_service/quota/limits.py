@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -66,6 +67,21 @@ class Denial:
         if not self.retryable:
             return None
         return str(max(1, math.ceil(self.retry_after_s)))
+
+
+def worst(denials: Iterable[Denial]) -> Denial | None:
+    """The refusal that matters most to the caller when several limits refuse: a
+    non-retryable one first, else the longest wait, since retrying before that is futile
+    however the others clear. Ties go to the first, so the order of scopes and limits
+    decides which one is named."""
+    chosen: Denial | None = None
+    for denial in denials:
+        if chosen is None or (denial.retryable, -denial.retry_after_s) < (
+            chosen.retryable,
+            -chosen.retry_after_s,
+        ):
+            chosen = denial
+    return chosen
 
 
 def label(scope: Scope) -> str:

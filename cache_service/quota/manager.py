@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 from cache_service.protocols import Clock
 from cache_service.quota.alerts import Alert, AlertTracker
-from cache_service.quota.limits import Denial, Limits, Scope
+from cache_service.quota.limits import Denial, Limits, Scope, worst
 from cache_service.quota.scopes import ScopeState
 from cache_service.quota.usage import QuotaSnapshot, ScopeUse
 from cache_service.quota.windows import WINDOW_S, Charge, window_key
@@ -144,15 +144,11 @@ class QuotaManager:
     ) -> Denial | None:
         if tokens < 0 or not (math.isfinite(cost_usd) and cost_usd >= 0):
             raise ValueError(f"tokens and cost must be >= 0, got {tokens} and {cost_usd}")
-        worst: Denial | None = None
-        for scope in dict.fromkeys(scopes):
-            for denial in self._state(scope).denials(scope, tokens, cost_usd, mono, wall):
-                if worst is None or (denial.retryable, -denial.retry_after_s) < (
-                    worst.retryable,
-                    -worst.retry_after_s,
-                ):
-                    worst = denial
-        return worst
+        return worst(
+            denial
+            for scope in dict.fromkeys(scopes)
+            for denial in self._state(scope).denials(scope, tokens, cost_usd, mono, wall)
+        )
 
     def reserve(
         self, scopes: Sequence[Scope], tokens: int, cost_usd: float

@@ -36,6 +36,74 @@ def format_duration(seconds: float) -> str:
     return f"{secs}s"
 
 
+_PER = {"daily_budget": "UTC day", "monthly_budget": "UTC month"}
+
+
+def denial(
+    scope: Scope,
+    limit_name: LimitName,
+    wait: float,
+    *,
+    tokens: int,
+    cost: float,
+    limit: float | None,
+    used: float = 0,
+) -> Denial:
+    """The refusal of a request (``tokens``, ``cost``) by one limit, worded for a 429 body:
+    ``wait`` is ``math.inf`` when the request alone exceeds the limit, ``limit`` the limit's
+    value (dollars for budgets) and ``used`` what the calendar window has used or holds. Every
+    ledger words its refusals here, so they read the same whoever keeps count."""
+    name = label(scope)
+    never = math.isinf(wait)
+    if limit_name == "rpm":
+        if never:
+            msg = f"{name} allows no requests (rpm={limit})"
+        else:
+            msg = f"{name} is over its requests-per-minute limit (rpm={limit})"
+    elif limit_name == "tpm":
+        if never:
+            msg = (
+                f"the request's estimated {tokens} tokens exceed {name}'s "
+                f"tokens-per-minute limit (tpm={limit}), so it can never be admitted; "
+                "lower max_tokens or raise tpm"
+            )
+        else:
+            msg = f"{name} is over its tokens-per-minute limit (tpm={limit})"
+    elif limit_name == "rpd":
+        if never:
+            msg = f"{name} allows no requests (rpd={limit})"
+        else:
+            msg = (
+                f"{name} is over its requests-per-day limit (rpd={limit}; "
+                f"{used} used or in flight this UTC day)"
+            )
+    elif limit_name == "tpd":
+        if never:
+            msg = (
+                f"the request's estimated {tokens} tokens exceed {name}'s "
+                f"tokens-per-day limit (tpd={limit}), so it can never be admitted; "
+                "lower max_tokens or raise tpd"
+            )
+        else:
+            msg = (
+                f"{name} is over its tokens-per-day limit (tpd={limit}; "
+                f"{used} used or in flight this UTC day)"
+            )
+    else:
+        words, per = limit_name.replace("_", " "), _PER[limit_name]
+        if never:
+            msg = (
+                f"the request's estimated cost {format_usd(cost)} exceeds {name}'s whole "
+                f"{words} ({format_usd(limit or 0.0)} per {per}), so it can never be admitted"
+            )
+        else:
+            msg = (
+                f"{name} is over its {words} ({format_usd(limit or 0.0)} per {per}; "
+                f"{format_usd(used)} used or in flight)"
+            )
+    return Denial(*scope, limit_name, wait, not never, msg)
+
+
 class ScopeState:
     """The windows of one scope. Rate windows run on the monotonic clock (``mono``),
     calendar ones on the wall clock (``wall``); every method takes both readings from the
@@ -77,71 +145,37 @@ class ScopeState:
         self, scope: Scope, tokens: int, cost: float, mono: float, wall: float
     ) -> Iterator[Denial]:
         """Every limit of this scope that refuses the request now (none: it fits here)."""
-        name, lim = label(scope), self.limits
+        lim = self.limits
         if not self.requests.admits(1, mono):
             wait = self.requests.time_until(1, mono)
-            if math.isinf(wait):
-                msg = f"{name} allows no requests (rpm={lim.rpm})"
-            else:
-                msg = f"{name} is over its requests-per-minute limit (rpm={lim.rpm})"
-            yield Denial(*scope, "rpm", wait, not math.isinf(wait), msg)
+            yield denial(scope, "rpm", wait, tokens=tokens, cost=cost, limit=lim.rpm)
         if not self.tokens.admits(tokens, mono):
             wait = self.tokens.time_until(tokens, mono)
-            if math.isinf(wait):
-                msg = (
-                    f"the request's estimated {tokens} tokens exceed {name}'s "
-                    f"tokens-per-minute limit (tpm={lim.tpm}), so it can never be admitted; "
-                    "lower max_tokens or raise tpm"
-                )
-            else:
-                msg = f"{name} is over its tokens-per-minute limit (tpm={lim.tpm})"
-            yield Denial(*scope, "tpm", wait, not math.isinf(wait), msg)
-        if not self.day_requests.admits(1, wall):
-            wait = self.day_requests.retry_after(1, wall)
-            if math.isinf(wait):
-                msg = f"{name} allows no requests (rpd={lim.rpd})"
-            else:
-                msg = (
-                    f"{name} is over its requests-per-day limit (rpd={lim.rpd}; "
-                    f"{self.day_requests.used(wall)} used or in flight this UTC day)"
-                )
-            yield Denial(*scope, "rpd", wait, not math.isinf(wait), msg)
-        if not self.day_tokens.admits(tokens, wall):
-            wait = self.day_tokens.retry_after(tokens, wall)
-            if math.isinf(wait):
-                msg = (
-                    f"the request's estimated {tokens} tokens exceed {name}'s "
-                    f"tokens-per-day limit (tpd={lim.tpd}), so it can never be admitted; "
-                    "lower max_tokens or raise tpd"
-                )
-            else:
-                msg = (
-                    f"{name} is over its tokens-per-day limit (tpd={lim.tpd}; "
-                    f"{self.day_tokens.used(wall)} used or in flight this UTC day)"
-                )
-            yield Denial(*scope, "tpd", wait, not math.isinf(wait), msg)
-        budgets: tuple[tuple[BudgetWindow, LimitName, str], ...] = (
-            (self.daily, "daily_budget", "UTC day"),
-            (self.monthly, "monthly_budget", "UTC month"),
+            yield denial(scope, "tpm", wait, tokens=tokens, cost=cost, limit=lim.tpm)
+        counters: tuple[tuple[DayCounter, LimitName, int | None], ...] = (
+            (self.day_requests, "rpd", lim.rpd),
+            (self.day_tokens, "tpd", lim.tpd),
         )
-        for budget, limit_name, per in budgets:
+        for counter, limit_name, limit in counters:
+            amount = 1 if limit_name == "rpd" else tokens
+            if counter.admits(amount, wall):
+                continue
+            wait = counter.retry_after(amount, wall)
+            used = counter.used(wall)
+            yield denial(scope, limit_name, wait, tokens=tokens, cost=cost, limit=limit, used=used)
+        budgets: tuple[tuple[BudgetWindow, LimitName], ...] = (
+            (self.daily, "daily_budget"),
+            (self.monthly, "monthly_budget"),
+        )
+        for budget, limit_name in budgets:
             if budget.admits(cost, wall):
                 continue
             wait = budget.retry_after(cost, wall)
             limit_usd = budget.limit_usd or 0.0
-            if math.isinf(wait):
-                msg = (
-                    f"the request's estimated cost {format_usd(cost)} exceeds {name}'s whole "
-                    f"{limit_name.replace('_', ' ')} ({format_usd(limit_usd)} per {per}), "
-                    "so it can never be admitted"
-                )
-            else:
-                msg = (
-                    f"{name} is over its {limit_name.replace('_', ' ')} "
-                    f"({format_usd(limit_usd)} per {per}; "
-                    f"{format_usd(budget.used_usd(wall))} used or in flight)"
-                )
-            yield Denial(*scope, limit_name, wait, not math.isinf(wait), msg)
+            used_usd = budget.used_usd(wall)
+            yield denial(
+                scope, limit_name, wait, tokens=tokens, cost=cost, limit=limit_usd, used=used_usd
+            )
 
     # -- reporting ---------------------------------------------------------------------------
 

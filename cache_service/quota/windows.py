@@ -24,7 +24,7 @@ WINDOW_S = 60.0
 HELD_RETRY_S = 1.0
 
 
-def _until(deadline: float, now: float) -> float:
+def wait_until(deadline: float, now: float) -> float:
     """``deadline - now``, nudged up so that ``now + result >= deadline`` holds in floating
     point too: a caller that waits exactly this long must find the limit cleared, not miss it
     by one rounding step and wait a whole extra round."""
@@ -110,7 +110,7 @@ class SlidingWindow:
         for charge in self._log:
             freed += charge.amount
             if freed >= excess:
-                return _until(charge.at + self.window_s, now)
+                return wait_until(charge.at + self.window_s, now)
         raise AssertionError("unreachable: emptying the window always makes room")
 
     def reset_in(self, now: float) -> float:
@@ -118,7 +118,7 @@ class SlidingWindow:
         now = self._prune(now)
         for charge in reversed(self._log):
             if charge.amount:
-                return _until(charge.at + self.window_s, now)
+                return wait_until(charge.at + self.window_s, now)
         return 0.0
 
     def take(self, amount: int, now: float) -> Charge:
@@ -243,7 +243,7 @@ class _CalendarTally:
             return 0.0
         if self._never_admits(amount):
             return math.inf
-        to_reset = _until(self.reset_at(now), now)
+        to_reset = wait_until(self.reset_at(now), now)
         if self._holds_shrink and self._fits(self._spent, amount):
             return min(HELD_RETRY_S, to_reset)
         return to_reset

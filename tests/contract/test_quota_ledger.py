@@ -4,17 +4,19 @@ by replicas) is proved by adding one line to IMPLEMENTATIONS."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from cache_service.backends.journal import SpendJournal
 from cache_service.backends.jsonfile import JsonFile
 from cache_service.quota.ledger import Held, QuotaLedger
 from cache_service.quota.limits import Denial, Limits
 from cache_service.quota.local import LocalLedger
+from cache_service.quota.redis_ledger import RedisLedger
 from tests.fakes import FakeClock
 
 P = ("project", "default")
@@ -35,6 +37,9 @@ def _durable(clock: FakeClock, data: Path) -> QuotaLedger:
 IMPLEMENTATIONS = [
     pytest.param(lambda clock, _data: LocalLedger(clock), id="local"),
     pytest.param(_durable, id="local-journalled"),
+    # Shared by replicas: its factory is given the test's Redis URL (see `ledger`). Leases
+    # far longer than any test's clock moves, as in-process holds never expire.
+    pytest.param("redis", id="redis"),
 ]
 
 
@@ -45,9 +50,18 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture(params=IMPLEMENTATIONS)
-def ledger(request: pytest.FixtureRequest, clock: FakeClock, tmp_path: Path) -> QuotaLedger:
-    factory: LedgerFactory = request.param
-    return factory(clock, tmp_path)
+async def ledger(
+    request: pytest.FixtureRequest, clock: FakeClock, tmp_path: Path
+) -> AsyncIterator[QuotaLedger]:
+    if request.param != "redis":
+        factory: LedgerFactory = request.param
+        yield factory(clock, tmp_path)
+        return
+    # Only this implementation needs a Redis (started on first use).
+    client = Redis.from_url(request.getfixturevalue("redis_url"))
+    redis_ledger = RedisLedger(client, replica_id="test", lease_s=10 * 86_400, clock=clock)
+    yield redis_ledger
+    await redis_ledger.close()
 
 
 async def admit(ledger: QuotaLedger, tokens: int = 10, cost: float = 0.0) -> Held:
