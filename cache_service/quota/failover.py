@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Literal, Protocol
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -34,7 +34,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cache_service.errors import QuotaUnavailable
 from cache_service.protocols import Clock
-from cache_service.quota.ledger import Held, QuotaLedger
+from cache_service.quota.ledger import Booking, Held, QuotaLedger
 from cache_service.quota.limits import Denial, Limits, Scope
 from cache_service.quota.local import LocalLedger
 from cache_service.quota.usage import QuotaSnapshot, ScopeUse
@@ -47,17 +47,6 @@ UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 """What "the shared ledger is away" looks like. Anything else is a bug and propagates."""
 
 _LOCAL = "local:"
-
-
-@dataclass(frozen=True, slots=True)
-class Booking:
-    """A charge settled while the shared ledger was away, to be added to it later."""
-
-    id: str
-    scopes: tuple[Scope, ...]
-    tokens: int
-    cost_usd: float
-    wall: float
 
 
 class SharedLedger(QuotaLedger, Protocol):

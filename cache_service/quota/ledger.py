@@ -34,6 +34,18 @@ class Held:
     cost_usd: float
 
 
+@dataclass(frozen=True, slots=True)
+class Booking:
+    """A request settled by another ledger (a replica's own, while the shared one was
+    away), to be charged to a shared ledger later: see `failover.py`."""
+
+    id: str
+    scopes: tuple[Scope, ...]
+    tokens: int
+    cost_usd: float
+    wall: float
+
+
 class QuotaLedger(Protocol):
     async def reserve(self, scopes: Sequence[Scope], tokens: int, cost_usd: float) -> Held | Denial:
         """Admit against every scope or none."""

@@ -25,6 +25,7 @@ import itertools
 import json
 import logging
 import math
+import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from typing import Any, cast
@@ -34,7 +35,7 @@ from redis.exceptions import RedisError
 
 from cache_service.protocols import Clock
 from cache_service.quota import redis_scripts
-from cache_service.quota.ledger import Held
+from cache_service.quota.ledger import Booking, Held
 from cache_service.quota.limits import Denial, LimitName, Limits, Scope, worst
 from cache_service.quota.money import to_nano, to_usd
 from cache_service.quota.scopes import denial, format_duration
@@ -102,6 +103,11 @@ class RedisLedger:
         self._close = redis_client.register_script(redis_scripts.CLOSE)
         self._renew = redis_client.register_script(redis_scripts.RENEW)
         self._read = redis_client.register_script(redis_scripts.READ)
+        self._book = redis_client.register_script(redis_scripts.BOOK)
+        # Per incarnation: a replica restarted under the same name must not reuse the ids
+        # of its previous life, which may still sit in a window log (a reused id would
+        # move that entry to now and drop the old request from the count).
+        self._incarnation = secrets.token_hex(4)
 
     def _args(self, *rest: object) -> list[str]:
         time_arg = "" if self._clock is None else repr(self._clock.now())
@@ -112,7 +118,7 @@ class RedisLedger:
     async def reserve(self, scopes: Sequence[Scope], tokens: int, cost_usd: float) -> Held | Denial:
         _validate(tokens, cost_usd)
         unique = tuple(dict.fromkeys(scopes))
-        held_id = f"{self.replica_id}.{next(self._seq)}"
+        held_id = f"{self.replica_id}.{self._incarnation}.{next(self._seq)}"
         reply = await self._reserve(
             keys=self._keys,
             args=self._args(
@@ -195,6 +201,18 @@ class RedisLedger:
             headers[f"x-ratelimit-remaining-{suffix}"] = str(rate.remaining)
             headers[f"x-ratelimit-reset-{suffix}"] = format_duration(rate.reset_in_s)
         return headers
+
+    async def book(self, bookings: Sequence[Booking]) -> None:
+        """Charge requests settled elsewhere (a replica's own ledger while Redis was away)
+        as admitted and settled now, each once by id: a retry after a failure part-way
+        books only those not booked yet."""
+        for b in bookings:
+            await self._book(
+                keys=self._keys,
+                args=self._args(
+                    b.id, max(0, b.tokens), to_nano(max(0.0, b.cost_usd)), *map(_sid, b.scopes)
+                ),
+            )
 
     # ------------------------------------------------------------------ leases and lifecycle
 

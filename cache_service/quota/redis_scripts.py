@@ -414,3 +414,39 @@ end
 return reply
 """
 )
+
+BOOK = (
+    _PRELUDE
+    + r"""
+-- ARGV[4] id, [5] tokens, [6] nano-$, [7..] sids (distinct). A request settled elsewhere
+-- (by a replica's own ledger while Redis was away) is charged as if admitted and settled
+-- now: one request and its tokens in the sliding windows, and in the calendar counts. Once
+-- per id: returns 1 if booked, 0 if that id was booked before.
+local id, tokens, nano = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+local booked = P .. 'booked'
+if redis.call('SADD', booked, id) == 0 then
+  return 0
+end
+-- Ids are kept two days: long enough for any retry of the same booking, and calendar
+-- counts older than a day no longer matter to rpd/tpd (a month's budget is then counted
+-- by the day's own sums).
+redis.call('EXPIRE', booked, 172800)
+local t = clock()
+local entry = 'b:' .. id
+for i = 7, #ARGV do
+  local st = load(ARGV[i], t)
+  prune(st, t)
+  redis.call('ZADD', P .. 'w:' .. st.sid, fmt(t), entry)
+  redis.call('HSET', P .. 'a:' .. st.sid, entry, fmt(tokens))
+  st.rq = st.rq + 1
+  st.tk = st.tk + tokens
+  st.dr = st.dr + 1
+  st.dt = st.dt + tokens
+  st.dn = st.dn + nano
+  st.mn = st.mn + nano
+  save(st)
+  redis.call('SADD', P .. 'scopes', ARGV[i])
+end
+return 1
+"""
+)

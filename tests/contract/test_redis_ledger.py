@@ -264,13 +264,23 @@ async def test_renewing_replicas_keep_their_holds_on_redis_time(redis_url: str) 
         await live.close()
 
 
-async def test_a_reused_replica_id_is_refused_not_merged(redis_url: str) -> None:
-    first = RedisLedger(Redis.from_url(redis_url), replica_id="same")
-    second = RedisLedger(Redis.from_url(redis_url), replica_id="same")
+async def test_a_replica_restarted_under_its_name_never_reuses_a_reservation_id(
+    redis_url: str,
+) -> None:
+    """Ids carry an incarnation: the restarted replica's first reservation must not take
+    the place of its previous life's first one, still in the window."""
+    before = RedisLedger(Redis.from_url(redis_url), replica_id="same")
+    after = RedisLedger(Redis.from_url(redis_url), replica_id="same")
     try:
-        assert isinstance(await first.reserve(SCOPES, 1, 0.0), Held)
-        with pytest.raises(RuntimeError, match="replica id"):
-            await second.reserve(SCOPES, 1, 0.0)
+        await before.configure(*P, Limits(rpm=2))
+        a = await before.reserve(SCOPES, 1, 0.0)
+        assert isinstance(a, Held)
+        await before.settle(a, 1, 0.0)
+        b = await after.reserve(SCOPES, 1, 0.0)
+        assert isinstance(b, Held) and b.id != a.id
+        await after.settle(b, 1, 0.0)
+        assert isinstance(await after.reserve(SCOPES, 1, 0.0), Denial)
+        assert (await after.scope_use(P)).requests.used == 2
     finally:
-        await first.close()
-        await second.close()
+        await before.close()
+        await after.close()
