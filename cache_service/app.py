@@ -144,6 +144,9 @@ def create_app(
             cache_size=lambda: (len(cache.index), the_store.volume()),
         )
         telemetry.metrics.watch_embedder(batcher)
+        if shared is not None:
+            fleet_parts = shared
+            telemetry.metrics.watch_fleet(lambda: fleet_parts.gauges(front.store_unavailable))
         if verifier is not None:
             telemetry.metrics.watch_verifier(verifier)
         stats = await asyncio.to_thread(lambda: replay_stats(telemetry.events()))

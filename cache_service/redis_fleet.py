@@ -39,6 +39,7 @@ from cache_service.proxy.fleet_flight import FleetFlights
 from cache_service.quota.failover import FailoverLedger
 from cache_service.quota.redis_ledger import RedisLedger
 from cache_service.settings import Settings
+from cache_service.telemetry.metrics import FleetGauges
 from cache_service.telemetry.stats import Stats
 
 log = logging.getLogger("cache_service.fleet")
@@ -46,6 +47,10 @@ log = logging.getLogger("cache_service.fleet")
 USE_REFRESH_S = 5.0
 """How often the shared quota use is read, for the share each replica may spend while Redis
 is away (`quota/failover.py`)."""
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "")
 
 
 def _client(settings: Settings) -> aioredis.Redis:
@@ -119,6 +124,7 @@ class RedisFleet:
         heartbeat and stats, quota leases, and the use the fail-over policy divides."""
         self._feed = IndexFeed(cache, self.store)
         return [
+            self.check_redis(),
             self._feed.run(),
             self.feedback.run(learner),
             self.fleet.run(stats),
@@ -132,9 +138,39 @@ class RedisFleet:
                 await self.ledger.remember_use()
             await asyncio.sleep(USE_REFRESH_S)
 
-    @property
-    def index_feed(self) -> IndexFeed | None:
-        return self._feed
+    def gauges(self, store_unavailable: int) -> FleetGauges:
+        feed = self._feed
+        return FleetGauges(
+            redis_up=1.0 if self.fleet.redis_up else 0.0,
+            replicas=self.fleet.live,
+            quota_local=0.0 if self.ledger.down_since is None else 1.0,
+            booked=self.ledger.booked,
+            feed_lag_s=feed.lag_s if feed is not None else 0.0,
+            feed_events=feed.applied if feed is not None else 0,
+            store_unavailable=store_unavailable,
+            flights_led=self.flights.led,
+            flights_followed=self.flights.followed,
+        )
+
+    async def check_redis(self) -> None:
+        """Warn, once at start, about a Redis configured to lose what the fleet relies on.
+        Managed Redis may refuse CONFIG: then nothing is said."""
+        client = self._clients[0]
+        try:
+            appendonly = await client.config_get("appendonly")
+            policy = await client.config_get("maxmemory-policy")
+        except aioredis.RedisError:
+            return
+        if _text(appendonly.get("appendonly")) != "yes":
+            log.warning(
+                "redis persistence (appendonly) is off: a Redis restart loses entries and spend"
+            )
+        value = _text(policy.get("maxmemory-policy"))
+        if value and value != "noeviction":
+            log.warning(
+                "redis may evict keys (maxmemory-policy %s): quota windows could under-count",
+                value,
+            )
 
     async def close(self) -> None:
         """After the background tasks are cancelled: leave the membership, close clients.

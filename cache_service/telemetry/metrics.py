@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -45,6 +46,21 @@ _WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 # fmt: on
 
 
+@dataclass(frozen=True, slots=True)
+class FleetGauges:
+    """A replica's view of its fleet, read at each scrape (plain numbers, no Redis call)."""
+
+    redis_up: float
+    replicas: float
+    quota_local: float
+    booked: float
+    feed_lag_s: float
+    feed_events: float
+    store_unavailable: float
+    flights_led: float
+    flights_followed: float
+
+
 class _ScrapeTimeCollector(Collector):
     """Values read at scrape time: cache size (from a callback, since counting entries costs a
     store call nobody needs between scrapes) and the outcome log's own health."""
@@ -56,6 +72,7 @@ class _ScrapeTimeCollector(Collector):
         self.outcome_log: OutcomeLog | None = None
         self.embedder: ModelBatcher[Any, Any] | None = None
         self.verifier: CrossEncoderVerifier | None = None
+        self.fleet: Callable[[], FleetGauges] | None = None
 
     def collect(self) -> Iterator[Metric]:
         entries, volume = self.size
@@ -96,6 +113,48 @@ class _ScrapeTimeCollector(Collector):
             )
         if self.verifier is not None:
             yield from self._verifier(self.verifier)
+        if self.fleet is not None:
+            yield from self._fleet(self.fleet())
+
+    def _fleet(self, f: FleetGauges) -> Iterator[Metric]:
+        p = self.prefix
+        yield GaugeMetricFamily(
+            f"{p}_redis_up", "Whether this replica's last heartbeat reached Redis.", f.redis_up
+        )
+        yield GaugeMetricFamily(
+            f"{p}_fleet_replicas", "Replicas alive at the last heartbeat.", f.replicas
+        )
+        yield GaugeMetricFamily(
+            f"{p}_quota_local",
+            "1 while quota is enforced by this replica alone (Redis away: redis_down_quota).",
+            f.quota_local,
+        )
+        yield CounterMetricFamily(
+            f"{p}_quota_booked",
+            "Requests charged locally while Redis was away, booked into Redis since.",
+            f.booked,
+        )
+        yield GaugeMetricFamily(
+            f"{p}_index_feed_lag_seconds",
+            "Age of the newest index event applied from the other replicas (0: caught up).",
+            f.feed_lag_s,
+        )
+        yield CounterMetricFamily(
+            f"{p}_index_feed_events", "Index events read from the fleet's stream.", f.feed_events
+        )
+        yield CounterMetricFamily(
+            f"{p}_store_unavailable",
+            "Lookups and stores that found the shared store unreachable (failed open).",
+            f.store_unavailable,
+        )
+        flights = CounterMetricFamily(
+            f"{p}_fleet_flights",
+            "Misses that led a fleet-wide single flight, or waited on another replica's.",
+            labels=["role"],
+        )
+        flights.add_metric(["led"], f.flights_led)
+        flights.add_metric(["followed"], f.flights_followed)
+        yield flights
 
     def _verifier(self, v: CrossEncoderVerifier) -> Iterator[Metric]:
         p = self.prefix
@@ -354,6 +413,11 @@ class Metrics:
 
     def watch_outcome_log(self, outcome_log: OutcomeLog | None) -> None:
         self._scrape.outcome_log = outcome_log
+
+    def watch_fleet(self, source: Callable[[], FleetGauges]) -> None:
+        """`source()` is read at every scrape (Redis is not: these are the replica's own
+        counters of how its Redis behaves)."""
+        self._scrape.fleet = source
 
     def watch_embedder(self, batcher: ModelBatcher[Any, Any]) -> None:
         self._scrape.embedder = batcher
