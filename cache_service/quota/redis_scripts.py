@@ -82,9 +82,10 @@ local FIELDS = {'rq', 'tk', 'dk', 'mk', 'dr', 'dt', 'dn', 'mn', 'inf', 'ht', 'hn
 -- limits unless `no_limits` (closing a reservation checks none).
 local function load(sid, t, no_limits)
   local v = redis.call('HMGET', P .. 's:' .. sid, unpack(FIELDS))
-  local st = {sid = sid, exists = v[3] ~= false}
+  local st = {sid = sid, exists = v[3] ~= false, was = {}}
   for i, f in ipairs(FIELDS) do
     st[f] = tonumber(v[i]) or 0
+    st.was[f] = st.exists and st[f] or nil
   end
   local day = math.floor(t / 86400)
   if not st.exists or day > st.dk then
@@ -107,13 +108,19 @@ local function load(sid, t, no_limits)
   return st
 end
 
+-- Writes the fields that changed (a reserve changes five of eleven).
 local function save(st)
   local args = {}
   for _, f in ipairs(FIELDS) do
-    args[#args + 1] = f
-    args[#args + 1] = fmt(st[f])
+    if st[f] ~= st.was[f] then
+      args[#args + 1] = f
+      args[#args + 1] = fmt(st[f])
+      st.was[f] = st[f]
+    end
   end
-  redis.call('HSET', P .. 's:' .. st.sid, unpack(args))
+  if #args > 0 then
+    redis.call('HSET', P .. 's:' .. st.sid, unpack(args))
+  end
 end
 
 local function is_overrun(entry)
