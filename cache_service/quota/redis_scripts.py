@@ -188,8 +188,10 @@ local function fits(limit, used, amount)
 end
 
 -- Close a reservation: `requests` 1 settles it at (tokens, nano), 0 releases it. Returns
--- 0 if it is not open (closed already, or reaped), which makes closing idempotent.
-local function close(id, tokens, nano, requests, t)
+-- 0 if it is not open (closed already, or reaped), which makes closing idempotent. A
+-- settlement given `out` appends, per scope, what alerts read: sid, the settled counts of
+-- the day (dr dt dn) and month (mn), and the limits rpd tpd db mb ("" where none).
+local function close(id, tokens, nano, requests, t, out)
   local hk = P .. 'h:' .. id
   local h = redis.call('HMGET', hk, 's', 't', 'n')
   if not h[1] then
@@ -197,7 +199,7 @@ local function close(id, tokens, nano, requests, t)
   end
   local est_t, est_n = tonumber(h[2]), tonumber(h[3])
   for sid in string.gmatch(h[1], '[^\n]+') do
-    local st = load(sid, t, true)
+    local st = load(sid, t, out == nil)
     prune(st, t)
     local w, a = P .. 'w:' .. sid, P .. 'a:' .. sid
     local live = redis.call('ZSCORE', w, id)
@@ -235,6 +237,14 @@ local function close(id, tokens, nano, requests, t)
       end
     end
     save(st)
+    if out and requests == 1 then
+      for _, v in ipairs({sid, fmt(st.dr), fmt(st.dt), fmt(st.dn), fmt(st.mn)}) do
+        out[#out + 1] = v
+      end
+      for _, f in ipairs({'rpd', 'tpd', 'db', 'mb'}) do
+        out[#out + 1] = st[f] and fmt(st[f]) or ''
+      end
+    end
   end
   redis.call('DEL', hk)
   redis.call('ZREM', P .. 'leases', id)
@@ -350,9 +360,16 @@ return {1, fmt(t)}
 CLOSE = (
     _PRELUDE
     + r"""
--- ARGV[4] id, [5] tokens, [6] nano-$, [7] 1 to settle, 0 to release. Returns 1 if it was
--- open, 0 if not (a no-op).
-return close(ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), clock())
+-- ARGV[4] id, [5] tokens, [6] nano-$, [7] 1 to settle, 0 to release. Returns {1, t, what
+-- alerts read (nine values per scope, see close)} if it was open, {0, t} if not (a no-op).
+local t = clock()
+local out = {}
+local reply = {close(ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), t, out),
+               fmt(t)}
+for _, v in ipairs(out) do
+  reply[#reply + 1] = v
+end
+return reply
 """
 )
 
