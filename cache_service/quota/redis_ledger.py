@@ -253,6 +253,8 @@ class RedisLedger:
             sid, dr, dt, dn, mn, rpd, tpd, db, mb = (
                 _text(v) for v in counts[i : i + _ALERT_FIELDS]
             )
+            if not (rpd or tpd or db or mb):
+                continue  # no calendar limit, nothing to cross
             kind, name = json.loads(sid)
             checks = (
                 ("daily_budget", day, to_usd(_int(dn)), to_usd(_int(db)) if db else None),
