@@ -23,6 +23,8 @@ The I/O-free core (everything but ``gate`` and ``local``; time from an injected
 
 Around it: ``ledger`` (the async ``QuotaLedger`` protocol every implementation keeps),
 ``local`` (the in-process ledger: the manager plus journal, snapshots and alerts),
+``redis_ledger`` (the same guarantees for a fleet of replicas, kept in Redis by the Lua
+scripts of ``redis_scripts``; leased holds, alerts told once fleet-wide),
 ``gate`` (the priority queue in front of any ledger, and the ``Hold``), ``projects``
 (which scope a request counts against, and downgrades).
 

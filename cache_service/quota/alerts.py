@@ -3,11 +3,14 @@ is told once per window, also across a restart."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cache_service.quota.limits import Scope, label
+
+AlertSink = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
+"""Where a ledger sends an alert's payload (a webhook), besides its log."""
 
 # How a limit is named in an alert's message; others read as their name with spaces
 # ("daily_budget" → "daily budget").
@@ -24,6 +27,21 @@ class Alert:
     used: float
     limit_value: float
     message: str
+
+
+def payload(alert: Alert) -> dict[str, Any]:
+    """An alert as logged and sent to the alert sink (a webhook), whichever ledger fired it."""
+    return {
+        "event": "quota_alert",
+        "scope_kind": alert.scope_kind,
+        "scope_name": alert.scope_name,
+        "limit": alert.limit,
+        "window": alert.window,
+        "threshold": alert.threshold,
+        "used": alert.used,
+        "limit_value": alert.limit_value,
+        "message": alert.message,
+    }
 
 
 class AlertTracker:

@@ -16,21 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from cache_service.backends.journal import SpendJournal
 from cache_service.backends.jsonfile import JsonFile
 from cache_service.protocols import Clock
-from cache_service.quota.alerts import AlertTracker
+from cache_service.quota.alerts import AlertSink, AlertTracker, payload
 from cache_service.quota.ledger import Held
 from cache_service.quota.limits import Denial, Limits, Scope
 from cache_service.quota.manager import QuotaManager, Reservation
 from cache_service.quota.usage import QuotaSnapshot, ScopeUse
 
 log = logging.getLogger("cache_service.quota")
-
-AlertSink = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
 
 
 class LocalLedger:
@@ -98,20 +96,10 @@ class LocalLedger:
 
     def _after_spend(self) -> None:
         for alert in self.manager.check_alerts(self.alerts):
-            payload = {
-                "event": "quota_alert",
-                "scope_kind": alert.scope_kind,
-                "scope_name": alert.scope_name,
-                "limit": alert.limit,
-                "window": alert.window,
-                "threshold": alert.threshold,
-                "used": alert.used,
-                "limit_value": alert.limit_value,
-                "message": alert.message,
-            }
-            log.warning(alert.message, extra={"alert": payload})  # "message" is reserved
+            told = payload(alert)
+            log.warning(alert.message, extra={"alert": told})  # "message" is reserved
             if self.on_alert is not None:
-                asyncio.get_running_loop().create_task(self.on_alert(payload))
+                asyncio.get_running_loop().create_task(self.on_alert(told))
         self._dirty = True
 
     # ------------------------------------------------------------------ durability

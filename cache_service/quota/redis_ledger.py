@@ -35,6 +35,7 @@ from redis.exceptions import RedisError
 
 from cache_service.protocols import Clock
 from cache_service.quota import redis_scripts
+from cache_service.quota.alerts import Alert, AlertSink, AlertTracker, payload
 from cache_service.quota.ledger import Booking, Held
 from cache_service.quota.limits import Denial, LimitName, Limits, Scope, worst
 from cache_service.quota.money import to_nano, to_usd
@@ -53,6 +54,7 @@ log = logging.getLogger("cache_service.quota")
 
 _BUDGETS = ("daily_budget", "monthly_budget")
 _READ_FIELDS = 13  # values per scope in the READ script's reply
+_ALERT_FIELDS = 9  # values per scope in the CLOSE script's reply
 
 
 def _sid(scope: Scope) -> str:
@@ -84,6 +86,8 @@ class RedisLedger:
         lease_s: float = 30.0,
         clock: Clock | None = None,
         window_s: float = WINDOW_S,
+        alert_thresholds: Sequence[float] = (0.8, 0.95),
+        on_alert: AlertSink | None = None,
     ) -> None:
         if lease_s <= 0 or window_s <= 0:
             raise ValueError("lease_s and window_s must be > 0")
@@ -99,6 +103,11 @@ class RedisLedger:
         # this set before its settle is sent: if that call fails, the lease runs out and
         # the hold is charged at its estimate instead of being renewed for ever.
         self._open: set[str] = set()
+        # What this replica has already seen fire (or asked Redis about), so that past a
+        # threshold each settle does not ask again; Redis decides which replica tells.
+        self._alerts = AlertTracker(alert_thresholds)
+        self.on_alert = on_alert
+        self._alert_tasks: set[asyncio.Task[None]] = set()
         self._reserve = redis_client.register_script(redis_scripts.RESERVE)
         self._close = redis_client.register_script(redis_scripts.CLOSE)
         self._renew = redis_client.register_script(redis_scripts.RENEW)
@@ -245,7 +254,46 @@ class RedisLedger:
 
     async def _close_held(self, held: Held, tokens: int, nano: int, requests: int) -> None:
         self._open.discard(held.id)
-        await self._close(keys=self._keys, args=self._args(held.id, tokens, nano, requests))
+        reply = await self._close(keys=self._keys, args=self._args(held.id, tokens, nano, requests))
+        if int(reply[0]) and len(reply) > 2:
+            try:
+                await self._alert(float(_text(reply[1])), reply[2:])
+            except RedisError:
+                # The settlement is done: a caller told otherwise might charge it again.
+                log.warning("quota alert check failed", exc_info=True)
+
+    async def _alert(self, now: float, counts: list[Any]) -> None:
+        """Threshold crossings on what a settlement left charged (holds may still be
+        released, so they would raise false alarms), told once fleet-wide: the replica whose
+        ``SET NX`` creates the threshold's key for the window tells it."""
+        day, month = window_key("day", now), window_key("month", now)
+        for i in range(0, len(counts), _ALERT_FIELDS):
+            sid, dr, dt, dn, mn, rpd, tpd, db, mb = (
+                _text(v) for v in counts[i : i + _ALERT_FIELDS]
+            )
+            if not (rpd or tpd or db or mb):
+                continue  # no calendar limit, nothing to cross
+            kind, name = json.loads(sid)
+            checks = (
+                ("daily_budget", day, to_usd(_int(dn)), to_usd(_int(db)) if db else None),
+                ("monthly_budget", month, to_usd(_int(mn)), to_usd(_int(mb)) if mb else None),
+                ("rpd", day, _int(dr), _int(rpd) if rpd else None),
+                ("tpd", day, _int(dt), _int(tpd) if tpd else None),
+            )
+            for limit_name, window, used, limit in checks:
+                for alert in self._alerts.check((kind, name), limit_name, window, used, limit):
+                    key = f"{self._tag}alert:{sid}:{limit_name}:{window}:{alert.threshold!r}"
+                    ttl = 3 * 86_400 if window == day else 40 * 86_400
+                    if await self._redis.set(key, self.replica_id, nx=True, ex=ttl):
+                        self._tell(alert)
+
+    def _tell(self, alert: Alert) -> None:
+        told = payload(alert)
+        log.warning(alert.message, extra={"alert": told})  # "message" is reserved
+        if self.on_alert is not None:
+            task = asyncio.get_running_loop().create_task(self.on_alert(told))
+            self._alert_tasks.add(task)
+            task.add_done_callback(self._alert_tasks.discard)
 
     def _denials(
         self, scopes: tuple[Scope, ...], reply: list[Any], tokens: int, cost_usd: float

@@ -78,12 +78,14 @@ end
 
 local FIELDS = {'rq', 'tk', 'dk', 'mk', 'dr', 'dt', 'dn', 'mn', 'inf', 'ht', 'hn'}
 
--- A scope's state at time t, calendar counts rolled to t's UTC day and month.
-local function load(sid, t)
+-- A scope's state at time t, calendar counts rolled to t's UTC day and month; with its
+-- limits unless `no_limits` (closing a reservation checks none).
+local function load(sid, t, no_limits)
   local v = redis.call('HMGET', P .. 's:' .. sid, unpack(FIELDS))
-  local st = {sid = sid, exists = v[3] ~= false}
+  local st = {sid = sid, exists = v[3] ~= false, was = {}}
   for i, f in ipairs(FIELDS) do
     st[f] = tonumber(v[i]) or 0
+    st.was[f] = st.exists and st[f] or nil
   end
   local day = math.floor(t / 86400)
   if not st.exists or day > st.dk then
@@ -97,19 +99,28 @@ local function load(sid, t)
     st.mk = month
     st.mn = 0
   end
+  if no_limits then
+    return st
+  end
   local l = redis.call('HMGET', P .. 'l:' .. sid, 'rpm', 'tpm', 'rpd', 'tpd', 'db', 'mb', 'json')
   st.rpm, st.tpm, st.rpd, st.tpd = tonumber(l[1]), tonumber(l[2]), tonumber(l[3]), tonumber(l[4])
   st.db, st.mb, st.json = tonumber(l[5]), tonumber(l[6]), l[7] or ''
   return st
 end
 
+-- Writes the fields that changed (a reserve changes five of eleven).
 local function save(st)
   local args = {}
   for _, f in ipairs(FIELDS) do
-    args[#args + 1] = f
-    args[#args + 1] = fmt(st[f])
+    if st[f] ~= st.was[f] then
+      args[#args + 1] = f
+      args[#args + 1] = fmt(st[f])
+      st.was[f] = st[f]
+    end
   end
-  redis.call('HSET', P .. 's:' .. st.sid, unpack(args))
+  if #args > 0 then
+    redis.call('HSET', P .. 's:' .. st.sid, unpack(args))
+  end
 end
 
 local function is_overrun(entry)
@@ -121,7 +132,9 @@ end
 local function prune(st, t)
   local w, a = P .. 'w:' .. st.sid, P .. 'a:' .. st.sid
   while true do
-    local batch = redis.call('ZRANGE', w, 0, 63, 'WITHSCORES')
+    -- Small batches: a call usually ages out none or one or two entries, and reading more
+    -- of a full window each time is most of a reserve's cost.
+    local batch = redis.call('ZRANGE', w, 0, 3, 'WITHSCORES')
     for i = 1, #batch, 2 do
       if tonumber(batch[i + 1]) + WINDOW > t then
         return
@@ -134,7 +147,7 @@ local function prune(st, t)
         st.rq = st.rq - 1
       end
     end
-    if #batch < 128 then
+    if #batch < 8 then
       return
     end
   end
@@ -175,8 +188,10 @@ local function fits(limit, used, amount)
 end
 
 -- Close a reservation: `requests` 1 settles it at (tokens, nano), 0 releases it. Returns
--- 0 if it is not open (closed already, or reaped), which makes closing idempotent.
-local function close(id, tokens, nano, requests, t)
+-- 0 if it is not open (closed already, or reaped), which makes closing idempotent. A
+-- settlement given `out` appends, per scope, what alerts read: sid, the settled counts of
+-- the day (dr dt dn) and month (mn), and the limits rpd tpd db mb ("" where none).
+local function close(id, tokens, nano, requests, t, out)
   local hk = P .. 'h:' .. id
   local h = redis.call('HMGET', hk, 's', 't', 'n')
   if not h[1] then
@@ -184,7 +199,7 @@ local function close(id, tokens, nano, requests, t)
   end
   local est_t, est_n = tonumber(h[2]), tonumber(h[3])
   for sid in string.gmatch(h[1], '[^\n]+') do
-    local st = load(sid, t)
+    local st = load(sid, t, out == nil)
     prune(st, t)
     local w, a = P .. 'w:' .. sid, P .. 'a:' .. sid
     local live = redis.call('ZSCORE', w, id)
@@ -222,6 +237,14 @@ local function close(id, tokens, nano, requests, t)
       end
     end
     save(st)
+    if out and requests == 1 then
+      for _, v in ipairs({sid, fmt(st.dr), fmt(st.dt), fmt(st.dn), fmt(st.mn)}) do
+        out[#out + 1] = v
+      end
+      for _, f in ipairs({'rpd', 'tpd', 'db', 'mb'}) do
+        out[#out + 1] = st[f] and fmt(st[f]) or ''
+      end
+    end
   end
   redis.call('DEL', hk)
   redis.call('ZREM', P .. 'leases', id)
@@ -337,9 +360,16 @@ return {1, fmt(t)}
 CLOSE = (
     _PRELUDE
     + r"""
--- ARGV[4] id, [5] tokens, [6] nano-$, [7] 1 to settle, 0 to release. Returns 1 if it was
--- open, 0 if not (a no-op).
-return close(ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), clock())
+-- ARGV[4] id, [5] tokens, [6] nano-$, [7] 1 to settle, 0 to release. Returns {1, t, what
+-- alerts read (nine values per scope, see close)} if it was open, {0, t} if not (a no-op).
+local t = clock()
+local out = {}
+local reply = {close(ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), t, out),
+               fmt(t)}
+for _, v in ipairs(out) do
+  reply[#reply + 1] = v
+end
+return reply
 """
 )
 

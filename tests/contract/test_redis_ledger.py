@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
+from cache_service.quota.alerts import AlertSink
 from cache_service.quota.ledger import Held
 from cache_service.quota.limits import Denial, Limits
 from cache_service.quota.local import LocalLedger
@@ -284,3 +285,46 @@ async def test_a_replica_restarted_under_its_name_never_reuses_a_reservation_id(
     finally:
         await before.close()
         await after.close()
+
+
+# ----------------------------------------------------------------------- alerts
+
+
+async def test_a_threshold_is_told_once_by_the_whole_fleet(redis_url: str) -> None:
+    told: list[tuple[str, dict[str, object]]] = []
+
+    def sink(replica: str) -> AlertSink:
+        async def send(alert: dict[str, object]) -> None:
+            told.append((replica, alert))
+
+        return send
+
+    clock = FakeClock(wall=START - 3600)
+    a, b = (
+        RedisLedger(Redis.from_url(redis_url), replica_id=name, clock=clock, on_alert=sink(name))
+        for name in ("a", "b")
+    )
+    try:
+        await a.configure(*P, Limits(daily_budget_usd=1.0))
+
+        async def spend(ledger: RedisLedger, usd: float) -> None:
+            held = await ledger.reserve(SCOPES, 10, usd)
+            assert isinstance(held, Held)
+            await ledger.settle(held, 10, usd)
+            await asyncio.sleep(0)  # the sink runs as a task
+
+        await spend(a, 0.5)
+        await spend(b, 0.35)  # 85 %: b crosses 80 %
+        await spend(a, 0.05)  # 90 %: a sees 80 % crossed, but b told it already
+        await spend(a, 0.05)  # 95 %: a crosses 95 %
+        await spend(b, 0.05)  # 100 %: b sees 95 % crossed, told already
+        assert [(who, alert["limit"], alert["threshold"]) for who, alert in told] == [
+            ("b", "daily_budget", 0.8),
+            ("a", "daily_budget", 0.95),
+        ]
+        assert told[0][1]["message"] == (
+            "project 'a' has used 85% of its daily budget for 2026-11-30 (0.85 of 1)"
+        )
+    finally:
+        await a.close()
+        await b.close()
