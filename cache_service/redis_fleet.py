@@ -105,7 +105,12 @@ class RedisFleet:
                 channel=store.stored_channel,
                 lease_s=settings.redis_lease_s,
             ),
-            feedback=FeedbackFeed(shared, prefix=prefix, origin=replica),
+            feedback=FeedbackFeed(
+                shared,
+                prefix=prefix,
+                origin=replica,
+                block_ms=max(1, int(settings.redis_timeout_s * 500)),
+            ),
             fleet=fleet,
             _clients=[shared],
         )
@@ -133,10 +138,13 @@ class RedisFleet:
         ]
 
     async def _remember_use(self) -> None:
+        """Also what brings the shared ledger back after an outage when no miss comes to
+        try it (and books what was charged meanwhile): every second while it is away."""
         while True:
             with contextlib.suppress(Exception):
                 await self.ledger.remember_use()
-            await asyncio.sleep(USE_REFRESH_S)
+            down = self.ledger.down_since is not None
+            await asyncio.sleep(self.ledger.retry_s if down else USE_REFRESH_S)
 
     def gauges(self, store_unavailable: int) -> FleetGauges:
         feed = self._feed

@@ -26,8 +26,13 @@ MAXLEN = 100_000
 
 
 class FeedbackFeed:
-    def __init__(self, client: aioredis.Redis, *, prefix: str, origin: str) -> None:
+    def __init__(
+        self, client: aioredis.Redis, *, prefix: str, origin: str, block_ms: int = 250
+    ) -> None:
+        """`block_ms`: how long one read waits for new verdicts; it must stay under the
+        client's socket timeout, or a quiet stream reads as a dead connection."""
         self._client = client
+        self.block_ms = block_ms
         self._key = f"{prefix}:feedback"
         self.origin = origin
         self._last = "0-0"
@@ -80,7 +85,9 @@ class FeedbackFeed:
         backoff = 0.1
         while True:
             try:
-                reply = await self._client.xread({self._key: self._last}, count=500, block=1000)
+                reply = await self._client.xread(
+                    {self._key: self._last}, count=500, block=self.block_ms
+                )
                 backoff = 0.1
             except RedisError:
                 await asyncio.sleep(backoff)

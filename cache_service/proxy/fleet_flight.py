@@ -56,26 +56,9 @@ class FlightLease:
         self._flights = flights
         self.key = key
         self.token = token
-        self._renewer = asyncio.get_running_loop().create_task(self._renew_forever())
-
-    async def _renew_forever(self) -> None:
-        f = self._flights
-        while True:
-            await asyncio.sleep(f.lease_s / 3)
-            try:
-                kept = await f._renew(keys=[f.lock_key(self.key)], args=[self.token, f.lease_ms])
-            except RedisError:
-                continue  # Redis away: the lock may lapse; a follower then calls too
-            if not kept:
-                return  # taken over after a lapse: nothing left to renew
 
     async def release(self) -> None:
-        self._renewer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._renewer
-        f = self._flights
-        with contextlib.suppress(RedisError):  # else the lease runs out on its own
-            await f._release(keys=[f.lock_key(self.key)], args=[self.token, f.channel(self.key)])
+        await self._flights._let_go(self)
 
 
 class FleetFlights:
@@ -102,6 +85,11 @@ class FleetFlights:
         self._release = client.register_script(_RELEASE)
         self._renew = client.register_script(_RENEW)
         self._listener: asyncio.Task[None] | None = None
+        # Leases held now, renewed together by one task: a task per lease would have to be
+        # cancelled at release, and cancelling a task in the middle of a Redis call can
+        # leave redis-py's connection handling waiting (seen here: a release that hung).
+        self._held: dict[int, FlightLease] = {}
+        self._renewer: asyncio.Task[None] | None = None
         self.led = 0
         self.followed = 0
 
@@ -114,8 +102,42 @@ class FleetFlights:
         token = secrets.token_hex(8)
         if await self._client.set(self.lock_key(key), token, nx=True, px=self.lease_ms):
             self.led += 1
-            return FlightLease(self, key, token)
+            lease = FlightLease(self, key, token)
+            self._held[id(lease)] = lease
+            if self._renewer is None or self._renewer.done():
+                self._renewer = asyncio.get_running_loop().create_task(self._renew_forever())
+            return lease
         return None
+
+    async def _let_go(self, lease: FlightLease) -> None:
+        if self._held.pop(id(lease), None) is None:
+            return  # released already
+        with contextlib.suppress(RedisError):  # else the lease runs out on its own
+            await self._release(
+                keys=[self.lock_key(lease.key)], args=[lease.token, self.channel(lease.key)]
+            )
+
+    async def _renew_forever(self) -> None:
+        """Extend every held lease each third of a lease (one round trip for all), until
+        none is held. A lease that could not be extended (Redis away, or taken over after
+        a lapse) is left alone: a follower may then call too, which costs a duplicate
+        call, never a wrong answer."""
+        while self._held:
+            await asyncio.sleep(self.lease_s / 3)
+            held = list(self._held.values())
+            if not held:
+                return
+            try:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for lease in held:
+                        await self._renew(
+                            keys=[self.lock_key(lease.key)],
+                            args=[lease.token, self.lease_ms],
+                            client=pipe,
+                        )
+                    await pipe.execute()
+            except RedisError:
+                continue
 
     async def wait(self, key: str, timeout_s: float) -> None:
         """Until the leader of `key` stores its answer or lets go of the lock (released, or
@@ -161,8 +183,12 @@ class FleetFlights:
             try:
                 await pubsub.psubscribe(pattern)
                 backoff = 0.1
-                async for message in pubsub.listen():
-                    if message.get("type") != "pmessage":
+                while True:
+                    # A read with a timeout of its own returns None when nothing came;
+                    # `listen()` would read under the client's socket timeout and take a
+                    # quiet half second for a dead connection.
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is None or message.get("type") != "pmessage":
                         continue
                     channel = message["channel"]
                     if isinstance(channel, bytes):
@@ -179,7 +205,8 @@ class FleetFlights:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+        for task in (self._listener, self._renewer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task

@@ -23,6 +23,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from cache_service.errors import StoreUnavailable
 from cache_service.telemetry.events import HITS, UPSTREAM_PAID, OutcomeEvent
 from cache_service.telemetry.stats import Outcome
 
@@ -79,6 +80,8 @@ class _ScrapeTimeCollector(Collector):
         if self.size_source is not None:
             try:
                 entries, volume = self.size_source()
+            except StoreUnavailable:
+                pass  # a shared store that is away: its outage is counted elsewhere
             except Exception:
                 # A failing callback must not fail the whole scrape; stale beats nothing.
                 log.exception("cache size callback failed")
