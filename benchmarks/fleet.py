@@ -89,6 +89,8 @@ from cache_service.quota.redis_ledger import RedisLedger
 from cache_service.settings import load_settings
 from tests.redis_server import RedisServer
 
+PYTEST = r"(-m pytest|bin/pytest)( |$)"
+"""A test run (not this script's own --max-wait-pytest, nor a sidecar a test started)."""
 SCOPES = (("project", "default"), ("upstream", "primary"), ("global", "total"))
 NEVER_DENY = Limits(rpm=10**9, tpm=10**12, daily_budget_usd=10**6)
 
@@ -102,13 +104,14 @@ def load1() -> float:
 
 def pgrep(pattern: str) -> list[int]:
     out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split() if int(p) != os.getpid()]
+    mine = (os.getpid(), os.getppid())
+    return [int(p) for p in out.split() if int(p) not in mine]
 
 
 def wait_no_pytest(max_wait_s: float) -> bool:
     """True once no pytest runs; False if one still runs after max_wait_s."""
     deadline = time.monotonic() + max_wait_s
-    while pids := pgrep("pytest"):
+    while pids := pgrep(PYTEST):
         if time.monotonic() > deadline:
             return False
         print(f"waiting for pytest {pids} to finish...", flush=True)
@@ -911,7 +914,7 @@ def main() -> int:
             ).stdout.strip(),
         },
         "waited_for_pytest_s": round(time.perf_counter() - waited, 1),
-        "pytest_running_at_start": bool(pgrep("pytest")),
+        "pytest_running_at_start": bool(pgrep(PYTEST)),
         "params": {k: v for k, v in vars(args).items() if k not in ("out", "render")}
         | {"model": MODEL},
     }
@@ -937,7 +940,7 @@ def main() -> int:
             procs.close()
             server.stop()
         report["host"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-        report["pytest_running_at_end"] = bool(pgrep("pytest"))
+        report["pytest_running_at_end"] = bool(pgrep(PYTEST))
     report["total_s"] = round(time.perf_counter() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
