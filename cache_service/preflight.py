@@ -24,7 +24,7 @@ class StartupError(Exception):
 def listen_socket(host: str, port: int, what: str) -> socket.socket:
     """A bound, listening TCP socket (port 0: any free one), or a StartupError."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio: TCP_NODELAY
     # As uvicorn does: a restart may rebind while old connections sit in TIME_WAIT.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
