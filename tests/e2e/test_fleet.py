@@ -250,13 +250,15 @@ def test_redis_away_costs_no_5xx_and_sharing_resumes_when_it_returns(
     assert eventually(
         lambda: chat(b.url, "stored after the outage").headers["x-cache"] == "HIT", 2.0
     )
-    # What each replica charged alone was booked into Redis once it answered again.
-    for r in fleet:
-        chat(r.url, f"a miss to retry the shared ledger {r.url}")
+    # What each replica charged alone was booked into Redis once it answered again (the
+    # outage's 30, and any miss a replica admitted alone before it retried Redis).
     assert eventually(
-        lambda: sum(metric(r, "llm_cache_quota_booked_total") for r in fleet) == 30, 5.0
+        lambda: (
+            all(metric(r, "llm_cache_quota_local") == 0.0 for r in fleet)
+            and sum(metric(r, "llm_cache_quota_booked_total") for r in fleet) >= 30
+        ),
+        5.0,
     )
-    assert all(metric(r, "llm_cache_quota_local") == 0.0 for r in fleet)
 
 
 def metric(replica: Replica, name: str) -> float:
@@ -264,3 +266,31 @@ def metric(replica: Replica, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise AssertionError(f"{name} not in /metrics")
+
+
+def test_stats_for_the_fleet_add_up_every_replicas_own(fleet: list[Replica]) -> None:
+    def total(url: str, scope: str) -> int:
+        stats = httpx.get(f"{url}/v1/cache/stats", params={"scope": scope}, timeout=10).json()
+        n: int = stats["total"]["requests"]
+        return n
+
+    time.sleep(1.5)  # every replica has published what it counted so far
+    before = [total(r.url, "fleet") for r in fleet]
+    own_before = [total(r.url, "replica") for r in fleet]
+    for i, r in enumerate(fleet):
+        chat(r.url, f"counted once on replica {i}")
+    assert [total(r.url, "replica") - n for r, n in zip(fleet, own_before, strict=True)] == [
+        1,
+        1,
+        1,
+    ]
+    # Each replica publishes its counters with its heartbeat (every second): all three
+    # requests show in every replica's view of the fleet.
+    assert eventually(
+        lambda: (
+            [total(r.url, "fleet") - n for r, n in zip(fleet, before, strict=True)] == [3, 3, 3]
+        ),
+        3.0,
+    )
+    replicas = httpx.get(f"{fleet[0].url}/v1/cache/stats?scope=fleet", timeout=10).json()
+    assert len(replicas["replicas"]) >= 3
