@@ -17,7 +17,7 @@ from cache_service.protocols import PairScorer, Upstream
 from cache_service.settings import Settings, load_settings
 from cache_service.simulator.app import create_simulated_app
 from tests.fakes import FakeClock, HashingEmbedder
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, running_redis
 
 
 @pytest.fixture
@@ -122,10 +122,8 @@ async def harness(
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One real Redis for the session (started on first use only)."""
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
+    with running_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 @pytest.fixture

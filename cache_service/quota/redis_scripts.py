@@ -123,6 +123,14 @@ local function save(st)
   end
 end
 
+-- Count `entry` (one request and its tokens) in a scope's sliding window at t.
+local function take(st, entry, tokens, t)
+  redis.call('ZADD', P .. 'w:' .. st.sid, fmt(t), entry)
+  redis.call('HSET', P .. 'a:' .. st.sid, entry, fmt(tokens))
+  st.rq = st.rq + 1
+  st.tk = st.tk + tokens
+end
+
 local function is_overrun(entry)
   return string.sub(entry, -1) == '+'
 end
@@ -341,10 +349,7 @@ end
 
 local sids = {}
 for _, st in ipairs(states) do
-  redis.call('ZADD', P .. 'w:' .. st.sid, fmt(t), id)
-  redis.call('HSET', P .. 'a:' .. st.sid, id, fmt(tokens))
-  st.rq = st.rq + 1
-  st.tk = st.tk + tokens
+  take(st, id, tokens, t)
   st.inf = st.inf + 1
   st.ht = st.ht + tokens
   st.hn = st.hn + nano
@@ -466,10 +471,7 @@ local entry = 'b:' .. id
 for i = 7, #ARGV do
   local st = load(ARGV[i], t)
   prune(st, t)
-  redis.call('ZADD', P .. 'w:' .. st.sid, fmt(t), entry)
-  redis.call('HSET', P .. 'a:' .. st.sid, entry, fmt(tokens))
-  st.rq = st.rq + 1
-  st.tk = st.tk + tokens
+  take(st, entry, tokens, t)
   st.dr = st.dr + 1
   st.dt = st.dt + tokens
   st.dn = st.dn + nano

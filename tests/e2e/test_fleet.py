@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests.e2e.test_openai_sdk import ROOT, Upstream, free_port, upstream, wait_http
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, running_redis
 
 pytestmark = pytest.mark.e2e
 __all__ = ["upstream"]  # the module-scoped simulated upstream fixture
@@ -95,10 +95,8 @@ def start_replicas(
 @pytest.fixture(scope="module")
 def redis_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A Redis of this module's own: some tests stop and restart it."""
-    server = RedisServer(tmp_path_factory.mktemp("fleet-redis"))
-    server.start()
-    yield server
-    server.stop()
+    with running_redis(tmp_path_factory.mktemp("fleet-redis")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -234,6 +232,7 @@ def test_redis_away_costs_no_5xx_and_sharing_resumes_when_it_returns(
     assert eventually(
         lambda: chat(b.url, "acknowledged before the outage").headers["x-cache"] == "HIT", 1.0
     )
+    spent_before = default_requests_today(a)
     redis_srv.stop()
     try:
         codes = spread(fleet, 30, lambda url, i: chat(url, f"asked during the outage {i}"))
@@ -259,6 +258,15 @@ def test_redis_away_costs_no_5xx_and_sharing_resumes_when_it_returns(
         ),
         5.0,
     )
+    # The spend acknowledged before the restart is still there, and the outage's is added.
+    assert default_requests_today(b) >= spent_before + 30
+
+
+def default_requests_today(replica: Replica) -> int:
+    quota = httpx.get(f"{replica.url}/v1/quota", timeout=10).json()
+    scope = next(s for s in quota["scopes"] if (s["kind"], s["name"]) == ("project", "default"))
+    n: int = scope["daily_requests"]["used"]
+    return n
 
 
 def metric(replica: Replica, name: str) -> float:
