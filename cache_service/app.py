@@ -28,6 +28,7 @@ from cache_service.backends.jsonfile import JsonFile
 from cache_service.backends.store import DiskCacheStore
 from cache_service.backends.upstream import HttpUpstream
 from cache_service.cache.batcher import EmbeddingBatcher
+from cache_service.cache.capacity import Capacity
 from cache_service.cache.cross_encoder import CrossEncoderVerifier, choose_floor, choose_threshold
 from cache_service.cache.feedback import FeedbackLearner
 from cache_service.cache.front import CacheFront
@@ -203,7 +204,18 @@ def create_app(
         background = (
             shared.tasks(cache, learner, stats) if shared is not None else [_rebuild(cache)]
         )
-        background.append(_sweep_forever(cache, settings.sweep_interval_s, telemetry.metrics))
+        # A shared store's limit is its Redis's own (maxmemory), not this replica's.
+        capacity = (
+            Capacity(settings.store_size_limit_bytes)
+            if isinstance(the_store, DiskCacheStore)
+            else None
+        )
+        cache.capacity = capacity
+        if capacity is not None:
+            telemetry.metrics.watch_size_limit(capacity.limit_bytes)
+        background.append(
+            _sweep_forever(cache, settings.sweep_interval_s, telemetry.metrics, capacity)
+        )
         if local_ledger is not None:
             background.append(local_ledger.persist_forever(settings.spend_snapshot_interval_s))
         tasks = [asyncio.create_task(work) for work in background]
@@ -372,7 +384,9 @@ async def _rebuild(cache: SemanticCache) -> None:
     log.info("index rebuilt from store", extra={"entries": count})
 
 
-async def _sweep_forever(cache: SemanticCache, interval_s: float, metrics: Metrics) -> None:
+async def _sweep_forever(
+    cache: SemanticCache, interval_s: float, metrics: Metrics, capacity: Capacity | None
+) -> None:
     while True:
         await asyncio.sleep(interval_s)
         try:
@@ -381,5 +395,23 @@ async def _sweep_forever(cache: SemanticCache, interval_s: float, metrics: Metri
             metrics.evicted(swept.evicted)
             if swept.expired or swept.evicted:
                 log.info("swept", extra={"expired": swept.expired, "evicted": swept.evicted})
+            if capacity is not None:
+                volume = await asyncio.to_thread(cache.store.volume)
+                _tell_capacity(capacity, capacity.observe(volume, swept.evicted))
         except Exception:
             log.exception("sweep failed; will try again")
+
+
+def _tell_capacity(capacity: Capacity, crossing: str | None) -> None:
+    figures = {"fill": round(capacity.fill, 3), "evicted": capacity.evicted}
+    if crossing == "filling":
+        log.warning(
+            "the entry store is %.0f%% of store_size_limit_bytes (%d of %d bytes); past the "
+            "limit the oldest entries are evicted: raise the limit or shorten TTLs",
+            capacity.fill * 100,
+            capacity.volume,
+            capacity.limit_bytes,
+            extra=figures,
+        )
+    elif crossing == "relieved":
+        log.info("the entry store is back under its warning level", extra=figures)

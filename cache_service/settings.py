@@ -182,7 +182,10 @@ class Settings(BaseSettings):
     default_ttl_s: float = Field(7 * 24 * 3600, gt=0)
     max_ttl_s: float = Field(30 * 24 * 3600, gt=0)
     """Upper bound for X-Cache-TTL and store requests."""
-    store_size_limit_bytes: int = Field(2 * 1024**3, ge=1024**2)
+    store_size_limit_bytes: int = Field(6 * 1024**3, ge=1024**2)
+    """Past this the oldest entries are evicted (counted, with a warning at 80 %). Sized by
+    measurement: an entry with a ~1 KB answer takes ≈4.3 KB on disk, so the default holds
+    about 1.5 million entries (the old 2 GiB silently lost everything past ≈500k)."""
     sweep_interval_s: float = Field(60.0, gt=0)
 
     # --- money

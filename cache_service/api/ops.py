@@ -58,6 +58,8 @@ async def cache_stats(
         "embeddings_shed": front.batcher.shed,
         "verifier": "off",
     }
+    if front.cache.capacity is not None:
+        snapshot["cache"].update(front.cache.capacity.as_dict())
     for verifier in front.verifiers:
         if isinstance(verifier, CrossEncoderVerifier):
             snapshot["cache"].update(verifier.stats())

@@ -22,7 +22,7 @@ _KEY_RANGE = (_ENTRY, "e;")
 
 
 class DiskCacheStore:
-    def __init__(self, directory: Path, size_limit: int = 2 * 1024**3) -> None:
+    def __init__(self, directory: Path, size_limit: int = 6 * 1024**3) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self._cache = diskcache.Cache(
             str(directory),

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
+from cache_service.cache.capacity import Capacity
 from cache_service.cache.guards import AcceptConfig, accept
 from cache_service.cache.matching import Candidate
 from cache_service.protocols import Clock, Entry, EntryStore, Vector, VectorIndex
@@ -74,6 +75,9 @@ class SemanticCache:
         self.accept_config = accept_config
         self.search_k = search_k
         self.ready = False
+        self.capacity: Capacity | None = None
+        """The store's fill against its size limit, as the sweep last read it (None: the
+        store's limit is not this process's to watch)."""
         # entry id -> (scope, expires): what the sweep needs without reading every entry.
         self._tracked: dict[str, tuple[str, float | None]] = {}
         self._lock = threading.Lock()

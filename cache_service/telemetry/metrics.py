@@ -74,6 +74,7 @@ class _ScrapeTimeCollector(Collector):
         self.embedder: ModelBatcher[Any, Any] | None = None
         self.verifier: CrossEncoderVerifier | None = None
         self.fleet: Callable[[], FleetGauges] | None = None
+        self.size_limit: int | None = None
 
     def collect(self) -> Iterator[Metric]:
         entries, volume = self.size
@@ -91,6 +92,13 @@ class _ScrapeTimeCollector(Collector):
         yield GaugeMetricFamily(
             f"{self.prefix}_bytes", "Bytes the cache store occupies on disk.", value=volume
         )
+        if self.size_limit is not None:
+            yield GaugeMetricFamily(
+                f"{self.prefix}_bytes_limit",
+                "The store's size limit (store_size_limit_bytes): past it the oldest entries "
+                "are evicted (counted in _evicted).",
+                value=self.size_limit,
+            )
         if self.outcome_log is not None:
             yield CounterMetricFamily(
                 f"{self.prefix}_outcome_log_written",
@@ -416,6 +424,9 @@ class Metrics:
 
     def watch_outcome_log(self, outcome_log: OutcomeLog | None) -> None:
         self._scrape.outcome_log = outcome_log
+
+    def watch_size_limit(self, limit_bytes: int) -> None:
+        self._scrape.size_limit = limit_bytes
 
     def watch_fleet(self, source: Callable[[], FleetGauges]) -> None:
         """`source()` is read at every scrape (Redis is not: these are the replica's own

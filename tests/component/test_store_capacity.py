@@ -1,0 +1,57 @@
+"""A store past its size limit evicts its oldest entries: never silently. The sweep counts
+them, stats report the store's fill, metrics its limit, and the operator is warned."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import pytest
+
+from cache_service.settings import Settings
+from tests.conftest import harness
+from tests.fakes import FakeClock, HashingEmbedder
+
+
+async def test_evictions_are_counted_and_the_operator_warned(
+    settings_factory: Callable[..., Settings],
+    embedder: HashingEmbedder,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = settings_factory(store_size_limit_bytes=1024**2, sweep_interval_s=0.05)
+    big = "x" * 40_000
+    async with harness(settings, embedder, clock) as h:
+        for i in range(60):  # ~2.4 MB into a 1 MiB store
+            r = await h.client.post(
+                "/v1/cache/store",
+                json={"model": "m", "prompt": f"question {i}", "response": {"text": big}},
+            )
+            assert r.status_code == 201
+        cache: dict[str, float] = {}
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            cache = (await h.client.get("/v1/cache/stats")).json()["cache"]
+            if cache["evicted"]:
+                break
+        assert cache["evicted"] > 0
+        assert cache["store_limit_bytes"] == 1024**2
+        assert 0 < cache["store_fill"] <= 1.2
+        assert any("store_size_limit_bytes" in r.getMessage() for r in caplog.records)
+        metrics = (await h.client.get("/metrics")).text
+        assert "llm_cache_bytes_limit 1.048576e+06" in metrics
+        evicted = next(
+            line for line in metrics.splitlines() if line.startswith("llm_cache_evicted_total")
+        )
+        assert float(evicted.split()[1]) == cache["evicted"]
+        # Evicted entries are gone, not served: the oldest is a miss now.
+        lookup = await h.client.post(
+            "/v1/cache/lookup", json={"model": "m", "prompt": "question 0"}
+        )
+        assert lookup.json()["hit"] is False
+
+
+@pytest.fixture(autouse=True)
+def _warnings_captured(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="cache_service")
