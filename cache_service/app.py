@@ -19,6 +19,7 @@ import httpx
 from fastapi import FastAPI
 
 from cache_service.api import admin, cache_api, openapi, ops, proxy, reports
+from cache_service.api.cache_status import CacheStatusMiddleware
 from cache_service.api.middleware import install_error_handlers, install_request_ids
 from cache_service.api.state import AppState
 from cache_service.api.trim import TrimAfterLargeBodies
@@ -270,6 +271,7 @@ def create_app(
     install_error_handlers(app)
     openapi.install(app)
     app.add_middleware(TrimAfterLargeBodies)
+    app.add_middleware(CacheStatusMiddleware)
     install_request_ids(app)
     return app
 

@@ -17,6 +17,7 @@ from starlette.routing import BaseRoute, Match, Route
 
 from cache_service.api import state
 from cache_service.api.body import lower_headers, read_body, read_json, request_id, validate
+from cache_service.api.cache_field import take_cache_field
 from cache_service.api.openapi import WITH_BODY, WITHOUT_BODY, error_responses, json_body
 from cache_service.cache.keys import project_of
 from cache_service.cache.tenancy import namespace_of
@@ -53,8 +54,8 @@ def _endpoint(flavor: Flavor) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         settings = state.of(request)["settings"]
         body = await read_json(request, settings.max_body_bytes, timeout_s=settings.body_timeout_s)
+        body, headers = take_cache_field(body, lower_headers(request))
         validate(flavor.schema, body)
-        headers = lower_headers(request)
         tenancy = state.of(request)["tenancy"]
         tenant = tenancy.tenant(tenancy.caller(headers), namespace_of(headers))
         ctx = proxy_context(flavor, body, headers, request_id(request), settings, tenant)

@@ -63,7 +63,8 @@ def directives_of(headers: dict[str, str], settings: Settings) -> CacheDirective
             max_ttl_s=settings.max_ttl_s,
         )
     except DirectiveError as e:
-        raise BadRequest(str(e), param="X-Cache-TTL") from e
+        param = "Cache-Control" if "Cache-Control" in str(e) else "X-Cache-TTL"
+        raise BadRequest(str(e), param=param) from e
 
 
 def proxy_context(

@@ -70,8 +70,18 @@ class ProxyHandler:
         assert ctx.request is not None
         if ctx.directives.read and lookup_allowed(ctx.request):
             ctx.found = await self.front.lookup(ctx.keys, ctx.threshold, ctx.stages)
-            if ctx.found.hit is not None:
-                return self._hit(ctx, ctx.found.hit)
+            hit = ctx.found.hit
+            max_age = ctx.directives.max_age_s
+            too_old = (
+                hit is not None
+                and hit.entry is not None
+                and max_age is not None
+                and self.clock.now() - hit.entry.created > max_age
+            )
+            if too_old:
+                hit = ctx.found.hit = None  # too old for this caller: fetched afresh
+            if hit is not None:
+                return self._hit(ctx, hit)
             outcome = Outcome.MISS
         else:
             outcome = Outcome.BYPASS
@@ -143,7 +153,7 @@ class ProxyHandler:
             return None, None
 
     async def _fetch(self, ctx: RequestContext, outcome: Outcome) -> Response:
-        state = "MISS" if outcome is Outcome.MISS else "BYPASS"
+        state = ctx.directives.miss_state(outcome is Outcome.MISS)
         try:
             call, led = await self.flights.run(
                 ctx.keys.exact_key,

@@ -64,7 +64,7 @@ class StreamRelay:
 
     async def miss(self, ctx: RequestContext, outcome: Outcome) -> Response:
         assert ctx.request is not None
-        state = "MISS" if outcome is Outcome.MISS else "BYPASS"
+        state = ctx.directives.miss_state(outcome is Outcome.MISS)
         wanted_usage = ctx.request.stream_usage
         key = ctx.keys.exact_key
         shared = self.flights.joinable(key) if ctx.directives.read else None

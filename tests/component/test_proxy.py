@@ -120,16 +120,56 @@ async def test_tenants_never_share_answers(h: Harness) -> None:
 async def test_cache_control_no_cache_refreshes_and_no_store_skips(h: Harness) -> None:
     first = await h.chat(Q)
     refreshed = await h.chat(Q, headers={"Cache-Control": "no-cache"})
-    assert refreshed.headers["x-cache"] == "BYPASS"
+    assert refreshed.headers["x-cache"] == "REFRESH"
+    assert refreshed.headers["cache-status"] == "llm-cache; fwd=request; fwd-status=200; stored"
     again = await h.chat(Q)
     assert again.headers["x-cache"] == "HIT"
     assert again.headers["x-cache-entry"] != first.headers.get("x-cache-entry")
 
     nostore = await h.chat("a question nobody asked", headers={"Cache-Control": "no-store"})
     assert nostore.headers["x-cache"] == "BYPASS"
+    assert nostore.headers["cache-status"] == "llm-cache; fwd=bypass; fwd-status=200"
     after = await h.chat("a question nobody asked")
     assert after.headers["x-cache"] == "MISS"
     assert await h.upstream_calls() == 4
+
+
+async def test_max_age_serves_only_entries_young_enough(h: Harness, clock: FakeClock) -> None:
+    first = await h.chat(Q)
+    assert first.headers["cache-status"] == "llm-cache; fwd=uri-miss; fwd-status=200; stored"
+    clock.advance(100)
+    young = await h.chat(Q, headers={"Cache-Control": "max-age=300"})
+    assert young.headers["x-cache"] == "HIT"
+    assert young.headers["cache-status"] == "llm-cache; hit; detail=exact"
+    stale = await h.chat(Q, headers={"Cache-Control": "s-maxage=50, max-age=300"})
+    assert stale.headers["x-cache"] == "MISS"  # s-maxage wins: 100 s is too old
+    assert stale.headers["x-cache-stored"] == "true"  # and the fresh answer replaces it
+    zero = await h.chat(Q, headers={"Cache-Control": "max-age=0"})
+    assert zero.headers["x-cache"] == "REFRESH"
+    assert await h.upstream_calls() == 3
+    bad = await h.chat(Q, headers={"Cache-Control": "max-age=soon"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "Cache-Control"
+
+
+async def test_litellm_cache_field_is_honoured_and_never_forwarded(h: Harness) -> None:
+    first = await h.chat("what is a cache?", cache={"namespace": "team-a", "ttl": 60})
+    assert first.headers["x-cache"] == "MISS"
+    sent = (await h.sim.get("/_sim/stats")).json()["last_request"]
+    assert "cache" not in sent
+    # The namespace it named is the partition: the same question under it hits...
+    again = await h.chat("what is a cache?", headers={"X-Cache-Namespace": "team-a"})
+    assert again.headers["x-cache"] == "HIT"
+    # ...and not outside it.
+    assert (await h.chat("what is a cache?")).headers["x-cache"] == "MISS"
+    fresh = await h.chat("what is a cache?", cache={"namespace": "team-a", "no-cache": True})
+    assert fresh.headers["x-cache"] == "REFRESH"
+    skipped = await h.chat("never kept", cache={"no-store": True})
+    assert skipped.headers["x-cache"] == "BYPASS"
+    assert (await h.chat("never kept")).headers["x-cache"] == "MISS"
+    for bad in ({"no-cache": "yes"}, {"ttl": -1}, {"colour": "red"}, "no-cache"):
+        r = await h.chat("x", cache=bad)
+        assert r.status_code == 400, bad
+        assert r.json()["error"]["param"].startswith("cache")
 
 
 async def test_ttl_header_expires_entry(h: Harness, clock: FakeClock) -> None:
