@@ -54,6 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         check_data_dir,
         check_model,
         check_verifier,
+        config_warnings,
         listen_socket,
     )
     from cache_service.serving import serve
@@ -85,6 +86,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except StartupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for warning in config_warnings(settings, os.environ):
+        print(f"warning: {warning}", file=sys.stderr)
     app = create_app(settings)
     targets = [u.base_url for u in settings.upstreams] or [str(settings.upstream_url)]
     print(

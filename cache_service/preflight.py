@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from cache_service.settings import Settings
@@ -118,3 +119,28 @@ def check_verifier(settings: Settings) -> None:
         raise StartupError(
             f"{what}: threshold {threshold} must be in [0, 1] and floor {floor} in (0, 1]"
         )
+
+
+def config_warnings(settings: Settings, environ: Mapping[str, str]) -> list[str]:
+    """What is configured but will not work as the operator probably expects; `serve`
+    prints these at start and runs anyway (a key may be injected by the caller instead)."""
+    from cache_service.pricing import PriceTable
+
+    warnings = []
+    for u in settings.upstreams:
+        if u.api_key_env and not environ.get(u.api_key_env) and not settings.upstream_api_key:
+            warnings.append(
+                f"upstream {u.name!r}: ${u.api_key_env} is not set; callers' own keys are "
+                "passed through to it"
+            )
+    if settings.default_price is None:
+        table = PriceTable.with_overrides({k: v.model_dump() for k, v in settings.prices.items()})
+        named = {m for u in settings.upstreams for m in u.models if "*" not in m and "?" not in m}
+        named |= {p.downgrade.model for p in settings.projects if p.downgrade is not None}
+        for model in sorted(named):
+            if table.get(model) is None:
+                warnings.append(
+                    f"model {model!r} has no price: it costs $0 against budgets "
+                    "(add it under prices:, or set default_price)"
+                )
+    return warnings

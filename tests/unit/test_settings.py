@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cache_service.preflight import config_warnings
 from cache_service.settings import ConfigError, PriceSetting, Settings, load_settings
 
 
@@ -232,3 +233,27 @@ def test_per_day_limits_of_projects_and_upstreams(tmp_path: Path) -> None:
     assert load_settings().projects == []  # unlimited unless configured
     with pytest.raises(ConfigError, match=r"projects\.0\.rpd"):
         load_settings(write(tmp_path, "projects:\n  - {name: default, rpd: -1}\n"))
+
+
+def test_config_warnings_name_unset_key_variables_and_unpriced_models() -> None:
+    settings = load_settings(
+        None,
+        upstreams=[
+            {"name": "primary", "base_url": "https://a.example/v1", "api_key_env": "A_KEY"},
+            {
+                "name": "backup",
+                "base_url": "https://b.example/v1",
+                "api_key_env": "B_KEY",
+                "models": ["gpt-4o-mini", "o9-ultra"],
+            },
+        ],
+        projects=[{"name": "p", "downgrade": {"model": "cheap-model"}}],
+    )
+    warnings = config_warnings(settings, {"B_KEY": "set"})
+    assert any("'primary'" in w and "$A_KEY" in w for w in warnings)
+    assert not any("B_KEY" in w for w in warnings)
+    assert any("'o9-ultra' has no price" in w for w in warnings)
+    assert any("'cheap-model' has no price" in w for w in warnings)
+    assert not any("gpt-4o-mini" in w for w in warnings)
+    priced = settings.model_copy(update={"default_price": {"input": 1.0, "output": 2.0}})
+    assert not any("price" in w for w in config_warnings(priced, {"A_KEY": "x"}))
