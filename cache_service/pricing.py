@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -47,9 +48,17 @@ DEFAULT_PRICES: dict[str, Price] = {
 }
 
 
+# What may follow a known name for a model to price like it: version and date parts
+# (``-2024-08-06``, ``-20250514``, ``-1-20250805``, ``-v2``, ``-latest``), never another word. A bare
+# prefix match priced ``o1-pro`` as ``o1``, ten times too low for a budget.
+_SNAPSHOT_SUFFIX = re.compile(r"(?:-(?:v?\d+(?:\.\d+)*|latest|preview))*(?:@\d{8})?")
+
+
 class PriceTable:
-    """Looks a model up by exact name, then by the longest known prefix, so dated snapshots
-    (``gpt-4o-2024-08-06``) price like their family without listing every date."""
+    """Looks a model up by exact name, then by the longest known name it extends with a
+    version or date only, so dated snapshots (``gpt-4o-2024-08-06``) price like their family
+    without listing every date, and a different model (``o1-pro``) is unpriced rather than
+    mispriced (it then counts at `default_price`, and `serve` warns)."""
 
     def __init__(self, prices: Mapping[str, Price], default: Price | None = None) -> None:
         self._prices = dict(prices)
@@ -61,7 +70,7 @@ class PriceTable:
         if price is not None:
             return price
         for name in self._by_length:
-            if model.startswith(name):
+            if model.startswith(name) and _SNAPSHOT_SUFFIX.fullmatch(model, len(name)):
                 return self._prices[name]
         return self.default
 

@@ -105,3 +105,10 @@ def test_table_is_isolated_from_the_mapping_it_was_built_from() -> None:
     table = PriceTable(prices)
     prices["b"] = Price(2, 2)
     assert table.get("b") is None
+
+
+@pytest.mark.parametrize("model", ["o1-pro", "gpt-4o-audio-preview", "gpt-5-codex", "o3-deep"])
+def test_another_model_that_shares_a_prefix_is_unpriced_not_mispriced(model: str) -> None:
+    """o1-pro costs ten times o1: priced as o1, a budget would let ten times the spend."""
+    assert PriceTable.with_overrides(None).get(model) is None
+    assert PriceTable.with_overrides(None, Price(9.0, 9.0)).get(model) == Price(9.0, 9.0)
