@@ -49,8 +49,8 @@ DEFAULT_PRICES: dict[str, Price] = {
 
 
 # What may follow a known name for a model to price like it: version and date parts
-# (``-2024-08-06``, ``-20250514``, ``-1-20250805``, ``-v2``, ``-latest``), never another word. A bare
-# prefix match priced ``o1-pro`` as ``o1``, ten times too low for a budget.
+# (``-2024-08-06``, ``-20250514``, ``-1-20250805``, ``-v2``, ``-latest``), never another
+# word. A bare prefix match priced ``o1-pro`` as ``o1``, ten times too low for a budget.
 _SNAPSHOT_SUFFIX = re.compile(r"(?:-(?:v?\d+(?:\.\d+)*|latest|preview))*(?:@\d{8})?")
 
 
