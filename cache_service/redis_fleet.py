@@ -92,7 +92,11 @@ class RedisFleet:
         )
         fleet = Fleet(shared, prefix=prefix, replica_id=replica)
         ledger = FailoverLedger(
-            redis_ledger, clock, policy=settings.redis_down_quota, replicas=lambda: fleet.live
+            redis_ledger,
+            clock,
+            policy=settings.redis_down_quota,
+            replicas=lambda: fleet.live,
+            replica_id=replica,
         )
         return cls(
             replica_id=replica,

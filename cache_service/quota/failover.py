@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Literal, Protocol
@@ -87,9 +88,13 @@ class FailoverLedger:
         *,
         policy: Policy,
         replicas: Callable[[], int],
+        replica_id: str,
         retry_s: float = 1.0,
     ) -> None:
         """`replicas()`: how many replicas were last seen alive (this one included)."""
+        # Bookings are deduplicated by id fleet-wide: local ids ("1", "2"...) repeat on
+        # every replica and at every start, so they are qualified by both.
+        self._id_prefix = f"{_LOCAL}{replica_id}.{secrets.token_hex(4)}."
         self.shared = shared
         self.local = LocalLedger(clock)
         self.clock = clock
@@ -160,7 +165,7 @@ class FailoverLedger:
         result = await self.local.reserve(scopes, tokens, cost_usd)
         if isinstance(result, Denial):
             return result
-        held = replace(result, id=_LOCAL + result.id)
+        held = replace(result, id=self._id_prefix + result.id)
         self._open[held.id] = result
         return held
 

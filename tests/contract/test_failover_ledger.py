@@ -49,8 +49,12 @@ async def ledgers(
     await shared.close()
 
 
-def failover(shared: RedisLedger, clock: FakeClock, policy: Policy) -> FailoverLedger:
-    return FailoverLedger(shared, clock, policy=policy, replicas=lambda: 2, retry_s=1.0)
+def failover(
+    shared: RedisLedger, clock: FakeClock, policy: Policy, replica: str = "r1"
+) -> FailoverLedger:
+    return FailoverLedger(
+        shared, clock, policy=policy, replicas=lambda: 2, replica_id=replica, retry_s=1.0
+    )
 
 
 async def test_share_policy_admits_a_share_then_books_it_when_redis_returns(
@@ -123,3 +127,30 @@ async def test_allow_policy_admits_everything_and_still_books_it(
     use = await ledger.scope_use(P)
     assert use.daily_requests.used == 3 and use.requests.remaining == 0
     assert math.isclose(use.daily_budget.spent, 0.0)
+
+
+async def test_two_replicas_bookings_both_count(
+    ledgers: tuple[RedisLedger, FakeClock], redis_server: RedisServer, redis_url: str
+) -> None:
+    """Each replica numbers its local reservations from 1: booked by those numbers alone,
+    the second replica's charges would be taken for repeats of the first's and dropped."""
+    shared, clock = ledgers
+    other = RedisLedger(Redis.from_url(redis_url), replica_id="r2")
+    try:
+        one, two = failover(shared, clock, "allow", "r1"), failover(other, clock, "allow", "r2")
+        redis_server.stop()
+        try:
+            for ledger in (one, two):
+                for _ in range(3):
+                    held = await ledger.reserve(SCOPES, 1, 0.0)
+                    assert isinstance(held, Held)
+                    await ledger.settle(held, 1, 0.0)
+        finally:
+            redis_server.start()
+        clock.advance(1.5)
+        await one.remember_use()
+        await two.remember_use()
+        assert (one.booked, two.booked) == (3, 3)
+        assert (await one.scope_use(P)).daily_requests.used == 6
+    finally:
+        await other.close()
