@@ -41,6 +41,7 @@ from cache_service.pricing import Price, PriceTable
 from cache_service.protocols import Clock, Embedder, EntryStore, PairScorer, SystemClock, Upstream
 from cache_service.proxy.audit import Auditor
 from cache_service.proxy.cache_api import CacheAPI
+from cache_service.proxy.embeddings import EmbeddingCache
 from cache_service.proxy.handler import ProxyHandler
 from cache_service.proxy.recorder import Recorder
 from cache_service.quota.ledger import QuotaLedger
@@ -225,6 +226,7 @@ def create_app(
                 settings=settings,
                 tenancy=tenancy,
                 proxy=handler,
+                embeddings=EmbeddingCache(front, chain, recorder, settings, the_clock),
                 cache_api=CacheAPI(
                     front, recorder, telemetry.metrics, settings, the_clock, tenancy
                 ),

@@ -45,6 +45,10 @@ DEFAULT_PRICES: dict[str, Price] = {
     "claude-opus-4": Price(15.00, 75.00),
     "claude-opus-4-5": Price(5.00, 25.00),
     "claude-3-haiku": Price(0.25, 1.25),
+    # Embeddings: input only (what a cached /v1/embeddings answer saves).
+    "text-embedding-3-small": Price(0.02, 0.0),
+    "text-embedding-3-large": Price(0.13, 0.0),
+    "text-embedding-ada-002": Price(0.10, 0.0),
 }
 
 

@@ -7,6 +7,7 @@ with the caller's credentials), and a path that could leave the upstream's base 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from fastapi import APIRouter, Request
@@ -19,12 +20,14 @@ from cache_service.api import state
 from cache_service.api.body import lower_headers, read_body, read_json, request_id, validate
 from cache_service.api.cache_field import take_cache_field
 from cache_service.api.openapi import WITH_BODY, WITHOUT_BODY, error_responses, json_body
-from cache_service.cache.keys import project_of
+from cache_service.cache.keys import RequestKeys, project_of
 from cache_service.cache.tenancy import namespace_of
 from cache_service.errors import BadRequest
 from cache_service.flavors import FLAVORS, for_route
 from cache_service.flavors.base import Flavor
 from cache_service.proxy.context import proxy_context
+from cache_service.proxy.embeddings import PATH as EMBEDDINGS
+from cache_service.proxy.embeddings import embedding_keys
 from cache_service.upstream.paths import checked_relay_path
 
 
@@ -116,6 +119,17 @@ async def relay(request: Request, path: str) -> Response:
     settings = state.of(request)["settings"]
     content = await read_body(request, settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     headers = lower_headers(request)
+    if request.method == "POST" and path == EMBEDDINGS:
+        keys = _embedding_keys(request, content, headers)
+        if keys is not None:
+            return await state.of(request)["embeddings"].handle(
+                keys,
+                content,
+                headers,
+                list(request.query_params.multi_items()),
+                project_of(headers),
+                request_id(request),
+            )
     up = await state.of(request)["chain"].relay(
         request.method,
         path,
@@ -127,6 +141,20 @@ async def relay(request: Request, path: str) -> Response:
     out = {**up.headers, "x-cache": "BYPASS"}
     media = out.pop("content-type", None)
     return StreamingResponse(up.chunks, status_code=up.status, headers=out, media_type=media)
+
+
+def _embedding_keys(
+    request: Request, content: bytes, headers: dict[str, str]
+) -> RequestKeys | None:
+    """An embeddings request's exact key in the caller's tenant; None when the body is not
+    one (it is then relayed as it is, for the upstream to judge)."""
+    try:
+        body = json.loads(content)
+    except ValueError:
+        return None
+    tenancy = state.of(request)["tenancy"]
+    tenant = tenancy.tenant(tenancy.caller(headers), namespace_of(headers))
+    return embedding_keys(body, tenant, state.of(request)["settings"])
 
 
 # One route per method, so each has its own operation id and only the ones that carry a body

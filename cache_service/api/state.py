@@ -14,6 +14,7 @@ from cache_service.cache.tenancy import Tenancy
 from cache_service.cache.verdicts import Verdicts
 from cache_service.fleet import Fleet
 from cache_service.proxy.cache_api import CacheAPI
+from cache_service.proxy.embeddings import EmbeddingCache
 from cache_service.proxy.handler import ProxyHandler
 from cache_service.quota.ledger import QuotaLedger
 from cache_service.settings import Settings
@@ -26,6 +27,7 @@ class AppState(TypedDict):
     settings: Settings
     tenancy: Tenancy
     proxy: ProxyHandler
+    embeddings: EmbeddingCache
     cache_api: CacheAPI
     verdicts: Verdicts
     front: CacheFront

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cache_service.simulator.anthropic import anthropic_messages
+from cache_service.simulator.embeddings import create_embeddings
 from cache_service.simulator.errors import (
     BadRequest,
     bad_request,
@@ -146,6 +147,7 @@ def create_simulated_app(config: SimConfig | None = None) -> FastAPI:
     app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])
     app.add_api_route("/v1/responses", create_response, methods=["POST"])
     app.add_api_route("/v1/messages", anthropic_messages, methods=["POST"])
+    app.add_api_route("/v1/embeddings", create_embeddings, methods=["POST"])
     app.add_api_route("/v1/models", _models, methods=["GET"])
     app.add_api_route("/healthz", _healthz, methods=["GET"])
     app.add_api_route("/_sim/faults", _sim_faults, methods=["POST"])
