@@ -19,9 +19,10 @@ RUN useradd --create-home --uid 10001 cache && mkdir -p /data && chown cache /da
 RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 
 COPY pyproject.toml README.md ./
+COPY .ci/requirements.lock ./requirements.lock
 COPY cache_service ./cache_service
 COPY models/manifest.json ./models/manifest.json
-RUN pip install . && python -m cache_service export-model --model-dir /app/models
+RUN pip install -c requirements.lock . && python -m cache_service export-model --model-dir /app/models
 
 ENV CACHE_MODEL_DIR=/app/models
 USER cache

@@ -11,11 +11,11 @@ setup: $(STAMP) $(ONNX)
 
 # torch is pinned and installed first: pip then takes the CPU wheel on this machine's disk
 # instead of resolving a multi-GB CUDA build for sentence-transformers.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml .ci/requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c .ci/requirements.lock -e '.[dev]'
 	touch $@
 
 # Exported once from the bundled weights; serving then loads this file, never the hub.
@@ -45,7 +45,7 @@ bench: setup
 	$(PY) benchmarks/latency.py
 
 bench-quality: setup
-	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m pip install -q -c .ci/requirements.lock -e '.[bench]'
 	$(PY) -m benchmarks.quality.run
 
 # Not in CI and not at setup: ~20-40 min on 2 cores. Rebuilds models/verifier from the bundled
