@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ONNX   := models/all-MiniLM-L6-v2-onnx/onnx/model.onnx
 
-.PHONY: setup redis-server run test lint bench bench-quality train-verifier bench-verifier clean
+.PHONY: setup redis-server chromium run test lint bench bench-quality train-verifier bench-verifier clean
 
 setup: $(STAMP) $(ONNX)
 
@@ -38,7 +38,15 @@ redis-server:
 		$$SUDO apt-get install -y -q redis-server >/dev/null 2>&1 || \
 		{ $$SUDO apt-get update -q && $$SUDO apt-get install -y -q redis-server; }; }
 
-test: setup lint redis-server
+# The dashboard's browser test drives Debian's chromium through Playwright (pointed at that
+# executable: no browser download, never `playwright install`), installed here when missing.
+chromium:
+	@command -v chromium >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || \
+		{ $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }; }
+
+test: setup lint redis-server chromium
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: setup

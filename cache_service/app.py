@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
-from cache_service.api import admin, cache_api, openapi, ops, proxy, reports
+from cache_service.api import admin, cache_api, dashboard, openapi, ops, proxy, reports
 from cache_service.api.cache_status import CacheStatusMiddleware
 from cache_service.api.middleware import install_error_handlers, install_request_ids
 from cache_service.api.state import AppState
@@ -267,7 +267,7 @@ def create_app(
         summary="Semantic response cache sidecar for OpenAI-compatible LLM APIs",
         lifespan=lifespan,
     )
-    for module in (proxy, cache_api, ops, admin, reports):
+    for module in (proxy, cache_api, ops, admin, reports, dashboard):
         app.include_router(module.router)
     app.include_router(proxy.relay_router)  # last: claims every /v1 path left
     install_error_handlers(app)

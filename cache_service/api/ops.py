@@ -3,6 +3,7 @@ key), quota use, liveness and readiness."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Literal
 
 from fastapi import APIRouter, Request
@@ -12,32 +13,59 @@ from redis.exceptions import RedisError
 from cache_service.api import state
 from cache_service.api.auth import fleet_view
 from cache_service.api.body import lower_headers
+from cache_service.api.filters import Filters
 from cache_service.api.openapi import error_responses
 from cache_service.cache.cross_encoder import CrossEncoderVerifier
-from cache_service.errors import StoreUnavailable
+from cache_service.errors import BadRequest, StoreUnavailable
 from cache_service.fleet import Fleet
-from cache_service.telemetry.stats import Stats
+from cache_service.telemetry.stats import Stats, replay_stats
 
 # Only its own failures: these routes read no body and call no upstream.
-router = APIRouter(responses=error_responses(statuses=(500, 503)))
+router = APIRouter(responses=error_responses(statuses=(400, 500, 503)))
 
 
 @router.get("/v1/cache/stats")
 async def cache_stats(
-    request: Request, scope: Literal["replica", "fleet"] = "replica"
+    request: Request,
+    scope: Literal["replica", "fleet"] = "replica",
+    since: str | None = None,
+    until: str | None = None,
+    namespace: str | None = None,
+    model: str | None = None,
+    project: str | None = None,
 ) -> JSONResponse:
     """This replica's figures, or (`scope=fleet`) every replica's added up, as each last
-    published them (within a heartbeat), with the list of replicas counted."""
+    published them (within a heartbeat), with the list of replicas counted.
+
+    Filters (the dashboard's): `namespace` and `model` keep only their rows; `since`,
+    `until` (15m, 1h, 7d or ISO 8601) and `project` rebuild the figures from this replica's
+    outcome log (not with `scope=fleet`; 400 when the log is off)."""
     front = state.of(request)["front"]
     visible = state.of(request)["tenancy"].visible_to(lower_headers(request))
     stats = state.of(request)["stats"]
     fleet = state.of(request)["fleet"]
+    filters = Filters(since, until, namespace, model, project)
     replicas: list[dict[str, object]] | None = None
-    if scope == "fleet" and fleet is not None:
+    if filters.needs_log:
+        log = state.of(request)["telemetry"].log
+        if scope == "fleet":
+            raise BadRequest(
+                "since, until and project read this replica's outcome log: not with scope=fleet",
+                param="scope",
+            )
+        if log is None:
+            raise BadRequest(
+                "since, until and project read the outcome log, which is off (outcome_log: false)"
+            )
+        flt = filters.outcome_filter()
+        stats = replay_stats(await asyncio.to_thread(log.filtered, flt))
+    elif scope == "fleet" and fleet is not None:
         stats, replicas = await _fleet_stats(fleet, stats)
-    snapshot = stats.snapshot(visible)
+    snapshot = stats.snapshot(visible, namespace=namespace or None, model=model or None)
     if replicas is not None:
         snapshot["replicas"] = replicas
+    if filters.given():
+        snapshot["filters"] = filters.given()
     learner = front.learner
     snapshot["quality"] = {
         "audit": state.of(request)["proxy"].auditor.tally.as_dict(),

@@ -36,6 +36,19 @@ class Found:
     searched: Lookup | None = None
     vector: Vector | None = None
     embed_timeout: bool = False
+    too_old: bool = False
+    """A hit was found but refused: older than the caller's max-age."""
+
+    def miss_reason(self) -> str:
+        """Why this lookup served nothing, for the outcome log (see
+        `OutcomeEvent.rejected_by`)."""
+        if self.too_old:
+            return "max_age"
+        if self.embed_timeout:
+            return "embed_timeout"
+        if self.searched is None:
+            return "not_searched"
+        return self.searched.reason
 
 
 def servable(entry: Entry) -> bool:

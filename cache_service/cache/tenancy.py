@@ -17,6 +17,8 @@ namespace. The label is hashed into every scope, so isolation holds by construct
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import re
@@ -76,10 +78,14 @@ class Tenancy:
         return Caller(identity, admin=self.is_admin(headers))
 
     def is_admin(self, headers: dict[str, str]) -> bool:
-        """Constant-time: presented `Authorization: Bearer <admin_key>` (or X-Admin-Key)."""
+        """Constant-time: presented `Authorization: Bearer <admin_key>` (or X-Admin-Key, or
+        HTTP Basic with the admin key as the password: what a browser sends for the
+        dashboard once asked, with any user name)."""
         if not self.admin_key:
             return False
         given = headers.get("x-admin-key") or headers.get("authorization", "")
+        if given[:6].lower() == "basic ":
+            given = _basic_password(given[6:])
         given = given.removeprefix("Bearer ").strip()
         return hmac.compare_digest(given.encode(), self.admin_key.encode())
 
@@ -108,6 +114,15 @@ class Tenancy:
         if identity == SHARED:
             return tenant.split("/", 1)[-1] in self.shared
         return identity == caller.identity
+
+
+def _basic_password(encoded: str) -> str:
+    """The password of an HTTP Basic credential ("" when it is not one)."""
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return ""
+    return decoded.partition(":")[2]
 
 
 def _check(value: str, what: str) -> None:

@@ -80,6 +80,7 @@ class ProxyHandler:
             )
             if too_old:
                 hit = ctx.found.hit = None  # too old for this caller: fetched afresh
+                ctx.found.too_old = True
             if hit is not None:
                 return self._hit(ctx, hit)
             outcome = Outcome.MISS

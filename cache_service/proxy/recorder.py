@@ -10,7 +10,7 @@ import time
 from cache_service.pricing import PriceTable
 from cache_service.protocols import Clock
 from cache_service.proxy.context import RequestContext
-from cache_service.telemetry.events import OutcomeEvent, split_cost
+from cache_service.telemetry.events import HITS, OutcomeEvent, split_cost
 from cache_service.telemetry.hub import Telemetry
 from cache_service.telemetry.stats import LabelCaps, Outcome, Stats
 
@@ -89,6 +89,12 @@ class Recorder:
                 upstream_status=ctx.upstream_status,
                 embed_timeout=found.embed_timeout,
                 prompt=ctx.keys.prompt if self.log_prompts else None,
+                rejected_by=found.miss_reason() if outcome is Outcome.MISS else None,
+                entry_id=(
+                    found.hit.entry.id
+                    if outcome in HITS and found.hit is not None and found.hit.entry is not None
+                    else None
+                ),
             )
         )
         log.info(

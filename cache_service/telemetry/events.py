@@ -45,6 +45,12 @@ class OutcomeEvent:
     upstream_status: int | None = None
     embed_timeout: bool = False
     prompt: str | None = None
+    rejected_by: str | None = None
+    """Why a miss missed: the guard that refused the best candidate, "below_threshold",
+    "no_candidates", "embed_timeout", "max_age" (a hit too old for the caller) or
+    "not_searched" (exact-only request, index not ready, store unreachable). None otherwise."""
+    entry_id: str | None = None
+    """The entry a hit was served from."""
 
     @property
     def dollars(self) -> float:

@@ -29,6 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -61,14 +62,20 @@ CREATE TABLE IF NOT EXISTS outcomes (
     stages TEXT NOT NULL,
     upstream_status INTEGER,
     embed_timeout INTEGER NOT NULL,
-    prompt TEXT
+    prompt TEXT,
+    rejected_by TEXT,
+    entry_id TEXT
 );
 CREATE INDEX IF NOT EXISTS outcomes_time ON outcomes (time);
 """
+# Columns added after the first release: a log written before them gains them on open
+# (NULL in old rows), and a read-only reader selects NULL in their place.
+_ADDED = {"rejected_by": "TEXT", "entry_id": "TEXT"}
 _FIELDS = (
     "time", "request_id", "namespace", "project", "model", "outcome", "similarity",
     "best_rejected", "prompt_tokens", "completion_tokens", "dollars_saved", "dollars_spent",
-    "latency_ms", "stages", "upstream_status", "embed_timeout", "prompt",
+    "latency_ms", "stages", "upstream_status", "embed_timeout", "prompt", "rejected_by",
+    "entry_id",
 )  # fmt: skip
 _COLUMNS = ", ".join(_FIELDS)
 _INSERT = f"INSERT INTO outcomes ({_COLUMNS}) VALUES ({', '.join('?' * len(_FIELDS))})"
@@ -90,12 +97,84 @@ def _event(row: tuple[Any, ...]) -> OutcomeEvent:
     return OutcomeEvent(**d)
 
 
+@dataclass(frozen=True, slots=True)
+class OutcomeFilter:
+    """Which rows a dashboard query reads: since <= time < until, and each label given
+    equal (None: any)."""
+
+    since: float | None = None
+    until: float | None = None
+    namespace: str | None = None
+    model: str | None = None
+    project: str | None = None
+    namespaces: tuple[str, ...] | None = None
+    """Only these namespaces (a caller's own tenants); None: every one."""
+
+    def where(self) -> tuple[str, list[Any]]:
+        lo = -float("inf") if self.since is None else self.since
+        hi = float("inf") if self.until is None else self.until
+        sql = ["time >= ?", "time < ?"]
+        args: list[Any] = [lo, hi]
+        for column in ("namespace", "model", "project"):
+            value = getattr(self, column)
+            if value is not None:
+                sql.append(f"{column} = ?")
+                args.append(value)
+        if self.namespaces is not None:
+            marks = ", ".join("?" * len(self.namespaces))
+            sql.append(f"namespace IN ({marks})" if marks else "0")
+            args.extend(self.namespaces)
+        return " AND ".join(sql), args
+
+
+def _present(conn: sqlite3.Connection) -> set[str]:
+    return {r[1] for r in conn.execute("PRAGMA table_info(outcomes)")}
+
+
+def _select_list(conn: sqlite3.Connection) -> str:
+    have = _present(conn)
+    return ", ".join(f if f in have else f"NULL AS {f}" for f in _FIELDS)
+
+
 def _select(conn: sqlite3.Connection, since: float | None, until: float | None) -> list[Any]:
     # Insertion order, which is the order Stats saw them: float sums then agree to the bit.
-    sql = f"SELECT {_COLUMNS} FROM outcomes WHERE time >= ? AND time < ? ORDER BY id"
+    sql = f"SELECT {_select_list(conn)} FROM outcomes WHERE time >= ? AND time < ? ORDER BY id"
     lo = -float("inf") if since is None else since
     hi = float("inf") if until is None else until
     return conn.execute(sql, (lo, hi)).fetchall()
+
+
+def _recent(conn: sqlite3.Connection, flt: OutcomeFilter, limit: int) -> list[Any]:
+    where, args = flt.where()
+    sql = f"SELECT {_COLUMNS} FROM outcomes WHERE {where} ORDER BY id DESC LIMIT ?"
+    return conn.execute(sql, [*args, limit]).fetchall()
+
+
+def _filtered(conn: sqlite3.Connection, flt: OutcomeFilter) -> list[Any]:
+    where, args = flt.where()
+    return conn.execute(
+        f"SELECT {_COLUMNS} FROM outcomes WHERE {where} ORDER BY id", args
+    ).fetchall()
+
+
+def _miss_reasons(conn: sqlite3.Connection, flt: OutcomeFilter) -> dict[str, int]:
+    where, args = flt.where()
+    sql = (
+        f"SELECT coalesce(rejected_by, 'unknown'), count(*) FROM outcomes "
+        f"WHERE {where} AND outcome = 'miss' GROUP BY 1 ORDER BY 2 DESC, 1"
+    )
+    return {r: n for r, n in conn.execute(sql, args)}
+
+
+def _top_entries(conn: sqlite3.Connection, flt: OutcomeFilter, limit: int) -> list[Any]:
+    where, args = flt.where()
+    sql = (
+        f"SELECT entry_id, count(*), sum(dollars_saved), max(time), "
+        f"min(namespace), min(model) FROM outcomes "
+        f"WHERE {where} AND entry_id IS NOT NULL GROUP BY entry_id "
+        f"ORDER BY 2 DESC, 4 DESC LIMIT ?"
+    )
+    return conn.execute(sql, [*args, limit]).fetchall()
 
 
 def read_outcomes(
@@ -198,6 +277,25 @@ class OutcomeLog:
         rows = self._call(lambda conn: _select(conn, since, until))
         return [_event(r) for r in rows]
 
+    def filtered(self, flt: OutcomeFilter) -> list[OutcomeEvent]:
+        """Every row `flt` admits, in the order recorded (pending rows included)."""
+        return [_event(r) for r in self._call(lambda conn: _filtered(conn, flt))]
+
+    def recent(self, flt: OutcomeFilter, limit: int) -> list[OutcomeEvent]:
+        """The newest `limit` rows `flt` admits, newest first (pending rows included)."""
+        return [_event(r) for r in self._call(lambda conn: _recent(conn, flt, limit))]
+
+    def miss_reasons(self, flt: OutcomeFilter) -> dict[str, int]:
+        """Misses counted by why they missed (`OutcomeEvent.rejected_by`), most first."""
+        reasons: dict[str, int] = self._call(lambda conn: _miss_reasons(conn, flt))
+        return reasons
+
+    def top_entries(self, flt: OutcomeFilter, limit: int) -> list[dict[str, Any]]:
+        """The entries served most often, with their hits and the dollars they saved."""
+        rows = self._call(lambda conn: _top_entries(conn, flt, limit))
+        keys = ("entry_id", "hits", "dollars_saved", "last_hit", "namespace", "model")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
     def prune(self) -> int:
         """Apply retention now; returns rows deleted."""
         n: int = self._call(self._prune)
@@ -243,6 +341,10 @@ class OutcomeLog:
             # fsync every 0.5 s for rows that only feed reports.
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
+            have = _present(conn)
+            for column, kind in _ADDED.items():
+                if column not in have:
+                    conn.execute(f"ALTER TABLE outcomes ADD COLUMN {column} {kind}")
             self._prune(conn)
         except BaseException as e:
             ready.set_exception(e)

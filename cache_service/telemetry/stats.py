@@ -156,12 +156,25 @@ class Stats:
         """The namespaces and the models counted so far."""
         return {ns for ns, _ in self._by_key}, {m for _, m in self._by_key}
 
-    def snapshot(self, visible: Callable[[str], bool] | None = None) -> dict[str, Any]:
-        """Every row, or only the namespaces `visible` admits (a caller's own tenant)."""
+    def snapshot(
+        self,
+        visible: Callable[[str], bool] | None = None,
+        *,
+        namespace: str | None = None,
+        model: str | None = None,
+    ) -> dict[str, Any]:
+        """Every row, or only the namespaces `visible` admits (a caller's own tenant), and
+        only `namespace`'s and `model`'s rows when given (the dashboard's filters)."""
         total = Counters()
         namespaces: dict[str, Counters] = defaultdict(Counters)
         models: dict[str, Counters] = defaultdict(Counters)
-        rows = {key: c for key, c in self._by_key.items() if visible is None or visible(key[0])}
+        rows = {
+            key: c
+            for key, c in self._by_key.items()
+            if (visible is None or visible(key[0]))
+            and namespace in (None, key[0])
+            and model in (None, key[1])
+        }
         for (ns, model), c in rows.items():
             total.add(c)
             namespaces[ns].add(c)

@@ -1,0 +1,198 @@
+"""The dashboard's server side: GET /v1/cache/recent (rows, miss reasons, top entries), the
+stats filters it sends, and who may read them."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from base64 import b64encode
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from cache_service.settings import Settings
+from cache_service.telemetry.outcome_log import OutcomeLog, read_outcomes
+from tests.conftest import harness
+from tests.fakes import FakeClock, HashingEmbedder
+
+ADMIN = {"X-Admin-Key": "adm"}
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat()
+
+
+async def test_recent_rows_reasons_and_top_entries(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+) -> None:
+    settings = settings_factory(admin_key="adm", log_prompts=True)
+    async with harness(settings, embedder, clock) as h:
+        await h.chat("How do I reset my password?", headers={"X-Cache-Namespace": "alpha"})
+        exact = await h.chat("How do I reset my password?", headers={"X-Cache-Namespace": "alpha"})
+        await h.chat("how do I reset my password", headers={"X-Cache-Namespace": "alpha"})
+        await h.chat("What is the capital of France?", headers={"X-Cache-Namespace": "beta"})
+        await h.chat("unrelated", headers={"Cache-Control": "no-store"})
+
+        r = await h.client.get("/v1/cache/recent", headers=ADMIN)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        rows = body["requests"]
+        assert [x["outcome"] for x in rows] == [
+            "bypass", "miss", "semantic_hit", "exact_hit", "miss",
+        ]  # fmt: skip
+        bypass, miss_b, semantic, hit, miss_a = rows
+        assert hit["entry_id"] and hit["entry_id"] == semantic["entry_id"]
+        assert miss_b["namespace"] == "anonymous/beta" and miss_b["entry_id"] is None
+        assert hit["similarity"] == 1.0 and 0 < semantic["similarity"] < 1
+        assert hit["rejected_by"] is None and bypass["rejected_by"] is None
+        assert miss_a["rejected_by"] in ("no_candidates", "below_threshold")
+        assert miss_a["dollars_spent"] > 0 and hit["dollars_saved"] > 0
+        assert hit["namespace"] == "anonymous/alpha" and hit["model"] == "gpt-4o-mini"
+        assert miss_a["prompt"] == "How do I reset my password?"  # log_prompts is on
+        assert exact.headers["x-cache"] == "HIT"
+        assert sum(body["miss_reasons"].values()) == 2
+        assert body["top_entries"][0]["entry_id"] == hit["entry_id"]
+        assert body["top_entries"][0]["hits"] == 2
+
+        # Filters and limit.
+        r = await h.client.get(
+            "/v1/cache/recent",
+            params={"namespace": "anonymous/beta", "limit": 5},
+            headers=ADMIN,
+        )
+        assert [x["outcome"] for x in r.json()["requests"]] == ["miss"]
+        assert r.json()["top_entries"] == []
+        r = await h.client.get("/v1/cache/recent", params={"limit": 2}, headers=ADMIN)
+        assert len(r.json()["requests"]) == 2
+
+        # A caller without the admin key sees only its own tenant's rows.
+        other = await h.client.get("/v1/cache/recent", headers={"Authorization": "Bearer k"})
+        assert other.status_code == 200 and other.json()["requests"] == []
+        anon = await h.client.get("/v1/cache/recent")
+        assert len(anon.json()["requests"]) == 5
+
+
+async def test_prompts_stay_out_unless_logged(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+) -> None:
+    async with harness(settings_factory(), embedder, clock) as h:
+        await h.chat("a secret prompt")
+        body = (await h.client.get("/v1/cache/recent")).json()
+        assert body["log_prompts"] is False
+        assert "prompt" not in body["requests"][0]
+
+
+async def test_stats_filters(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+) -> None:
+    async with harness(settings_factory(admin_key="adm"), embedder, clock) as h:
+        await h.chat("How do I reset my password?", headers={"X-Cache-Namespace": "alpha"})
+        await h.chat("How do I reset my password?", headers={"X-Cache-Namespace": "alpha"})
+        start = clock.now()
+        clock.advance(3600)
+        await h.chat("What is the capital of France?", headers={"X-Project-Id": "web"})
+        await h.chat("What is the capital of France?", headers={"X-Project-Id": "web"})
+        await h.chat("What is the capital of France?", model="gpt-4o")
+
+        async def get(**params: str) -> httpx.Response:
+            return await h.client.get("/v1/cache/stats", params=params, headers=ADMIN)
+
+        everything = (await get()).json()
+        assert everything["total"]["requests"] == 5
+        assert "filters" not in everything
+
+        ns = (await get(namespace="anonymous/alpha")).json()
+        assert ns["total"]["requests"] == 2 and ns["total"]["exact_hits"] == 1
+        assert list(ns["by_namespace"]) == ["anonymous/alpha"]
+        assert ns["filters"] == {"namespace": "anonymous/alpha"}
+
+        model = (await get(model="gpt-4o")).json()
+        assert model["total"]["requests"] == 1 and model["total"]["misses"] == 1
+
+        # Time and project rebuild the figures from the outcome log.
+        later = (await get(since=iso(start + 1))).json()
+        assert later["total"]["requests"] == 3
+        earlier = (await get(until=iso(start + 1))).json()
+        assert earlier["total"] == ns["total"]
+        web = (await get(project="web")).json()
+        assert web["total"]["requests"] == 2 and web["total"]["exact_hits"] == 1
+        # The log's figures for everything equal the live counters.
+        assert (await get(since=iso(0))).json()["total"] == everything["total"]
+
+        bad = await get(since="yesterday")
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "since"
+        fleet = await get(since="1h", scope="fleet")
+        assert fleet.status_code == 400
+
+
+async def test_admin_only_ops_guards_the_dashboard(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+) -> None:
+    settings = settings_factory(admin_key="adm", admin_only_ops=True)
+    async with harness(settings, embedder, clock) as h:
+        for path in ("/dashboard", "/v1/cache/recent", "/v1/quota"):
+            assert (await h.client.get(path)).status_code == 401, path
+            wrong = await h.client.get(path, headers={"X-Admin-Key": "nope"})
+            assert wrong.status_code == 401, path
+            assert (await h.client.get(path, headers=ADMIN)).status_code == 200, path
+            basic = {"Authorization": "Basic " + b64encode(b"anyone:adm").decode()}
+            assert (await h.client.get(path, headers=basic)).status_code == 200, path
+        # A browser is asked for the key (HTTP Basic: any user name, the key as password).
+        refused = await h.client.get("/dashboard")
+        assert refused.headers["www-authenticate"].startswith("Basic ")
+        for wrong in (b"adm:nope", b"adm", b"\xff:adm"):
+            auth = {"Authorization": "Basic " + b64encode(wrong).decode()}
+            assert (await h.client.get("/dashboard", headers=auth)).status_code == 401, wrong
+        garbled = await h.client.get("/dashboard", headers={"Authorization": "Basic !!"})
+        assert garbled.status_code == 401
+        await h.chat("hello", headers={"Authorization": "Bearer k"})
+        basic = {"Authorization": "Basic " + b64encode(b":adm").decode()}
+        seen = (await h.client.get("/v1/cache/stats", headers=basic)).json()
+        assert seen["total"]["requests"] == 1  # the admin's view: every tenant's
+    async with harness(settings_factory(admin_only_ops=True), embedder, clock) as h:
+        # admin_only_ops without an admin key: refused, never open.
+        assert (await h.client.get("/dashboard")).status_code == 403
+
+
+async def test_the_page_loads_nothing_from_elsewhere(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+) -> None:
+    async with harness(settings_factory(), embedder, clock) as h:
+        r = await h.client.get("/dashboard")
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/html")
+        assert "default-src 'none'" in r.headers["content-security-policy"]
+        page = r.text
+        assert not re.search(r"""\b(src|href)\s*=""", page)
+        assert "@import" not in page and "url(" not in page
+        # The one absolute URL is the SVG namespace, an identifier never fetched.
+        urls = set(re.findall(r"https?://[^\s\"']+", page))
+        assert urls == {"http://www.w3.org/2000/svg"}
+        for endpoint in ("/v1/cache/stats", "/v1/quota", "/v1/cache/recent"):
+            assert endpoint in page
+
+
+def test_a_log_from_before_the_new_columns_opens_and_reads(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """CREATE TABLE outcomes (id INTEGER PRIMARY KEY, time REAL NOT NULL,
+        request_id TEXT NOT NULL, namespace TEXT NOT NULL, project TEXT NOT NULL,
+        model TEXT NOT NULL, outcome TEXT NOT NULL, similarity REAL, best_rejected REAL,
+        prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+        dollars_saved REAL NOT NULL, dollars_spent REAL NOT NULL, latency_ms REAL NOT NULL,
+        stages TEXT NOT NULL, upstream_status INTEGER, embed_timeout INTEGER NOT NULL,
+        prompt TEXT);
+        INSERT INTO outcomes VALUES (1, 5.0, 'r1', 'ns', 'default', 'm', 'miss', NULL, NULL,
+        3, 4, 0, 0.01, 2.0, '{}', 200, 0, NULL);"""
+    )
+    conn.commit()
+    conn.close()
+    old = read_outcomes(path)  # read-only, before any writer added the columns
+    assert len(old) == 1 and old[0].rejected_by is None and old[0].entry_id is None
+    with OutcomeLog.open(path, retention_days=1e6) as log:
+        [event] = log.query()
+        assert event.request_id == "r1" and event.rejected_by is None
+    assert len(read_outcomes(path)) == 1
