@@ -6,6 +6,8 @@ stats, a caller's own tenant's unless it presents the admin key."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -25,6 +27,20 @@ router = APIRouter(responses=error_responses(statuses=(400, 401, 403, 500)))
 MAX_RECENT = 500
 
 
+def _script_hash(page: str) -> str:
+    """The CSP source admitting the page's one inline script and no other."""
+    script = page.split("<script>", 1)[1].split("</script>", 1)[0]
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    return f"'sha256-{digest}'"
+
+
+CSP = (
+    f"default-src 'none'; script-src {_script_hash(PAGE)}; style-src 'unsafe-inline'; "
+    "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
+
+
 @router.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
 async def dashboard(request: Request) -> HTMLResponse:
     """One self-contained page (inline CSS and script, nothing fetched from elsewhere) that
@@ -41,11 +57,7 @@ async def dashboard(request: Request) -> HTMLResponse:
         headers={
             "cache-control": "no-store",
             # The page loads nothing from outside and runs only its own inline script.
-            "content-security-policy": (
-                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-                "connect-src 'self'; img-src 'self' data:; base-uri 'none'; "
-                "form-action 'none'; frame-ancestors 'none'"
-            ),
+            "content-security-policy": CSP,
             "x-content-type-options": "nosniff",
         },
     )
@@ -63,8 +75,9 @@ async def recent(
     top: int = Query(10, ge=0, le=100),
 ) -> JSONResponse:
     """The newest `limit` outcomes (newest first) matching the filters, the misses counted by
-    why they missed, and the `top` entries served most often. Prompt text only where the
-    operator turned `log_prompts` on."""
+    why they missed, the `top` entries served most often, and the hit rate and dollars over
+    the time the rows span (`series`, up to 60 slices). Prompt text only where the operator
+    turned `log_prompts` on."""
     fleet_view(request, "the recent requests")
     telemetry = state.of(request)["telemetry"]
     log = telemetry.log
@@ -75,15 +88,18 @@ async def recent(
     filters = Filters(since, until, namespace, model, project)
     flt = filters.outcome_filter(visible_namespaces(visible, known))
 
-    def read() -> tuple[list[OutcomeEvent], dict[str, int], list[dict[str, Any]]]:
-        return log.recent(flt, limit), log.miss_reasons(flt), log.top_entries(flt, top)
+    def read() -> dict[str, Any]:
+        return {
+            "requests": [_row(e, telemetry.log_prompts) for e in log.recent(flt, limit)],
+            "miss_reasons": log.miss_reasons(flt),
+            "top_entries": log.top_entries(flt, top),
+            "series": log.series(flt),
+        }
 
-    rows, reasons, entries = await asyncio.to_thread(read)
+    body = await asyncio.to_thread(read)
     return JSONResponse(
         {
-            "requests": [_row(e, telemetry.log_prompts) for e in rows],
-            "miss_reasons": reasons,
-            "top_entries": entries,
+            **body,
             "log_prompts": telemetry.log_prompts,
             "filters": filters.given(),
         }

@@ -8,6 +8,7 @@ PAGE = """<!doctype html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>cache-service dashboard</title>
+<link rel="icon" href="data:,">
 <style>
 :root { --bg:#f6f7f9; --card:#fff; --ink:#1d2330; --mute:#667085; --line:#e4e7ec;
   --hit:#12805c; --sem:#2f6fdb; --miss:#c4501b; --err:#b42318; }
@@ -80,10 +81,10 @@ svg.spark { width:100%; height:70px; }
 <main>
   <div class="cards" id="cards"></div>
   <div class="row2">
-    <section><h2>Hit rate <span class="mute">(since this page opened)</span></h2>
+    <section><h2>Hit rate over time <span class="mute" id="span-hit"></span></h2>
       <svg class="spark" id="spark-hit" viewBox="0 0 300 70" preserveAspectRatio="none"></svg>
     </section>
-    <section><h2>Dollars saved <span class="mute">(since this page opened)</span></h2>
+    <section><h2>Dollars saved, cumulative <span class="mute" id="span-saved"></span></h2>
       <svg class="spark" id="spark-saved" viewBox="0 0 300 70" preserveAspectRatio="none"></svg>
     </section>
   </div>
@@ -103,7 +104,7 @@ svg.spark { width:100%; height:70px; }
 "use strict";
 (function () {
   var $ = function (id) { return document.getElementById(id); };
-  var timer = null, history = [], filterKey = "";
+  var timer = null;
   var keyStore = window.sessionStorage;
   $("f-key").value = keyStore.getItem("cache-admin-key") || "";
 
@@ -211,10 +212,6 @@ svg.spark { width:100%; height:70px; }
     fillList("l-model", Object.keys(s.by_model || {}));
     showQuality(s.quality || {});
     showCache(s.cache || {});
-    history.push({ hit: t.hit_rate, saved: t.dollars_saved });
-    if (history.length > 120) { history.shift(); }
-    spark("spark-hit", history.map(function (h) { return h.hit; }), 1);
-    spark("spark-saved", history.map(function (h) { return h.saved; }), null);
   }
   function fillList(id, values) {
     var list = $(id), have = {};
@@ -226,7 +223,8 @@ svg.spark { width:100%; height:70px; }
   function spark(id, values, top) {
     var svg = $(id), ns = "http://www.w3.org/2000/svg";
     svg.replaceChildren();
-    if (values.length < 2) { return; }
+    if (!values.length) { return; }
+    if (values.length === 1) { values = [values[0], values[0]]; }
     var max = top || Math.max.apply(null, values) || 1, pts = [];
     values.forEach(function (v, i) {
       pts.push((i * 300 / (values.length - 1)).toFixed(1) + "," + (68 - (v / max) * 64).toFixed(1));
@@ -281,7 +279,10 @@ svg.spark { width:100%; height:70px; }
           limit: w[1].limit, remaining: w[1].remaining, reset_at: w[1].reset_at, fmt: w[2] });
       });
     });
-    rows = rows.filter(function (r) { return r.limit !== null || r.used; });
+    // Request and token windows only where limited; budgets always (dollars spent).
+    rows = rows.filter(function (r) {
+      return r.limit !== null || r.window.indexOf("budget") === 0;
+    });
     put("quota", table([
       ["scope", function (r) { return r.scope; }], ["window", function (r) { return r.window; }],
       ["used", function (r) { return r.fmt(r.used); }],
@@ -291,7 +292,17 @@ svg.spark { width:100%; height:70px; }
       ["resets", function (r) { return when(r.reset_at); }]
     ], rows, "quota-table"));
   }
+  function showSeries(series) {
+    var saved = 0, cumulative = series.map(function (b) { return (saved += b.dollars_saved); });
+    spark("spark-hit", series.map(function (b) { return b.hit_rate; }), 1);
+    spark("spark-saved", cumulative, null);
+    var span = series.length
+      ? "(" + when(series[0].time) + " to " + when(series[series.length - 1].time) + ")" : "";
+    $("span-hit").textContent = span;
+    $("span-saved").textContent = series.length ? "(" + usd(saved) + ")" : "";
+  }
   function showRecent(r) {
+    showSeries(r.series || []);
     var reasons = Object.keys(r.miss_reasons || {}).map(function (k) {
       return { reason: k, n: r.miss_reasons[k] };
     });
@@ -329,7 +340,6 @@ svg.spark { width:100%; height:70px; }
 
   function refresh() {
     var key = JSON.stringify(filters());
-    if (key !== filterKey) { filterKey = key; history = []; }
     var status = $("status");
     var jobs = [
       get("/v1/cache/stats" + query()).then(showStats),

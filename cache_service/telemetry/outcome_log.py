@@ -166,6 +166,37 @@ def _miss_reasons(conn: sqlite3.Connection, flt: OutcomeFilter) -> dict[str, int
     return {r: n for r, n in conn.execute(sql, args)}
 
 
+def _series(conn: sqlite3.Connection, flt: OutcomeFilter, buckets: int) -> list[dict[str, Any]]:
+    where, args = flt.where()
+    lo, hi = conn.execute(
+        f"SELECT min(time), max(time) FROM outcomes WHERE {where}", args
+    ).fetchone()
+    if lo is None:
+        return []
+    width = max((hi - lo) / buckets, 1.0)
+    sql = (
+        f"SELECT CAST((time - ?) / ? AS INTEGER) AS b, count(*), "
+        f"sum(outcome IN ('exact_hit', 'semantic_hit')), "
+        f"sum(outcome IN ('exact_hit', 'semantic_hit', 'miss')), "
+        f"sum(dollars_saved), sum(dollars_spent) FROM outcomes WHERE {where} "
+        f"GROUP BY b ORDER BY b"
+    )
+    out = []
+    for b, requests, hits, eligible, saved, spent in conn.execute(sql, [lo, width, *args]):
+        out.append(
+            {
+                "time": lo + b * width,
+                "width_s": width,
+                "requests": requests,
+                "hits": hits,
+                "hit_rate": round(hits / eligible, 4) if eligible else 0.0,
+                "dollars_saved": saved,
+                "dollars_spent": spent,
+            }
+        )
+    return out
+
+
 def _top_entries(conn: sqlite3.Connection, flt: OutcomeFilter, limit: int) -> list[Any]:
     where, args = flt.where()
     sql = (
@@ -289,6 +320,12 @@ class OutcomeLog:
         """Misses counted by why they missed (`OutcomeEvent.rejected_by`), most first."""
         reasons: dict[str, int] = self._call(lambda conn: _miss_reasons(conn, flt))
         return reasons
+
+    def series(self, flt: OutcomeFilter, buckets: int = 60) -> list[dict[str, Any]]:
+        """Requests, hit rate and dollars in up to `buckets` equal slices of the time the
+        admitted rows span (at least a second each), oldest first; empty slices left out."""
+        out: list[dict[str, Any]] = self._call(lambda conn: _series(conn, flt, buckets))
+        return out
 
     def top_entries(self, flt: OutcomeFilter, limit: int) -> list[dict[str, Any]]:
         """The entries served most often, with their hits and the dollars they saved."""

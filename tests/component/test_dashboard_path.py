@@ -55,6 +55,10 @@ async def test_recent_rows_reasons_and_top_entries(
         assert sum(body["miss_reasons"].values()) == 2
         assert body["top_entries"][0]["entry_id"] == hit["entry_id"]
         assert body["top_entries"][0]["hits"] == 2
+        series = body["series"]
+        assert sum(b["requests"] for b in series) == 5
+        assert sum(b["hits"] for b in series) == 2
+        assert sum(b["dollars_saved"] for b in series) == sum(x["dollars_saved"] for x in rows)
 
         # Filters and limit.
         r = await h.client.get(
@@ -165,7 +169,9 @@ async def test_the_page_loads_nothing_from_elsewhere(
         assert r.headers["content-type"].startswith("text/html")
         assert "default-src 'none'" in r.headers["content-security-policy"]
         page = r.text
-        assert not re.search(r"""\b(src|href)\s*=""", page)
+        # No attribute names a resource but the empty favicon (no request for one).
+        named = re.findall(r'\b(?:src|href)\s*=\s*"[^"]*"', page)
+        assert named == ['href="data:,"']
         assert "@import" not in page and "url(" not in page
         # The one absolute URL is the SVG namespace, an identifier never fetched.
         urls = set(re.findall(r"https?://[^\s\"']+", page))

@@ -67,7 +67,13 @@ def wait_for_requests(page: Any, n: int) -> None:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (make chromium)")
 def test_dashboard_shows_the_stats_and_filters_them(upstream: Upstream, tmp_path: Path) -> None:
-    with sidecar(upstream, tmp_path, admin_key=ADMIN_KEY, admin_only_ops="true") as base:
+    with sidecar(
+        upstream,
+        tmp_path,
+        admin_key=ADMIN_KEY,
+        admin_only_ops="true",
+        total_daily_budget_usd="5",
+    ) as base:
         assert chat(base, "How do I reset my password?", "alpha") == "MISS:"
         assert chat(base, "How do I reset my password?", "alpha") == "HIT:exact"
         assert chat(base, "How can I reset my password?", "alpha") == "HIT:semantic"
@@ -89,6 +95,11 @@ def test_dashboard_shows_the_stats_and_filters_them(upstream: Upstream, tmp_path
                 page = context.new_page()
                 errors: list[str] = []
                 page.on("pageerror", lambda e: errors.append(str(e)))
+                # Console errors include Content-Security-Policy refusals.
+                page.on(
+                    "console",
+                    lambda m: errors.append(m.text) if m.type == "error" else None,
+                )
                 outside: list[str] = []
                 page.on(
                     "request",
@@ -113,6 +124,11 @@ def test_dashboard_shows_the_stats_and_filters_them(upstream: Upstream, tmp_path
                 reasons = page.locator("#miss-reasons-table tbody tr td:nth-child(2)")
                 assert sum(int(n) for n in reasons.all_inner_texts()) == 3
                 assert page.locator("#status").get_attribute("class") != "bad"
+                budget = page.locator("#quota-table tbody tr", has_text="budget/day").first
+                cells = budget.locator("td").all_inner_texts()
+                assert cells[0] == "global total" and cells[3] == "$5.00", cells
+                spent = total["dollars_spent"]
+                assert cells[2] == (f"${spent:.2f}" if spent >= 1 else f"${spent:.6f}")
                 if shot := os.environ.get("DASHBOARD_SCREENSHOT"):
                     page.screenshot(path=shot, full_page=True)  # the README's picture
 
