@@ -78,6 +78,21 @@ async def test_recent_rows_reasons_and_top_entries(
         assert len(anon.json()["requests"]) == 5
 
 
+async def test_a_hit_refused_for_its_age_is_a_max_age_miss(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+) -> None:
+    async with harness(settings_factory(), embedder, clock) as h:
+        await h.chat("How do I reset my password?")
+        clock.advance(100)
+        stale = await h.chat("How do I reset my password?", headers={"Cache-Control": "max-age=50"})
+        assert stale.headers["x-cache"] != "HIT"
+        rows = (await h.client.get("/v1/cache/recent")).json()["requests"]
+        assert [(x["outcome"], x["rejected_by"]) for x in rows] == [
+            ("miss", "max_age"),
+            ("miss", "no_candidates"),
+        ]
+
+
 async def test_prompts_stay_out_unless_logged(
     settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
 ) -> None:
