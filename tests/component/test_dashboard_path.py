@@ -93,6 +93,16 @@ async def test_a_hit_refused_for_its_age_is_a_max_age_miss(
         ]
 
 
+async def test_without_the_outcome_log_the_log_filters_are_refused(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+) -> None:
+    async with harness(settings_factory(outcome_log=False), embedder, clock) as h:
+        assert (await h.client.get("/v1/cache/recent")).status_code == 400
+        assert (await h.client.get("/v1/cache/stats", params={"since": "1h"})).status_code == 400
+        live = await h.client.get("/v1/cache/stats", params={"model": "gpt-4o"})
+        assert live.status_code == 200  # the live counters need no log
+
+
 async def test_prompts_stay_out_unless_logged(
     settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
 ) -> None:
