@@ -122,15 +122,26 @@ def cmd_report(args: argparse.Namespace) -> int:
     from cache_service.report.cli import run_cli
     from cache_service.settings import ConfigError, load_settings
 
-    data_dir = args.data_dir
-    if data_dir is None:
-        try:
-            data_dir = load_settings(args.config).data_dir
-        except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+    # The config gives data_dir, the projects' budget limits and the similarity threshold.
+    # With --data-dir a broken config costs only the sections it would have given.
+    settings = None
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as e:
+        print(f"{'warning' if args.data_dir else 'error'}: {e}", file=sys.stderr)
+    if args.data_dir is not None:
+        data_dir = args.data_dir
+    elif settings is not None:
+        data_dir = settings.data_dir
+    else:
+        return 2
     return run_cli(
-        Path(data_dir) / "outcomes.sqlite3", since=args.since, fmt=args.format, out=args.out
+        Path(data_dir) / "outcomes.sqlite3",
+        since=args.since,
+        fmt=args.format,
+        out=args.out,
+        settings=settings,
+        threshold=args.threshold,
     )
 
 

@@ -16,6 +16,7 @@ from cache_service.api.body import lower_headers
 from cache_service.api.filters import Filters
 from cache_service.api.openapi import error_responses
 from cache_service.cache.cross_encoder import CrossEncoderVerifier
+from cache_service.cache.feedback import quality_view
 from cache_service.errors import BadRequest, StoreUnavailable
 from cache_service.fleet import Fleet
 from cache_service.telemetry.stats import Stats, replay_stats
@@ -66,18 +67,9 @@ async def cache_stats(
         snapshot["replicas"] = replicas
     if filters.given():
         snapshot["filters"] = filters.given()
-    learner = front.learner
-    snapshot["quality"] = {
-        "audit": state.of(request)["proxy"].auditor.tally.as_dict(),
-        "feedback": {k: v for k, v in learner.counts.items() if visible is None or visible(k)},
-        "learned_thresholds": {
-            k: v for k, v in learner.thresholds.items() if visible is None or visible(k)
-        },
-        # Wrong reports held until a second one corroborates them (cache/feedback.py).
-        "pending_wrong_reports": {
-            k: len(v) for k, v in learner.pending.items() if visible is None or visible(k)
-        },
-    }
+    snapshot["quality"] = quality_view(
+        front.learner, state.of(request)["proxy"].auditor.tally, visible
+    )
     snapshot["cache"] = {
         "vectors": len(front.cache.index),
         "index_ready": front.ready,

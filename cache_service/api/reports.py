@@ -13,9 +13,11 @@ from cache_service.api import state
 from cache_service.api.auth import fleet_view
 from cache_service.api.body import lower_headers
 from cache_service.api.openapi import error_responses
+from cache_service.cache.feedback import quality_view
 from cache_service.errors import BadRequest
 from cache_service.report.build import ReportError, build_report, parse_since
 from cache_service.report.formats import FORMATS, render
+from cache_service.telemetry.outcome_log import OutcomeFilter
 
 # Only its own failures: these routes read no body and call no upstream.
 router = APIRouter(responses=error_responses(statuses=(400, 500)))
@@ -31,12 +33,16 @@ async def metrics(request: Request) -> Response:
     return Response(body, media_type=content_type)
 
 
+TOP_ENTRIES = 10
+
+
 @router.get("/v1/cache/report")
 async def cache_report(
     request: Request, format: str = "json", since: str | None = None
 ) -> Response:
     """The outcome log since `since` (1h, 7d, ISO 8601; default: all of it) as html, md or
-    json. Totals use the definitions of GET /v1/cache/stats. A caller's own tenant's
+    json. Totals use the definitions of GET /v1/cache/stats; miss reasons and top entries
+    those of GET /v1/cache/recent; quality is that of the stats. A caller's own tenant's
     requests; every tenant's, and the projects' budgets, with the admin key."""
     if format not in FORMATS:
         raise BadRequest(f"format must be one of {', '.join(FORMATS)}", param="format")
@@ -44,18 +50,45 @@ async def cache_report(
         start = parse_since(since, time.time())
     except ReportError as e:
         raise BadRequest(str(e), param="since") from e
-    telemetry = state.of(request)["telemetry"]
-    visible = state.of(request)["tenancy"].visible_to(lower_headers(request))
+    services = state.of(request)
+    telemetry = services["telemetry"]
+    visible = services["tenancy"].visible_to(lower_headers(request))
     # On the loop: the quota ledger behind it is only safe to read from the loop's thread.
     # Budgets belong to projects, which span tenants: the admin's view only.
     budgets = await telemetry.current_budgets() if visible is None else None
+    unavailable: dict[str, str] = {}
+    if visible is not None:
+        unavailable["budgets"] = "budgets belong to projects, which span tenants: admin key only"
+    elif budgets is None:
+        unavailable["budgets"] = "no quota ledger, or its snapshot failed"
+    quality = quality_view(services["front"].learner, services["proxy"].auditor.tally, visible)
+    log = telemetry.log
+    if log is None:
+        for name in ("miss_reasons", "top_entries"):
+            unavailable[name] = "the outcome log is off (outcome_log: false)"
 
     def make() -> tuple[str, str]:
         # Reading the log and drawing plots both block (SQLite, matplotlib): one thread.
         events = telemetry.events(start)
+        reasons: dict[str, int] | None = None
+        top: list[dict[str, Any]] | None = None
         if visible is not None:
             events = [e for e in events if visible(e.namespace)]
-        report: dict[str, Any] = build_report(events, since=start, budgets=budgets)
+        if log is not None:
+            # The caller's namespaces as the events have them (None: the admin, all).
+            mine = None if visible is None else tuple(sorted({e.namespace for e in events}))
+            flt = OutcomeFilter(since=start, namespaces=mine)
+            reasons, top = log.miss_reasons(flt), log.top_entries(flt, TOP_ENTRIES)
+        report: dict[str, Any] = build_report(
+            events,
+            since=start,
+            budgets=budgets,
+            miss_reasons=reasons,
+            top_entries=top,
+            quality=quality,
+            threshold=services["settings"].similarity_threshold,
+            unavailable=unavailable,
+        )
         return render(report, format)
 
     text, media_type = await asyncio.to_thread(make)

@@ -29,8 +29,11 @@ still `load()` (no pending reports).
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 RAISE_MARGIN = 0.005
 RELAX_STEP = 0.001
@@ -131,3 +134,24 @@ class AuditTally:
             "skipped": self.skipped,
             "estimated_precision": round(self.agreed / self.audited, 4) if self.audited else None,
         }
+
+
+def quality_view(
+    learner: FeedbackLearner,
+    tally: AuditTally | None,
+    visible: Callable[[str], bool] | None = None,
+) -> dict[str, Any]:
+    """What is known of the hits' quality, as `/v1/cache/stats` and the report show it: the
+    audit tally (None where it is not known, as in the report CLI: it lives in the server's
+    memory), verdicts and learned thresholds per namespace (only those `visible` admits)."""
+
+    def mine(d: dict[str, T]) -> dict[str, T]:
+        return {k: v for k, v in d.items() if visible is None or visible(k)}
+
+    return {
+        "audit": None if tally is None else tally.as_dict(),
+        "feedback": mine(learner.counts),
+        "learned_thresholds": mine(learner.thresholds),
+        # Wrong reports held until a second one corroborates them.
+        "pending_wrong_reports": {k: len(v) for k, v in mine(learner.pending).items()},
+    }

@@ -67,12 +67,22 @@ def build_report(
     until: float | None = None,
     budgets: list[dict[str, Any]] | None = None,
     now: float | None = None,
+    miss_reasons: dict[str, int] | None = None,
+    top_entries: list[dict[str, Any]] | None = None,
+    quality: dict[str, Any] | None = None,
+    threshold: float | None = None,
+    unavailable: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Every number the renderers show, as plain JSON-able data.
 
     `events` are those of the period (the caller queried the log with `since`); `budgets`
     (dicts with project, window, used_usd, limit_usd) come from the quota manager and add a
-    section only when given.
+    section only when given. `miss_reasons` and `top_entries` are the outcome log's own
+    answers for the same period (`OutcomeLog.miss_reasons` / `top_entries`, or their
+    read-only twins: the dashboard's definitions); `quality` is `quality_view`'s; `threshold`
+    the configured similarity threshold, marked on the similarity plot. A section not given
+    is left out and listed under `unavailable`, with the reason from `unavailable` where the
+    caller gave one.
     """
     by_ns = Stats()
     by_project = Stats()
@@ -111,9 +121,52 @@ def build_report(
             )
         },
     }
+    report["similarity"]["threshold"] = threshold
+    if miss_reasons is not None:
+        report["miss_reasons"] = _miss_reasons(miss_reasons)
+    if top_entries is not None:
+        report["top_entries"] = [_top_entry(e) for e in top_entries]
+    if quality is not None:
+        report["quality"] = quality
     if budgets is not None:
         report["budgets"] = [_budget(b) for b in budgets]
+    given = {
+        "miss_reasons": miss_reasons,
+        "top_entries": top_entries,
+        "quality": quality,
+        "budgets": budgets,
+    }
+    why = unavailable or {}
+    report["unavailable"] = {
+        name: why.get(name, "not given to the report") for name, v in given.items() if v is None
+    } | {name: text for name, text in why.items() if name not in given}
     return report
+
+
+def _miss_reasons(counts: dict[str, int]) -> dict[str, Any]:
+    """Misses by why they missed, most first, with each reason's share: below_threshold
+    says the threshold is what refuses, a guard's name that the guard does."""
+    total = sum(counts.values())
+    rows = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return {
+        "misses": total,
+        "reasons": [
+            {"reason": r, "misses": n, "share": round(n / total, 4) if total else 0.0}
+            for r, n in rows
+        ],
+    }
+
+
+def _top_entry(e: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "entry_id": str(e["entry_id"]),
+        "namespace": e.get("namespace"),
+        "model": e.get("model"),
+        "hits": int(e["hits"]),
+        "tokens_saved": int(e.get("tokens_saved") or 0),
+        "dollars_saved": round(float(e.get("dollars_saved") or 0.0), 10),
+        "last_hit": iso(e.get("last_hit")),
+    }
 
 
 def _timeline(events: Sequence[OutcomeEvent]) -> dict[str, Any]:

@@ -1,5 +1,18 @@
-"""`python -m cache_service report`: a report from the outcome log, read without writing
-to it, so it works while the server runs."""
+"""`python -m cache_service report`: a report from the files a sidecar leaves in its data_dir,
+read without writing to any of them, so it works while the server runs.
+
+What the server's report has and the CLI reads instead:
+
+* outcomes, miss reasons and top entries: the outcome log (`outcomes.sqlite3`), with the same
+  queries as the server's;
+* budgets: the spend snapshot (`spend.json`) plus the spend journal after it, against the
+  project limits in the config file, through the same quota manager the server restores
+  them into. Limits changed at run time (`PUT /v1/admin/limits`) are not in any file; with
+  `redis_url` the spend is the fleet's, in Redis, and the section says so instead;
+* quality: verdicts and learned thresholds from `feedback.json`; the audit tally lives in
+  the server's memory only, so that part is listed as unavailable;
+* the similarity threshold: `--threshold`, else the config's `similarity_threshold`.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +20,24 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cache_service.report.build import ReportError, build_report, parse_since
 from cache_service.report.formats import FORMATS, render
-from cache_service.telemetry.outcome_log import read_outcomes
+from cache_service.telemetry.outcome_log import (
+    OutcomeFilter,
+    read_miss_reasons,
+    read_outcomes,
+    read_top_entries,
+)
+
+if TYPE_CHECKING:
+    from cache_service.settings import Settings
+
+TOP_ENTRIES = 10
+AUDIT_UNAVAILABLE = (
+    "the audit tally is kept in the server's memory only: GET /v1/cache/report has it"
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,6 +46,63 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="write here instead of stdout")
     p.add_argument("--data-dir", type=Path, help="the sidecar's data_dir (default: settings)")
     p.add_argument("--config", type=Path, help="YAML config file (also CACHE_CONFIG)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        help="similarity threshold to mark on the plot (default: the config's)",
+    )
+
+
+class _At:
+    """A clock stopped at the report's `now` (budget windows are calendar days/months)."""
+
+    def __init__(self, now: float) -> None:
+        self._now = now
+
+    def now(self) -> float:
+        return self._now
+
+    def monotonic(self) -> float:
+        return self._now
+
+    async def sleep(self, seconds: float) -> None:  # never awaited: the ledger is not run
+        return None
+
+
+def offline_budgets(
+    settings: Settings, data_dir: Path, now: float
+) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """(budgets as the server's report shows them, None) from spend.json and the journal
+    against the config's limits; (None, why) where they cannot be known from files."""
+    from cache_service.backends.journal import SpendJournal
+    from cache_service.backends.jsonfile import JsonFile
+    from cache_service.quota.manager import QuotaManager
+    from cache_service.quota.projects import project_limits
+    from cache_service.telemetry.quota_view import budgets_of
+
+    if settings.redis_url:
+        return None, "spend is the fleet's, kept in Redis (redis_url): see GET /v1/cache/report"
+    manager = QuotaManager(_At(now))
+    for p in settings.projects:
+        manager.configure("project", p.name, project_limits(p))
+    try:
+        saved = JsonFile(data_dir / "spend.json").load()
+        covered = int(saved.get("journal_seq", 0))
+        events, _ = SpendJournal(data_dir).recover(after=covered)
+        manager.restore_spend(saved.get("spend"), events)
+    except (OSError, ValueError) as e:
+        return None, f"the spend snapshot in {data_dir} is unreadable: {e}"
+    return budgets_of(manager.snapshot()), None
+
+
+def offline_quality(data_dir: Path, base_threshold: float) -> dict[str, Any]:
+    """Verdicts and learned thresholds as the server loads them from feedback.json."""
+    from cache_service.backends.jsonfile import JsonFile
+    from cache_service.cache.feedback import FeedbackLearner, quality_view
+
+    learner = FeedbackLearner(base_threshold)
+    learner.load(JsonFile(data_dir / "feedback.json").load())
+    return quality_view(learner, None)
 
 
 def run_cli(
@@ -30,13 +113,48 @@ def run_cli(
     out: Path | None,
     budgets: list[dict[str, Any]] | None = None,
     now: float | None = None,
+    settings: Settings | None = None,
+    threshold: float | None = None,
 ) -> int:
-    """Read the log without writing to it (the server may be running), render, write."""
+    """Read the log (and, with `settings`, the spend and feedback files beside it) without
+    writing to them, render, write. Without `settings` the budget and quality sections say
+    why they are missing."""
     now = time.time() if now is None else now
+    data_dir = log_path.parent
+    unavailable: dict[str, str] = {}
+    quality: dict[str, Any] | None = None
+    if settings is None:
+        if budgets is None:
+            unavailable["budgets"] = "no config to read the projects' limits from"
+        unavailable["quality"] = "no config to read feedback.json with"
+    else:
+        if threshold is None:
+            threshold = settings.similarity_threshold
+        if budgets is None:
+            budgets, why = offline_budgets(settings, data_dir, now)
+            if why is not None:
+                unavailable["budgets"] = why
+        if settings.redis_url:
+            unavailable["quality"] = "verdicts are the fleet's, kept in Redis (redis_url)"
+        else:
+            quality = offline_quality(data_dir, settings.similarity_threshold)
+            unavailable["quality_audit"] = AUDIT_UNAVAILABLE
     try:
         start = parse_since(since, now)
         events = read_outcomes(log_path, start)
-        text, _ = render(build_report(events, since=start, budgets=budgets, now=now), fmt)
+        flt = OutcomeFilter(since=start)
+        report = build_report(
+            events,
+            since=start,
+            budgets=budgets,
+            now=now,
+            miss_reasons=read_miss_reasons(log_path, flt),
+            top_entries=read_top_entries(log_path, flt, TOP_ENTRIES),
+            quality=quality,
+            threshold=threshold,
+            unavailable=unavailable,
+        )
+        text, _ = render(report, fmt)
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -216,7 +216,16 @@ def _plot_similarity(fig: Figure, report: dict[str, Any]) -> None:
             edgecolor=color,
             label=f"{label}, n={n:,}",
         )
-    ax.set_xlim(edges[0], edges[-1])
+    threshold = sim.get("threshold")
+    if threshold is not None:
+        ax.axvline(
+            threshold,
+            color="#2166ac",
+            linestyle="--",
+            linewidth=1.5,
+            label=f"similarity threshold {threshold:.2f}",
+        )
+    ax.set_xlim(min(edges[0], threshold or 1.0), edges[-1])
     ax.set_xlabel("cosine similarity")
     ax.set_ylabel("requests")
     ax.legend(loc="upper left", fontsize=8)

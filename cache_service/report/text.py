@@ -103,9 +103,10 @@ def tables(report: dict[str, Any]) -> list[Table]:
     def f4(x: Any) -> str:
         return "—" if x is None else f"{x:.4f}"
 
+    threshold = sim.get("threshold")
     out.append(
         (
-            "Similarity",
+            "Similarity" if threshold is None else f"Similarity (threshold {threshold:.4f})",
             ["candidates", *head],
             summary_rows(
                 {
@@ -116,6 +117,7 @@ def tables(report: dict[str, Any]) -> list[Table]:
             ),
         )
     )
+    out += _tuning_tables(report)
     timeline = report["timeline"]
     if timeline["buckets"]:
         out.append(
@@ -153,6 +155,78 @@ def tables(report: dict[str, Any]) -> list[Table]:
                 ],
             )
         )  # fmt: skip
+    if report.get("unavailable"):
+        out.append(
+            (
+                "Not in this report",
+                ["section", "why"],
+                [[name.replace("_", " "), why] for name, why in report["unavailable"].items()],
+            )
+        )
+    return out
+
+
+def _tuning_tables(report: dict[str, Any]) -> list[Table]:
+    """Why lookups missed, which entries earn their keep, and what is known of quality."""
+    out: list[Table] = []
+    if "miss_reasons" in report:
+        mr = report["miss_reasons"]
+        out.append(
+            (
+                f"Miss reasons ({mr['misses']:,} misses)",
+                ["rejected by", "misses", "share of misses"],
+                [[r["reason"], f"{r['misses']:,}", pct(r["share"])] for r in mr["reasons"]],
+            )
+        )
+    if "top_entries" in report:
+        out.append(
+            (
+                "Top entries (most hits)",
+                ["entry", "namespace", "model", "hits", "tokens saved", "$ saved", "last hit"],
+                [
+                    [e["entry_id"], e["namespace"] or "—", e["model"] or "—", f"{e['hits']:,}",
+                     f"{e['tokens_saved']:,}", usd(e["dollars_saved"]), e["last_hit"] or "—"]
+                    for e in report["top_entries"]
+                ],
+            )
+        )  # fmt: skip
+    q = report.get("quality")
+    if q is None:
+        return out
+    audit = q.get("audit")
+    if audit is not None:
+        out.append(
+            (
+                "Quality: audits (sampled semantic hits re-asked upstream)",
+                ["metric", "value"],
+                [
+                    ["audited", f"{audit['audited']:,}"],
+                    ["agreed", f"{audit['agreed']:,}"],
+                    ["skipped", f"{audit['skipped']:,}"],
+                    ["estimated precision", pct(audit["estimated_precision"])],
+                ],
+            )
+        )
+    feedback = q.get("feedback") or {}
+    learned = q.get("learned_thresholds") or {}
+    pending = q.get("pending_wrong_reports") or {}
+    names = sorted(set(feedback) | set(learned) | set(pending))
+    out.append(
+        (
+            "Quality: feedback and learned thresholds",
+            ["namespace", "correct", "wrong", "pending wrong reports", "learned threshold"],
+            [
+                [
+                    ns,
+                    f"{feedback.get(ns, {}).get('correct', 0):,}",
+                    f"{feedback.get(ns, {}).get('wrong', 0):,}",
+                    f"{pending.get(ns, 0):,}",
+                    "—" if ns not in learned else f"{learned[ns]:.4f}",
+                ]
+                for ns in names
+            ],
+        )
+    )
     return out
 
 

@@ -157,10 +157,16 @@ def _filtered(conn: sqlite3.Connection, flt: OutcomeFilter) -> list[Any]:
     ).fetchall()
 
 
+def _column(conn: sqlite3.Connection, name: str) -> str:
+    """`name`, or NULL where a log written before that column was added is read without
+    being migrated (the read-only reader of the report CLI)."""
+    return name if name in _present(conn) else "NULL"
+
+
 def _miss_reasons(conn: sqlite3.Connection, flt: OutcomeFilter) -> dict[str, int]:
     where, args = flt.where()
     sql = (
-        f"SELECT coalesce(rejected_by, 'unknown'), count(*) FROM outcomes "
+        f"SELECT coalesce({_column(conn, 'rejected_by')}, 'unknown'), count(*) FROM outcomes "
         f"WHERE {where} AND outcome = 'miss' GROUP BY 1 ORDER BY 2 DESC, 1"
     )
     return {r: n for r, n in conn.execute(sql, args)}
@@ -197,29 +203,53 @@ def _series(conn: sqlite3.Connection, flt: OutcomeFilter, buckets: int) -> list[
     return out
 
 
-def _top_entries(conn: sqlite3.Connection, flt: OutcomeFilter, limit: int) -> list[Any]:
+TOP_ENTRY_KEYS = (
+    "entry_id", "hits", "tokens_saved", "dollars_saved", "last_hit", "namespace", "model",
+)  # fmt: skip
+
+
+def _top_entries(conn: sqlite3.Connection, flt: OutcomeFilter, limit: int) -> list[dict[str, Any]]:
     where, args = flt.where()
+    entry_id = _column(conn, "entry_id")
     sql = (
-        f"SELECT entry_id, count(*), sum(dollars_saved), max(time), "
-        f"min(namespace), min(model) FROM outcomes "
-        f"WHERE {where} AND entry_id IS NOT NULL GROUP BY entry_id "
-        f"ORDER BY 2 DESC, 4 DESC LIMIT ?"
+        f"SELECT {entry_id}, count(*), sum(prompt_tokens + completion_tokens), "
+        f"sum(dollars_saved), max(time), min(namespace), min(model) FROM outcomes "
+        f"WHERE {where} AND {entry_id} IS NOT NULL GROUP BY 1 "
+        f"ORDER BY 2 DESC, 5 DESC LIMIT ?"
     )
-    return conn.execute(sql, [*args, limit]).fetchall()
+    rows = conn.execute(sql, [*args, limit]).fetchall()
+    return [dict(zip(TOP_ENTRY_KEYS, r, strict=True)) for r in rows]
+
+
+def _read_only(path: Path | str, fn: Callable[[sqlite3.Connection], T], empty: T) -> T:
+    """`fn` on a read-only connection to a log another process may be writing; `empty` when
+    there is no log yet."""
+    path = Path(path)
+    if not path.exists():
+        return empty
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+    try:
+        return fn(conn)
+    finally:
+        conn.close()
+
+
+def read_miss_reasons(path: Path | str, flt: OutcomeFilter) -> dict[str, int]:
+    """`OutcomeLog.miss_reasons` without writing to the log (the report CLI)."""
+    return _read_only(path, lambda conn: _miss_reasons(conn, flt), {})
+
+
+def read_top_entries(path: Path | str, flt: OutcomeFilter, limit: int) -> list[dict[str, Any]]:
+    """`OutcomeLog.top_entries` without writing to the log (the report CLI)."""
+    return _read_only(path, lambda conn: _top_entries(conn, flt, limit), [])
 
 
 def read_outcomes(
     path: Path | str, since: float | None = None, until: float | None = None
 ) -> list[OutcomeEvent]:
     """Read a log another process may be writing, without writing to it (the report CLI)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
-    try:
-        return [_event(r) for r in _select(conn, since, until)]
-    finally:
-        conn.close()
+    rows: list[Any] = _read_only(path, lambda conn: _select(conn, since, until), [])
+    return [_event(r) for r in rows]
 
 
 class OutcomeLog:
@@ -328,10 +358,10 @@ class OutcomeLog:
         return out
 
     def top_entries(self, flt: OutcomeFilter, limit: int) -> list[dict[str, Any]]:
-        """The entries served most often, with their hits and the dollars they saved."""
-        rows = self._call(lambda conn: _top_entries(conn, flt, limit))
-        keys = ("entry_id", "hits", "dollars_saved", "last_hit", "namespace", "model")
-        return [dict(zip(keys, r, strict=True)) for r in rows]
+        """The entries served most often (`TOP_ENTRY_KEYS`: hits, the tokens and dollars
+        they saved, the last hit, a namespace and model), most hits first."""
+        out: list[dict[str, Any]] = self._call(lambda conn: _top_entries(conn, flt, limit))
+        return out
 
     def prune(self) -> int:
         """Apply retention now; returns rows deleted."""

@@ -5,17 +5,21 @@ import io
 import json
 import random
 import re
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from cache_service.api.middleware import install_error_handlers
 from cache_service.api.reports import router
+from cache_service.cache.feedback import AuditTally, FeedbackLearner, quality_view
 from cache_service.cache.tenancy import Tenancy
 from cache_service.pricing import PriceTable
 from cache_service.quota.limits import Limits
@@ -24,11 +28,17 @@ from cache_service.quota.usage import QuotaSnapshot
 from cache_service.report.build import ReportError, build_report, parse_since
 from cache_service.report.cli import run_cli
 from cache_service.report.html import render_html
+from cache_service.report.plots import _plot_similarity
 from cache_service.report.text import render_json, render_markdown, tables
 from cache_service.settings import Settings
 from cache_service.telemetry.events import OutcomeEvent, split_cost
 from cache_service.telemetry.hub import Telemetry
-from cache_service.telemetry.outcome_log import OutcomeLog
+from cache_service.telemetry.outcome_log import (
+    OutcomeFilter,
+    OutcomeLog,
+    read_miss_reasons,
+    read_top_entries,
+)
 from cache_service.telemetry.stats import Outcome, Stats
 from tests.conftest import served
 from tests.fakes import FakeClock
@@ -292,10 +302,14 @@ async def test_routes(tmp_path: Path) -> None:
     for e in hand_built():
         telemetry.record(e)
     try:
+        learner = FeedbackLearner(0.92)
+        learner.record("a", 0.95, correct=False)
         state = {
             "telemetry": telemetry,
             "tenancy": Tenancy(admin_key="adm"),
-            "settings": Settings(data_dir=tmp_path, admin_key="adm"),
+            "settings": Settings(data_dir=tmp_path, admin_key="adm", similarity_threshold=0.93),
+            "front": SimpleNamespace(learner=learner),
+            "proxy": SimpleNamespace(auditor=SimpleNamespace(tally=AuditTally(4, 3, 1))),
         }
         transport = httpx.ASGITransport(app=served(app, state))
         async with httpx.AsyncClient(
@@ -311,6 +325,14 @@ async def test_routes(tmp_path: Path) -> None:
             body = r.json()
             assert body["totals"]["requests"] == 7
             assert body["budgets"][0]["project"] == "proj-a"
+            assert body["similarity"]["threshold"] == 0.93
+            assert body["miss_reasons"] == {
+                "misses": 2, "reasons": [{"reason": "unknown", "misses": 2, "share": 1.0}]
+            }  # fmt: skip
+            assert body["top_entries"] == []  # hand_built's hits name no entry
+            assert body["quality"]["audit"]["estimated_precision"] == 0.75
+            assert body["quality"]["feedback"] == {"a": {"correct": 0, "wrong": 1}}
+            assert body["unavailable"] == {}
 
             r = await client.get("/v1/cache/report", params={"format": "md"})
             assert r.headers["content-type"].startswith("text/markdown")
@@ -322,3 +344,244 @@ async def test_routes(tmp_path: Path) -> None:
             assert r.status_code == 400 and r.json()["error"]["param"] == "since"
     finally:
         telemetry.close()
+
+
+def tuning_events() -> list[OutcomeEvent]:
+    """Misses with their reasons, hits with the entries they came from."""
+    return [
+        ev(Outcome.MISS, T0 + 1, rejected_by="no_candidates"),
+        ev(Outcome.MISS, T0 + 2, rejected_by="below_threshold", best_rejected=0.88),
+        ev(Outcome.MISS, T0 + 3, rejected_by="below_threshold", best_rejected=0.9),
+        ev(Outcome.MISS, T0 + 4, rejected_by="negation"),
+        ev(Outcome.EXACT_HIT, T0 + 5, p=10, c=5, dollars=0.5, entry_id="e1", similarity=1.0),
+        ev(Outcome.SEMANTIC_HIT, T0 + 6, ns="b", p=20, c=10, dollars=1.0, entry_id="e2",
+           similarity=0.95),
+        ev(Outcome.SEMANTIC_HIT, T0 + 7, ns="b", p=20, c=10, dollars=1.0, entry_id="e2",
+           similarity=0.96),
+    ]  # fmt: skip
+
+
+def logged(path: Path, events: list[OutcomeEvent]) -> tuple[dict[str, int], list[Any]]:
+    with OutcomeLog.open(path, retention_days=1e6) as log:
+        for e in events:
+            log.append(e)
+        flt = OutcomeFilter(since=T0)
+        return log.miss_reasons(flt), log.top_entries(flt, 10)
+
+
+def test_tuning_sections(tmp_path: Path) -> None:
+    """Miss reasons and top entries as the log counts them (the dashboard's queries), quality,
+    and the threshold, in the data and in every table."""
+    reasons, top = logged(tmp_path / "o.sqlite3", tuning_events())
+    learner = FeedbackLearner(0.92)
+    learner.record("b", 0.95, correct=False)
+    learner.record("b", 0.96, correct=True)
+    r = build_report(
+        tuning_events(),
+        since=T0,
+        miss_reasons=reasons,
+        top_entries=top,
+        quality=quality_view(learner, AuditTally(audited=10, agreed=9)),
+        threshold=0.92,
+    )
+    assert r["miss_reasons"] == {
+        "misses": 4,
+        "reasons": [
+            {"reason": "below_threshold", "misses": 2, "share": 0.5},
+            {"reason": "negation", "misses": 1, "share": 0.25},
+            {"reason": "no_candidates", "misses": 1, "share": 0.25},
+        ],
+    }
+    assert r["miss_reasons"]["misses"] == r["totals"]["misses"]
+    assert [(e["entry_id"], e["hits"], e["tokens_saved"]) for e in r["top_entries"]] == [
+        ("e2", 2, 60), ("e1", 1, 15)
+    ]  # fmt: skip
+    assert r["top_entries"][0]["dollars_saved"] == 2.0
+    assert r["top_entries"][0]["namespace"] == "b"
+    assert r["top_entries"][0]["last_hit"] == "2026-11-22T12:00:07Z"
+    assert r["quality"]["audit"]["estimated_precision"] == 0.9
+    assert r["quality"]["feedback"] == {"b": {"correct": 1, "wrong": 1}}
+    assert r["quality"]["pending_wrong_reports"] == {"b": 1}
+    assert r["similarity"]["threshold"] == 0.92
+    assert r["unavailable"] == {"budgets": "not given to the report"}
+
+    md = render_markdown(r)
+    assert "## Miss reasons (4 misses)" in md
+    assert "| below_threshold | 2 | 50.00% |" in md
+    assert "| e2 | b | m1 | 2 | 60 | $2.0000 | 2026-11-22T12:00:07Z |" in md
+    assert "| estimated precision | 90.00% |" in md
+    assert "| b | 1 | 1 | 1 | — |" in md  # no learned threshold yet: one report pending
+    assert "## Similarity (threshold 0.9200)" in md
+    assert "| budgets | not given to the report |" in md
+    assert [t[0] for t in tables(r)] == re.findall(r"^## (.+)$", md, re.M)
+    html = render_html(r)
+    assert "Miss reasons (4 misses)" in html and "Top entries (most hits)" in html
+
+
+def test_sections_not_given_say_why() -> None:
+    r = build_report(
+        hand_built(),
+        since=T0,
+        quality=quality_view(FeedbackLearner(0.9), None),
+        unavailable={"miss_reasons": "the outcome log is off", "quality_audit": "in memory"},
+    )
+    assert "miss_reasons" not in r and "top_entries" not in r and "budgets" not in r
+    assert r["unavailable"] == {
+        "miss_reasons": "the outcome log is off",
+        "top_entries": "not given to the report",
+        "budgets": "not given to the report",
+        "quality_audit": "in memory",
+    }
+    assert r["similarity"]["threshold"] is None
+    md = render_markdown(r)
+    assert "## Similarity\n" in md and "Quality: audits" not in md
+    assert "| quality audit | in memory |" in md
+
+
+def test_similarity_plot_marks_the_threshold() -> None:
+    from matplotlib.figure import Figure
+
+    events = [
+        ev(Outcome.SEMANTIC_HIT, T0, similarity=0.95),
+        ev(Outcome.MISS, T0, best_rejected=0.7),
+    ]
+    for threshold in (0.92, 0.3):  # one below the histogram's first bin widens the axis
+        fig = Figure()
+        _plot_similarity(fig, build_report(events, since=None, threshold=threshold))
+        [ax] = fig.axes
+        xs = [np.asarray(line.get_xdata()).tolist() for line in ax.get_lines()]
+        assert xs == [[threshold, threshold]]  # one vertical line, at the threshold
+        assert ax.get_xlim()[0] <= threshold
+        legend = ax.get_legend()
+        assert legend is not None
+        assert any(f"threshold {threshold:.2f}" in t.get_text() for t in legend.texts)
+    fig = Figure()
+    _plot_similarity(fig, build_report(events, since=None))
+    assert not fig.axes[0].get_lines()
+
+
+def test_cli_reads_budgets_quality_and_threshold_from_the_data_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The budgets the server would show, from spend.json plus the journal after it against
+    the config's limits; verdicts from feedback.json; the threshold from the config or
+    --threshold. The audit tally is only in the server's memory: said, not faked."""
+    from cache_service.backends.journal import SpendJournal
+    from cache_service.backends.jsonfile import JsonFile
+    from cache_service.telemetry.quota_view import budgets_of
+
+    clock = FakeClock(wall=T0)
+    path = tmp_path / "outcomes.sqlite3"
+    logged(path, tuning_events())
+    # The server: $3 settled and snapshotted, then $1 more only in the journal.
+    manager = QuotaManager(clock)
+    manager.configure("project", "proj-a", Limits(daily_budget_usd=5.0))
+    journal = SpendJournal(tmp_path)
+    journal.start(1)
+    manager.on_spend = journal.append
+    for usd in (3.0, 1.0):
+        held = manager.reserve([("project", "proj-a")], 10, usd)
+        assert isinstance(held, Reservation)
+        manager.settle(held, 10, usd)
+        if usd == 3.0:
+            JsonFile(tmp_path / "spend.json").save(
+                {"spend": manager.export_spend(), "alerts": [], "journal_seq": journal.rotate()}
+            )
+    journal.close()
+    server = budgets_of(manager.snapshot())
+    learner = FeedbackLearner(0.92)
+    learner.record("b", 0.97, correct=False)
+    JsonFile(tmp_path / "feedback.json").save(learner.export())
+
+    settings = Settings(
+        data_dir=tmp_path,
+        similarity_threshold=0.93,
+        projects=[{"name": "proj-a", "daily_budget_usd": 5.0}],
+    )
+    assert run_cli(path, since=None, fmt="json", out=None, settings=settings, now=T0) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["budgets"] == build_report([], since=None, budgets=server)["budgets"]
+    assert r["budgets"][0]["used_usd"] == 4.0 and r["budgets"][0]["used_fraction"] == 0.8
+    assert r["quality"]["feedback"] == {"b": {"correct": 0, "wrong": 1}}
+    assert r["quality"]["audit"] is None
+    assert set(r["unavailable"]) == {"quality_audit"}
+    assert r["similarity"]["threshold"] == 0.93
+    assert r["miss_reasons"]["misses"] == 4 and r["top_entries"][0]["entry_id"] == "e2"
+    assert run_cli(path, since=None, fmt="json", out=None, settings=settings, now=T0,
+                   threshold=0.8) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["similarity"]["threshold"] == 0.8
+
+    # A fleet keeps spend and verdicts in Redis; without a config nothing says the limits.
+    fleet = Settings(data_dir=tmp_path, redis_url="redis://localhost:6379/0")
+    assert run_cli(path, since=None, fmt="md", out=None, settings=fleet, now=T0) == 0
+    md = capsys.readouterr().out
+    assert "## Budget use" not in md and "| budgets | spend is the fleet's" in md
+    assert run_cli(path, since=None, fmt="json", out=None, now=T0) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert set(r["unavailable"]) == {"budgets", "quality"}
+    assert r["similarity"]["threshold"] is None
+
+
+def test_read_only_breakdowns_of_a_log_from_before_the_new_columns(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """CREATE TABLE outcomes (id INTEGER PRIMARY KEY, time REAL NOT NULL,
+        request_id TEXT NOT NULL, namespace TEXT NOT NULL, project TEXT NOT NULL,
+        model TEXT NOT NULL, outcome TEXT NOT NULL, similarity REAL, best_rejected REAL,
+        prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+        dollars_saved REAL NOT NULL, dollars_spent REAL NOT NULL, latency_ms REAL NOT NULL,
+        stages TEXT NOT NULL, upstream_status INTEGER, embed_timeout INTEGER NOT NULL,
+        prompt TEXT);
+        INSERT INTO outcomes VALUES (1, 5.0, 'r1', 'ns', 'default', 'm', 'miss', NULL, NULL,
+        3, 4, 0, 0.01, 2.0, '{}', 200, 0, NULL);"""
+    )
+    conn.commit()
+    conn.close()
+    assert read_miss_reasons(path, OutcomeFilter()) == {"unknown": 1}
+    assert read_top_entries(path, OutcomeFilter(), 10) == []
+    assert read_miss_reasons(tmp_path / "absent.sqlite3", OutcomeFilter()) == {}
+
+
+def test_report_command_reads_the_config_for_limits_and_threshold(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -m cache_service report --config … [--threshold …]`: data_dir, the projects'
+    limits and the threshold from the config; with --data-dir a broken config only costs
+    the sections it would have given."""
+    from cache_service.__main__ import build_parser
+
+    monkeypatch.delenv("CACHE_CONFIG", raising=False)
+    data = tmp_path / "data"
+    logged(data / "outcomes.sqlite3", tuning_events())
+    config = tmp_path / "cache.yaml"
+    config.write_text(
+        f"data_dir: {data}\nsimilarity_threshold: 0.94\n"
+        "projects:\n  - name: proj-a\n    daily_budget_usd: 5\n"
+    )
+
+    def report(*argv: str) -> int:
+        args = build_parser().parse_args(["report", "--format", "json", *argv])
+        rc: int = args.func(args)
+        return rc
+
+    assert report("--config", str(config)) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["similarity"]["threshold"] == 0.94
+    # No spend.json yet: the limit, nothing used (the server shows the same).
+    assert r["budgets"] == [
+        {"project": "proj-a", "window": "daily", "used_usd": 0.0, "limit_usd": 5.0,
+         "used_fraction": 0.0}
+    ]  # fmt: skip
+    assert r["miss_reasons"]["misses"] == 4
+    assert report("--config", str(config), "--threshold", "0.9") == 0
+    assert json.loads(capsys.readouterr().out)["similarity"]["threshold"] == 0.9
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("similarity_threshold: 2\n")
+    assert report("--config", str(broken)) == 2
+    assert "similarity_threshold" in capsys.readouterr().err
+    assert report("--config", str(broken), "--data-dir", str(data)) == 0
+    out = capsys.readouterr()
+    assert "warning" in out.err
+    assert set(json.loads(out.out)["unavailable"]) == {"budgets", "quality"}
