@@ -61,7 +61,14 @@ async def cache_report(
         unavailable["budgets"] = "budgets belong to projects, which span tenants: admin key only"
     elif budgets is None:
         unavailable["budgets"] = "no quota ledger, or its snapshot failed"
-    quality = quality_view(services["front"].learner, services["proxy"].auditor.tally, visible)
+    front = services["front"]
+    quality = quality_view(front.learner, services["proxy"].auditor.tally, visible)
+    # With a verifier, cosine matching starts at its floor, not at similarity_threshold.
+    if front.floor is not None:
+        threshold, threshold_label = front.floor, "verifier floor"
+    else:
+        threshold = services["settings"].similarity_threshold
+        threshold_label = "similarity threshold"
     log = telemetry.log
     if log is None:
         for name in ("miss_reasons", "top_entries"):
@@ -86,7 +93,8 @@ async def cache_report(
             miss_reasons=reasons,
             top_entries=top,
             quality=quality,
-            threshold=services["settings"].similarity_threshold,
+            threshold=threshold,
+            threshold_label=threshold_label,
             unavailable=unavailable,
         )
         return render(report, format)

@@ -71,6 +71,7 @@ def build_report(
     top_entries: list[dict[str, Any]] | None = None,
     quality: dict[str, Any] | None = None,
     threshold: float | None = None,
+    threshold_label: str = "similarity threshold",
     unavailable: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Every number the renderers show, as plain JSON-able data.
@@ -80,9 +81,10 @@ def build_report(
     section only when given. `miss_reasons` and `top_entries` are the outcome log's own
     answers for the same period (`OutcomeLog.miss_reasons` / `top_entries`, or their
     read-only twins: the dashboard's definitions); `quality` is `quality_view`'s; `threshold`
-    the configured similarity threshold, marked on the similarity plot. A section not given
-    is left out and listed under `unavailable`, with the reason from `unavailable` where the
-    caller gave one.
+    the cosine a candidate must reach (the configured similarity threshold, or the verifier's
+    floor where one runs; `threshold_label` says which), marked on the similarity plot. A
+    section not given is left out and listed under `unavailable`, with the reason from
+    `unavailable` where the caller gave one.
     """
     by_ns = Stats()
     by_project = Stats()
@@ -122,6 +124,7 @@ def build_report(
         },
     }
     report["similarity"]["threshold"] = threshold
+    report["similarity"]["threshold_label"] = threshold_label
     if miss_reasons is not None:
         report["miss_reasons"] = _miss_reasons(miss_reasons)
     if top_entries is not None:

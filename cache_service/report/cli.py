@@ -11,7 +11,9 @@ What the server's report has and the CLI reads instead:
   `redis_url` the spend is the fleet's, in Redis, and the section says so instead;
 * quality: verdicts and learned thresholds from `feedback.json`; the audit tally lives in
   the server's memory only, so that part is listed as unavailable;
-* the similarity threshold: `--threshold`, else the config's `similarity_threshold`.
+* the similarity threshold: `--threshold`, else the config's `similarity_threshold` (where a
+  verifier runs, the server's report marks the verifier's floor instead, which the CLI
+  cannot know from the config alone: the label says so).
 """
 
 from __future__ import annotations
@@ -95,12 +97,13 @@ def offline_budgets(
     return budgets_of(manager.snapshot()), None
 
 
-def offline_quality(data_dir: Path, base_threshold: float) -> dict[str, Any]:
-    """Verdicts and learned thresholds as the server loads them from feedback.json."""
+def offline_quality(data_dir: Path) -> dict[str, Any]:
+    """Verdicts and learned thresholds as feedback.json holds them (the server saves only
+    thresholds above its base, so a base of 0 keeps exactly what it learned)."""
     from cache_service.backends.jsonfile import JsonFile
     from cache_service.cache.feedback import FeedbackLearner, quality_view
 
-    learner = FeedbackLearner(base_threshold)
+    learner = FeedbackLearner(0.0)
     learner.load(JsonFile(data_dir / "feedback.json").load())
     return quality_view(learner, None)
 
@@ -123,6 +126,7 @@ def run_cli(
     data_dir = log_path.parent
     unavailable: dict[str, str] = {}
     quality: dict[str, Any] | None = None
+    label = "threshold (--threshold)" if threshold is not None else "similarity threshold"
     if settings is None:
         if budgets is None:
             unavailable["budgets"] = "no config to read the projects' limits from"
@@ -130,6 +134,9 @@ def run_cli(
     else:
         if threshold is None:
             threshold = settings.similarity_threshold
+            if settings.verifier != "off":
+                # The floor a running verifier searches from is in its manifest, not here.
+                label = "similarity threshold (a running verifier searches from its floor)"
         if budgets is None:
             budgets, why = offline_budgets(settings, data_dir, now)
             if why is not None:
@@ -137,7 +144,7 @@ def run_cli(
         if settings.redis_url:
             unavailable["quality"] = "verdicts are the fleet's, kept in Redis (redis_url)"
         else:
-            quality = offline_quality(data_dir, settings.similarity_threshold)
+            quality = offline_quality(data_dir)
             unavailable["quality_audit"] = AUDIT_UNAVAILABLE
     try:
         start = parse_since(since, now)
@@ -152,6 +159,7 @@ def run_cli(
             top_entries=read_top_entries(log_path, flt, TOP_ENTRIES),
             quality=quality,
             threshold=threshold,
+            threshold_label=label,
             unavailable=unavailable,
         )
         text, _ = render(report, fmt)

@@ -7,7 +7,7 @@ import html
 from typing import Any
 
 from cache_service.report.plots import plots
-from cache_service.report.text import pct, period_line, tables, usd
+from cache_service.report.text import NO_ROWS, pct, period_line, tables, usd
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;
@@ -51,6 +51,9 @@ def render_html(report: dict[str, Any]) -> str:
             f"<h2>{esc(title)}</h2><img alt='{esc(title)}' src='data:image/png;base64,{data}'>"
         )
     for title, head, rows in tables(report):
+        if not rows:
+            parts.append(f"<h2>{esc(title)}</h2><p class='muted'>{esc(NO_ROWS)}</p>")
+            continue
         parts.append(f"<h2>{esc(title)}</h2><table><thead><tr>")
         parts += [f"<th>{esc(h)}</th>" for h in head]
         parts.append("</tr></thead><tbody>")

@@ -223,7 +223,7 @@ def _plot_similarity(fig: Figure, report: dict[str, Any]) -> None:
             color="#2166ac",
             linestyle="--",
             linewidth=1.5,
-            label=f"similarity threshold {threshold:.2f}",
+            label=f"{sim.get('threshold_label') or 'threshold'} {threshold:.2f}",
         )
     ax.set_xlim(min(edges[0], threshold or 1.0), edges[-1])
     ax.set_xlabel("cosine similarity")

@@ -28,6 +28,7 @@ def _ms(x: Any) -> str:
 
 
 Table = tuple[str, list[str], list[list[str]]]
+NO_ROWS = "None recorded."
 
 
 def _counter_rows(group: dict[str, dict[str, Any]]) -> list[list[str]]:
@@ -106,7 +107,9 @@ def tables(report: dict[str, Any]) -> list[Table]:
     threshold = sim.get("threshold")
     out.append(
         (
-            "Similarity" if threshold is None else f"Similarity (threshold {threshold:.4f})",
+            "Similarity"
+            if threshold is None
+            else f"Similarity ({sim.get('threshold_label') or 'threshold'} {threshold:.4f})",
             ["candidates", *head],
             summary_rows(
                 {
@@ -197,7 +200,7 @@ def _tuning_tables(report: dict[str, Any]) -> list[Table]:
     if audit is not None:
         out.append(
             (
-                "Quality: audits (sampled semantic hits re-asked upstream)",
+                "Quality: audits (semantic hits re-asked upstream, since the server started)",
                 ["metric", "value"],
                 [
                     ["audited", f"{audit['audited']:,}"],
@@ -213,7 +216,7 @@ def _tuning_tables(report: dict[str, Any]) -> list[Table]:
     names = sorted(set(feedback) | set(learned) | set(pending))
     out.append(
         (
-            "Quality: feedback and learned thresholds",
+            "Quality: feedback and learned thresholds (every verdict kept, not only this period)",
             ["namespace", "correct", "wrong", "pending wrong reports", "learned threshold"],
             [
                 [
@@ -249,7 +252,11 @@ def period_line(report: dict[str, Any]) -> str:
 def render_markdown(report: dict[str, Any]) -> str:
     lines = ["# Cache report", "", period_line(report), ""]
     for title, head, rows in tables(report):
-        lines += [f"## {title}", "", _md_row(head), _md_row(["---"] * len(head))]
+        lines += [f"## {title}", ""]
+        if not rows:
+            lines += [NO_ROWS, ""]
+            continue
+        lines += [_md_row(head), _md_row(["---"] * len(head))]
         lines += [_md_row(r) for r in rows]
         lines.append("")
     return "\n".join(lines)

@@ -165,7 +165,7 @@ async def test_report_tuning_sections_and_the_cli_from_the_same_data_dir(
 
         md = (await h.client.get("/v1/cache/report", params={"format": "md"}, headers=admin)).text
         for title in ("## Miss reasons (2 misses)", "## Top entries", "## Quality: audits",
-                      "## Quality: feedback", "## Similarity (threshold 0.9200)",
+                      "## Quality: feedback", "## Similarity (similarity threshold 0.9200)",
                       "## Budget use"):  # fmt: skip
             assert title in md, title
 

@@ -304,11 +304,12 @@ async def test_routes(tmp_path: Path) -> None:
     try:
         learner = FeedbackLearner(0.92)
         learner.record("a", 0.95, correct=False)
+        front = SimpleNamespace(learner=learner, floor=None)
         state = {
             "telemetry": telemetry,
             "tenancy": Tenancy(admin_key="adm"),
             "settings": Settings(data_dir=tmp_path, admin_key="adm", similarity_threshold=0.93),
-            "front": SimpleNamespace(learner=learner),
+            "front": front,
             "proxy": SimpleNamespace(auditor=SimpleNamespace(tally=AuditTally(4, 3, 1))),
         }
         transport = httpx.ASGITransport(app=served(app, state))
@@ -333,6 +334,10 @@ async def test_routes(tmp_path: Path) -> None:
             assert body["quality"]["audit"]["estimated_precision"] == 0.75
             assert body["quality"]["feedback"] == {"a": {"correct": 0, "wrong": 1}}
             assert body["unavailable"] == {}
+
+            front.floor = 0.8  # a verifier runs: cosine matching starts at its floor
+            r = await client.get("/v1/cache/report", params={"format": "md"})
+            assert "## Similarity (verifier floor 0.8000)" in r.text
 
             r = await client.get("/v1/cache/report", params={"format": "md"})
             assert r.headers["content-type"].startswith("text/markdown")
@@ -411,7 +416,7 @@ def test_tuning_sections(tmp_path: Path) -> None:
     assert "| e2 | b | m1 | 2 | 60 | $2.0000 | 2026-11-22T12:00:07Z |" in md
     assert "| estimated precision | 90.00% |" in md
     assert "| b | 1 | 1 | 1 | — |" in md  # no learned threshold yet: one report pending
-    assert "## Similarity (threshold 0.9200)" in md
+    assert "## Similarity (similarity threshold 0.9200)" in md
     assert "| budgets | not given to the report |" in md
     assert [t[0] for t in tables(r)] == re.findall(r"^## (.+)$", md, re.M)
     html = render_html(r)
@@ -436,6 +441,10 @@ def test_sections_not_given_say_why() -> None:
     md = render_markdown(r)
     assert "## Similarity\n" in md and "Quality: audits" not in md
     assert "| quality audit | in memory |" in md
+    # An empty section says so rather than printing a bare header.
+    feedback = md.split("## Quality: feedback", 1)[1].split("## ", 1)[0]
+    assert "None recorded." in feedback and "| namespace |" not in feedback
+    assert "None recorded." in render_html(r)
 
 
 def test_similarity_plot_marks_the_threshold() -> None:
