@@ -33,6 +33,7 @@ from cache_service.report.text import render_json, render_markdown, tables
 from cache_service.settings import Settings
 from cache_service.telemetry.events import OutcomeEvent, split_cost
 from cache_service.telemetry.hub import Telemetry
+from cache_service.telemetry.metrics import Metrics
 from cache_service.telemetry.outcome_log import (
     OutcomeFilter,
     OutcomeLog,
@@ -594,3 +595,28 @@ def test_report_command_reads_the_config_for_limits_and_threshold(
     out = capsys.readouterr()
     assert "warning" in out.err
     assert set(json.loads(out.out)["unavailable"]) == {"budgets", "quality"}
+
+
+async def test_route_without_the_outcome_log_says_what_it_cannot_show(tmp_path: Path) -> None:
+    app = FastAPI()
+    app.include_router(router)
+    install_error_handlers(app)
+    state = {
+        "telemetry": Telemetry(Metrics(), None),  # outcome_log: false, no quota ledger
+        "tenancy": Tenancy(admin_key="adm"),
+        "settings": Settings(data_dir=tmp_path, admin_key="adm"),
+        "front": SimpleNamespace(learner=FeedbackLearner(0.92), floor=None),
+        "proxy": SimpleNamespace(auditor=SimpleNamespace(tally=AuditTally())),
+    }
+    transport = httpx.ASGITransport(app=served(app, state))
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://t", headers={"X-Admin-Key": "adm"}
+    ) as client:
+        body = (await client.get("/v1/cache/report")).json()
+    assert body["events"] == 0 and "miss_reasons" not in body and "top_entries" not in body
+    assert body["unavailable"] == {
+        "miss_reasons": "the outcome log is off (outcome_log: false)",
+        "top_entries": "the outcome log is off (outcome_log: false)",
+        "budgets": "no quota ledger, or its snapshot failed",
+    }
+    assert body["quality"]["audit"]["audited"] == 0
