@@ -149,3 +149,16 @@ class FaissIndex:
     def __len__(self) -> int:
         with self._lock.read():
             return sum(s.index.ntotal for s in self._scopes.values())
+
+    def export_scope(self, scope: str) -> tuple[list[str], Vector]:
+        """One scope's entry ids and a copy of their vectors, (n, dim) float32 in the same
+        order, read in one consistent view: what an index snapshot saves. An unknown scope
+        gives no ids and a (0, dim) array. add_many(scope, ids, vectors) puts them back."""
+        with self._lock.read():
+            s = self._scopes.get(scope)
+            if s is None or s.index.ntotal == 0:
+                return [], np.empty((0, self.dim), dtype=np.float32)
+            labels = faiss.vector_to_array(s.index.id_map)
+            vectors = s.index.index.reconstruct_n(0, s.index.ntotal)
+            by_label = s.by_label
+            return [by_label[label] for label in labels.tolist()], vectors
