@@ -153,12 +153,27 @@ class FaissIndex:
     def export_scope(self, scope: str) -> tuple[list[str], Vector]:
         """One scope's entry ids and a copy of their vectors, (n, dim) float32 in the same
         order, read in one consistent view: what an index snapshot saves. An unknown scope
-        gives no ids and a (0, dim) array. add_many(scope, ids, vectors) puts them back."""
+        gives no ids and a (0, dim) array. add_many(scope, ids, vectors) puts them back.
+
+        The copy's memory is allocated and touched before the read lock is taken (page
+        faults cost seconds at a million vectors here), so the lock is held for a memcpy
+        and the id lookup only: a writer waiting on it would hold up searches too."""
         with self._lock.read():
             s = self._scopes.get(scope)
-            if s is None or s.index.ntotal == 0:
-                return [], np.empty((0, self.dim), dtype=np.float32)
-            labels = faiss.vector_to_array(s.index.id_map)
-            vectors = s.index.index.reconstruct_n(0, s.index.ntotal)
-            by_label = s.by_label
-            return [by_label[label] for label in labels.tolist()], vectors
+            size = 0 if s is None else s.index.ntotal
+        while True:
+            spare = np.empty((size + size // 64 + 64, self.dim), dtype=np.float32)
+            spare.fill(0)
+            with self._lock.read():
+                s = self._scopes.get(scope)
+                if s is None or s.index.ntotal == 0:
+                    return [], np.empty((0, self.dim), dtype=np.float32)
+                n = s.index.ntotal
+                if n <= len(spare):
+                    flat = faiss.downcast_index(s.index.index)
+                    codes = faiss.rev_swig_ptr(flat.codes.data(), n * self.dim * 4)  # type: ignore[attr-defined]
+                    spare[:n] = codes.view(np.float32).reshape(n, self.dim)
+                    labels = faiss.vector_to_array(s.index.id_map)
+                    by_label = s.by_label
+                    return [by_label[label] for label in labels.tolist()], spare[:n]
+            size = n  # grew past the spare rows meanwhile: allocate again
