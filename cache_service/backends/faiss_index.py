@@ -177,3 +177,31 @@ class FaissIndex:
                     by_label = s.by_label
                     return [by_label[label] for label in labels.tolist()], spare[:n]
             size = n  # grew past the spare rows meanwhile: allocate again
+
+    def import_scope(self, scope: str, entry_ids: Sequence[str], vectors: Vector) -> None:
+        """add_many for rows that are new to the scope and unique (a snapshot's): one FAISS
+        call and the id maps built in bulk, with no per-id check. Falls back to add_many
+        (which skips ids already there) when any id repeats or is already in the scope."""
+        ids = list(entry_ids)
+        vecs = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vecs.shape != (len(ids), self.dim):
+            raise ValueError(
+                f"{len(ids)} entry ids need vectors of shape ({len(ids)}, {self.dim}),"
+                f" got {vecs.shape}"
+            )
+        if not ids:
+            return
+        with self._lock.write():
+            s = self._scopes.get(scope)
+            fresh = len(set(ids)) == len(ids) and (s is None or s.by_id.keys().isdisjoint(ids))
+            if fresh:
+                if s is None:
+                    s = self._scopes[scope] = _Scope(self.dim)
+                labels = np.arange(self._next_label, self._next_label + len(ids), dtype=np.int64)
+                self._next_label += len(ids)
+                s.index.add_with_ids(vecs, labels)
+                listed = labels.tolist()
+                s.by_label.update(zip(listed, ids, strict=True))
+                s.by_id.update(zip(ids, listed, strict=True))
+                return
+        self.add_many(scope, ids, vecs)

@@ -336,9 +336,7 @@ def restore_state(cache: SemanticCache, state: IndexState, store_ids: set[str]) 
         else:
             keep[row] = True
 
-    def expiry(row: int) -> float | None:
-        e = expires_all[row]
-        return None if math.isnan(e) else e
+    expiry: list[float | None] = [None if math.isnan(e) else e for e in expires_all]
 
     loaded = 0
     for scope_n, start, count in state.blocks:
@@ -349,7 +347,7 @@ def restore_state(cache: SemanticCache, state: IndexState, store_ids: set[str]) 
                 continue
             block = state.vectors[a:b]
             vectors = np.asarray(block if len(rows) == b - a else block[[r - a for r in rows]])
-            cache.track_many(scope, [ids[r] for r in rows], vectors, [expiry(r) for r in rows])
+            cache.track_many(scope, [ids[r] for r in rows], vectors, [expiry[r] for r in rows])
             loaded += len(rows)
     nvec = len(state.vectors)
     bare: dict[int, list[int]] = {}
@@ -358,7 +356,7 @@ def restore_state(cache: SemanticCache, state: IndexState, store_ids: set[str]) 
             bare.setdefault(scope_of[row], []).append(row)
     for scope_n, rows in bare.items():
         cache.track_many(
-            state.scopes[scope_n], [ids[r] for r in rows], None, [expiry(r) for r in rows]
+            state.scopes[scope_n], [ids[r] for r in rows], None, [expiry[r] for r in rows]
         )
         loaded += len(rows)
     known = set(ids)

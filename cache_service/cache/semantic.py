@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
@@ -298,9 +299,13 @@ class SemanticCache:
         """Index (with one add_many, unless `vectors` is None: entries without embedding)
         and track many entries of one scope known to be in the store: a snapshot's."""
         if vectors is not None and len(entry_ids):
-            self.index.add_many(scope, entry_ids, vectors)
+            bulk = getattr(self.index, "import_scope", None)
+            if bulk is not None:  # FaissIndex: no per-id checks for a snapshot's rows
+                bulk(scope, entry_ids, vectors)
+            else:
+                self.index.add_many(scope, entry_ids, vectors)
         with self._lock:
-            self._tracked.update(zip(entry_ids, [(scope, e) for e in expires], strict=True))
+            self._tracked.update(zip(entry_ids, zip(repeat(scope), expires), strict=True))
             self.changes += 1
 
     def tracked(self) -> dict[str, tuple[str, float | None]]:
