@@ -254,8 +254,6 @@ def create_app(
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-            if snapshots is not None:
-                await _save_snapshot(snapshots)
             if local_ledger is not None:
                 await asyncio.to_thread(local_ledger.close)
             await asyncio.to_thread(telemetry.close)
@@ -267,6 +265,9 @@ def create_app(
             if shared is not None:
                 await shared.close()  # closes the store too
             else:
+                if snapshots is not None:
+                    # Last, after spend and telemetry are safe: seconds at a million entries.
+                    await _save_snapshot(snapshots)
                 the_store.close()
 
     app = FastAPI(
