@@ -88,6 +88,7 @@ def fill(
     start: int,
     *,
     index_too: bool,
+    prefix: str = "key-",
 ) -> list[str]:
     ids = []
     batch = 2000
@@ -98,7 +99,7 @@ def fill(
                 i = start + a + row
                 entry = cache.new_entry(
                     scope=SCOPE,
-                    exact_key=f"key-{i}",
+                    exact_key=f"{prefix}{i}",
                     namespace="bench",
                     model="gpt-4o-mini",
                     prompt=f"benchmark prompt number {i}",
@@ -230,7 +231,11 @@ def main() -> None:
             for entry_id in doomed:
                 cache._tracked.pop(entry_id, None)
             cache.changes += 1
-        added = fill(cache, store, changed, rng, n, index_too=True)
+        # New exact keys on every run: a key stored by an earlier run (--keep) would replace
+        # its entry, and each replacement is one more pass over the flat index.
+        added = fill(
+            cache, store, changed, rng, n, index_too=True, prefix=f"added-{time.time_ns()}-"
+        )
         probes = units(rng, 200)
         want = [[h.entry_id for h in index.search(SCOPE, p, 4)] for p in probes]
         want_tracked = set(cache.tracked())
