@@ -173,7 +173,7 @@ def main() -> None:
         with training_paused():
             again = restore_again(root)
         recorded = json.loads(args.out.read_text())
-        recorded["runs"][str(n)]["c_restore_rerun"] = again
+        recorded["runs"][str(n)].setdefault("c_restore_reruns", []).append(again)
         args.out.write_text(json.dumps(recorded, indent=2) + "\n")
         print(json.dumps(again, indent=2))
         return
