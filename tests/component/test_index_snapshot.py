@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -12,11 +13,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cache_service.app import _rebuild
+from cache_service.app import _rebuild, _snapshot_forever
 from cache_service.backends.faiss_index import FaissIndex
 from cache_service.backends.index_snapshot import (
     MANIFEST,
     IndexSnapshots,
+    Saved,
     SnapshotError,
     load_state,
 )
@@ -254,6 +256,40 @@ async def test_a_damaged_or_mismatched_snapshot_is_ignored_and_the_index_rebuilt
     assert again.tracked() == cache.tracked()
     assert answers(again, entries) == answers(cache, entries)
     load_state(world.snap_dir, dim=DIM)  # rewritten whole
+
+
+async def test_the_periodic_task_saves_only_when_the_index_changed(world: World) -> None:
+    cache, _, snaps = world.open()
+    world.fill(cache, 4)
+    cache.ready = True
+    saves: list[Saved] = []
+    real_save = snaps.save
+
+    def counted() -> Saved | None:
+        saved = real_save()
+        if saved is not None:
+            saves.append(saved)
+        return saved
+
+    snaps.save = counted  # type: ignore[method-assign]
+    task = asyncio.create_task(_snapshot_forever(snaps, 0.01))
+    try:
+        for _ in range(200):
+            if saves:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        assert len(saves) == 1  # then nothing changed: no more writes
+        world.fill(cache, 1)
+        for _ in range(200):
+            if len(saves) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert len(saves) == 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert load_state(world.snap_dir, dim=DIM).ids.shape == (5,)
 
 
 def test_no_snapshot_means_restore_returns_none_quietly(
