@@ -24,6 +24,7 @@ from cache_service.api.middleware import install_error_handlers, install_request
 from cache_service.api.state import AppState
 from cache_service.api.trim import TrimAfterLargeBodies
 from cache_service.backends.faiss_index import FaissIndex
+from cache_service.backends.index_snapshot import SNAPSHOT_INTERVAL_S, IndexSnapshots
 from cache_service.backends.journal import SpendJournal
 from cache_service.backends.jsonfile import JsonFile
 from cache_service.backends.store import DiskCacheStore
@@ -34,7 +35,7 @@ from cache_service.cache.cross_encoder import CrossEncoderVerifier, choose_floor
 from cache_service.cache.feedback import FeedbackLearner
 from cache_service.cache.front import CacheFront
 from cache_service.cache.guards import AcceptConfig
-from cache_service.cache.semantic import SemanticCache
+from cache_service.cache.semantic import EntryIds, SemanticCache
 from cache_service.cache.tenancy import Tenancy
 from cache_service.cache.verdicts import Verdicts
 from cache_service.pricing import Price, PriceTable
@@ -89,9 +90,10 @@ def create_app(
             embedder if embedder is not None else await asyncio.to_thread(_load_embedder, settings)
         )
         verifier = await _verifier(settings, pair_scorer)
+        index = FaissIndex(the_embedder.dim)
         cache = SemanticCache(
             the_store,
-            FaissIndex(the_embedder.dim),
+            index,
             the_clock,
             AcceptConfig(
                 threshold=settings.similarity_threshold,
@@ -203,9 +205,27 @@ def create_app(
         # The index is derived from the store; until it is rebuilt, exact hits are served
         # and semantic lookups are skipped (readyz says so), instead of refusing traffic.
         # With Redis, the index feed builds the index, then follows the other replicas.
-        background = (
-            shared.tasks(cache, learner, stats) if shared is not None else [_rebuild(cache)]
+        # A local store that lists its ids cheaply restarts from a snapshot of the index,
+        # reconciled with it (the store stays the truth), instead of reading every entry.
+        snapshots = (
+            IndexSnapshots(
+                settings.data_dir / "index-snapshot",
+                cache,
+                index,
+                the_store,
+                dim=the_embedder.dim,
+                model=_model_tag(settings) if embedder is None else None,
+            )
+            if shared is None and isinstance(the_store, EntryIds)
+            else None
         )
+        background = (
+            shared.tasks(cache, learner, stats)
+            if shared is not None
+            else [_rebuild(cache, snapshots)]
+        )
+        if snapshots is not None:
+            background.append(_snapshot_forever(snapshots, SNAPSHOT_INTERVAL_S))
         # A shared store's limit is its Redis's own (maxmemory), not this replica's.
         capacity = (
             Capacity(settings.store_size_limit_bytes)
@@ -260,6 +280,9 @@ def create_app(
             if shared is not None:
                 await shared.close()  # closes the store too
             else:
+                if snapshots is not None:
+                    # Last, after spend and telemetry are safe: seconds at a million entries.
+                    await _save_snapshot(snapshots)
                 the_store.close()
 
     app = FastAPI(
@@ -383,9 +406,53 @@ def _load_pair_scorer(settings: Settings) -> PairScorer:
     return OnnxPairScorer(settings.verifier_dir, settings.embed_threads)
 
 
-async def _rebuild(cache: SemanticCache) -> None:
+async def _rebuild(cache: SemanticCache, snapshots: IndexSnapshots | None = None) -> None:
+    if snapshots is not None:
+        try:
+            restored = await asyncio.to_thread(snapshots.restore)
+        except Exception:
+            # Reconciling failed part way: a rebuild that also forgets what the store lacks
+            # puts the index back in step with the store.
+            log.exception("index snapshot restore failed; rebuilding")
+            count = await asyncio.to_thread(cache.rebuild, forget_missing=True)
+            log.info("index rebuilt from store", extra={"entries": count})
+            return
+        if restored is not None:
+            log.info("index restored from snapshot", extra=restored._asdict())
+            return
     count = await asyncio.to_thread(cache.rebuild)
     log.info("index rebuilt from store", extra={"entries": count})
+    if snapshots is not None:
+        # At once: a crash before the first periodic save would pay the full rebuild again.
+        await _save_snapshot(snapshots)
+
+
+async def _save_snapshot(snapshots: IndexSnapshots) -> None:
+    try:
+        saved = await asyncio.to_thread(snapshots.save)
+    except Exception:
+        log.exception("index snapshot save failed; the last one (if any) stays")
+        return
+    if saved is not None:
+        log.info("index snapshot saved", extra=saved._asdict())
+
+
+async def _snapshot_forever(snapshots: IndexSnapshots, interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        await _save_snapshot(snapshots)
+
+
+def _model_tag(settings: Settings) -> str | None:
+    """The model manifest's hash, recorded in a snapshot (the vectors come from the store's
+    entries, whichever model made them, so it is informative, not a check)."""
+    import hashlib
+
+    try:
+        data = (settings.model_dir / "manifest.json").read_bytes()
+    except OSError:
+        return None
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 async def _sweep_forever(

@@ -149,3 +149,59 @@ class FaissIndex:
     def __len__(self) -> int:
         with self._lock.read():
             return sum(s.index.ntotal for s in self._scopes.values())
+
+    def export_scope(self, scope: str) -> tuple[list[str], Vector]:
+        """One scope's entry ids and a copy of their vectors, (n, dim) float32 in the same
+        order, read in one consistent view: what an index snapshot saves. An unknown scope
+        gives no ids and a (0, dim) array. add_many(scope, ids, vectors) puts them back.
+
+        The copy's memory is allocated and touched before the read lock is taken (page
+        faults cost seconds at a million vectors here), so the lock is held for a memcpy
+        and the id lookup only: a writer waiting on it would hold up searches too."""
+        with self._lock.read():
+            s = self._scopes.get(scope)
+            size = 0 if s is None else s.index.ntotal
+        while True:
+            spare = np.empty((size + size // 64 + 64, self.dim), dtype=np.float32)
+            spare.fill(0)
+            with self._lock.read():
+                s = self._scopes.get(scope)
+                if s is None or s.index.ntotal == 0:
+                    return [], np.empty((0, self.dim), dtype=np.float32)
+                n = s.index.ntotal
+                if n <= len(spare):
+                    flat = faiss.downcast_index(s.index.index)
+                    codes = faiss.rev_swig_ptr(flat.codes.data(), n * self.dim * 4)  # type: ignore[attr-defined]
+                    spare[:n] = codes.view(np.float32).reshape(n, self.dim)
+                    labels = faiss.vector_to_array(s.index.id_map)
+                    by_label = s.by_label
+                    return [by_label[label] for label in labels.tolist()], spare[:n]
+            size = n  # grew past the spare rows meanwhile: allocate again
+
+    def import_scope(self, scope: str, entry_ids: Sequence[str], vectors: Vector) -> None:
+        """add_many for rows that are new to the scope and unique (a snapshot's): one FAISS
+        call and the id maps built in bulk, with no per-id check. Falls back to add_many
+        (which skips ids already there) when any id repeats or is already in the scope."""
+        ids = list(entry_ids)
+        vecs = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vecs.shape != (len(ids), self.dim):
+            raise ValueError(
+                f"{len(ids)} entry ids need vectors of shape ({len(ids)}, {self.dim}),"
+                f" got {vecs.shape}"
+            )
+        if not ids:
+            return
+        with self._lock.write():
+            s = self._scopes.get(scope)
+            fresh = len(set(ids)) == len(ids) and (s is None or s.by_id.keys().isdisjoint(ids))
+            if fresh:
+                if s is None:
+                    s = self._scopes[scope] = _Scope(self.dim)
+                labels = np.arange(self._next_label, self._next_label + len(ids), dtype=np.int64)
+                self._next_label += len(ids)
+                s.index.add_with_ids(vecs, labels)
+                listed = labels.tolist()
+                s.by_label.update(zip(listed, ids, strict=True))
+                s.by_id.update(zip(ids, listed, strict=True))
+                return
+        self.add_many(scope, ids, vecs)

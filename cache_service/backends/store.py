@@ -83,6 +83,11 @@ class DiskCacheStore:
         ).fetchall()
         return [row[0] for row in rows]
 
+    def entry_ids(self) -> list[str]:
+        """Every entry's id, in one query over the keys, reading no entry (expired ones not
+        yet culled included): what an index snapshot is reconciled against at start."""
+        return [key[len(_ENTRY) :] for key in self._entry_keys()]
+
     def iter_entries(self) -> Iterator[Entry]:
         for key in self._entry_keys():
             record = self._cache.get(key)

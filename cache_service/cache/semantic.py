@@ -11,8 +11,9 @@ import dataclasses
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
@@ -54,6 +55,16 @@ class BatchMembership(Protocol):
         ...
 
 
+@runtime_checkable
+class EntryIds(Protocol):
+    """A store that lists every entry id cheaply (one query, no entry read): what lets a
+    restart reconcile an index snapshot with the store instead of reading every entry."""
+
+    def entry_ids(self) -> list[str]:
+        """Every entry's id, expired ones not yet culled included."""
+        ...
+
+
 class Swept(NamedTuple):
     expired: int
     evicted: int
@@ -81,6 +92,9 @@ class SemanticCache:
         # entry id -> (scope, expires): what the sweep needs without reading every entry.
         self._tracked: dict[str, tuple[str, float | None]] = {}
         self._lock = threading.Lock()
+        self.changes = 0
+        """Counts changes to the index and tracking: a snapshot is only worth saving when
+        it moved since the last one."""
 
     # --- reads
 
@@ -193,11 +207,13 @@ class SemanticCache:
             self.index.add(entry.scope, entry.id, entry.embedding)
         with self._lock:
             self._tracked[entry.id] = (entry.scope, entry.expires)
+            self.changes += 1
 
     def _forget(self, entry_id: str, scope: str) -> None:
         self.index.remove(scope, [entry_id])
         with self._lock:
             self._tracked.pop(entry_id, None)
+            self.changes += 1
 
     def delete(self, entry_id: str) -> Entry | None:
         entry = self.store.delete(entry_id)
@@ -233,21 +249,38 @@ class SemanticCache:
         the index too: a replica that missed deletions made elsewhere in a shared store
         (its event stream was trimmed) comes back in step. Entries stored meanwhile are
         untouched, being tracked after the snapshot."""
-        now = self.clock.now()
         before: dict[str, tuple[str, float | None]] = {}
         if forget_missing:
             with self._lock:
                 before = dict(self._tracked)
+        count, expired = self.load_entries(self.store.iter_entries(), before)
+        for entry_id in expired:
+            self.store.delete(entry_id)
+        for entry_id, (scope, _) in before.items():
+            self._forget(entry_id, scope)
+        self.ready = True
+        return count
+
+    def load_entries(
+        self,
+        entries: Iterable[Entry],
+        before: dict[str, tuple[str, float | None]] | None = None,
+    ) -> tuple[int, list[str]]:
+        """Index and track every live entry of `entries` (one add_many per scope for each
+        REBUILD_CHUNK of vectors); returns how many, and the ids of the expired ones,
+        which are left for the caller to delete. Ids found are popped from `before`."""
+        now = self.clock.now()
         count = 0
         expired: list[str] = []
         # scope -> the id, vector and expiry of each entry read but not yet indexed.
         pending: dict[str, list[tuple[str, Vector, float | None]]] = {}
         held = 0
-        for entry in self.store.iter_entries():
+        for entry in entries:
             if entry.expired(now):
                 expired.append(entry.id)
                 continue
-            before.pop(entry.id, None)
+            if before is not None:
+                before.pop(entry.id, None)
             count += 1
             if entry.embedding is None:
                 self._track(entry)
@@ -258,12 +291,31 @@ class SemanticCache:
                 self._track_pending(pending)
                 held = 0
         self._track_pending(pending)
-        for entry_id in expired:
-            self.store.delete(entry_id)
-        for entry_id, (scope, _) in before.items():
-            self._forget(entry_id, scope)
-        self.ready = True
-        return count
+        return count, expired
+
+    def track_many(
+        self,
+        scope: str,
+        entry_ids: Sequence[str],
+        vectors: Vector | None,
+        expires: Sequence[float | None],
+    ) -> None:
+        """Index (with one add_many, unless `vectors` is None: entries without embedding)
+        and track many entries of one scope known to be in the store: a snapshot's."""
+        if vectors is not None and len(entry_ids):
+            bulk = getattr(self.index, "import_scope", None)
+            if bulk is not None:  # FaissIndex: no per-id checks for a snapshot's rows
+                bulk(scope, entry_ids, vectors)
+            else:
+                self.index.add_many(scope, entry_ids, vectors)
+        with self._lock:
+            self._tracked.update(zip(entry_ids, zip(repeat(scope), expires), strict=True))
+            self.changes += 1
+
+    def tracked(self) -> dict[str, tuple[str, float | None]]:
+        """A copy of entry id -> (scope, expires) for every tracked entry."""
+        with self._lock:
+            return dict(self._tracked)
 
     def apply_remote(
         self,
@@ -286,6 +338,7 @@ class SemanticCache:
             if vector is None:
                 with self._lock:
                     self._tracked[entry_id] = (scope, expires)
+                    self.changes += 1
             else:
                 pending.setdefault(scope, []).append((entry_id, vector, expires))
         self._track_pending(pending)
@@ -298,6 +351,7 @@ class SemanticCache:
             with self._lock:
                 for entry_id, _, expires in rows:
                     self._tracked[entry_id] = (scope, expires)
+                self.changes += 1
         pending.clear()
 
     def sweep(self) -> Swept:

@@ -307,3 +307,50 @@ def test_read_write_lock_admits_readers_together_and_writers_alone() -> None:
         order.append("read done")
     writer.join(2)
     assert order == ["read done", "write"]
+
+
+def test_entry_ids_lists_every_entry_without_exact_keys(store: DiskCacheStore) -> None:
+    assert store.entry_ids() == []
+    store.put(make_entry("e1", "k1"))
+    store.put(make_entry("e2", "k2"))
+    store.put(make_entry("e3", "k2"))  # replaces e2 under the same exact key
+    assert sorted(store.entry_ids()) == ["e1", "e3"]
+    store.delete("e1")
+    assert store.entry_ids() == ["e3"]
+
+
+def test_export_scope_hands_back_ids_and_vectors_for_add_many() -> None:
+    index = FaissIndex(DIM)
+    assert index.export_scope("nowhere")[0] == []
+    assert index.export_scope("nowhere")[1].shape == (0, DIM)
+    vectors = {f"e{i}": vec(1.0, float(i)) for i in range(5)}
+    for entry_id, v in vectors.items():
+        index.add("a", entry_id, v)
+    index.add("b", "other", vec(0.0, 1.0))
+    index.remove("a", ["e2"])
+    ids, got = index.export_scope("a")
+    assert sorted(ids) == ["e0", "e1", "e3", "e4"]
+    assert got.dtype == np.float32 and got.shape == (4, DIM)
+    for entry_id, row in zip(ids, got, strict=True):
+        np.testing.assert_array_equal(row, vectors[entry_id])
+    copy = FaissIndex(DIM)
+    copy.add_many("a", ids, got)
+    probe = vec(1.0, 3.0)
+    assert copy.search("a", probe, 4) == index.search("a", probe, 4)
+
+
+def test_import_scope_adds_in_bulk_and_falls_back_on_known_or_repeated_ids() -> None:
+    index = FaissIndex(DIM)
+    vs = np.stack([vec(1.0, float(i)) for i in range(4)])
+    index.import_scope("a", ["e0", "e1"], vs[:2])
+    assert len(index) == 2
+    index.import_scope("a", ["e1", "e2", "e2"], vs[1:4])  # e1 known, e2 twice: first wins
+    assert len(index) == 3
+    ids, got = index.export_scope("a")
+    assert sorted(ids) == ["e0", "e1", "e2"]
+    np.testing.assert_array_equal(got[ids.index("e2")], vs[2])
+    assert index.search("a", vs[0], 1)[0].entry_id == "e0"
+    index.remove("a", ["e0"])
+    assert index.search("a", vs[0], 1)[0].entry_id != "e0"
+    with pytest.raises(ValueError):
+        index.import_scope("a", ["x"], vs[:2])

@@ -1,0 +1,432 @@
+"""A persisted snapshot of the vector index, checked against the store at start.
+
+The store stays the truth and the index stays derived from it: the snapshot only spares a
+restart from reading (and unpickling) every entry. At start it is loaded in bulk, then
+reconciled with the store's list of entry ids (one query, no entry read): ids the store no
+longer holds and expired ones are left out, and only the entries the snapshot lacks are
+read and indexed. A missing, corrupt, truncated or mismatched snapshot is logged and
+ignored: the index is rebuilt from the store as before.
+
+Layout, under ``data_dir/index-snapshot/``: ``manifest.json`` names one generation of
+four ``.npy`` files and carries each one's size and CRC-32::
+
+    <gen>-ids.npy       tracked entry ids, utf-8, fixed width ("S<n>")
+    <gen>-scopes.npy    int32, each row's scope (an index into the manifest's "scopes")
+    <gen>-expires.npy   float64, each row's expiry (NaN: none)
+    <gen>-vectors.npy   float32 (m, dim): the vector of rows 0..m-1, grouped by scope as
+                        the manifest's "blocks" [scope, start, count] say; rows m.. have none
+
+A save writes a new generation's files (fsync'd), then the manifest to a temporary file,
+fsync, rename (the commit point), fsync of the directory; only then are other
+generations' files removed. A crash mid-save leaves the previous manifest and its files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, Protocol
+
+import numpy as np
+
+from cache_service.protocols import Vector
+
+if TYPE_CHECKING:
+    from cache_service.cache.semantic import EntryIds, SemanticCache
+
+log = logging.getLogger("cache_service")
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+SNAPSHOT_INTERVAL_S = 300.0
+"""How often a running sidecar saves the snapshot, when the index changed since the last."""
+LOAD_CHUNK = 65536
+"""Rows of a snapshot's vectors handed to the index per add_many."""
+_READ_CHUNK = 16 * 1024 * 1024
+_FILES = ("ids", "scopes", "expires", "vectors")
+
+
+class SnapshotError(Exception):
+    """The snapshot cannot be used (missing, corrupt, truncated, another format or dim)."""
+
+
+class ScopeExport(Protocol):
+    """An index that can hand over a scope's ids and vectors (FaissIndex)."""
+
+    def export_scope(self, scope: str) -> tuple[list[str], Vector]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class IndexState:
+    """A loaded snapshot: tracked rows, the first `len(vectors)` of which have a vector."""
+
+    dim: int
+    created: float
+    scopes: list[str]
+    blocks: list[tuple[int, int, int]]
+    ids: np.ndarray[Any, Any]
+    scope_of: np.ndarray[Any, Any]
+    expires: np.ndarray[Any, Any]
+    vectors: np.ndarray[Any, Any]
+
+
+class Saved(NamedTuple):
+    entries: int
+    vectors: int
+    bytes: int
+    seconds: float
+
+
+class Restored(NamedTuple):
+    from_snapshot: int
+    """Entries indexed (or tracked) from the snapshot."""
+    read_from_store: int
+    """Entries the snapshot lacked, read from the store and indexed."""
+    gone: int
+    """Snapshot entries the store no longer holds."""
+    expired: int
+    """Snapshot entries (or entries read) that had expired; deleted from the store."""
+    seconds: float
+
+
+# --- writing
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _CrcWriter:
+    """A file opened for writing that counts bytes and CRC-32 as they go."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f = f
+        self.crc = 0
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.f.write(data)
+        self.crc = zlib.crc32(data, self.crc)
+        self.size += len(data)
+
+
+def _write_array_file(
+    path: Path, blocks: Sequence[np.ndarray[Any, Any]], dtype: Any, width: int
+) -> dict[str, Any]:
+    """One .npy file of the rows of `blocks` concatenated (never concatenated in memory),
+    fsync'd; returns its name, size and CRC-32."""
+    rows = sum(len(b) for b in blocks)
+    shape: tuple[int, ...] = (rows, width) if width else (rows,)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_2_0(
+        header,
+        {
+            "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+            "fortran_order": False,
+            "shape": shape,
+        },
+    )
+    with open(path, "wb") as f:
+        out = _CrcWriter(f)
+        out.write(header.getvalue())
+        for block in blocks:
+            data = np.ascontiguousarray(block, dtype=dtype)
+            if len(data):
+                out.write(data.data.cast("B"))
+        f.flush()
+        os.fsync(f.fileno())
+    return {"name": path.name, "bytes": out.size, "crc32": out.crc}
+
+
+def save_state(
+    directory: Path,
+    tracked: dict[str, tuple[str, float | None]],
+    index: ScopeExport,
+    *,
+    dim: int,
+    created: float,
+    model: str | None = None,
+) -> Saved:
+    """Write a snapshot of `tracked` (id -> (scope, expires)) and the vectors `index`
+    holds for them. Ids the index holds but `tracked` does not are left out (a concurrent
+    store, tracked after the copy: the store has it, so the next load reads it); tracked
+    ids the index has no vector for are saved without one (entries without embedding)."""
+    started = time.perf_counter()
+    directory.mkdir(parents=True, exist_ok=True)
+    by_scope: dict[str, dict[str, float | None]] = {}
+    for entry_id, (scope, expiry) in tracked.items():
+        by_scope.setdefault(scope, {})[entry_id] = expiry
+    scopes = sorted(by_scope)
+    vec_ids: list[str] = []
+    vec_scope: list[int] = []
+    vec_expires: list[float | None] = []
+    vec_blocks: list[np.ndarray[Any, Any]] = []
+    blocks: list[tuple[int, int, int]] = []
+    bare_ids: list[str] = []
+    bare_scope: list[int] = []
+    bare_expires: list[float | None] = []
+    for n, scope in enumerate(scopes):
+        wanted = by_scope.pop(scope)
+        ids, vectors = index.export_scope(scope)
+        keep = [row for row, entry_id in enumerate(ids) if entry_id in wanted]
+        if len(keep) < len(ids):
+            vectors = vectors[keep]
+            ids = [ids[row] for row in keep]
+        if ids:
+            blocks.append((n, len(vec_ids), len(ids)))
+            vec_blocks.append(vectors)
+            vec_ids.extend(ids)
+            vec_scope.extend([n] * len(ids))
+            vec_expires.extend(wanted.pop(entry_id) for entry_id in ids)
+        bare_ids.extend(wanted)
+        bare_scope.extend([n] * len(wanted))
+        bare_expires.extend(wanted.values())
+    all_ids = [i.encode() for i in (*vec_ids, *bare_ids)]
+    width = max((len(i) for i in all_ids), default=1)
+    expires = np.array(
+        [math.nan if e is None else e for e in (*vec_expires, *bare_expires)], dtype=np.float64
+    )
+    gen = uuid.uuid4().hex[:16]
+    files = {
+        "ids": _write_array_file(
+            directory / f"{gen}-ids.npy", [np.array(all_ids, dtype=f"S{width}")], f"S{width}", 0
+        ),
+        "scopes": _write_array_file(
+            directory / f"{gen}-scopes.npy",
+            [np.array([*vec_scope, *bare_scope], dtype=np.int32)],
+            "<i4",
+            0,
+        ),
+        "expires": _write_array_file(directory / f"{gen}-expires.npy", [expires], "<f8", 0),
+        "vectors": _write_array_file(directory / f"{gen}-vectors.npy", vec_blocks, "<f4", dim),
+    }
+    manifest = {
+        "format": FORMAT,
+        "dim": dim,
+        "generation": gen,
+        "created": created,
+        "count": len(all_ids),
+        "vectors": len(vec_ids),
+        "model": model,
+        "scopes": scopes,
+        "blocks": blocks,
+        "files": files,
+    }
+    tmp = directory / f"{MANIFEST}.{gen}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(manifest, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, directory / MANIFEST)
+    _fsync_dir(directory)
+    # Committed: the previous generation (and any crashed save's leftovers) can go.
+    for path in directory.iterdir():
+        if path.name != MANIFEST and not path.name.startswith(f"{gen}-"):
+            with contextlib.suppress(OSError):
+                path.unlink()
+    size = sum(int(f["bytes"]) for f in files.values())
+    return Saved(len(all_ids), len(vec_ids), size, time.perf_counter() - started)
+
+
+# --- reading
+
+
+def _crc_of(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_READ_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def load_state(directory: Path, *, dim: int) -> IndexState:
+    """Read and check a snapshot; raises SnapshotError unless every file is there, whole,
+    of the right size and CRC, and the format and dim are this build's."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise SnapshotError("no snapshot") from exc
+    except (OSError, ValueError) as exc:
+        raise SnapshotError(f"unreadable manifest: {exc}") from exc
+    try:
+        if manifest["format"] != FORMAT:
+            raise SnapshotError(f"format {manifest['format']}, this build reads {FORMAT}")
+        if manifest["dim"] != dim:
+            raise SnapshotError(f"dim {manifest['dim']}, the embedder's is {dim}")
+        arrays: dict[str, np.ndarray[Any, Any]] = {}
+        for name in _FILES:
+            meta = manifest["files"][name]
+            path = directory / str(meta["name"])
+            if "/" in str(meta["name"]) or path.stat().st_size != meta["bytes"]:
+                raise SnapshotError(f"{name}: size differs from the manifest (truncated?)")
+            if _crc_of(path) != meta["crc32"]:
+                raise SnapshotError(f"{name}: checksum differs from the manifest (corrupt)")
+            arrays[name] = np.load(path, mmap_mode="r" if name == "vectors" else None)
+        count, nvec = int(manifest["count"]), int(manifest["vectors"])
+        ids, scope_of, expires, vectors = (arrays[n] for n in _FILES)
+        scopes = [str(s) for s in manifest["scopes"]]
+        blocks = [(int(s), int(a), int(c)) for s, a, c in manifest["blocks"]]
+        if (
+            ids.shape != (count,)
+            or ids.dtype.kind != "S"
+            or scope_of.shape != (count,)
+            or expires.shape != (count,)
+            or vectors.shape != (nvec, dim)
+            or vectors.dtype != np.float32
+            or nvec > count
+            or sum(c for _, _, c in blocks) != nvec
+            or any(not 0 <= s < len(scopes) for s, _, _ in blocks)
+            or (count and not (int(scope_of.min()) >= 0 and int(scope_of.max()) < len(scopes)))
+        ):
+            raise SnapshotError("arrays disagree with the manifest")
+        return IndexState(
+            dim=dim,
+            created=float(manifest["created"]),
+            scopes=scopes,
+            blocks=blocks,
+            ids=ids,
+            scope_of=scope_of,
+            expires=expires,
+            vectors=vectors,
+        )
+    except SnapshotError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise SnapshotError(f"unreadable snapshot: {exc!r}") from exc
+
+
+def _chunks(start: int, count: int) -> Iterator[tuple[int, int]]:
+    for a in range(start, start + count, LOAD_CHUNK):
+        yield a, min(a + LOAD_CHUNK, start + count)
+
+
+def restore_state(cache: SemanticCache, state: IndexState, store_ids: set[str]) -> Restored:
+    """Load `state` into `cache` (index and tracking), keeping only what the store still
+    holds and what has not expired, then read and index the entries the snapshot lacks;
+    marks the cache ready. Expired entries found on the way are deleted from the store
+    after that (as a rebuild does)."""
+    started = time.perf_counter()
+    now = cache.clock.now()
+    ids = [raw.decode() for raw in state.ids.tolist()]
+    expires_all: list[float] = state.expires.tolist()
+    scope_of: list[int] = state.scope_of.tolist()
+    gone = 0
+    expired: list[str] = []
+    keep = [False] * len(ids)
+    for row, entry_id in enumerate(ids):
+        if entry_id not in store_ids:
+            gone += 1
+        elif now >= expires_all[row]:  # False for NaN: no expiry
+            expired.append(entry_id)
+        else:
+            keep[row] = True
+
+    expiry: list[float | None] = [None if math.isnan(e) else e for e in expires_all]
+
+    loaded = 0
+    for scope_n, start, count in state.blocks:
+        scope = state.scopes[scope_n]
+        for a, b in _chunks(start, count):
+            rows = [r for r in range(a, b) if keep[r]]
+            if not rows:
+                continue
+            block = state.vectors[a:b]
+            vectors = np.asarray(block if len(rows) == b - a else block[[r - a for r in rows]])
+            cache.track_many(scope, [ids[r] for r in rows], vectors, [expiry[r] for r in rows])
+            loaded += len(rows)
+    nvec = len(state.vectors)
+    bare: dict[int, list[int]] = {}
+    for row in range(nvec, len(ids)):
+        if keep[row]:
+            bare.setdefault(scope_of[row], []).append(row)
+    for scope_n, rows in bare.items():
+        cache.track_many(
+            state.scopes[scope_n], [ids[r] for r in rows], None, [expiry[r] for r in rows]
+        )
+        loaded += len(rows)
+    known = set(ids)
+    missing = [entry_id for entry_id in store_ids if entry_id not in known]
+    entries = (cache.store.get(entry_id) for entry_id in missing)
+    read, expired_read = cache.load_entries(e for e in entries if e is not None)
+    cache.ready = True
+    expired.extend(expired_read)
+    for entry_id in expired:
+        cache.store.delete(entry_id)
+    return Restored(loaded, read, gone, len(expired), time.perf_counter() - started)
+
+
+class IndexSnapshots:
+    """The snapshot of one cache's index in one directory: restore at start, save now and
+    then and at shutdown. Saves are serialised (a periodic one may still be writing when
+    shutdown asks for the last)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        cache: SemanticCache,
+        index: ScopeExport,
+        store: EntryIds,
+        *,
+        dim: int,
+        model: str | None = None,
+    ) -> None:
+        self.directory = directory
+        self.cache = cache
+        self.index = index
+        self.store = store
+        self.dim = dim
+        self.model = model
+        self._saving = threading.Lock()
+        self._saved_at: int | None = None
+        """cache.changes when the snapshot on disk was taken (None: unknown or stale)."""
+
+    def restore(self) -> Restored | None:
+        """Load the snapshot and reconcile it with the store; None (having touched
+        nothing) when there is no usable snapshot, so the caller rebuilds instead."""
+        try:
+            state = load_state(self.directory, dim=self.dim)
+        except SnapshotError as exc:
+            if (self.directory / MANIFEST).exists():
+                log.warning("index snapshot ignored; rebuilding", extra={"reason": str(exc)})
+            return None
+        store_ids = set(self.store.entry_ids())
+        restored = restore_state(self.cache, state, store_ids)
+        if not (restored.read_from_store or restored.gone or restored.expired):
+            self._saved_at = self.cache.changes
+        return restored
+
+    def changed(self) -> bool:
+        return self._saved_at != self.cache.changes
+
+    def save(self) -> Saved | None:
+        """Write a snapshot unless the cache is not ready yet (a partial index) or nothing
+        changed since the last one; returns what was written, or None."""
+        with self._saving:
+            if not self.cache.ready or not self.changed():
+                return None
+            changes = self.cache.changes
+            saved = save_state(
+                self.directory,
+                self.cache.tracked(),
+                self.index,
+                dim=self.dim,
+                created=self.cache.clock.now(),
+                model=self.model,
+            )
+            self._saved_at = changes
+            return saved
