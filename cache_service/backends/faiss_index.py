@@ -2,8 +2,8 @@
 
 Per-scope indexes make tenant isolation structural (a search cannot see another scope's
 vectors, whatever the threshold) and keep each search small. A scope starts as a flat (exact)
-index: up to a few tens of thousands of 384-d vectors a flat scan costs under ~2 ms and never
-misses a near duplicate. Past `ivf_min` vectors, `maintain()` promotes the scope, off the
+index: up to ~20k 384-d vectors a flat scan costs under ~2 ms and never misses a near
+duplicate. Past `ivf_min` vectors, `maintain()` promotes the scope, off the
 request path, to an IVF index (`IndexIVFFlat`, inner product, nlist ≈ 4·sqrt(n)) trained on
 the scope's own vectors. Its nprobe is the smallest that reaches `target_recall` recall@1
 against the exact result, measured on a sample of the scope's own vectors with noise added;
@@ -37,10 +37,11 @@ log = logging.getLogger(__name__)
 Labels = npt.NDArray[np.int64]
 Kind = Literal["flat", "ivf"]
 
-IVF_MIN = 30_000
+IVF_MIN = 20_000
 """Vectors at which a scope is promoted to IVF: about where one flat probe of 384-d vectors
-passes ~2 ms on the reference 2-core machine (0.33 ms at 10k, 7 ms at 100k, 62 ms at 1M;
-benchmarks/ann.py)."""
+passes ~2 ms on the reference 2-core box (benchmarks/ann.py, loaded box: 0.9 ms at 10k,
+2.5 ms at 20k, 18 ms at 100k, 149 ms at 1M; quiet: 0.33 ms at 10k, 7 ms at 100k). An IVF
+probe there is ~0.1 ms."""
 
 TARGET_RECALL = 0.99
 """Recall@1 against the flat result that the chosen nprobe must reach on the sample."""
@@ -442,7 +443,7 @@ class FaissIndex:
         ivf.cp.seed = self._seed
         ivf.train(vecs)
         ivf.set_direct_map_type(_faiss.DirectMap.Hashtable)  # removal by id, reconstruct
-        ivf.add_with_ids(vecs, labels)
+        _add_reserved(ivf, nlist, labels, vecs)
         nprobe, recall = self._choose_nprobe(ivf, nlist, vecs)
         return ivf, nlist, nprobe, recall
 
@@ -488,6 +489,21 @@ def _recall_at_1(ivf: Any, queries: Vector, truth: Vector, nprobe: int) -> float
     got, _ = ivf.search(queries, 1, params=_probe(nprobe))
     # A tie (a duplicate vector) counts as found: compare scores, not labels.
     return float(np.mean(got[:, 0] >= truth - 1e-5))
+
+
+def _add_reserved(ivf: Any, nlist: int, labels: Labels, vecs: Vector) -> None:
+    """ivf.add_with_ids, with each list's arrays allocated once at their final size: added
+    entry by entry they grow by doubling and carry ~40 % of unused capacity (measured: an
+    IVF scope of 1M vectors took 390 MB more than the flat one)."""
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    vecs = np.ascontiguousarray(vecs, dtype=np.float32)
+    coarse = np.ascontiguousarray(ivf.quantizer.assign(vecs, 1).ravel(), dtype=np.int64)
+    lists: Any = faiss.downcast_InvertedLists(ivf.invlists)
+    for list_no, size in enumerate(np.bincount(coarse, minlength=nlist).tolist()):
+        if size:
+            lists.resize(list_no, size)  # from empty: allocates exactly `size`
+            lists.resize(list_no, 0)  # capacity kept
+    ivf.add_core(len(labels), faiss.swig_ptr(vecs), faiss.swig_ptr(labels), faiss.swig_ptr(coarse))
 
 
 def _vectors_of(s: _Scope, dim: int) -> tuple[Labels, Vector]:
