@@ -54,6 +54,9 @@ _QUERY_NOISE = (0.25, 1.0)
 query: cos 0.97 down to 0.71 to its source once renormalised, paraphrases near and far (the
 verifier's cosine floor is 0.7)."""
 
+_READ_CHUNK = 16_384
+"""Vectors a build reads from the live index per read-lock hold."""
+
 _SWAP_REPLAY_MAX = 4096
 """Logged vectors replayed under the write lock at the swap; a longer log is first drained
 outside the lock, so a busy scope's writers are not held for a long replay."""
@@ -391,18 +394,18 @@ class FaissIndex:
             self.maintain()
 
     def _rebuild(self, name: str, s: _Scope, kind: Kind) -> int:
-        with self._lock.read():  # no writer runs: the copy and the log start at one instant
+        with self._lock.read():  # no writer runs: the snapshot and the log start at one instant
             if self._scopes.get(name) is not s:
                 return 0
-            labels, vecs = _vectors_of(s, self.dim)
+            labels = _labels_of(s)
             s.log = []
         if kind == "ivf":
-            new, nlist, nprobe, recall = self._build_ivf(labels, vecs)
+            new, nlist, nprobe, recall = self._build_ivf(s, labels)
         else:
             new, nlist, nprobe, recall = _flat(self.dim), 0, 0, None
-            new.add_with_ids(vecs, labels)
+            for present, vecs in self._read(s, labels):
+                new.add_with_ids(vecs, present)
         trained_at = len(labels)
-        del vecs
         while True:
             with self._lock.write():
                 if self._scopes.get(name) is not s:  # emptied or cleared meanwhile
@@ -429,28 +432,80 @@ class FaissIndex:
         )
         return 1
 
-    def _build_ivf(self, labels: Labels, vecs: Vector) -> tuple[Any, int, int, float]:
+    def _read(self, s: _Scope, labels: Labels) -> Iterator[tuple[Labels, Vector]]:
+        """The vectors of those of `labels` still in the scope, a chunk at a time, each chunk
+        read under the read lock: a build never holds a second copy of a large scope. Labels
+        removed since the snapshot are skipped (their removal is in the log anyway)."""
+        for start in range(0, len(labels), _READ_CHUNK):
+            chunk = labels[start : start + _READ_CHUNK]
+            with self._lock.read():
+                keep = np.fromiter(
+                    (label in s.by_label for label in chunk.tolist()), dtype=bool, count=len(chunk)
+                )
+                present = chunk[keep]
+                if not len(present):
+                    continue
+                vecs = s.index.reconstruct_batch(present)
+            yield present, np.ascontiguousarray(vecs, dtype=np.float32)
+
+    def _build_ivf(self, s: _Scope, labels: Labels) -> tuple[Any, int, int, float]:
         n = len(labels)
         # ≈ 4·sqrt(n) lists, at least 4 training points each (FAISS warns below 39 but
-        # only tiny test scopes go there: at ivf_min's default, n / nlist ≈ 43).
+        # only tiny test scopes go there: at ivf_min's default, n / nlist ≈ 35).
         nlist = max(1, min(round(4 * math.sqrt(n)), n // 4))
+        rng = np.random.default_rng(self._seed)
+        # Trained on up to 40 sampled vectors per list; the first of them, with noise
+        # added, are the recall queries.
+        picked = labels[rng.choice(n, size=min(n, 40 * nlist), replace=False)]
+        sample = np.concatenate([vecs for _, vecs in self._read(s, picked)])
         ivf = faiss.IndexIVFFlat(
             faiss.IndexFlatIP(self.dim), self.dim, nlist, faiss.METRIC_INNER_PRODUCT
         )
         ivf.cp.spherical = True
         ivf.cp.niter = 10
-        ivf.cp.max_points_per_centroid = 40  # trains on ≤ 40·nlist sampled vectors
+        ivf.cp.max_points_per_centroid = 40
         ivf.cp.seed = self._seed
-        ivf.train(vecs)
+        ivf.train(sample)
+        queries = _noisy(sample[:_RECALL_QUERIES], rng)
+        del sample
         ivf.set_direct_map_type(_faiss.DirectMap.Hashtable)  # removal by id, reconstruct
-        _add_reserved(ivf, nlist, labels, vecs)
-        nprobe, recall = self._choose_nprobe(ivf, nlist, vecs)
+        truth = self._fill(ivf, nlist, s, labels, queries)
+        nprobe, recall = self._choose_nprobe(ivf, nlist, queries, truth)
         return ivf, nlist, nprobe, recall
 
-    def _choose_nprobe(self, ivf: Any, nlist: int, vecs: Vector) -> tuple[int, float]:
+    def _fill(self, ivf: Any, nlist: int, s: _Scope, labels: Labels, queries: Vector) -> Vector:
+        """Add the scope's vectors to the trained IVF with each list allocated once at its
+        final size (added entry by entry, lists grow by doubling and carry ~40 % of unused
+        capacity: an IVF scope of 1M vectors took 390 MB more than the flat one). Returns
+        the exact best similarity of each query over what was added."""
+        assigned: list[tuple[Labels, npt.NDArray[np.int64]]] = []
+        counts = np.zeros(nlist, dtype=np.int64)
+        for present, vecs in self._read(s, labels):
+            coarse = np.ascontiguousarray(ivf.quantizer.assign(vecs, 1).ravel(), dtype=np.int64)
+            counts += np.bincount(coarse, minlength=nlist)
+            assigned.append((present, coarse))
+        lists: Any = faiss.downcast_InvertedLists(ivf.invlists)
+        for list_no, size in enumerate(counts.tolist()):
+            if size:
+                lists.resize(list_no, size)  # from empty: allocates exactly `size`
+                lists.resize(list_no, 0)  # capacity kept
+        truth = np.full(len(queries), -np.inf, dtype=np.float32)
+        for present, coarse in assigned:
+            for got, vecs in self._read(s, present):  # again: some may be gone since
+                if len(got) < len(present):
+                    coarse = coarse[np.isin(present, got)]
+                ivf.add_core(
+                    len(got), faiss.swig_ptr(vecs), faiss.swig_ptr(got), faiss.swig_ptr(coarse)
+                )
+                if len(queries):
+                    truth = np.maximum(truth, (queries @ vecs.T).max(axis=1))
+        return truth
+
+    def _choose_nprobe(
+        self, ivf: Any, nlist: int, queries: Vector, truth: Vector
+    ) -> tuple[int, float]:
         """The smallest nprobe whose recall@1 against the exact result, on stored vectors
         with noise added as queries, reaches target_recall; and that recall."""
-        queries, truth = _recall_queries(vecs, self._seed)
         measured: dict[int, float] = {}
 
         def recall(nprobe: int) -> float:
@@ -470,19 +525,14 @@ class FaissIndex:
         return hi, recall(hi)
 
 
-def _recall_queries(vecs: Vector, seed: int) -> tuple[Vector, Vector]:
-    """Up to _RECALL_QUERIES stored vectors with noise added (paraphrase-like queries) and
-    the best similarity the exact search finds for each."""
-    rng = np.random.default_rng(seed)
-    m = min(len(vecs), _RECALL_QUERIES)
-    queries = vecs[rng.choice(len(vecs), size=m, replace=False)]
-    noise = rng.standard_normal(queries.shape).astype(np.float32)
-    norms = rng.uniform(*_QUERY_NOISE, size=(m, 1)).astype(np.float32)
+def _noisy(vecs: Vector, rng: np.random.Generator) -> Vector:
+    """Paraphrase-like queries: each vector plus Gaussian noise, renormalised."""
+    noise = rng.standard_normal(vecs.shape).astype(np.float32)
+    norms = rng.uniform(*_QUERY_NOISE, size=(len(vecs), 1)).astype(np.float32)
     noise *= norms / np.linalg.norm(noise, axis=1, keepdims=True)
-    queries = queries + noise
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    truth, _ = faiss.knn(queries, vecs, 1, metric=faiss.METRIC_INNER_PRODUCT)
-    return queries, truth[:, 0]
+    queries = vecs + noise
+    out: Vector = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    return out
 
 
 def _recall_at_1(ivf: Any, queries: Vector, truth: Vector, nprobe: int) -> float:
@@ -491,31 +541,10 @@ def _recall_at_1(ivf: Any, queries: Vector, truth: Vector, nprobe: int) -> float
     return float(np.mean(got[:, 0] >= truth - 1e-5))
 
 
-def _add_reserved(ivf: Any, nlist: int, labels: Labels, vecs: Vector) -> None:
-    """ivf.add_with_ids, with each list's arrays allocated once at their final size: added
-    entry by entry they grow by doubling and carry ~40 % of unused capacity (measured: an
-    IVF scope of 1M vectors took 390 MB more than the flat one)."""
-    labels = np.ascontiguousarray(labels, dtype=np.int64)
-    vecs = np.ascontiguousarray(vecs, dtype=np.float32)
-    coarse = np.ascontiguousarray(ivf.quantizer.assign(vecs, 1).ravel(), dtype=np.int64)
-    lists: Any = faiss.downcast_InvertedLists(ivf.invlists)
-    for list_no, size in enumerate(np.bincount(coarse, minlength=nlist).tolist()):
-        if size:
-            lists.resize(list_no, size)  # from empty: allocates exactly `size`
-            lists.resize(list_no, 0)  # capacity kept
-    ivf.add_core(len(labels), faiss.swig_ptr(vecs), faiss.swig_ptr(labels), faiss.swig_ptr(coarse))
-
-
-def _vectors_of(s: _Scope, dim: int) -> tuple[Labels, Vector]:
-    """A copy of the scope's labels and vectors, row for row."""
-    n = int(s.index.ntotal)
+def _labels_of(s: _Scope) -> Labels:
     if s.kind == "flat":
-        labels = faiss.vector_to_array(s.index.id_map).astype(np.int64)
-        flat: Any = faiss.downcast_index(s.index.index)
-        vecs = faiss.vector_to_array(flat.codes).view(np.float32).reshape(n, dim)
-        return labels, vecs
-    labels = np.fromiter(s.by_label, dtype=np.int64, count=len(s.by_label))
-    return labels, s.index.reconstruct_batch(labels)
+        return faiss.vector_to_array(s.index.id_map).astype(np.int64)
+    return np.fromiter(s.by_label, dtype=np.int64, count=len(s.by_label))
 
 
 def _replay(index: Any, kind: Kind, pending: list[_LogEntry]) -> None:

@@ -97,7 +97,17 @@ def test_measured_recall_reaches_the_target_and_holds_on_fresh_queries() -> None
     assert np.mean(found >= best - 1e-5) >= 0.97
 
 
-def test_the_nprobe_chosen_is_the_smallest_that_reaches_the_target() -> None:
+def test_the_nprobe_chosen_is_the_smallest_that_reaches_the_target(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    measured: dict[int, float] = {}
+    real = faiss_index._recall_at_1
+
+    def recording(ivf: Any, queries: Vector, truth: Vector, nprobe: int) -> float:
+        measured[nprobe] = real(ivf, queries, truth, nprobe)
+        return measured[nprobe]
+
+    monkeypatch.setattr(faiss_index, "_recall_at_1", recording)
     # Unclustered vectors: lists mean little, so more of them must be probed.
     rng = np.random.default_rng(3)
     vectors = rng.standard_normal((4000, DIM)).astype(np.float32)
@@ -108,28 +118,35 @@ def test_the_nprobe_chosen_is_the_smallest_that_reaches_the_target() -> None:
     st = index.stats()["s"]
     assert st.nprobe is not None and st.nlist is not None and st.recall_at_1 is not None
     assert 1 < st.nprobe < st.nlist
+    assert measured[st.nprobe] == st.recall_at_1 >= index.target_recall
+    assert measured[st.nprobe - 1] < index.target_recall  # one list fewer falls short
+    # The truth it measured against is the exact one: with every list probed, recall is 1.
     ivf = index._scopes["s"].index
-    _, stored = faiss_index._vectors_of(index._scopes["s"], DIM)
-    queries, truth = faiss_index._recall_queries(stored, seed=0)
-    assert faiss_index._recall_at_1(ivf, queries, truth, st.nprobe) == st.recall_at_1
-    assert st.recall_at_1 >= index.target_recall
-    assert faiss_index._recall_at_1(ivf, queries, truth, st.nprobe - 1) < index.target_recall
+    queries = faiss_index._noisy(vectors[:200], np.random.default_rng(1))
+    truth = (queries @ vectors.T).max(axis=1)
+    assert real(ivf, queries, truth, st.nlist) == 1.0
 
 
 class _WritesDuringBuild(FaissIndex):
-    """Runs `during` while the new IVF is being trained, outside every lock, as another
-    thread's writes would."""
+    """Runs `during` once, outside every lock as another thread's writes would, before the
+    build's `at`-th read of the live index: 1, the training sample; 2, the first pass (list
+    sizes); 3, the second (adding)."""
 
     during: Any = None
+    at = 1
+    _reads = 0
 
-    def _build_ivf(self, labels: Any, vecs: Vector) -> tuple[Any, int, int, float]:
-        if self.during is not None:
+    def _read(self, s: Any, labels: Any) -> Any:
+        self._reads += 1
+        if self._reads == self.at and self.during is not None:
             self.during(self)
-        return super()._build_ivf(labels, vecs)
+        return super()._read(s, labels)
 
 
-def test_adds_and_removes_during_a_build_are_not_lost() -> None:
+@pytest.mark.parametrize("at", [1, 2, 3])
+def test_adds_and_removes_during_a_build_are_not_lost(at: int) -> None:
     index = _WritesDuringBuild(DIM, ivf_min=1000, background=False)
+    index.at = at
     vectors = clustered(2000, seed=4)
     extra = clustered(300, seed=5)
     index.add_many("s", names(2000), vectors)
