@@ -270,3 +270,26 @@ def test_scopes_are_promoted_on_their_own() -> None:
     assert st["big"].kind == "ivf" and st["small"].kind == "flat"
     assert index.search("small", big[0], 20)[0].entry_id in names(10)
     assert len(index.search("small", big[0], 20)) == 10
+
+
+def test_a_failed_build_keeps_the_flat_scope_and_waits_for_it_to_double(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    index, vectors = index_of(1000, seed=13)
+
+    def fails(*_: Any) -> Any:
+        raise RuntimeError("no memory")
+
+    monkeypatch.setattr(index, "_build_ivf", fails)
+    assert index.maintain() == 0
+    assert "index build failed" in caplog.text
+    st = index.stats()["s"]
+    assert st.kind == "flat" and not st.building
+    assert index.search("s", vectors[7], 1)[0].entry_id == "id7"
+    monkeypatch.undo()
+    more = clustered(1000, seed=14)
+    index.add_many("s", names(999, "m"), more[:999])
+    assert index.maintain() == 0  # not retried on every write
+    index.add("s", "m999", more[999])
+    assert index.maintain() == 1
+    assert index.stats()["s"].kind == "ivf" and len(index) == 2000
