@@ -3,22 +3,40 @@ alone. A new implementation is proved by adding one line to IMPLEMENTATIONS."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import pytest
 
 from cache_service.backends.faiss_index import FaissIndex
-from cache_service.protocols import SearchHit, VectorIndex
+from cache_service.protocols import SearchHit, Vector, VectorIndex
 
 DIM = 384
 
 IndexFactory = Callable[[int], VectorIndex]
 """Makes an empty index for vectors of the given dimension."""
 
+
+class _EagerIVF(FaissIndex):
+    """FaissIndex whose scopes turn IVF from 4 vectors on, maintained after every write, so
+    the whole contract runs against IVF scopes (promoted, retrained as they grow)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim, ivf_min=4, background=False)
+
+    def add_many(self, scope: str, entry_ids: Sequence[str], vectors: Vector) -> None:
+        super().add_many(scope, entry_ids, vectors)
+        self.maintain()
+
+    def remove(self, scope: str, entry_ids: Iterable[str]) -> None:
+        super().remove(scope, entry_ids)
+        self.maintain()
+
+
 IMPLEMENTATIONS = [
     pytest.param(FaissIndex, id="faiss"),
+    pytest.param(_EagerIVF, id="faiss-ivf"),
 ]
 
 Array = np.ndarray[Any, np.dtype[np.float32]]

@@ -1,0 +1,226 @@
+"""Flat against IVF in one scope of FaissIndex: build time, probe latency, recall@1, memory.
+
+For each size, one scope is filled with clustered random unit vectors (2,000 random centres,
+each vector its centre plus Gaussian noise, about cos 0.7 to it: real prompts cluster by
+topic), then, in this one process and on the calling thread (OpenMP at 1 thread, as
+FaissIndex sets it and as its maintenance thread builds by default):
+
+1. flat: single-query probes (k = 4, the default search_k) through FaissIndex.search;
+2. the scope is promoted by FaissIndex.maintain() (timed: training, adding, choosing
+   nprobe by measured recall), and the same probes are timed on the IVF scope;
+3. recall@1 of the IVF result against the flat one, on queries FaissIndex never saw:
+   "paraphrase" queries (a stored vector plus noise, cos 0.97 down to 0.71 to it), "fresh"
+   queries (new points around the same centres) and "duplicate" queries (stored vectors as
+   they are: must come back at similarity 1.0);
+4. memory: RSS growth for the flat scope, RSS after the swap, and the peak during the build.
+
+    .venv/bin/python benchmarks/ann.py [--sizes 10000,20000,30000,50000,100000,1000000]
+        [--queries 1000] [--flat-queries-1m 200] [--out benchmarks/results/ann.json]
+
+Not a test; about 5-8 minutes on the reference 2-core box, most of it the 1M build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cache_service.backends.faiss_index import FaissIndex  # noqa: E402
+
+DIM = 384
+K = 4
+Array = np.ndarray[Any, np.dtype[np.float32]]
+
+
+def status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(field)
+
+
+def reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+
+
+def unit(v: Array) -> Array:
+    out: Array = (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+    return out
+
+
+def clustered(
+    n: int, centres: Array, spread: float, rng: np.random.Generator, chunk: int = 100_000
+) -> Array:
+    out = np.empty((n, DIM), dtype=np.float32)
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        noise = rng.standard_normal((m, DIM)).astype(np.float32)
+        noise *= spread / np.linalg.norm(noise, axis=1, keepdims=True)
+        out[start : start + m] = unit(centres[rng.integers(0, len(centres), m)] + noise)
+    return out
+
+
+def paraphrases(stored: Array, n: int, rng: np.random.Generator) -> Array:
+    q = stored[rng.choice(len(stored), n, replace=False)]
+    noise = rng.standard_normal(q.shape).astype(np.float32)
+    noise *= rng.uniform(0.25, 1.0, (n, 1)).astype(np.float32) / np.linalg.norm(
+        noise, axis=1, keepdims=True
+    )
+    return unit(q + noise)
+
+
+def probe(index: FaissIndex, queries: Array) -> tuple[list[float], list[float], list[str]]:
+    """Per query: latency in ms, best similarity, best id."""
+    ms, best, ids = [], [], []
+    for q in queries:
+        t = time.perf_counter()
+        hits = index.search("s", q, K)
+        ms.append((time.perf_counter() - t) * 1000)
+        best.append(hits[0].similarity)
+        ids.append(hits[0].entry_id)
+    return ms, best, ids
+
+
+def pct(values: list[float], p: float) -> float:
+    return round(float(np.percentile(values, p)), 3)
+
+
+def recall(flat_best: list[float], ivf_best: list[float], floor: float = -1.0) -> float | None:
+    """Share of queries whose IVF top-1 is as similar as the flat one (a tie is a find),
+    among those whose flat top-1 reaches `floor`."""
+    f, i = np.array(flat_best), np.array(ivf_best)
+    keep = f >= floor
+    if not keep.any():
+        return None
+    return round(float(np.mean(i[keep] >= f[keep] - 1e-5)), 4)
+
+
+def run_size(n: int, args: argparse.Namespace, centres: Array) -> dict[str, Any]:
+    rng = np.random.default_rng(n)
+    vectors = clustered(n, centres, args.spread, rng)
+    nq = args.queries if n < 1_000_000 else args.flat_queries_1m
+    queries = {
+        "paraphrase": paraphrases(vectors, nq, rng),
+        "fresh": clustered(nq, centres, args.spread, rng),
+        "duplicate": vectors[rng.choice(n, nq, replace=False)],
+    }
+    labels = [f"e{i}" for i in range(n)]
+    gc.collect()
+    rss0 = status_mb("VmRSS")
+    index = FaissIndex(DIM, ivf_min=n, background=False)
+    t = time.perf_counter()
+    index.add_many("s", labels, vectors)
+    add_s = time.perf_counter() - t
+    rss_flat = status_mb("VmRSS") - rss0  # the index's vectors and id maps
+    del vectors, labels
+    gc.collect()
+    rss0 = status_mb("VmRSS") - rss_flat  # the process without the index
+
+    flat = {kind: probe(index, q) for kind, q in queries.items()}
+
+    reset_peak()
+    t = time.perf_counter()
+    assert index.maintain() == 1
+    build_s = time.perf_counter() - t
+    peak_build = status_mb("VmHWM") - rss0
+    gc.collect()
+    rss_ivf = status_mb("VmRSS") - rss0
+    st = index.stats()["s"]
+    assert st.kind == "ivf"
+
+    ivf = {kind: probe(index, q) for kind, q in queries.items()}
+    flat_ms = [x for kind in flat for x in flat[kind][0]]
+    ivf_ms = [x for kind in ivf for x in ivf[kind][0]]
+    dup_sims = ivf["duplicate"][1]
+    out = {
+        "size": n,
+        "queries_per_kind": nq,
+        "flat_add_s": round(add_s, 2),
+        "ivf_build_s": round(build_s, 1),
+        "nlist": st.nlist,
+        "nprobe": st.nprobe,
+        "recall_at_1_measured_by_index": st.recall_at_1,
+        "recall_at_1_paraphrase": recall(flat["paraphrase"][1], ivf["paraphrase"][1]),
+        "recall_at_1_fresh": recall(flat["fresh"][1], ivf["fresh"][1]),
+        "recall_at_1_duplicate": recall(flat["duplicate"][1], ivf["duplicate"][1]),
+        # Only queries that could be hits: the flat top-1 at or above the verifier's floor.
+        "recall_at_1_above_floor_0_7": recall(
+            [x for kind in flat for x in flat[kind][1]],
+            [x for kind in ivf for x in ivf[kind][1]],
+            floor=0.7,
+        ),
+        "queries_above_floor": sum(x >= 0.7 for kind in flat for x in flat[kind][1]),
+        "duplicate_min_similarity": round(min(dup_sims), 6),
+        "flat_probe_p50_ms": pct(flat_ms, 50),
+        "flat_probe_p99_ms": pct(flat_ms, 99),
+        "ivf_probe_p50_ms": pct(ivf_ms, 50),
+        "ivf_probe_p99_ms": pct(ivf_ms, 99),
+        "rss_flat_mb": round(rss_flat, 1),
+        "rss_ivf_mb": round(rss_ivf, 1),
+        "rss_peak_during_build_mb": round(peak_build, 1),
+        "raw_vectors_mb": round(n * DIM * 4 / 2**20, 1),
+    }
+    print(json.dumps(out), flush=True)
+    del index
+    gc.collect()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="10000,20000,30000,50000,100000,1000000")
+    ap.add_argument("--queries", type=int, default=1000, help="per kind, below 1M")
+    ap.add_argument("--flat-queries-1m", type=int, default=200, help="per kind, at 1M")
+    ap.add_argument("--centres", type=int, default=2000)
+    ap.add_argument("--spread", type=float, default=1.0, help="noise norm: cos ≈ 0.71")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/ann.json"))
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    centres = unit(rng.standard_normal((args.centres, DIM)).astype(np.float32))
+    started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    load_before = os.getloadavg()
+    results = [run_size(int(n), args, centres) for n in args.sizes.split(",")]
+    doc = {
+        "note": (
+            "One FaissIndex scope, single-query probes (k=4) on the calling thread, OpenMP at"
+            " 1 thread; builds by maintain() on the calling thread at 1 thread (the default"
+            " build_threads). Clustered random unit vectors: centres + Gaussian noise."
+            " recall_at_1_*: the IVF top-1 similarity equals the flat one (ties count)."
+            " RSS figures are growth over the process before the index was filled."
+        ),
+        "started_utc": started,
+        "host": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        },
+        "params": {
+            "dim": DIM,
+            "k": K,
+            "centres": args.centres,
+            "spread": args.spread,
+            "queries_per_kind": args.queries,
+            "flat_queries_1m": args.flat_queries_1m,
+        },
+        "results": results,
+    }
+    Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

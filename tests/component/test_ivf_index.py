@@ -1,0 +1,310 @@
+"""FaissIndex's approximate search: a scope is promoted from flat to IVF past ivf_min, in
+maintain(), without losing what is written meanwhile; recall is measured, not assumed."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cache_service.backends import faiss_index
+from cache_service.backends.faiss_index import FaissIndex
+from cache_service.protocols import Vector
+
+DIM = 384
+Array = np.ndarray[Any, np.dtype[np.float32]]
+
+
+def clustered(n: int, seed: int = 0, centres: int = 60, spread: float = 0.9) -> Array:
+    """n unit vectors around `centres` random directions (cos ≈ 0.75 to their centre), the
+    way real prompts cluster by topic."""
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centres, DIM)).astype(np.float32)
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    noise = rng.standard_normal((n, DIM)).astype(np.float32)
+    noise *= spread / np.linalg.norm(noise, axis=1, keepdims=True)
+    v = c[rng.integers(0, centres, n)] + noise
+    out: Array = (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+    return out
+
+
+def names(n: int, prefix: str = "id") -> list[str]:
+    return [f"{prefix}{i}" for i in range(n)]
+
+
+def index_of(n: int, ivf_min: int = 1000, seed: int = 0) -> tuple[FaissIndex, Array]:
+    index = FaissIndex(DIM, ivf_min=ivf_min, background=False)
+    vectors = clustered(n, seed)
+    index.add_many("s", names(n), vectors)
+    return index, vectors
+
+
+def test_a_scope_stays_flat_below_ivf_min_and_maintain_promotes_it_past() -> None:
+    index, vectors = index_of(999)
+    assert index.maintain() == 0
+    assert index.stats()["s"].kind == "flat"
+    index.add("s", "one-more", vectors[0])
+    assert index.stats()["s"].kind == "flat"  # maintain() promotes, not the write
+    assert index.maintain() == 1
+    st = index.stats()["s"]
+    assert st.kind == "ivf" and st.size == 1000 and st.trained_at == 1000
+    assert st.nlist is not None and st.nprobe is not None and 1 <= st.nprobe <= st.nlist
+    assert st.recall_at_1 is not None and st.recall_at_1 >= 0.99
+    assert not st.building
+    assert index.maintain() == 0  # nothing more to do
+
+
+def test_never_promoted_without_ivf_min() -> None:
+    index = FaissIndex(DIM, ivf_min=None, background=False)
+    index.add_many("s", names(2000), clustered(2000))
+    assert index.maintain() == 0
+    assert index.stats()["s"].kind == "flat"
+
+
+def test_promotion_keeps_the_results_for_stored_vectors() -> None:
+    index, vectors = index_of(3000)
+    before = [index.search("s", v, 1) for v in vectors]
+    index.maintain()
+    assert index.stats()["s"].kind == "ivf"
+    after = [index.search("s", v, 1) for v in vectors]
+    assert [h[0].entry_id for h in after] == [h[0].entry_id for h in before]
+    assert [h[0].similarity for h in after] == pytest.approx([h[0].similarity for h in before])
+
+
+def test_an_exact_duplicate_is_found_at_similarity_one_after_promotion() -> None:
+    index, vectors = index_of(3000, seed=1)
+    index.maintain()
+    for i, v in enumerate(vectors):
+        best = index.search("s", v, 1)
+        assert best[0].entry_id == f"id{i}"
+        assert best[0].similarity == pytest.approx(1.0, abs=1e-5)
+
+
+def test_measured_recall_reaches_the_target_and_holds_on_fresh_queries() -> None:
+    index, vectors = index_of(5000, seed=2)
+    index.maintain()
+    st = index.stats()["s"]
+    assert st.recall_at_1 is not None and st.recall_at_1 >= index.target_recall
+    # Independently: new paraphrase-like queries, top-1 against brute force.
+    rng = np.random.default_rng(7)
+    q = vectors[rng.choice(len(vectors), 300, replace=False)]
+    q = q + 0.45 * rng.standard_normal(q.shape).astype(np.float32) / np.sqrt(DIM)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    best = (q @ vectors.T).max(axis=1)
+    found = np.array([index.search("s", x, 1)[0].similarity for x in q])
+    assert np.mean(found >= best - 1e-5) >= 0.97
+
+
+def test_the_nprobe_chosen_is_the_smallest_that_reaches_the_target(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    measured: dict[int, float] = {}
+    real = faiss_index._recall_at_1
+
+    def recording(ivf: Any, queries: Vector, truth: Vector, nprobe: int) -> float:
+        measured[nprobe] = real(ivf, queries, truth, nprobe)
+        return measured[nprobe]
+
+    monkeypatch.setattr(faiss_index, "_recall_at_1", recording)
+    # Unclustered vectors: lists mean little, so more of them must be probed.
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((4000, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = FaissIndex(DIM, ivf_min=1000, background=False)
+    index.add_many("s", names(4000), vectors)
+    index.maintain()
+    st = index.stats()["s"]
+    assert st.nprobe is not None and st.nlist is not None and st.recall_at_1 is not None
+    assert 1 < st.nprobe < st.nlist
+    assert measured[st.nprobe] == st.recall_at_1 >= index.target_recall
+    assert measured[st.nprobe - 1] < index.target_recall  # one list fewer falls short
+    # The truth it measured against is the exact one: with every list probed, recall is 1.
+    ivf = index._scopes["s"].index
+    queries = faiss_index._noisy(vectors[:200], np.random.default_rng(1))
+    truth = (queries @ vectors.T).max(axis=1)
+    assert real(ivf, queries, truth, st.nlist) == 1.0
+
+
+class _WritesDuringBuild(FaissIndex):
+    """Runs `during` once, outside every lock as another thread's writes would, before the
+    build's `at`-th read of the live index: 1, the training sample; 2, the first pass (list
+    sizes); 3, the second (adding)."""
+
+    during: Any = None
+    at = 1
+    _reads = 0
+
+    def _read(self, s: Any, labels: Any) -> Any:
+        self._reads += 1
+        if self._reads == self.at and self.during is not None:
+            self.during(self)
+        return super()._read(s, labels)
+
+
+@pytest.mark.parametrize("at", [1, 2, 3])
+def test_adds_and_removes_during_a_build_are_not_lost(at: int) -> None:
+    index = _WritesDuringBuild(DIM, ivf_min=1000, background=False)
+    index.at = at
+    vectors = clustered(2000, seed=4)
+    extra = clustered(300, seed=5)
+    index.add_many("s", names(2000), vectors)
+    seen: dict[str, Any] = {}
+
+    def writes(ix: FaissIndex) -> None:
+        assert ix.stats()["s"].building
+        ix.add_many("s", names(300, "new"), extra)
+        ix.remove("s", names(500))  # stored before the build
+        ix.remove("s", ["new0", "new1"])  # added during it
+        ix.add("s", "id3", vectors[3])  # removed, then back
+        seen["flat"] = ix.search("s", extra[10], 1)  # searches go on, on the flat index
+        seen["kind"] = ix.stats()["s"].kind
+
+    index.during = writes
+    assert index.maintain() == 1
+    assert seen["kind"] == "flat" and seen["flat"][0].entry_id == "new10"
+    st = index.stats()["s"]
+    assert st.kind == "ivf" and not st.building
+    assert len(index) == st.size == 2000 + 300 - 500 - 2 + 1
+    for i in range(2, 300):
+        assert index.search("s", extra[i], 1)[0].entry_id == f"new{i}"
+    for i in (0, 1):
+        assert index.search("s", extra[i], 1)[0].entry_id != f"new{i}"
+    for i in range(500, 2000):
+        assert index.search("s", vectors[i], 1)[0].entry_id == f"id{i}"
+    assert index.search("s", vectors[3], 1)[0].entry_id == "id3"
+    for i in range(500):
+        assert i == 3 or index.search("s", vectors[i], 1)[0].entry_id != f"id{i}"
+    # And removal keeps working on the IVF scope itself.
+    index.remove("s", names(300, "new"))
+    assert all(index.search("s", extra[i], 1)[0].entry_id.startswith("id") for i in range(300))
+
+
+def test_a_long_log_is_drained_before_the_swap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(faiss_index, "_SWAP_REPLAY_MAX", 10)
+    index = _WritesDuringBuild(DIM, ivf_min=1000, background=False)
+    vectors = clustered(1500, seed=6)
+    index.add_many("s", names(1000), vectors[:1000])
+    index.during = lambda ix: ix.add_many("s", names(500, "late"), vectors[1000:])
+    index.maintain()
+    assert index.stats()["s"].kind == "ivf"
+    assert len(index) == 1500
+    assert index.search("s", vectors[1200], 1)[0].entry_id == "late200"
+
+
+def test_a_scope_emptied_or_cleared_during_a_build_is_not_brought_back() -> None:
+    for wipe in (lambda ix: ix.remove("s", names(1000)), lambda ix: ix.clear()):
+        index = _WritesDuringBuild(DIM, ivf_min=1000, background=False)
+        index.add_many("s", names(1000), clustered(1000))
+        index.during = wipe
+        assert index.maintain() == 0
+        assert len(index) == 0 and index.stats() == {}
+        assert index.search("s", clustered(1)[0], 1) == []
+
+
+def test_a_shrunken_scope_is_demoted_and_a_grown_one_retrained() -> None:
+    index, _ = index_of(1200, ivf_min=1000, seed=8)
+    index.maintain()
+    first = index.stats()["s"]
+    assert first.kind == "ivf" and first.trained_at == 1200
+    # Below 4 × the size it was trained at: no retrain.
+    more = clustered(5000, seed=9)
+    index.add_many("s", names(3599, "m"), more[:3599])
+    assert index.maintain() == 0
+    index.add("s", "m3599", more[3599])  # 4800 = 4 × 1200
+    assert index.maintain() == 1
+    grown = index.stats()["s"]
+    assert grown.kind == "ivf" and grown.trained_at == 4800
+    assert grown.nlist is not None and first.nlist is not None and grown.nlist > first.nlist
+    # Shrunk to ivf_min // 4 it stays IVF; below, it goes back to flat.
+    index.remove("s", names(1200))
+    index.remove("s", names(3350, "m"))
+    assert len(index) == 250
+    assert index.maintain() == 0 and index.stats()["s"].kind == "ivf"
+    index.remove("s", ["m3350"])
+    assert index.maintain() == 1
+    assert index.stats()["s"].kind == "flat"
+    for i in range(3351, 3600):
+        best = index.search("s", more[i], 1)[0]
+        assert best.entry_id == f"m{i}" and best.similarity == pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_background_thread_promotes_without_being_asked() -> None:
+    index = FaissIndex(DIM, ivf_min=1000)
+    try:
+        vectors = clustered(1000)
+        index.add_many("s", names(1000), vectors)
+        deadline = time.monotonic() + 30
+        while index.stats()["s"].kind != "ivf":
+            assert time.monotonic() < deadline, "not promoted within 30 s"
+            time.sleep(0.02)
+        assert index.search("s", vectors[5], 1)[0].entry_id == "id5"
+    finally:
+        index.close()
+
+
+def test_a_tiny_ivf_scope_still_returns_min_k_size_hits() -> None:
+    rng = np.random.default_rng(12)
+    vectors = rng.standard_normal((40, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = FaissIndex(DIM, ivf_min=4, background=False)
+    index.add_many("s", names(40), vectors)
+    index.maintain()
+    st = index.stats()["s"]
+    assert st.kind == "ivf" and st.nlist == 10
+    hits = index.search("s", vectors[0], 40)  # more than the probed lists hold
+    assert len(hits) == 40
+    assert [h.entry_id for h in hits[:1]] == ["id0"]
+    sims = [h.similarity for h in hits]
+    assert sims == sorted(sims, reverse=True)
+
+
+def test_scopes_are_promoted_on_their_own() -> None:
+    index = FaissIndex(DIM, ivf_min=1000, background=False)
+    big, small = clustered(1000, seed=10), clustered(10, seed=11)
+    index.add_many("big", names(1000), big)
+    index.add_many("small", names(10), small)
+    index.maintain()
+    st = index.stats()
+    assert st["big"].kind == "ivf" and st["small"].kind == "flat"
+    assert index.search("small", big[0], 20)[0].entry_id in names(10)
+    assert len(index.search("small", big[0], 20)) == 10
+
+
+def test_a_failed_build_keeps_the_flat_scope_and_waits_for_it_to_double(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    index, vectors = index_of(1000, seed=13)
+
+    def fails(*_: Any) -> Any:
+        raise RuntimeError("no memory")
+
+    monkeypatch.setattr(index, "_build_ivf", fails)
+    assert index.maintain() == 0
+    assert "index build failed" in caplog.text
+    st = index.stats()["s"]
+    assert st.kind == "flat" and not st.building
+    assert index.search("s", vectors[7], 1)[0].entry_id == "id7"
+    monkeypatch.undo()
+    more = clustered(1000, seed=14)
+    index.add_many("s", names(999, "m"), more[:999])
+    assert index.maintain() == 0  # not retried on every write
+    index.add("s", "m999", more[999])
+    assert index.maintain() == 1
+    assert index.stats()["s"].kind == "ivf" and len(index) == 2000
+
+
+def test_a_promoted_scope_exports_and_imports_like_a_flat_one() -> None:
+    """What an index snapshot saves and restores (backends/index_snapshot.py)."""
+    index, vectors = index_of(1200)
+    assert index.maintain() == 1 and index.stats()["s"].kind == "ivf"
+    ids, exported = index.export_scope("s")
+    assert sorted(ids) == sorted(names(1200))
+    order = {name: i for i, name in enumerate(names(1200))}
+    assert np.allclose(exported, vectors[[order[i] for i in ids]])
+    restored = FaissIndex(DIM, ivf_min=1000, background=False)
+    restored.import_scope("s", ids, exported)
+    assert restored.maintain() == 1  # promoted again, past ivf_min
+    for row in (0, 599, 1199):
+        assert restored.search("s", vectors[row], 1)[0].entry_id == names(1200)[row]
