@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import sqlite3
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -112,3 +114,22 @@ def recording_upstream(seen: list[Any], api_key: str | None = None) -> Any:
     return HttpUpstream(
         "http://up/v1", api_key=api_key, transport=httpx.MockTransport(handler), timeout_s=5
     )
+
+
+def write_old_outcome_log(path: Path) -> None:
+    """An outcome log as written before `rejected_by` and `entry_id` were recorded, with one
+    miss in it: what a log from an older version looks like to today's readers."""
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """CREATE TABLE outcomes (id INTEGER PRIMARY KEY, time REAL NOT NULL,
+        request_id TEXT NOT NULL, namespace TEXT NOT NULL, project TEXT NOT NULL,
+        model TEXT NOT NULL, outcome TEXT NOT NULL, similarity REAL, best_rejected REAL,
+        prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+        dollars_saved REAL NOT NULL, dollars_spent REAL NOT NULL, latency_ms REAL NOT NULL,
+        stages TEXT NOT NULL, upstream_status INTEGER, embed_timeout INTEGER NOT NULL,
+        prompt TEXT);
+        INSERT INTO outcomes VALUES (1, 5.0, 'r1', 'ns', 'default', 'm', 'miss', NULL, NULL,
+        3, 4, 0, 0.01, 2.0, '{}', 200, 0, NULL);"""
+    )
+    conn.commit()
+    conn.close()

@@ -236,7 +236,9 @@ class FaissIndex:
         vec = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, self.dim)
         self.add_many(scope, [entry_id], vec)
 
-    def add_many(self, scope: str, entry_ids: Sequence[str], vectors: Vector) -> None:
+    def _rows(self, entry_ids: Sequence[str], vectors: Vector) -> tuple[list[str], Vector]:
+        """The ids and their vectors as FAISS takes them, or ValueError unless there is one
+        row of `dim` per id."""
         ids = list(entry_ids)
         vecs = np.ascontiguousarray(vectors, dtype=np.float32)
         if vecs.shape != (len(ids), self.dim):
@@ -244,6 +246,10 @@ class FaissIndex:
                 f"{len(ids)} entry ids need vectors of shape ({len(ids)}, {self.dim}),"
                 f" got {vecs.shape}"
             )
+        return ids, vecs
+
+    def add_many(self, scope: str, entry_ids: Sequence[str], vectors: Vector) -> None:
+        ids, vecs = self._rows(entry_ids, vectors)
         with self._lock.write():
             s = self._scopes.get(scope)
             # Ids already in the scope, or earlier in this batch, are skipped: re-adding
@@ -360,13 +366,7 @@ class FaissIndex:
         """add_many for rows that are new to the scope and unique (a snapshot's): one FAISS
         call and the id maps built in bulk, with no per-id check. Falls back to add_many
         (which skips ids already there) when any id repeats or is already in the scope."""
-        ids = list(entry_ids)
-        vecs = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vecs.shape != (len(ids), self.dim):
-            raise ValueError(
-                f"{len(ids)} entry ids need vectors of shape ({len(ids)}, {self.dim}),"
-                f" got {vecs.shape}"
-            )
+        ids, vecs = self._rows(entry_ids, vectors)
         if not ids:
             return
         with self._lock.write():

@@ -4,7 +4,6 @@ stats filters it sends, and who may read them."""
 from __future__ import annotations
 
 import re
-import sqlite3
 from base64 import b64encode
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -15,7 +14,7 @@ import httpx
 from cache_service.settings import Settings
 from cache_service.telemetry.outcome_log import OutcomeLog, read_outcomes
 from tests.conftest import harness
-from tests.fakes import FakeClock, HashingEmbedder
+from tests.fakes import FakeClock, HashingEmbedder, write_old_outcome_log
 
 ADMIN = {"X-Admin-Key": "adm"}
 
@@ -207,20 +206,7 @@ async def test_the_page_loads_nothing_from_elsewhere(
 
 def test_a_log_from_before_the_new_columns_opens_and_reads(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
-    conn = sqlite3.connect(path)
-    conn.executescript(
-        """CREATE TABLE outcomes (id INTEGER PRIMARY KEY, time REAL NOT NULL,
-        request_id TEXT NOT NULL, namespace TEXT NOT NULL, project TEXT NOT NULL,
-        model TEXT NOT NULL, outcome TEXT NOT NULL, similarity REAL, best_rejected REAL,
-        prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
-        dollars_saved REAL NOT NULL, dollars_spent REAL NOT NULL, latency_ms REAL NOT NULL,
-        stages TEXT NOT NULL, upstream_status INTEGER, embed_timeout INTEGER NOT NULL,
-        prompt TEXT);
-        INSERT INTO outcomes VALUES (1, 5.0, 'r1', 'ns', 'default', 'm', 'miss', NULL, NULL,
-        3, 4, 0, 0.01, 2.0, '{}', 200, 0, NULL);"""
-    )
-    conn.commit()
-    conn.close()
+    write_old_outcome_log(path)
     old = read_outcomes(path)  # read-only, before any writer added the columns
     assert len(old) == 1 and old[0].rejected_by is None and old[0].entry_id is None
     with OutcomeLog.open(path, retention_days=1e6) as log:

@@ -5,7 +5,6 @@ import io
 import json
 import random
 import re
-import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -42,7 +41,7 @@ from cache_service.telemetry.outcome_log import (
 )
 from cache_service.telemetry.stats import Outcome, Stats
 from tests.conftest import served
-from tests.fakes import FakeClock
+from tests.fakes import FakeClock, write_old_outcome_log
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC).timestamp()
 BUDGETS = [
@@ -534,20 +533,7 @@ def test_cli_reads_budgets_quality_and_threshold_from_the_data_dir(
 
 def test_read_only_breakdowns_of_a_log_from_before_the_new_columns(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
-    conn = sqlite3.connect(path)
-    conn.executescript(
-        """CREATE TABLE outcomes (id INTEGER PRIMARY KEY, time REAL NOT NULL,
-        request_id TEXT NOT NULL, namespace TEXT NOT NULL, project TEXT NOT NULL,
-        model TEXT NOT NULL, outcome TEXT NOT NULL, similarity REAL, best_rejected REAL,
-        prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
-        dollars_saved REAL NOT NULL, dollars_spent REAL NOT NULL, latency_ms REAL NOT NULL,
-        stages TEXT NOT NULL, upstream_status INTEGER, embed_timeout INTEGER NOT NULL,
-        prompt TEXT);
-        INSERT INTO outcomes VALUES (1, 5.0, 'r1', 'ns', 'default', 'm', 'miss', NULL, NULL,
-        3, 4, 0, 0.01, 2.0, '{}', 200, 0, NULL);"""
-    )
-    conn.commit()
-    conn.close()
+    write_old_outcome_log(path)
     assert read_miss_reasons(path, OutcomeFilter()) == {"unknown": 1}
     assert read_top_entries(path, OutcomeFilter(), 10) == []
     assert read_miss_reasons(tmp_path / "absent.sqlite3", OutcomeFilter()) == {}
