@@ -210,9 +210,13 @@ class SemanticCache:
             self.changes += 1
 
     def _forget(self, entry_id: str, scope: str) -> None:
-        self.index.remove(scope, [entry_id])
+        self._forget_many(scope, [entry_id])
+
+    def _forget_many(self, scope: str, entry_ids: list[str]) -> None:
+        self.index.remove(scope, entry_ids)
         with self._lock:
-            self._tracked.pop(entry_id, None)
+            for entry_id in entry_ids:
+                self._tracked.pop(entry_id, None)
             self.changes += 1
 
     def delete(self, entry_id: str) -> Entry | None:
@@ -361,10 +365,14 @@ class SemanticCache:
         with self._lock:
             tracked = list(self._tracked.items())
         live: list[tuple[str, str]] = []
+        # Vectors leave the index in one call per scope: a removal from a flat FAISS index
+        # is a pass over the whole scope (~0.3 s at a million vectors), so one call per id
+        # would make a sweep after mass expiry or eviction take hours.
+        doomed: dict[str, list[str]] = {}
         for entry_id, (scope, expires) in tracked:
             if expires is not None and now >= expires:
                 self.store.delete(entry_id)
-                self._forget(entry_id, scope)
+                doomed.setdefault(scope, []).append(entry_id)
             else:
                 live.append((entry_id, scope))
         expired = len(tracked) - len(live)
@@ -379,7 +387,9 @@ class SemanticCache:
                 gone = {entry_id for entry_id, _ in live if entry_id not in self.store}
             for entry_id, scope in live:
                 if entry_id in gone:
-                    self._forget(entry_id, scope)
+                    doomed.setdefault(scope, []).append(entry_id)
                     evicted += 1
+        for scope, entry_ids in doomed.items():
+            self._forget_many(scope, entry_ids)
         self.store.cull()
         return Swept(expired, evicted)

@@ -3,10 +3,11 @@ embedder and a fake clock stand in for the model and time."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from cache_service.backends.faiss_index import FaissIndex
@@ -400,3 +401,40 @@ def test_vanished_best_candidate_falls_through_to_the_next(env: Env) -> None:
     assert lookup.entry is not None
     assert lookup.entry.id == other.id
     assert len(env.index) == 1
+
+
+def test_a_sweep_removes_each_scopes_vectors_in_one_call(clock: FakeClock, tmp_path: Path) -> None:
+    """A flat FAISS removal passes over the whole scope: one call per expired id would make
+    a sweep after mass expiry at a million entries take hours."""
+    calls: list[tuple[str, int]] = []
+
+    class CountingIndex(FaissIndex):
+        def remove(self, scope: str, entry_ids: Iterable[str]) -> None:
+            ids = list(entry_ids)
+            calls.append((scope, len(ids)))
+            super().remove(scope, ids)
+
+    store = DiskCacheStore(tmp_path / "entries")
+    cache = SemanticCache(store, CountingIndex(DIM_FOR_SWEEP), clock, AcceptConfig(0.9))
+    for i in range(50):
+        scope = "a" if i % 2 else "b"
+        cache.put(
+            cache.new_entry(
+                scope=scope,
+                exact_key=f"k{i}",
+                namespace="ns",
+                model="m",
+                prompt=f"p{i}",
+                embedding=np.ones(DIM_FOR_SWEEP, dtype=np.float32) / np.sqrt(DIM_FOR_SWEEP),
+                response={"text": "x"},
+                ttl_s=10,
+            )
+        )
+    clock.advance(11)
+    assert cache.sweep().expired == 50
+    assert sorted(calls) == [("a", 25), ("b", 25)]
+    assert len(cache.index) == 0
+    store.close()
+
+
+DIM_FOR_SWEEP = 8
