@@ -15,6 +15,7 @@ from cache_service.api.auth import fleet_view
 from cache_service.api.body import lower_headers
 from cache_service.api.filters import Filters
 from cache_service.api.openapi import error_responses
+from cache_service.backends.faiss_index import FaissIndex
 from cache_service.cache.cross_encoder import CrossEncoderVerifier
 from cache_service.cache.feedback import quality_view
 from cache_service.errors import BadRequest, StoreUnavailable
@@ -80,6 +81,8 @@ async def cache_stats(
     }
     if front.cache.capacity is not None:
         snapshot["cache"].update(front.cache.capacity.as_dict())
+    if isinstance(front.cache.index, FaissIndex):
+        snapshot["cache"]["index"] = front.cache.index.summary()
     for verifier in front.verifiers:
         if isinstance(verifier, CrossEncoderVerifier):
             snapshot["cache"].update(verifier.stats())

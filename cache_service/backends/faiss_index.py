@@ -389,6 +389,19 @@ class FaissIndex:
 
     # -------------------------------------------------------------- approximate search
 
+    def summary(self) -> dict[str, Any]:
+        """stats() folded for an operator (scope names are tenants' hashes): how many
+        scopes of each kind, how many are being built, and the lowest recall@1 measured
+        among the approximate ones (None when every scope is exact)."""
+        scopes = self.stats().values()
+        recalls = [s.recall_at_1 for s in scopes if s.recall_at_1 is not None]
+        return {
+            "flat_scopes": sum(s.kind == "flat" for s in scopes),
+            "ivf_scopes": sum(s.kind == "ivf" for s in scopes),
+            "building": sum(s.building for s in scopes),
+            "ivf_min_recall_at_1": min(recalls) if recalls else None,
+        }
+
     def stats(self) -> dict[str, ScopeStats]:
         """Per scope: kind, size and, for an IVF scope, nlist, nprobe and the recall@1
         measured when it was built."""

@@ -308,3 +308,18 @@ def test_a_promoted_scope_exports_and_imports_like_a_flat_one() -> None:
     assert restored.maintain() == 1  # promoted again, past ivf_min
     for row in (0, 599, 1199):
         assert restored.search("s", vectors[row], 1)[0].entry_id == names(1200)[row]
+
+
+def test_the_summary_reports_kinds_and_the_lowest_measured_recall() -> None:
+    index, _ = index_of(1200)
+    index.add("other", "one", clustered(1, seed=3)[0])
+    assert index.summary() == {
+        "flat_scopes": 2,
+        "ivf_scopes": 0,
+        "building": 0,
+        "ivf_min_recall_at_1": None,
+    }
+    index.maintain()
+    summary = index.summary()
+    assert (summary["flat_scopes"], summary["ivf_scopes"]) == (1, 1)
+    assert summary["ivf_min_recall_at_1"] >= 0.99

@@ -37,6 +37,7 @@ async def test_evictions_are_counted_and_the_operator_warned(
                 break
         assert cache["evicted"] > 0
         assert cache["store_limit_bytes"] == 1024**2
+        assert cache["index"]["ivf_min_recall_at_1"] is None  # small scopes: exact search
         assert 0 < cache["store_fill"] <= 1.2
         assert any("store_size_limit_bytes" in r.getMessage() for r in caplog.records)
         metrics = (await h.client.get("/metrics")).text
