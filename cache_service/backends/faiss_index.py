@@ -18,24 +18,29 @@ one that shrinks below `ivf_min // 4` is demoted back to a flat index.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import faiss
 import numpy as np
-import numpy.typing as npt
 
+from cache_service.backends.faiss_scope import (
+    Kind,
+    Labels,
+    Scope,
+    ScopeStats,
+    flat_index,
+    labels_of,
+    probe,
+    replay,
+)
+from cache_service.backends.ivf_build import TARGET_RECALL, Shrunk, build_ivf
+from cache_service.backends.rwlock import ReadWriteLock
 from cache_service.protocols import SearchHit, Vector
 
 log = logging.getLogger(__name__)
-
-Labels = npt.NDArray[np.int64]
-Kind = Literal["flat", "ivf"]
 
 IVF_MIN = 20_000
 """Vectors at which a scope is promoted to IVF: about where one flat probe of 384-d vectors
@@ -43,151 +48,12 @@ passes ~2 ms on the reference 2-core box (benchmarks/ann.py, loaded box: 0.9 ms 
 2.5 ms at 20k, 18 ms at 100k, 149 ms at 1M; quiet: 0.33 ms at 10k, 7 ms at 100k). An IVF
 probe there is ~0.1 ms."""
 
-TARGET_RECALL = 0.99
-"""Recall@1 against the flat result that the chosen nprobe must reach on the sample."""
-
-_RECALL_QUERIES = 1000
-"""Stored vectors, with noise added, used as queries to measure recall@1."""
-
-_QUERY_NOISE = (0.25, 1.0)
-"""Range of the norm of the Gaussian noise added to a stored unit vector to make a recall
-query: cos 0.97 down to 0.71 to its source once renormalised, paraphrases near and far (the
-verifier's cosine floor is 0.7)."""
-
 _READ_CHUNK = 16_384
 """Vectors a build reads from the live index per read-lock hold."""
 
 _SWAP_REPLAY_MAX = 4096
 """Logged vectors replayed under the write lock at the swap; a longer log is first drained
 outside the lock, so a busy scope's writers are not held for a long replay."""
-
-
-class _ReadWriteLock:
-    """Many searches at once, or one add/remove. FAISS releases the GIL while it scans, so
-    concurrent lookups in one large scope can use both cores instead of queueing; waiting
-    writers go first, so a stream of lookups cannot starve the stores behind them."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writing = False
-        self._writers_waiting = 0
-
-    @contextlib.contextmanager
-    def read(self) -> Iterator[None]:
-        with self._cond:
-            while self._writing or self._writers_waiting:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def write(self) -> Iterator[None]:
-        with self._cond:
-            self._writers_waiting += 1
-            while self._writing or self._readers:
-                self._cond.wait()
-            self._writers_waiting -= 1
-            self._writing = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writing = False
-                self._cond.notify_all()
-
-
-@dataclass(frozen=True, slots=True)
-class ScopeStats:
-    """What one scope's index is, as stats() reports it."""
-
-    kind: Kind
-    size: int
-    nlist: int | None
-    nprobe: int | None
-    recall_at_1: float | None
-    """Measured against the flat result when the IVF was built (None for a flat scope:
-    exact by construction)."""
-    trained_at: int | None
-    """How many vectors the IVF was built from; a retrain happens past retrain_factor × it."""
-    building: bool
-
-
-# While a build runs, every write is logged as (labels, vectors) for an add, (labels, None)
-# for a remove, to be replayed into the new index before the swap.
-_LogEntry = tuple[Labels, "Vector | None"]
-
-
-_faiss: Any = faiss  # for what its type stubs lack
-
-
-def _probe(nprobe: int) -> Any:
-    params = faiss.SearchParametersIVF()
-    params.nprobe = nprobe
-    return params
-
-
-def _flat(dim: int) -> Any:
-    return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-
-
-class _Shrunk(Exception):
-    """Too few of a scope's vectors left, mid-build, to train the lists."""
-
-
-class _Scope:
-    __slots__ = (
-        "by_id",
-        "by_label",
-        "hold_until",
-        "index",
-        "kind",
-        "log",
-        "nlist",
-        "nprobe",
-        "recall",
-        "trained_at",
-    )
-
-    def __init__(self, dim: int) -> None:
-        self.index: Any = _flat(dim)
-        self.kind: Kind = "flat"
-        self.by_label: dict[int, str] = {}
-        self.by_id: dict[str, int] = {}
-        self.nlist = 0
-        self.nprobe = 0
-        self.recall: float | None = None
-        self.trained_at = 0
-        self.log: list[_LogEntry] | None = None
-        # After a failed build: no retry until the scope reaches this size, rather than on
-        # every write.
-        self.hold_until = 0
-
-    def apply_add(self, labels: Labels, vecs: Vector) -> None:
-        self.index.add_with_ids(vecs, labels)
-        if self.log is not None:
-            self.log.append((labels, vecs.copy()))
-
-    def apply_remove(self, labels: Labels) -> None:
-        _remove(self.index, self.kind, labels)
-        if self.log is not None:
-            self.log.append((labels, None))
-
-
-def _remove(index: Any, kind: Kind, labels: Labels) -> None:
-    if kind == "ivf":
-        # With the hashtable direct map, removal finds each id without scanning every list;
-        # that path takes an IDSelectorArray only.
-        labels = np.ascontiguousarray(labels, dtype=np.int64)
-        index.remove_ids(faiss.IDSelectorArray(len(labels), faiss.swig_ptr(labels)))
-    else:
-        index.remove_ids(labels)
 
 
 class FaissIndex:
@@ -218,10 +84,10 @@ class FaissIndex:
         self.retrain_factor = retrain_factor
         self.build_threads = build_threads
         self._seed = seed
-        self._scopes: dict[str, _Scope] = {}
+        self._scopes: dict[str, Scope] = {}
         self._next_label = 0
         # FAISS indexes are safe for concurrent searches, not for a search beside an add.
-        self._lock = _ReadWriteLock()
+        self._lock = ReadWriteLock()
         # One build at a time (background thread or a caller's maintain()).
         self._maintaining = threading.Lock()
         self._background = background
@@ -262,7 +128,7 @@ class FaissIndex:
             if not rows:
                 return
             if s is None:
-                s = self._scopes[scope] = _Scope(self.dim)
+                s = self._scopes[scope] = Scope(self.dim)
             labels = np.arange(self._next_label, self._next_label + len(rows), dtype=np.int64)
             self._next_label += len(rows)
             if len(rows) < len(ids):
@@ -283,12 +149,12 @@ class FaissIndex:
                 return []
             k = min(k, s.index.ntotal)
             if s.kind == "ivf":
-                params = _probe(s.nprobe)
+                params = probe(s.nprobe)
                 scores, labels = s.index.search(vec, k, params=params)
                 if labels[0, k - 1] < 0 and s.nprobe < s.nlist:
                     # The probed lists held fewer than k vectors: a search returns
                     # min(k, size) hits, so look in every list (only tiny scopes or huge k).
-                    params = _probe(s.nlist)
+                    params = probe(s.nlist)
                     scores, labels = s.index.search(vec, k, params=params)
             else:
                 scores, labels = s.index.search(vec, k)
@@ -348,7 +214,7 @@ class FaissIndex:
                 if s.kind == "ivf":
                     # No flat code array to copy: read the vectors back through the IVF's
                     # direct map (slower, but a promoted scope is rare and this is a save).
-                    labels = _labels_of(s)
+                    labels = labels_of(s)
                     vectors = np.ascontiguousarray(
                         s.index.reconstruct_batch(labels), dtype=np.float32
                     )
@@ -374,7 +240,7 @@ class FaissIndex:
             fresh = len(set(ids)) == len(ids) and (s is None or s.by_id.keys().isdisjoint(ids))
             if fresh:
                 if s is None:
-                    s = self._scopes[scope] = _Scope(self.dim)
+                    s = self._scopes[scope] = Scope(self.dim)
                 labels = np.arange(self._next_label, self._next_label + len(ids), dtype=np.int64)
                 self._next_label += len(ids)
                 s.apply_add(labels, vecs)  # logged if a build of the scope is running
@@ -445,7 +311,7 @@ class FaissIndex:
         if self._worker is not None:
             self._worker.join()
 
-    def _due(self, s: _Scope) -> Kind | None:
+    def _due(self, s: Scope) -> Kind | None:
         n = s.index.ntotal
         if self.ivf_min is None or s.log is not None or n < s.hold_until:
             return None
@@ -479,21 +345,21 @@ class FaissIndex:
             self._wakeup.clear()
             self.maintain()
 
-    def _rebuild(self, name: str, s: _Scope, kind: Kind) -> int:
+    def _rebuild(self, name: str, s: Scope, kind: Kind) -> int:
         with self._lock.read():  # no writer runs: the snapshot and the log start at one instant
             if self._scopes.get(name) is not s:
                 return 0
-            labels = _labels_of(s)
+            labels = labels_of(s)
             s.log = []
         if kind == "ivf":
             try:
                 new, nlist, nprobe, recall = self._build_ivf(s, labels)
-            except _Shrunk:
+            except Shrunk:
                 with self._lock.write():
                     s.log = None  # maintain() decides again on the next call
                 return 0
         else:
-            new, nlist, nprobe, recall = _flat(self.dim), 0, 0, None
+            new, nlist, nprobe, recall = flat_index(self.dim), 0, 0, None
             for present, vecs in self._read(s, labels):
                 new.add_with_ids(vecs, present)
         trained_at = len(labels)
@@ -505,12 +371,12 @@ class FaissIndex:
                 assert s.log is not None
                 pending, logged = s.log, sum(len(labels) for labels, _ in s.log)
                 if logged <= _SWAP_REPLAY_MAX:
-                    _replay(new, kind, pending)
+                    replay(new, kind, pending)
                     s.index, s.kind, s.log = new, kind, None
                     s.nlist, s.nprobe, s.recall, s.trained_at = nlist, nprobe, recall, trained_at
                     break
                 s.log = []
-            _replay(new, kind, pending)  # a long log: drained outside the lock first
+            replay(new, kind, pending)  # a long log: drained outside the lock first
         log.info(
             "scope index rebuilt",
             extra={
@@ -523,7 +389,7 @@ class FaissIndex:
         )
         return 1
 
-    def _read(self, s: _Scope, labels: Labels) -> Iterator[tuple[Labels, Vector]]:
+    def _read(self, s: Scope, labels: Labels) -> Iterator[tuple[Labels, Vector]]:
         """The vectors of those of `labels` still in the scope, a chunk at a time, each chunk
         read under the read lock: a build never holds a second copy of a large scope. Labels
         removed since the snapshot are skipped (their removal is in the log anyway)."""
@@ -539,116 +405,11 @@ class FaissIndex:
                 vecs = s.index.reconstruct_batch(present)
             yield present, np.ascontiguousarray(vecs, dtype=np.float32)
 
-    def _build_ivf(self, s: _Scope, labels: Labels) -> tuple[Any, int, int, float]:
-        n = len(labels)
-        # ≈ 4·sqrt(n) lists, at least 4 training points each (FAISS warns below 39 but
-        # only tiny test scopes go there: at ivf_min's default, n / nlist ≈ 35).
-        nlist = max(1, min(round(4 * math.sqrt(n)), n // 4))
-        rng = np.random.default_rng(self._seed)
-        # Trained on up to 40 sampled vectors per list. The recall queries come from other
-        # vectors (where the scope is large enough): centroids fit the points they were
-        # trained on, and queries made from those overstated recall (measured at 1M: 0.999
-        # on training points, 0.985 on others).
-        m = min(n, _RECALL_QUERIES)
-        train_n = min(n, 40 * nlist)
-        picked = labels[rng.permutation(n)[: min(n, train_n + m)]]
-        sample = np.concatenate(
-            [np.zeros((0, self.dim), np.float32), *(vecs for _, vecs in self._read(s, picked))]
+    def _build_ivf(self, s: Scope, labels: Labels) -> tuple[Any, int, int, float]:
+        return build_ivf(
+            lambda wanted: self._read(s, wanted),
+            labels,
+            dim=self.dim,
+            seed=self._seed,
+            target_recall=self.target_recall,
         )
-        if len(sample) < nlist:
-            raise _Shrunk  # most of the scope was removed meanwhile
-        ivf = faiss.IndexIVFFlat(
-            faiss.IndexFlatIP(self.dim), self.dim, nlist, faiss.METRIC_INNER_PRODUCT
-        )
-        ivf.cp.spherical = True
-        ivf.cp.niter = 10
-        ivf.cp.max_points_per_centroid = 40
-        ivf.cp.seed = self._seed
-        ivf.train(sample[:train_n])
-        queries = _noisy(sample[-m:], rng)
-        del sample
-        ivf.set_direct_map_type(_faiss.DirectMap.Hashtable)  # removal by id, reconstruct
-        truth = self._fill(ivf, nlist, s, labels, queries)
-        nprobe, recall = self._choose_nprobe(ivf, nlist, queries, truth)
-        return ivf, nlist, nprobe, recall
-
-    def _fill(self, ivf: Any, nlist: int, s: _Scope, labels: Labels, queries: Vector) -> Vector:
-        """Add the scope's vectors to the trained IVF with each list allocated once at its
-        final size (added entry by entry, lists grow by doubling and carry ~40 % of unused
-        capacity: an IVF scope of 1M vectors took 390 MB more than the flat one). Returns
-        the exact best similarity of each query over what was added."""
-        assigned: list[tuple[Labels, npt.NDArray[np.int64]]] = []
-        counts = np.zeros(nlist, dtype=np.int64)
-        for present, vecs in self._read(s, labels):
-            coarse = np.ascontiguousarray(ivf.quantizer.assign(vecs, 1).ravel(), dtype=np.int64)
-            counts += np.bincount(coarse, minlength=nlist)
-            assigned.append((present, coarse))
-        lists: Any = faiss.downcast_InvertedLists(ivf.invlists)
-        for list_no, size in enumerate(counts.tolist()):
-            if size:
-                lists.resize(list_no, size)  # from empty: allocates exactly `size`
-                lists.resize(list_no, 0)  # capacity kept
-        truth = np.full(len(queries), -np.inf, dtype=np.float32)
-        for present, coarse in assigned:
-            for got, vecs in self._read(s, present):  # again: some may be gone since
-                if len(got) < len(present):
-                    coarse = coarse[np.isin(present, got)]
-                ivf.add_core(
-                    len(got), faiss.swig_ptr(vecs), faiss.swig_ptr(got), faiss.swig_ptr(coarse)
-                )
-                if len(queries):
-                    truth = np.maximum(truth, (queries @ vecs.T).max(axis=1))
-        return truth
-
-    def _choose_nprobe(
-        self, ivf: Any, nlist: int, queries: Vector, truth: Vector
-    ) -> tuple[int, float]:
-        """The smallest nprobe whose recall@1 against the exact result, on stored vectors
-        with noise added as queries, reaches target_recall; and that recall."""
-        measured: dict[int, float] = {}
-
-        def recall(nprobe: int) -> float:
-            if nprobe not in measured:
-                measured[nprobe] = _recall_at_1(ivf, queries, truth, nprobe)
-            return measured[nprobe]
-
-        lo, hi = 0, 1  # recall(lo) < target (or lo == 0): doubling, then bisection
-        while hi < nlist and recall(hi) < self.target_recall:
-            lo, hi = hi, min(2 * hi, nlist)
-        while hi - lo > 1:  # the smallest in (lo, hi] that reaches the target
-            mid = (lo + hi) // 2
-            if recall(mid) >= self.target_recall:
-                hi = mid
-            else:
-                lo = mid
-        return hi, recall(hi)
-
-
-def _noisy(vecs: Vector, rng: np.random.Generator) -> Vector:
-    """Paraphrase-like queries: each vector plus Gaussian noise, renormalised."""
-    noise = rng.standard_normal(vecs.shape).astype(np.float32)
-    norms = rng.uniform(*_QUERY_NOISE, size=(len(vecs), 1)).astype(np.float32)
-    noise *= norms / np.linalg.norm(noise, axis=1, keepdims=True)
-    queries = vecs + noise
-    out: Vector = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
-    return out
-
-
-def _recall_at_1(ivf: Any, queries: Vector, truth: Vector, nprobe: int) -> float:
-    got, _ = ivf.search(queries, 1, params=_probe(nprobe))
-    # A tie (a duplicate vector) counts as found: compare scores, not labels.
-    return float(np.mean(got[:, 0] >= truth - 1e-5))
-
-
-def _labels_of(s: _Scope) -> Labels:
-    if s.kind == "flat":
-        return faiss.vector_to_array(s.index.id_map).astype(np.int64)
-    return np.fromiter(s.by_label, dtype=np.int64, count=len(s.by_label))
-
-
-def _replay(index: Any, kind: Kind, pending: list[_LogEntry]) -> None:
-    for labels, vecs in pending:
-        if vecs is None:
-            _remove(index, kind, labels)
-        else:
-            index.add_with_ids(vecs, labels)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cache_service.backends import faiss_index
+from cache_service.backends import faiss_index, ivf_build
 from cache_service.backends.faiss_index import FaissIndex
 from cache_service.protocols import Vector
 
@@ -101,13 +101,13 @@ def test_the_nprobe_chosen_is_the_smallest_that_reaches_the_target(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     measured: dict[int, float] = {}
-    real = faiss_index._recall_at_1
+    real = ivf_build.recall_at_1
 
     def recording(ivf: Any, queries: Vector, truth: Vector, nprobe: int) -> float:
         measured[nprobe] = real(ivf, queries, truth, nprobe)
         return measured[nprobe]
 
-    monkeypatch.setattr(faiss_index, "_recall_at_1", recording)
+    monkeypatch.setattr(ivf_build, "recall_at_1", recording)
     # Unclustered vectors: lists mean little, so more of them must be probed.
     rng = np.random.default_rng(3)
     vectors = rng.standard_normal((4000, DIM)).astype(np.float32)
@@ -122,7 +122,7 @@ def test_the_nprobe_chosen_is_the_smallest_that_reaches_the_target(
     assert measured[st.nprobe - 1] < index.target_recall  # one list fewer falls short
     # The truth it measured against is the exact one: with every list probed, recall is 1.
     ivf = index._scopes["s"].index
-    queries = faiss_index._noisy(vectors[:200], np.random.default_rng(1))
+    queries = ivf_build.noisy(vectors[:200], np.random.default_rng(1))
     truth = (queries @ vectors.T).max(axis=1)
     assert real(ivf, queries, truth, st.nlist) == 1.0
 

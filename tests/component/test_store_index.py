@@ -277,9 +277,9 @@ def test_search_empty_index() -> None:
 def test_read_write_lock_admits_readers_together_and_writers_alone() -> None:
     import threading
 
-    from cache_service.backends.faiss_index import _ReadWriteLock
+    from cache_service.backends.rwlock import ReadWriteLock
 
-    lock = _ReadWriteLock()
+    lock = ReadWriteLock()
     inside = threading.Barrier(2, timeout=2)
 
     def reader() -> None:

@@ -1,0 +1,111 @@
+"""One scope's FAISS index as FaissIndex keeps it: the index (flat or IVF), the maps between
+entry ids and FAISS labels, what an IVF build measured, and the log of writes made while a
+rebuild runs (replayed into the new index before the swap)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+
+from cache_service.protocols import Vector
+
+Labels = npt.NDArray[np.int64]
+Kind = Literal["flat", "ivf"]
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeStats:
+    """What one scope's index is, as stats() reports it."""
+
+    kind: Kind
+    size: int
+    nlist: int | None
+    nprobe: int | None
+    recall_at_1: float | None
+    """Measured against the flat result when the IVF was built (None for a flat scope:
+    exact by construction)."""
+    trained_at: int | None
+    """How many vectors the IVF was built from; a retrain happens past retrain_factor × it."""
+    building: bool
+
+
+# While a build runs, every write is logged as (labels, vectors) for an add, (labels, None)
+# for a remove, to be replayed into the new index before the swap.
+LogEntry = tuple[Labels, "Vector | None"]
+
+
+def probe(nprobe: int) -> Any:
+    params = faiss.SearchParametersIVF()
+    params.nprobe = nprobe
+    return params
+
+
+def flat_index(dim: int) -> Any:
+    return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+
+
+class Scope:
+    __slots__ = (
+        "by_id",
+        "by_label",
+        "hold_until",
+        "index",
+        "kind",
+        "log",
+        "nlist",
+        "nprobe",
+        "recall",
+        "trained_at",
+    )
+
+    def __init__(self, dim: int) -> None:
+        self.index: Any = flat_index(dim)
+        self.kind: Kind = "flat"
+        self.by_label: dict[int, str] = {}
+        self.by_id: dict[str, int] = {}
+        self.nlist = 0
+        self.nprobe = 0
+        self.recall: float | None = None
+        self.trained_at = 0
+        self.log: list[LogEntry] | None = None
+        # After a failed build: no retry until the scope reaches this size, rather than on
+        # every write.
+        self.hold_until = 0
+
+    def apply_add(self, labels: Labels, vecs: Vector) -> None:
+        self.index.add_with_ids(vecs, labels)
+        if self.log is not None:
+            self.log.append((labels, vecs.copy()))
+
+    def apply_remove(self, labels: Labels) -> None:
+        remove_labels(self.index, self.kind, labels)
+        if self.log is not None:
+            self.log.append((labels, None))
+
+
+def remove_labels(index: Any, kind: Kind, labels: Labels) -> None:
+    if kind == "ivf":
+        # With the hashtable direct map, removal finds each id without scanning every list;
+        # that path takes an IDSelectorArray only.
+        labels = np.ascontiguousarray(labels, dtype=np.int64)
+        index.remove_ids(faiss.IDSelectorArray(len(labels), faiss.swig_ptr(labels)))
+    else:
+        index.remove_ids(labels)
+
+
+def labels_of(s: Scope) -> Labels:
+    if s.kind == "flat":
+        return faiss.vector_to_array(s.index.id_map).astype(np.int64)
+    return np.fromiter(s.by_label, dtype=np.int64, count=len(s.by_label))
+
+
+def replay(index: Any, kind: Kind, pending: list[LogEntry]) -> None:
+    for labels, vecs in pending:
+        if vecs is None:
+            remove_labels(index, kind, labels)
+        else:
+            index.add_with_ids(vecs, labels)
