@@ -123,10 +123,11 @@ def load1() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def restore_again(root: Path) -> dict[str, Any]:
-    """(c) alone, on what a full run left: the same snapshot, the same store."""
+def timed_restore(root: Path) -> tuple[dict[str, Any], Any, Any, Any, set[str]]:
+    """(c): IndexSnapshots.restore's steps, timed one by one. Returns the figures, the
+    restored cache, its index and store (open), and the store's ids."""
     t0 = time.perf_counter()
-    cache, _, store = open_cache(root)
+    cache, index, store = open_cache(root)
     t1 = time.perf_counter()
     state = load_state(root / "index-snapshot", dim=DIM)
     t2 = time.perf_counter()
@@ -134,7 +135,7 @@ def restore_again(root: Path) -> dict[str, Any]:
     t3 = time.perf_counter()
     restored = restore_state(cache, state, store_ids)
     t4 = time.perf_counter()
-    out = {
+    figures = {
         "seconds": round(t4 - t0, 2),
         "open_store_s": round(t1 - t0, 2),
         "load_and_check_snapshot_s": round(t2 - t1, 2),
@@ -143,9 +144,15 @@ def restore_again(root: Path) -> dict[str, Any]:
         "from_snapshot": restored.from_snapshot,
         "read_from_store": restored.read_from_store,
         "gone": restored.gone,
-        "tracked_equals_store_ids": set(cache.tracked()) == store_ids,
         "load_avg": load1(),
     }
+    return figures, cache, index, store, store_ids
+
+
+def restore_again(root: Path) -> dict[str, Any]:
+    """(c) alone, on what a full run left: the same snapshot, the same store."""
+    out, cache, _, store, store_ids = timed_restore(root)
+    out["tracked_equals_store_ids"] = set(cache.tracked()) == store_ids
     store.close()
     return out
 
@@ -245,35 +252,17 @@ def main() -> None:
 
         # (c) restore + reconcile: IndexSnapshots.restore's steps, timed one by one
         result["load_avg_before_restore"] = load1()
-        t0 = time.perf_counter()
-        cache, index, store = open_cache(root)
-        t1 = time.perf_counter()
-        state = load_state(snap_dir, dim=DIM)
-        t2 = time.perf_counter()
-        store_ids = set(store.entry_ids())
-        t3 = time.perf_counter()
-        restored = restore_state(cache, state, store_ids)
-        t4 = time.perf_counter()
-        result["c_restore"] = {
-            "seconds": round(t4 - t0, 2),
-            "open_store_s": round(t1 - t0, 2),
-            "load_and_check_snapshot_s": round(t2 - t1, 2),
-            "store_entry_ids_s": round(t3 - t2, 2),
-            "reconcile_and_index_s": round(t4 - t3, 2),
-            "from_snapshot": restored.from_snapshot,
-            "read_from_store": restored.read_from_store,
-            "gone": restored.gone,
-            "added_after_snapshot": len(added),
-            "deleted_after_snapshot": len(doomed),
-            "load_avg": load1(),
-        }
+        figures, cache, index, store, _ = timed_restore(root)
+        figures["added_after_snapshot"] = len(added)
+        figures["deleted_after_snapshot"] = len(doomed)
+        result["c_restore"] = figures
         print("restore", result["c_restore"], flush=True)
         got = [[h.entry_id for h in index.search(SCOPE, p, 4)] for p in probes]
         result["c_restore"]["same_top4_for_200_probes"] = sum(
             a == b for a, b in zip(got, want, strict=True)
         )
         result["c_restore"]["same_tracked_ids"] = set(cache.tracked()) == want_tracked
-        result["speedup"] = round(full_s / (t4 - t0), 1)
+        result["speedup"] = round(full_s / figures["seconds"], 1)
         result["peak_rss_mb"] = round(rss_mb())
         store.close()
 
