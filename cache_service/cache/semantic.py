@@ -26,6 +26,20 @@ from cache_service.protocols import Clock, Entry, EntryStore, Vector, VectorInde
 REBUILD_CHUNK = 4096
 """Entries whose vectors rebuild() holds before handing them to the index in bulk."""
 
+APPROX_MARGIN = 0.01
+"""How far under the threshold an index score may be and still have its entry read and
+re-scored: 8-bit codes put scores within ~0.003 of the float ones, so 0.01 loses no
+candidate, and the extra reads fall on near misses only."""
+
+
+def rescore(query: Vector, entry: Entry, approximate: float) -> float:
+    """The exact cosine of the query and the stored entry's own vector (both unit length),
+    or the index's score when the entry kept no vector of the query's shape."""
+    stored = entry.embedding
+    if stored is None or stored.shape[-1] != query.shape[-1]:
+        return approximate
+    return float(np.dot(query.reshape(-1), stored.reshape(-1)))
+
 
 @dataclass(frozen=True, slots=True)
 class Lookup:
@@ -127,7 +141,11 @@ class SemanticCache:
         verify_s = 0.0
         survivors: list[Candidate] = []
         for hit in hits:  # best first
-            if hit.similarity < config.threshold:
+            # An index's score may be approximate (8-bit codes in a large IVF scope, or
+            # vectors decoded from them after a demotion or a snapshot) and sit just under
+            # the threshold while the true one is above: such a candidate is read and
+            # re-scored from its own vector rather than dropped.
+            if hit.similarity < config.threshold - APPROX_MARGIN:
                 # Candidates come sorted, so nothing after this one can pass either.
                 if best_rejected is None:
                     best_rejected = hit.similarity
@@ -137,15 +155,20 @@ class SemanticCache:
                 # Evicted or expired under us: the index is only a hint, the store decides.
                 self.index.remove(scope, [hit.entry_id])
                 continue
+            similarity = rescore(vector, entry, hit.similarity)
+            if similarity < config.threshold:
+                if best_rejected is None:
+                    best_rejected = similarity
+                continue
             started = time.perf_counter()
-            decision = accept(prompt, entry.prompt, hit.similarity, config)
+            decision = accept(prompt, entry.prompt, similarity, config)
             verify_s += time.perf_counter() - started
             if decision.accepted:
-                survivors.append(Candidate(entry, hit.similarity))
+                survivors.append(Candidate(entry, similarity))
                 if not all_survivors:
                     break
             elif best_rejected is None:
-                best_rejected, reason = hit.similarity, decision.reason
+                best_rejected, reason = similarity, decision.reason
         verify_ms = verify_s * 1000
         if not survivors:
             return Lookup(best_rejected=best_rejected, reason=reason, verify_ms=verify_ms)

@@ -15,7 +15,7 @@ from cache_service.backends.store import DiskCacheStore
 from cache_service.cache import semantic as cache_module
 from cache_service.cache.guards import AcceptConfig
 from cache_service.cache.semantic import SemanticCache
-from cache_service.protocols import Entry, Vector
+from cache_service.protocols import Entry, SearchHit, Vector
 from tests.fakes import FakeClock, HashingEmbedder
 
 Q = "How do I reset my password?"
@@ -438,3 +438,52 @@ def test_a_sweep_removes_each_scopes_vectors_in_one_call(clock: FakeClock, tmp_p
 
 
 DIM_FOR_SWEEP = 8
+
+
+class _Offset(FaissIndex):
+    """Scores every hit `offset` lower than the truth, as a quantised index may."""
+
+    def __init__(self, offset: float) -> None:
+        super().__init__(HashingEmbedder.dim)
+        self.offset = offset
+
+    def search(self, scope: str, vector: Vector, k: int) -> list[SearchHit]:
+        return [
+            SearchHit(h.entry_id, h.similarity - self.offset)
+            for h in super().search(scope, vector, k)
+        ]
+
+
+@pytest.mark.parametrize(
+    ("offset", "served"),
+    [(cache_module.APPROX_MARGIN / 2, True), (cache_module.APPROX_MARGIN * 3, False)],
+)
+def test_a_candidate_scored_just_under_the_threshold_is_rescored_from_its_vector(
+    env: Env, offset: float, served: bool
+) -> None:
+    stored = env.entry(Q)
+    query = env.vec(SAME_WORDS)
+    true_similarity = float(np.dot(query, env.vec(Q)))
+    # The index scores the candidate `offset` under the truth; the threshold lies between.
+    threshold = true_similarity - offset / 2
+    cache = SemanticCache(env.store, _Offset(offset), env.clock, AcceptConfig(threshold=threshold))
+    cache.put(stored)
+    hit = cache.search("scope-a", query, SAME_WORDS)
+    if served:
+        assert hit.entry is not None and hit.entry.id == stored.id
+        assert hit.similarity == pytest.approx(true_similarity, abs=1e-6)
+    else:  # too far under to be worth a read
+        assert hit.entry is None and hit.reason == "below_threshold"
+        assert hit.best_rejected == pytest.approx(true_similarity - offset, abs=1e-6)
+
+
+def test_a_candidate_scored_above_the_threshold_but_truly_below_is_refused(env: Env) -> None:
+    index = _Offset(-0.05)  # scores inflated
+    cache = SemanticCache(env.store, index, env.clock, AcceptConfig(threshold=0.99))
+    cache.put(env.entry(Q))
+    query = env.vec("how do I reset my password please")
+    true_similarity = float(np.dot(query, env.vec(Q)))
+    assert true_similarity < 0.99 <= true_similarity + 0.05
+    hit = cache.search("scope-a", query, "how do I reset my password please")
+    assert hit.entry is None and hit.reason == "below_threshold"
+    assert hit.best_rejected == pytest.approx(true_similarity, abs=1e-6)
