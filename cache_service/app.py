@@ -52,8 +52,8 @@ from cache_service.redis_fleet import RedisFleet
 from cache_service.resilience import CircuitBreaker
 from cache_service.settings import ConfigError, Settings, UpstreamSetting
 from cache_service.telemetry.hub import Telemetry
-from cache_service.telemetry.metrics import Metrics
 from cache_service.telemetry.stats import LabelCaps, replay_stats
+from cache_service.upkeep import rebuild_index, save_snapshot, snapshot_forever, sweep_forever
 from cache_service.upstream.chain import Slot, UpstreamChain
 
 log = logging.getLogger("cache_service")
@@ -86,11 +86,17 @@ def create_app(
             the_store = await asyncio.to_thread(
                 DiskCacheStore, settings.store_dir, settings.store_size_limit_bytes
             )
-        the_embedder: Embedder = (
-            embedder if embedder is not None else await asyncio.to_thread(_load_embedder, settings)
+        # The model loads (seconds) while the index is restored from the store (seconds, ten
+        # at a million entries), not before it: the index needs only the dimension, which
+        # the model's manifest states (and the loaded model must then match).
+        loading = (
+            None
+            if embedder is not None
+            else asyncio.create_task(asyncio.to_thread(_load_embedder, settings))
         )
+        dim = embedder.dim if embedder is not None else _manifest_dim(settings)
         verifier = await _verifier(settings, pair_scorer)
-        index = FaissIndex(the_embedder.dim)
+        index = FaissIndex(dim)
         cache = SemanticCache(
             the_store,
             index,
@@ -101,6 +107,37 @@ def create_app(
             ),
             search_k=settings.search_k,
         )
+        # A local store that lists its ids cheaply restarts from a snapshot of the index,
+        # reconciled with it (the store stays the truth), instead of reading every entry.
+        # With Redis, the index feed builds the index once the rest is wired (below).
+        snapshots = (
+            IndexSnapshots(
+                settings.data_dir / "index-snapshot",
+                cache,
+                index,
+                the_store,
+                dim=dim,
+                model=_model_tag(settings) if embedder is None else None,
+            )
+            if shared is None and isinstance(the_store, EntryIds)
+            else None
+        )
+        # Until the index is rebuilt, exact hits are served and semantic lookups are skipped
+        # (readyz says so), instead of refusing traffic.
+        rebuilding = (
+            None if shared is not None else asyncio.create_task(rebuild_index(cache, snapshots))
+        )
+        try:
+            the_embedder: Embedder = await loading if loading is not None else embedder  # type: ignore[assignment]
+            if the_embedder.dim != dim:
+                raise ConfigError(
+                    f"the model makes {the_embedder.dim}-d vectors; its manifest says {dim}"
+                )
+        except BaseException:
+            for task in (loading, rebuilding):
+                if task is not None:
+                    task.cancel()
+            raise
         # With a verifier the floor is where cosine matching starts, so what feedback
         # learns is measured from there (front.search_threshold says how it is applied).
         learner = FeedbackLearner(
@@ -202,30 +239,10 @@ def create_app(
             fleet=shared.flights if shared is not None else None,
             fleet_wait_s=settings.request_deadline_s,
         )
-        # The index is derived from the store; until it is rebuilt, exact hits are served
-        # and semantic lookups are skipped (readyz says so), instead of refusing traffic.
         # With Redis, the index feed builds the index, then follows the other replicas.
-        # A local store that lists its ids cheaply restarts from a snapshot of the index,
-        # reconciled with it (the store stays the truth), instead of reading every entry.
-        snapshots = (
-            IndexSnapshots(
-                settings.data_dir / "index-snapshot",
-                cache,
-                index,
-                the_store,
-                dim=the_embedder.dim,
-                model=_model_tag(settings) if embedder is None else None,
-            )
-            if shared is None and isinstance(the_store, EntryIds)
-            else None
-        )
-        background = (
-            shared.tasks(cache, learner, stats)
-            if shared is not None
-            else [_rebuild(cache, snapshots)]
-        )
+        background = shared.tasks(cache, learner, stats) if shared is not None else []
         if snapshots is not None:
-            background.append(_snapshot_forever(snapshots, SNAPSHOT_INTERVAL_S))
+            background.append(snapshot_forever(snapshots, SNAPSHOT_INTERVAL_S))
         # A shared store's limit is its Redis's own (maxmemory), not this replica's.
         capacity = (
             Capacity(settings.store_size_limit_bytes)
@@ -236,11 +253,13 @@ def create_app(
         if capacity is not None:
             telemetry.metrics.watch_size_limit(capacity.limit_bytes)
         background.append(
-            _sweep_forever(cache, settings.sweep_interval_s, telemetry.metrics, capacity)
+            sweep_forever(cache, settings.sweep_interval_s, telemetry.metrics, capacity)
         )
         if local_ledger is not None:
             background.append(local_ledger.persist_forever(settings.spend_snapshot_interval_s))
         tasks = [asyncio.create_task(work) for work in background]
+        if rebuilding is not None:
+            tasks.append(rebuilding)
         try:
             yield AppState(
                 settings=settings,
@@ -282,7 +301,7 @@ def create_app(
             else:
                 if snapshots is not None:
                     # Last, after spend and telemetry are safe: seconds at a million entries.
-                    await _save_snapshot(snapshots)
+                    await save_snapshot(snapshots)
                 the_store.close()
 
     app = FastAPI(
@@ -406,41 +425,13 @@ def _load_pair_scorer(settings: Settings) -> PairScorer:
     return OnnxPairScorer(settings.verifier_dir, settings.embed_threads)
 
 
-async def _rebuild(cache: SemanticCache, snapshots: IndexSnapshots | None = None) -> None:
-    if snapshots is not None:
-        try:
-            restored = await asyncio.to_thread(snapshots.restore)
-        except Exception:
-            # Reconciling failed part way: a rebuild that also forgets what the store lacks
-            # puts the index back in step with the store.
-            log.exception("index snapshot restore failed; rebuilding")
-            count = await asyncio.to_thread(cache.rebuild, forget_missing=True)
-            log.info("index rebuilt from store", extra={"entries": count})
-            return
-        if restored is not None:
-            log.info("index restored from snapshot", extra=restored._asdict())
-            return
-    count = await asyncio.to_thread(cache.rebuild)
-    log.info("index rebuilt from store", extra={"entries": count})
-    if snapshots is not None:
-        # At once: a crash before the first periodic save would pay the full rebuild again.
-        await _save_snapshot(snapshots)
+def _manifest_dim(settings: Settings) -> int:
+    from cache_service.backends.embedder import manifest
 
-
-async def _save_snapshot(snapshots: IndexSnapshots) -> None:
     try:
-        saved = await asyncio.to_thread(snapshots.save)
-    except Exception:
-        log.exception("index snapshot save failed; the last one (if any) stays")
-        return
-    if saved is not None:
-        log.info("index snapshot saved", extra=saved._asdict())
-
-
-async def _snapshot_forever(snapshots: IndexSnapshots, interval_s: float) -> None:
-    while True:
-        await asyncio.sleep(interval_s)
-        await _save_snapshot(snapshots)
+        return int(manifest(settings.model_dir)["dimension"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"no vector dimension in {settings.model_dir}/manifest.json: {e}") from e
 
 
 def _model_tag(settings: Settings) -> str | None:
@@ -453,36 +444,3 @@ def _model_tag(settings: Settings) -> str | None:
     except OSError:
         return None
     return hashlib.sha256(data).hexdigest()[:16]
-
-
-async def _sweep_forever(
-    cache: SemanticCache, interval_s: float, metrics: Metrics, capacity: Capacity | None
-) -> None:
-    while True:
-        await asyncio.sleep(interval_s)
-        try:
-            swept = await asyncio.to_thread(cache.sweep)
-            metrics.expired(swept.expired)
-            metrics.evicted(swept.evicted)
-            if swept.expired or swept.evicted:
-                log.info("swept", extra={"expired": swept.expired, "evicted": swept.evicted})
-            if capacity is not None:
-                volume = await asyncio.to_thread(cache.store.volume)
-                _tell_capacity(capacity, capacity.observe(volume, swept.evicted))
-        except Exception:
-            log.exception("sweep failed; will try again")
-
-
-def _tell_capacity(capacity: Capacity, crossing: str | None) -> None:
-    figures = {"fill": round(capacity.fill, 3), "evicted": capacity.evicted}
-    if crossing == "filling":
-        log.warning(
-            "the entry store is %.0f%% of store_size_limit_bytes (%d of %d bytes); past the "
-            "limit the oldest entries are evicted: raise the limit or shorten TTLs",
-            capacity.fill * 100,
-            capacity.volume,
-            capacity.limit_bytes,
-            extra=figures,
-        )
-    elif crossing == "relieved":
-        log.info("the entry store is back under its warning level", extra=figures)

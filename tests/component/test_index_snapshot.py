@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cache_service.app import _rebuild, _snapshot_forever
+from cache_service import app as app_module
+from cache_service.app import create_app
 from cache_service.backends.faiss_index import FaissIndex
 from cache_service.backends.index_snapshot import (
     MANIFEST,
@@ -23,10 +25,12 @@ from cache_service.backends.index_snapshot import (
     load_state,
 )
 from cache_service.backends.store import DiskCacheStore
+from cache_service.backends.upstream import HttpUpstream
 from cache_service.cache.guards import AcceptConfig
 from cache_service.cache.semantic import SemanticCache
 from cache_service.protocols import Entry, Vector
-from cache_service.settings import Settings
+from cache_service.settings import ConfigError, Settings
+from cache_service.upkeep import rebuild_index, snapshot_forever
 from tests.conftest import harness
 from tests.fakes import FakeClock, HashingEmbedder
 
@@ -251,7 +255,7 @@ async def test_a_damaged_or_mismatched_snapshot_is_ignored_and_the_index_rebuilt
     assert len(index2) == 0 and not again.tracked()  # nothing touched
 
     # The app's start path: no crash, a full rebuild, then a fresh snapshot.
-    await _rebuild(again, snaps2)
+    await rebuild_index(again, snaps2)
     assert again.ready
     assert again.tracked() == cache.tracked()
     assert answers(again, entries) == answers(cache, entries)
@@ -272,7 +276,7 @@ async def test_the_periodic_task_saves_only_when_the_index_changed(world: World)
         return saved
 
     snaps.save = counted  # type: ignore[method-assign]
-    task = asyncio.create_task(_snapshot_forever(snaps, 0.01))
+    task = asyncio.create_task(snapshot_forever(snaps, 0.01))
     try:
         for _ in range(200):
             if saves:
@@ -384,3 +388,52 @@ async def test_the_app_restarts_from_its_snapshot(
             assert semantic.headers["x-cache-match"] == "semantic"
             assert await h.upstream_calls() == 0
     assert "index restored from snapshot" in caplog.text
+
+
+async def test_the_index_is_restored_while_the_model_loads(
+    settings_factory: Callable[..., Settings],
+    embedder: HashingEmbedder,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """The model load waits for the restore to have started: were they one after the
+    other, the lifespan would never get past the load."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "manifest.json").write_text(json.dumps({"dimension": DIM}))
+    settings = settings_factory(model_dir=model_dir)
+    restoring = threading.Event()
+    restore = IndexSnapshots.restore
+
+    def recording_restore(self: IndexSnapshots) -> Any:
+        restoring.set()
+        return restore(self)
+
+    def slow_load(_: Settings) -> HashingEmbedder:
+        assert restoring.wait(10), "the model loaded before the index restore began"
+        return embedder
+
+    monkeypatch.setattr(IndexSnapshots, "restore", recording_restore)
+    monkeypatch.setattr(app_module, "_load_embedder", slow_load)
+    app = create_app(settings, upstream=HttpUpstream("http://127.0.0.1:9/v1"), clock=clock)
+    async with app.router.lifespan_context(app):
+        assert restoring.is_set()
+
+
+async def test_a_model_whose_vectors_differ_from_its_manifest_stops_the_start(
+    settings_factory: Callable[..., Settings],
+    embedder: HashingEmbedder,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "manifest.json").write_text(json.dumps({"dimension": DIM + 1}))
+    monkeypatch.setattr(app_module, "_load_embedder", lambda _: embedder)
+    settings = settings_factory(model_dir=model_dir)
+    app = create_app(settings, upstream=HttpUpstream("http://127.0.0.1:9/v1"), clock=clock)
+    with pytest.raises(ConfigError, match=f"{DIM}-d vectors; its manifest says {DIM + 1}"):
+        async with app.router.lifespan_context(app):
+            pass
