@@ -9,6 +9,7 @@ batcher's thread; this module only decides and awaits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Sequence
@@ -88,6 +89,8 @@ class CacheFront:
         self.base_threshold = cache.accept_config.threshold if cache is not None else 1.0
         self.store_unavailable = 0
         """Lookups and stores that found the store unreachable (and failed open)."""
+        self._writing: dict[str, set[asyncio.Task[Entry | None]]] = {}
+        """store_soon()'s writes still running, by scope."""
 
     @property
     def ready(self) -> bool:
@@ -146,6 +149,7 @@ class CacheFront:
 
     async def exact(self, keys: RequestKeys) -> Lookup | None:
         """The entry stored under exactly this request, if it may be served."""
+        await self.settled(keys.scope)
         try:
             entry = await asyncio.to_thread(self.cache.get_exact, keys.exact_key)
         except StoreUnavailable:
@@ -207,15 +211,66 @@ class CacheFront:
         failed: the caller still has its answer, a failure costs a future hit only.
         `embed=False` (the lookup's own embedding missed its deadline: the model is
         overloaded) stores it for exact matches only instead of queueing more model work."""
-        if vector is None and keys.semantic_ok and embed:
-            try:
-                # No lookup embedding (no-cache, the lookup API, or the lookup timed out):
-                # embed now. The caller's answer waits on this store (so its next request
-                # finds it), hence the lookup's own deadline rather than a long one: a
-                # backlogged embedder costs the entry its semantic matches, not seconds.
-                vector = await self.batcher.embed(keys.prompt, self.embed_timeout_s)
-            except TimeoutError:
-                vector = None  # stored for exact matches only
+        entry = self._entry(keys, response, api, ttl_s, usage, vector)
+        if entry is None:
+            return None
+        return await self._write(keys, entry, embed)
+
+    def store_soon(
+        self,
+        keys: RequestKeys,
+        response: dict[str, Any],
+        *,
+        api: str,
+        ttl_s: float | None,
+        usage: tuple[int, int],
+        vector: Vector | None = None,
+        embed: bool = True,
+    ) -> bool:
+        """store() without making the caller wait on the write (a disk or Redis round trip,
+        and an embedding when the lookup made none): it runs as a task, and every lookup
+        of the same scope (`exact()`, hence `lookup()`) first waits for the writes started
+        before it, so the next request still finds the entry. False when the answer may
+        not be stored; True when its write has started (a write that fails is logged, as
+        store()'s are). `drain()` finishes what is left at shutdown."""
+        entry = self._entry(keys, response, api, ttl_s, usage, vector)
+        if entry is None:
+            return False
+        task = asyncio.create_task(self._write(keys, entry, embed))
+        pending = self._writing.setdefault(keys.scope, set())
+        pending.add(task)
+        task.add_done_callback(lambda done: self._written(keys.scope, done))
+        return True
+
+    def _written(self, scope: str, task: asyncio.Task[Entry | None]) -> None:
+        pending = self._writing.get(scope)
+        if pending is not None:
+            pending.discard(task)
+            if not pending:
+                del self._writing[scope]
+
+    async def settled(self, scope: str) -> None:
+        """Wait for the writes to this scope that have started (none, almost always)."""
+        pending = self._writing.get(scope)
+        if pending:
+            await asyncio.wait(tuple(pending))
+
+    async def drain(self) -> None:
+        """Wait for every write store_soon() started: before the store closes."""
+        pending = [task for tasks in self._writing.values() for task in tasks]
+        if pending:
+            await asyncio.wait(pending)
+
+    def _entry(
+        self,
+        keys: RequestKeys,
+        response: dict[str, Any],
+        api: str,
+        ttl_s: float | None,
+        usage: tuple[int, int],
+        vector: Vector | None,
+    ) -> Entry | None:
+        """The entry to store, its vector still to make if None; None if it may not be."""
         entry = self.cache.new_entry(
             scope=keys.scope,
             exact_key=keys.exact_key,
@@ -233,6 +288,16 @@ class CacheFront:
             # E.g. an upstream's NaN: it would be dropped at its first lookup anyway.
             log.warning("unservable answer not stored", extra={"entry": entry.id})
             return None
+        return entry
+
+    async def _write(self, keys: RequestKeys, entry: Entry, embed: bool) -> Entry | None:
+        if entry.embedding is None and keys.semantic_ok and embed:
+            # No lookup embedding (no-cache, the lookup API, or the lookup timed out): embed
+            # now, under the lookup's own deadline rather than a long one (the next request
+            # of the scope waits on this write): a backlogged embedder costs the entry its
+            # semantic matches (it is stored for exact ones), not seconds.
+            with contextlib.suppress(TimeoutError):
+                entry.embedding = await self.batcher.embed(keys.prompt, self.embed_timeout_s)
         try:
             await asyncio.to_thread(self.cache.put, entry)
         except StoreUnavailable:

@@ -124,6 +124,9 @@ class ProxyHandler:
             return await self._fetch(ctx, outcome)
         finally:
             if lease is not None:
+                # The fleet's followers wake at the release and look the entry up: it must
+                # be written by then, so a leader's answer waits for its write.
+                await self.front.settled(ctx.keys.scope)
                 await lease.release()
 
     async def _fleet_turn(
@@ -196,12 +199,12 @@ class ProxyHandler:
                 return self._relay(ctx, resp, state, extra)
             dollars = await call.hold.settle(p, c)
             if ctx.directives.write:
-                stored = await self._store(ctx, call.info.downgraded_from, parsed, (p, c))
+                stored = self._store(ctx, call.info.downgraded_from, parsed, (p, c))
                 extra["x-cache-stored"] = "true" if stored else "false"
             self.recorder.record(ctx, outcome, p, c, dollars=dollars)
             return self._relay(ctx, resp, state, extra)
 
-    async def _store(
+    def _store(
         self,
         ctx: RequestContext,
         downgraded_from: str | None,
@@ -217,7 +220,8 @@ class ProxyHandler:
         if refusal is not None or not isinstance(body, dict):
             log.info("not stored", extra={"request_id": ctx.request_id, "why": refusal})
             return False
-        entry = await self.front.store(
+        # The answer leaves before its write ends; the next lookup of the scope waits for it.
+        return self.front.store_soon(
             ctx.keys,
             body,
             api=ctx.flavor.name,
@@ -226,7 +230,6 @@ class ProxyHandler:
             vector=ctx.found.vector,
             embed=not ctx.found.embed_timeout,
         )
-        return entry is not None
 
     def _relay(
         self, ctx: RequestContext, resp: UpstreamResponse, state: str, extra: dict[str, str]

@@ -582,3 +582,47 @@ async def test_an_embedding_past_its_deadline_fails_open(
             embedder.release.set()
     finally:
         embedder.release.set()
+
+
+async def test_a_miss_answers_before_its_write_ends_and_the_next_request_still_hits(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = h.state["front"].cache
+    put = cache.put
+    release = threading.Event()
+
+    def slow_put(entry: Any) -> None:
+        assert release.wait(10), "the write was never released"
+        put(entry)
+
+    monkeypatch.setattr(cache, "put", slow_put)
+    first = await asyncio.wait_for(h.chat(Q), 5)  # answered while its write is held
+    assert first.headers["x-cache"] == "MISS" and first.headers["x-cache-stored"] == "true"
+    second = asyncio.create_task(h.chat(Q))
+    await asyncio.sleep(0.2)
+    assert not second.done()  # it waits for the write rather than going upstream
+    release.set()
+    again = await asyncio.wait_for(second, 5)
+    assert again.headers["x-cache"] == "HIT"
+    assert await h.upstream_calls() == 1
+
+
+async def test_shutdown_finishes_the_writes_of_answers_already_sent(
+    settings_factory: Callable[..., Settings],
+    embedder: HashingEmbedder,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = settings_factory(backoff_base_s=0.001)
+    async with harness(settings, embedder, clock) as h:
+        cache = h.state["front"].cache
+        put = cache.put
+
+        def slow_put(entry: Any) -> None:
+            time.sleep(0.3)
+            put(entry)
+
+        monkeypatch.setattr(cache, "put", slow_put)
+        assert (await h.chat(Q)).headers["x-cache-stored"] == "true"
+    async with harness(settings, embedder, clock) as h:
+        assert (await h.chat(Q)).headers["x-cache"] == "HIT"
