@@ -52,6 +52,7 @@ class Recorder:
         caps = self.labels
         namespace, model = caps.namespace(ctx.keys.tenant), caps.model(ctx.keys.model)
         found = ctx.found
+        latency_ms = (time.perf_counter() - ctx.started) * 1000
         self.stats.record(
             namespace,
             model,
@@ -60,10 +61,10 @@ class Recorder:
             completion_tokens=completion_tokens,
             dollars=dollars,
             embed_timeout=found.embed_timeout,
+            latency_ms=latency_ms,
         )
         saved, spent = split_cost(outcome, dollars)
         searched = found.searched
-        latency_ms = (time.perf_counter() - ctx.started) * 1000
         if outcome is Outcome.EXACT_HIT:
             similarity: float | None = 1.0
         elif outcome is Outcome.SEMANTIC_HIT and found.hit is not None:

@@ -165,14 +165,15 @@ def test_report_agrees_with_stats_fed_the_same_events(tmp_path: Path) -> None:
         p, c = rng.randint(0, 3000), rng.randint(0, 900)
         timeout = rng.random() < 0.05
         dollars = prices.cost(model, p, c)
+        ms = rng.uniform(1, 900)
         stats.record(ns, model, outcome, prompt_tokens=p, completion_tokens=c,
-                     dollars=dollars, embed_timeout=timeout)  # fmt: skip
+                     dollars=dollars, embed_timeout=timeout, latency_ms=ms)  # fmt: skip
         saved, spent = split_cost(outcome, dollars)
         telemetry.record(
             OutcomeEvent(
                 time=T0 + i * 7.5, request_id=str(i), namespace=ns, project=ns, model=model,
                 outcome=outcome, prompt_tokens=p, completion_tokens=c, dollars_saved=saved,
-                dollars_spent=spent, latency_ms=rng.uniform(1, 900), embed_timeout=timeout,
+                dollars_spent=spent, latency_ms=ms, embed_timeout=timeout,
             )
         )  # fmt: skip
     events = telemetry.events(since=T0)
@@ -181,6 +182,7 @@ def test_report_agrees_with_stats_fed_the_same_events(tmp_path: Path) -> None:
     report = build_report(events, since=T0)
     snap = stats.snapshot()
     assert report["totals"] == snap["total"]
+    assert snap["total"]["time_saved_ms"] > 0  # latencies given: the estimate is compared too
     assert report["by_namespace"] == snap["by_namespace"]
     assert report["by_model"] == snap["by_model"]
     assert report["by_namespace_model"] == snap["by_namespace_model"]
