@@ -36,6 +36,7 @@ from cache_service.cache.feedback import FeedbackLearner
 from cache_service.cache.front import CacheFront
 from cache_service.cache.guards import AcceptConfig
 from cache_service.cache.semantic import EntryIds, SemanticCache
+from cache_service.cache.sweeping import sweep_forever
 from cache_service.cache.tenancy import Tenancy
 from cache_service.cache.verdicts import Verdicts
 from cache_service.pricing import Price, PriceTable
@@ -52,7 +53,6 @@ from cache_service.redis_fleet import RedisFleet
 from cache_service.resilience import CircuitBreaker
 from cache_service.settings import ConfigError, Settings, UpstreamSetting
 from cache_service.telemetry.hub import Telemetry
-from cache_service.telemetry.metrics import Metrics
 from cache_service.telemetry.stats import LabelCaps, replay_stats
 from cache_service.upstream.chain import Slot, UpstreamChain
 
@@ -236,7 +236,9 @@ def create_app(
         if capacity is not None:
             telemetry.metrics.watch_size_limit(capacity.limit_bytes)
         background.append(
-            _sweep_forever(cache, settings.sweep_interval_s, telemetry.metrics, capacity)
+            sweep_forever(
+                cache, settings.sweep_interval_s, telemetry.metrics, capacity, telemetry.sizes
+            )
         )
         if local_ledger is not None:
             background.append(local_ledger.persist_forever(settings.spend_snapshot_interval_s))
@@ -453,36 +455,3 @@ def _model_tag(settings: Settings) -> str | None:
     except OSError:
         return None
     return hashlib.sha256(data).hexdigest()[:16]
-
-
-async def _sweep_forever(
-    cache: SemanticCache, interval_s: float, metrics: Metrics, capacity: Capacity | None
-) -> None:
-    while True:
-        await asyncio.sleep(interval_s)
-        try:
-            swept = await asyncio.to_thread(cache.sweep)
-            metrics.expired(swept.expired)
-            metrics.evicted(swept.evicted)
-            if swept.expired or swept.evicted:
-                log.info("swept", extra={"expired": swept.expired, "evicted": swept.evicted})
-            if capacity is not None:
-                volume = await asyncio.to_thread(cache.store.volume)
-                _tell_capacity(capacity, capacity.observe(volume, swept.evicted))
-        except Exception:
-            log.exception("sweep failed; will try again")
-
-
-def _tell_capacity(capacity: Capacity, crossing: str | None) -> None:
-    figures = {"fill": round(capacity.fill, 3), "evicted": capacity.evicted}
-    if crossing == "filling":
-        log.warning(
-            "the entry store is %.0f%% of store_size_limit_bytes (%d of %d bytes); past the "
-            "limit the oldest entries are evicted: raise the limit or shorten TTLs",
-            capacity.fill * 100,
-            capacity.volume,
-            capacity.limit_bytes,
-            extra=figures,
-        )
-    elif crossing == "relieved":
-        log.info("the entry store is back under its warning level", extra=figures)
