@@ -185,7 +185,10 @@ def create_app(
             telemetry.metrics,
             sample_rate=settings.audit_sample_rate,
             agree_similarity=settings.audit_agree_similarity,
+            # A fleet's replicas each audit their own hits; the CLI reads one data_dir.
+            file=JsonFile(settings.data_dir / "audit.json") if shared is None else None,
         )
+        await auditor.load()
         tenancy = Tenancy(
             admin_key=settings.admin_key,
             identity_header=settings.identity_header,
@@ -271,6 +274,7 @@ def create_app(
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+            await auditor.flush()
             if local_ledger is not None:
                 await asyncio.to_thread(local_ledger.close)
             await asyncio.to_thread(telemetry.close)

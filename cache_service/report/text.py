@@ -225,7 +225,7 @@ def _tuning_tables(report: dict[str, Any]) -> list[Table]:
     if audit is not None:
         out.append(
             (
-                "Quality: audits (semantic hits re-asked upstream, since the server started)",
+                "Quality: audits (semantic hits re-asked upstream; audit.json keeps them)",
                 ["metric", "value"],
                 [
                     ["audited", f"{audit['audited']:,}"],

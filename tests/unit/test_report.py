@@ -516,7 +516,17 @@ def test_cli_reads_budgets_quality_and_threshold_from_the_data_dir(
     assert r["quality"]["feedback"] == {"b": {"correct": 0, "wrong": 1}}
     assert r["quality"]["audit"] is None
     assert set(r["unavailable"]) == {"quality_audit"}
+    assert "no audit.json" in r["unavailable"]["quality_audit"]
     assert r["similarity"]["threshold"] == 0.93
+    # Once the server has saved an audit tally, the CLI shows it.
+    JsonFile(tmp_path / "audit.json").save(AuditTally(audited=4, agreed=3, skipped=1).as_dict())
+    assert run_cli(path, since=None, fmt="json", out=None, settings=settings, now=T0) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["quality"]["audit"] == {
+        "audited": 4, "agreed": 3, "skipped": 1, "estimated_precision": 0.75
+    }  # fmt: skip
+    assert "quality_audit" not in r["unavailable"]
+    (tmp_path / "audit.json").unlink()
     assert r["miss_reasons"]["misses"] == 4 and r["top_entries"][0]["entry_id"] == "e2"
     assert run_cli(path, since=None, fmt="json", out=None, settings=settings, now=T0,
                    threshold=0.8) == 0  # fmt: skip
