@@ -12,7 +12,7 @@ from cache_service.protocols import Clock
 from cache_service.proxy.context import RequestContext
 from cache_service.telemetry.events import HITS, OutcomeEvent, split_cost
 from cache_service.telemetry.hub import Telemetry
-from cache_service.telemetry.stats import LabelCaps, Outcome, Stats
+from cache_service.telemetry.stats import LabelCaps, Outcome, Stats, timed
 
 log = logging.getLogger("cache_service.pipeline")
 
@@ -61,7 +61,7 @@ class Recorder:
             completion_tokens=completion_tokens,
             dollars=dollars,
             embed_timeout=found.embed_timeout,
-            latency_ms=latency_ms,
+            latency_ms=timed(outcome, latency_ms, ctx.upstream_status),
         )
         saved, spent = split_cost(outcome, dollars)
         searched = found.searched

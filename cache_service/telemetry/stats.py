@@ -210,6 +210,15 @@ class Stats:
         }
 
 
+def timed(outcome: Outcome, latency_ms: float, upstream_status: int | None) -> float | None:
+    """The latency to give `Stats.record`: a miss's only where it went upstream (a miss of
+    the cache API's lookup is the caller's to fetch: its latency is the lookup's alone, and
+    would drag the misses' median down to a lookup's)."""
+    if outcome is Outcome.MISS and upstream_status is None:
+        return None
+    return latency_ms
+
+
 def record_event(stats: Stats, key: str, e: OutcomeEvent) -> None:
     """Feed one logged outcome to `stats` under `key` (a namespace, or a project), exactly as
     the recorder recorded it live, so figures rebuilt from the log match the live ones."""
@@ -221,7 +230,7 @@ def record_event(stats: Stats, key: str, e: OutcomeEvent) -> None:
         completion_tokens=e.completion_tokens,
         dollars=e.dollars,
         embed_timeout=e.embed_timeout,
-        latency_ms=e.latency_ms,
+        latency_ms=timed(e.outcome, e.latency_ms, e.upstream_status),
     )
 
 

@@ -39,7 +39,7 @@ from cache_service.telemetry.outcome_log import (
     read_miss_reasons,
     read_top_entries,
 )
-from cache_service.telemetry.stats import Outcome, Stats
+from cache_service.telemetry.stats import Outcome, Stats, timed
 from tests.conftest import served
 from tests.fakes import FakeClock, write_old_outcome_log
 
@@ -166,14 +166,15 @@ def test_report_agrees_with_stats_fed_the_same_events(tmp_path: Path) -> None:
         timeout = rng.random() < 0.05
         dollars = prices.cost(model, p, c)
         ms = rng.uniform(1, 900)
-        stats.record(ns, model, outcome, prompt_tokens=p, completion_tokens=c,
-                     dollars=dollars, embed_timeout=timeout, latency_ms=ms)  # fmt: skip
+        status = 200 if outcome in (Outcome.MISS, Outcome.BYPASS) and rng.random() < 0.8 else None
+        stats.record(ns, model, outcome, prompt_tokens=p, completion_tokens=c, dollars=dollars,
+                     embed_timeout=timeout, latency_ms=timed(outcome, ms, status))  # fmt: skip
         saved, spent = split_cost(outcome, dollars)
         telemetry.record(
             OutcomeEvent(
                 time=T0 + i * 7.5, request_id=str(i), namespace=ns, project=ns, model=model,
                 outcome=outcome, prompt_tokens=p, completion_tokens=c, dollars_saved=saved,
-                dollars_spent=spent, latency_ms=ms, embed_timeout=timeout,
+                dollars_spent=spent, latency_ms=ms, embed_timeout=timeout, upstream_status=status,
             )
         )  # fmt: skip
     events = telemetry.events(since=T0)

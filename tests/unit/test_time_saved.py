@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from cache_service.telemetry.events import OutcomeEvent
-from cache_service.telemetry.stats import Outcome, Stats, replay_stats
+from cache_service.telemetry.stats import Outcome, Stats, replay_stats, timed
 from cache_service.telemetry.time_saved import TimeSaved
 
 
@@ -66,8 +66,18 @@ def test_replaying_the_log_reproduces_the_live_estimate() -> None:
     events = []
     for i, (o, ms) in enumerate(outcomes):
         live.record("ns", "m", o, latency_ms=ms)
-        events.append(OutcomeEvent(float(i), f"r{i}", "ns", "p", "m", o, latency_ms=ms))
-    expected = (400 - 1) + (500 - 20)
+        status = 200 if o is Outcome.MISS else None
+        events.append(
+            OutcomeEvent(
+                float(i), f"r{i}", "ns", "p", "m", o, latency_ms=ms, upstream_status=status
+            ),
+        )
+    # A miss of the cache API's lookup (no upstream call) leaves the estimate alone.
+    events.append(OutcomeEvent(9.0, "lookup", "ns", "p", "m", Outcome.MISS, latency_ms=0.5))
+    events.append(OutcomeEvent(10.0, "hit", "ns", "p", "m", Outcome.EXACT_HIT, latency_ms=0))
+    live.record("ns", "m", Outcome.MISS, latency_ms=timed(Outcome.MISS, 0.5, None))
+    live.record("ns", "m", Outcome.EXACT_HIT, latency_ms=timed(Outcome.EXACT_HIT, 0, None))
+    expected = (400 - 1) + (500 - 20) + 500
     assert live.snapshot()["total"]["time_saved_ms"] == expected
     assert replay_stats(events).snapshot()["total"]["time_saved_ms"] == expected
 
