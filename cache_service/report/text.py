@@ -4,6 +4,7 @@ and the number formatting the renderers and plots share."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,7 +30,8 @@ def waited(ms: float | None) -> str:
         return "—"
     s = ms / 1000
     if s < 1:
-        return f"{ms:.0f} ms"
+        # Halves up, as the dashboard's Math.round does (format() would round them to even).
+        return f"{math.floor(ms + 0.5)} ms"
     if s < 60:
         return f"{s:.1f} s"
     if s < 3600:

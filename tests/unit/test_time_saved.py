@@ -85,6 +85,6 @@ def test_replaying_the_log_reproduces_the_live_estimate() -> None:
 def test_durations_read_as_waiting() -> None:
     from cache_service.report.text import waited
 
-    assert [waited(x) for x in (None, 850, 12_400, 185_000, 7_620_000)] == [
-        "—", "850 ms", "12.4 s", "3 min 05 s", "2 h 07 min"
+    assert [waited(x) for x in (None, 72.5, 850, 12_400, 185_000, 7_620_000)] == [
+        "—", "73 ms", "850 ms", "12.4 s", "3 min 05 s", "2 h 07 min"
     ]  # fmt: skip
