@@ -35,7 +35,9 @@ from cache_service.cache.cross_encoder import CrossEncoderVerifier, choose_floor
 from cache_service.cache.feedback import FeedbackLearner
 from cache_service.cache.front import CacheFront
 from cache_service.cache.guards import AcceptConfig
+from cache_service.cache.index_upkeep import rebuild_index, save_snapshot, snapshot_forever
 from cache_service.cache.semantic import EntryIds, SemanticCache
+from cache_service.cache.sweeping import sweep_forever
 from cache_service.cache.tenancy import Tenancy
 from cache_service.cache.verdicts import Verdicts
 from cache_service.pricing import Price, PriceTable
@@ -53,7 +55,6 @@ from cache_service.resilience import CircuitBreaker
 from cache_service.settings import ConfigError, Settings, UpstreamSetting
 from cache_service.telemetry.hub import Telemetry
 from cache_service.telemetry.stats import LabelCaps, replay_stats
-from cache_service.upkeep import rebuild_index, save_snapshot, snapshot_forever, sweep_forever
 from cache_service.upstream.chain import Slot, UpstreamChain
 
 log = logging.getLogger("cache_service")
@@ -222,7 +223,10 @@ def create_app(
             telemetry.metrics,
             sample_rate=settings.audit_sample_rate,
             agree_similarity=settings.audit_agree_similarity,
+            # A fleet's replicas each audit their own hits; the CLI reads one data_dir.
+            file=JsonFile(settings.data_dir / "audit.json") if shared is None else None,
         )
+        await auditor.load()
         tenancy = Tenancy(
             admin_key=settings.admin_key,
             identity_header=settings.identity_header,
@@ -253,7 +257,9 @@ def create_app(
         if capacity is not None:
             telemetry.metrics.watch_size_limit(capacity.limit_bytes)
         background.append(
-            sweep_forever(cache, settings.sweep_interval_s, telemetry.metrics, capacity)
+            sweep_forever(
+                cache, settings.sweep_interval_s, telemetry.metrics, capacity, telemetry.sizes
+            )
         )
         if local_ledger is not None:
             background.append(local_ledger.persist_forever(settings.spend_snapshot_interval_s))
@@ -289,6 +295,7 @@ def create_app(
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+            await auditor.flush()
             if local_ledger is not None:
                 await asyncio.to_thread(local_ledger.close)
             await asyncio.to_thread(telemetry.close)

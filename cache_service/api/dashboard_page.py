@@ -89,6 +89,19 @@ svg.spark { width:100%; height:70px; }
     </section>
   </div>
   <div class="row2">
+    <section><h2>Cache entries over time <span class="mute" id="span-size"></span></h2>
+      <svg class="spark" id="spark-size" viewBox="0 0 300 70" preserveAspectRatio="none"></svg>
+      <p class="mute">After each sweep, since the server started (kept in memory, not
+        across restarts); the whole store, whatever the namespace and model filters.</p>
+    </section>
+    <section><h2>Evictions, cumulative <span class="mute" id="span-evicted"></span></h2>
+      <svg class="spark" id="spark-evicted" viewBox="0 0 300 70"
+        preserveAspectRatio="none"></svg>
+      <p class="mute">Entries the store dropped for space (its size limit): a cache too
+        small for its traffic loses hits this way.</p>
+    </section>
+  </div>
+  <div class="row2">
     <section><h2>Miss reasons</h2><div id="miss-reasons"></div></section>
     <section><h2>Top entries</h2><div id="top-entries"></div></section>
   </div>
@@ -123,6 +136,23 @@ svg.spark { width:100%; height:70px; }
     return "$" + (Math.abs(v) >= 1 ? v.toFixed(2) : v.toFixed(6));
   }
   function pct(r) { return (r * 100).toFixed(1) + "%"; }
+  function dur(ms) {
+    if (ms === null || ms === undefined) { return "–"; }
+    var s = Number(ms) / 1000;
+    if (s < 1) { return Math.round(ms) + " ms"; }
+    if (s < 60) { return s.toFixed(1) + " s"; }
+    if (s < 3600) {
+      return Math.floor(s / 60) + " min " + String(Math.floor(s % 60)).padStart(2, "0") + " s";
+    }
+    return Math.floor(s / 3600).toLocaleString("en-US") + " h " +
+      String(Math.floor((s % 3600) / 60)).padStart(2, "0") + " min";
+  }
+  function bytes(n) {
+    if (n === null || n === undefined) { return ""; }
+    var units = ["B", "KB", "MB", "GB", "TB"], v = Number(n), i = 0;
+    while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+    return (i ? v.toFixed(1) : String(v)) + " " + units[i];
+  }
   function sim(s) { return s === null || s === undefined ? "" : Number(s).toFixed(4); }
   function when(t) {
     return t ? new Date(t * 1000).toISOString().replace("T", " ").slice(0, 19) : "";
@@ -183,14 +213,21 @@ svg.spark { width:100%; height:70px; }
     ["exact_hits", "Exact hits", num], ["semantic_hits", "Semantic hits", num],
     ["misses", "Misses", num], ["bypasses", "Bypasses", num], ["errors", "Errors", num],
     ["tokens_saved", "Tokens saved", num], ["dollars_saved", "Dollars saved", usd],
-    ["dollars_spent", "Dollars spent", usd]
+    ["dollars_spent", "Dollars spent", usd], ["time_saved_ms", "Time saved (est.)", dur]
   ];
+  // Why the figure is an estimate and what it leaves out, on the card itself.
+  var TIME_SAVED_HOW = "Estimated: for each hit, the median latency of the last 200 " +
+    "misses of the same model minus the hit's own latency (never below 0), summed. Hits " +
+    "of a model with no miss seen yet count nothing: ";
   function showStats(s) {
     var t = s.total;
     t.tokens_saved = t.prompt_tokens_saved + t.completion_tokens_saved;
     var cards = document.createDocumentFragment();
     CARDS.forEach(function (c) {
       var card = el("div", { "class": "card", id: "card-" + c[0] });
+      if (c[0] === "time_saved_ms") {
+        card.setAttribute("title", TIME_SAVED_HOW + num(t.hits_unestimated) + " so far.");
+      }
       card.appendChild(el("div", { "class": "k" }, c[1]));
       card.appendChild(el("div", { "class": "v", "data-value": String(t[c[0]]) }, c[2](t[c[0]])));
       cards.appendChild(card);
@@ -205,13 +242,29 @@ svg.spark { width:100%; height:70px; }
       ["semantic", function (r) { return num(r.semantic_hits); }],
       ["misses", function (r) { return num(r.misses); }],
       ["saved", function (r) { return usd(r.dollars_saved); }],
-      ["spent", function (r) { return usd(r.dollars_spent); }]
+      ["spent", function (r) { return usd(r.dollars_spent); }],
+      ["time saved", function (r) { return dur(r.time_saved_ms); }]
     ];
     put("breakdown", table(cols, s.by_namespace_model || [], "breakdown-table"));
     fillList("l-namespace", Object.keys(s.by_namespace || {}));
     fillList("l-model", Object.keys(s.by_model || {}));
     showQuality(s.quality || {});
     showCache(s.cache || {});
+    showSizes(s.size_history);
+  }
+  function showSizes(h) {
+    var samples = h ? h.samples : [], last = samples[samples.length - 1];
+    spark("spark-size", samples.map(function (x) { return x.entries; }), null);
+    spark("spark-evicted", samples.map(function (x) { return x.evicted; }), null, "#b42318");
+    var size = $("span-size"), evicted = $("span-evicted");
+    size.textContent = last
+      ? "(" + num(last.entries) + " now" +
+        (last.store_bytes === null ? "" : ", " + bytes(last.store_bytes)) + ")"
+      : "(no sweep yet)";
+    size.setAttribute("data-entries", last ? String(last.entries) : "");
+    size.setAttribute("data-samples", String(samples.length));
+    evicted.textContent = h ? "(" + num(h.evicted_in_range) + " in range)" : "";
+    evicted.setAttribute("data-evicted", h ? String(h.evicted_in_range) : "");
   }
   function fillList(id, values) {
     var list = $(id), have = {};
@@ -220,7 +273,7 @@ svg.spark { width:100%; height:70px; }
       if (!have[v]) { list.appendChild(el("option", { value: v })); }
     });
   }
-  function spark(id, values, top) {
+  function spark(id, values, top, color) {
     var svg = $(id), ns = "http://www.w3.org/2000/svg";
     svg.replaceChildren();
     if (!values.length) { return; }
@@ -232,7 +285,7 @@ svg.spark { width:100%; height:70px; }
     var line = document.createElementNS(ns, "polyline");
     line.setAttribute("points", pts.join(" "));
     line.setAttribute("fill", "none");
-    line.setAttribute("stroke", "#2f6fdb");
+    line.setAttribute("stroke", color || "#2f6fdb");
     line.setAttribute("stroke-width", "2");
     svg.appendChild(line);
   }

@@ -41,7 +41,10 @@ async def cache_stats(
 
     Filters (the dashboard's): `namespace` and `model` keep only their rows; `since`,
     `until` (15m, 1h, 7d or ISO 8601) and `project` rebuild the figures from this replica's
-    outcome log (not with `scope=fleet`; 400 when the log is off)."""
+    outcome log (not with `scope=fleet`; 400 when the log is off).
+
+    `size_history`: the store's entries, bytes and evictions after each sweep since this
+    replica started (the time range applies; namespace and model do not)."""
     front = state.of(request)["front"]
     visible = state.of(request)["tenancy"].visible_to(lower_headers(request))
     stats = state.of(request)["stats"]
@@ -86,6 +89,14 @@ async def cache_stats(
     for verifier in front.verifiers:
         if isinstance(verifier, CrossEncoderVerifier):
             snapshot["cache"].update(verifier.stats())
+    sizes = state.of(request)["telemetry"].sizes
+    if sizes is not None:
+        # The whole store's (entries are not counted per namespace or model), this
+        # replica's, since it started; the time range applies.
+        bounds = filters.outcome_filter() if filters.since or filters.until else None
+        snapshot["size_history"] = sizes.view(
+            bounds.since if bounds else None, bounds.until if bounds else None
+        )
     return JSONResponse(snapshot)
 
 

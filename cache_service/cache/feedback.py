@@ -127,6 +127,14 @@ class AuditTally:
     agreed: int = 0
     skipped: int = 0
 
+    @classmethod
+    def of(cls, data: dict[str, Any]) -> AuditTally:
+        """Back from `as_dict()` (as saved in audit.json); {} is an empty tally."""
+        try:
+            return cls(*(max(0, int(data.get(k) or 0)) for k in ("audited", "agreed", "skipped")))
+        except (TypeError, ValueError):
+            return cls()
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "audited": self.audited,
@@ -142,8 +150,8 @@ def quality_view(
     visible: Callable[[str], bool] | None = None,
 ) -> dict[str, Any]:
     """What is known of the hits' quality, as `/v1/cache/stats` and the report show it: the
-    audit tally (None where it is not known, as in the report CLI: it lives in the server's
-    memory), verdicts and learned thresholds per namespace (only those `visible` admits)."""
+    audit tally (None where it is not known: a CLI report of a data_dir where no audit has
+    finished), verdicts and learned thresholds per namespace (only those `visible` admits)."""
 
     def mine(d: dict[str, T]) -> dict[str, T]:
         return {k: v for k, v in d.items() if visible is None or visible(k)}

@@ -1,6 +1,12 @@
 """Sampled audits of semantic hits: ask upstream too (within quota) and compare the answers'
 embeddings. Agreement estimates how often semantic hits are right in live traffic, which no
-offline benchmark can tell."""
+offline benchmark can tell.
+
+The tally is saved to `audit.json` in the data_dir after each verdict (where the app gives a
+file), so the report CLI, which reads only files, has it too, and a restart keeps it. Audits
+are rare (each is an upstream call), so one small atomic write per verdict is cheap; still,
+only one write is in flight at a time and a burst of verdicts is written once, as it ends.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import logging
 import random
 from collections.abc import Callable
 
+from cache_service.backends.jsonfile import JsonFile
 from cache_service.cache.batcher import EmbeddingBatcher
 from cache_service.cache.feedback import AuditTally
 from cache_service.errors import ServiceError
@@ -30,6 +37,7 @@ class Auditor:
         sample_rate: float,
         agree_similarity: float,
         draw: Callable[[], float] = random.random,
+        file: JsonFile | None = None,
     ) -> None:
         self.chain = chain
         self.batcher = batcher
@@ -39,6 +47,15 @@ class Auditor:
         self.draw = draw
         self.tally = AuditTally()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.file = file
+        self._dirty = False
+        # Not among `tasks`, which shutdown cancels: `flush` waits for it instead.
+        self._writer: asyncio.Task[None] | None = None
+
+    async def load(self) -> None:
+        """The tally saved before a restart (none: an empty one)."""
+        if self.file is not None:
+            self.tally = AuditTally.of(await asyncio.to_thread(self.file.load))
 
     def maybe_audit(self, ctx: RequestContext, entry: Entry, similarity: float) -> None:
         if self.sample_rate <= 0 or self.draw() >= self.sample_rate:
@@ -99,3 +116,23 @@ class Auditor:
             tally.audited += 1
             tally.agreed += verdict == "agreed"
         self.metrics.audit(verdict, tally.as_dict()["estimated_precision"])
+        if self.file is not None:
+            self._dirty = True
+            if self._writer is None:
+                self._writer = asyncio.create_task(self._save(self.file))
+
+    async def _save(self, file: JsonFile) -> None:
+        """Write the tally until no verdict arrived during the last write."""
+        try:
+            while self._dirty:
+                self._dirty = False
+                await asyncio.to_thread(file.save, self.tally.as_dict())
+        except OSError:
+            log.exception("audit tally not saved", extra={"path": str(file.path)})
+        finally:
+            self._writer = None
+
+    async def flush(self) -> None:
+        """At shutdown: the write in progress, and any verdict it has not written yet."""
+        if self._writer is not None:
+            await self._writer

@@ -12,7 +12,7 @@ from cache_service.protocols import Clock
 from cache_service.proxy.context import RequestContext
 from cache_service.telemetry.events import HITS, OutcomeEvent, split_cost
 from cache_service.telemetry.hub import Telemetry
-from cache_service.telemetry.stats import LabelCaps, Outcome, Stats
+from cache_service.telemetry.stats import LabelCaps, Outcome, Stats, timed
 
 log = logging.getLogger("cache_service.pipeline")
 
@@ -52,6 +52,7 @@ class Recorder:
         caps = self.labels
         namespace, model = caps.namespace(ctx.keys.tenant), caps.model(ctx.keys.model)
         found = ctx.found
+        latency_ms = (time.perf_counter() - ctx.started) * 1000
         self.stats.record(
             namespace,
             model,
@@ -60,10 +61,10 @@ class Recorder:
             completion_tokens=completion_tokens,
             dollars=dollars,
             embed_timeout=found.embed_timeout,
+            latency_ms=timed(outcome, latency_ms, ctx.upstream_status),
         )
         saved, spent = split_cost(outcome, dollars)
         searched = found.searched
-        latency_ms = (time.perf_counter() - ctx.started) * 1000
         if outcome is Outcome.EXACT_HIT:
             similarity: float | None = 1.0
         elif outcome is Outcome.SEMANTIC_HIT and found.hit is not None:

@@ -9,8 +9,9 @@ What the server's report has and the CLI reads instead:
   project limits in the config file, through the same quota manager the server restores
   them into. Limits changed at run time (`PUT /v1/admin/limits`) are not in any file; with
   `redis_url` the spend is the fleet's, in Redis, and the section says so instead;
-* quality: verdicts and learned thresholds from `feedback.json`; the audit tally lives in
-  the server's memory only, so that part is listed as unavailable;
+* quality: verdicts and learned thresholds from `feedback.json`, the audit tally from
+  `audit.json` (which the server rewrites after each audit's verdict; where it is missing no
+  audit has finished, and that part is listed as unavailable, saying so);
 * the similarity threshold: `--threshold`, else the config's `similarity_threshold` (where a
   verifier runs, the server's report marks the verifier's floor instead, which the CLI
   cannot know from the config alone: the label says so).
@@ -38,7 +39,8 @@ if TYPE_CHECKING:
 
 TOP_ENTRIES = 10
 AUDIT_UNAVAILABLE = (
-    "the audit tally is kept in the server's memory only: GET /v1/cache/report has it"
+    "no audit.json in the data_dir: no sampled audit has finished here (audit_sample_rate "
+    "is 0, or no semantic hit was sampled yet)"
 )
 
 
@@ -99,13 +101,16 @@ def offline_budgets(
 
 def offline_quality(data_dir: Path) -> dict[str, Any]:
     """Verdicts and learned thresholds as feedback.json holds them (the server saves only
-    thresholds above its base, so a base of 0 keeps exactly what it learned)."""
+    thresholds above its base, so a base of 0 keeps exactly what it learned), and the audit
+    tally as audit.json does (None where there is none)."""
     from cache_service.backends.jsonfile import JsonFile
-    from cache_service.cache.feedback import FeedbackLearner, quality_view
+    from cache_service.cache.feedback import AuditTally, FeedbackLearner, quality_view
 
     learner = FeedbackLearner(0.0)
     learner.load(JsonFile(data_dir / "feedback.json").load())
-    return quality_view(learner, None)
+    audit = JsonFile(data_dir / "audit.json")
+    tally = AuditTally.of(audit.load()) if audit.path.exists() else None
+    return quality_view(learner, tally)
 
 
 def run_cli(
@@ -145,7 +150,8 @@ def run_cli(
             unavailable["quality"] = "verdicts are the fleet's, kept in Redis (redis_url)"
         else:
             quality = offline_quality(data_dir)
-            unavailable["quality_audit"] = AUDIT_UNAVAILABLE
+            if quality["audit"] is None:
+                unavailable["quality_audit"] = AUDIT_UNAVAILABLE
     try:
         start = parse_since(since, now)
         events = read_outcomes(log_path, start)

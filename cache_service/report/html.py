@@ -7,7 +7,7 @@ import html
 from typing import Any
 
 from cache_service.report.plots import plots
-from cache_service.report.text import NO_ROWS, pct, period_line, tables, usd
+from cache_service.report.text import NO_ROWS, pct, period_line, tables, usd, waited
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;
@@ -42,6 +42,7 @@ def render_html(report: dict[str, Any]) -> str:
         ("tokens saved", f"{t['prompt_tokens_saved'] + t['completion_tokens_saved']:,}"),
         ("dollars saved", usd(t["dollars_saved"])),
         ("dollars spent", usd(t["dollars_spent"])),
+        ("time saved (estimated)", waited(t["time_saved_ms"])),
     ):
         parts.append(f"<div class='card'>{esc(label)}<b>{esc(value)}</b></div>")
     parts.append("</div>")

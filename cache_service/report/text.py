@@ -4,6 +4,7 @@ and the number formatting the renderers and plots share."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,6 +22,27 @@ def usd(x: float | None) -> str:
 
 def pct(x: float | None) -> str:
     return "—" if x is None else f"{x * 100:.2f}%"
+
+
+def waited(ms: float | None) -> str:
+    """Milliseconds as a reader thinks of waiting: 850 ms, 12.4 s, 3 min 05 s, 2 h 07 min."""
+    if ms is None:
+        return "—"
+    s = ms / 1000
+    if s < 1:
+        # Halves up, as the dashboard's Math.round does (format() would round them to even).
+        return f"{math.floor(ms + 0.5)} ms"
+    if s < 60:
+        return f"{s:.1f} s"
+    if s < 3600:
+        return f"{int(s // 60)} min {int(s % 60):02d} s"
+    return f"{int(s // 3600):,} h {int(s % 3600 // 60):02d} min"
+
+
+TIME_SAVED_HOW = (
+    "estimated: per hit, the median latency of the last 200 misses of its model minus the "
+    "hit's own latency (never below 0)"
+)
 
 
 def _ms(x: Any) -> str:
@@ -76,6 +98,11 @@ def tables(report: dict[str, Any]) -> list[Table]:
                 ["prompt tokens saved", f"{t['prompt_tokens_saved']:,}"],
                 ["completion tokens saved", f"{t['completion_tokens_saved']:,}"],
                 ["dollars saved", usd(t["dollars_saved"])],
+                [f"time saved ({TIME_SAVED_HOW})", waited(t["time_saved_ms"])],
+                [
+                    "hits counted no time (no miss of their model seen)",
+                    f"{t['hits_unestimated']:,}",
+                ],
                 ["upstream prompt tokens", f"{t['upstream_prompt_tokens']:,}"],
                 ["upstream completion tokens", f"{t['upstream_completion_tokens']:,}"],
                 ["dollars spent", usd(t["dollars_spent"])],
@@ -200,7 +227,7 @@ def _tuning_tables(report: dict[str, Any]) -> list[Table]:
     if audit is not None:
         out.append(
             (
-                "Quality: audits (semantic hits re-asked upstream, since the server started)",
+                "Quality: audits (semantic hits re-asked upstream; audit.json keeps them)",
                 ["metric", "value"],
                 [
                     ["audited", f"{audit['audited']:,}"],

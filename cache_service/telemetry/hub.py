@@ -10,12 +10,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from cache_service.protocols import Clock
+from cache_service.protocols import Clock, SystemClock
 from cache_service.quota.usage import QuotaSnapshot
 from cache_service.telemetry.events import OutcomeEvent
 from cache_service.telemetry.metrics import Metrics
 from cache_service.telemetry.outcome_log import OutcomeLog
 from cache_service.telemetry.quota_view import apply_quota_snapshot, budgets_of
+from cache_service.telemetry.size_history import SizeHistory
 
 # The package's logger name from before the split, so log lines keep their "logger" field.
 log = logging.getLogger("cache_service.telemetry")
@@ -36,11 +37,14 @@ class Telemetry:
         *,
         log_prompts: bool = False,
         quota: QuotaSource | None = None,
+        sizes: SizeHistory | None = None,
     ) -> None:
         self.metrics = metrics
         self.log = outcome_log
         self.log_prompts = log_prompts
         self.quota = quota
+        self.sizes = sizes
+        """The store's size after each sweep (None: no sweep feeds one)."""
         metrics.watch_outcome_log(outcome_log)
 
     @classmethod
@@ -62,7 +66,8 @@ class Telemetry:
         )
         metrics = Metrics()
         metrics.cache_size_callback(cache_size)
-        return cls(metrics, outcome_log, log_prompts=log_prompts, quota=quota)
+        sizes = SizeHistory(clock or SystemClock())
+        return cls(metrics, outcome_log, log_prompts=log_prompts, quota=quota, sizes=sizes)
 
     def record(self, event: OutcomeEvent) -> None:
         if event.prompt is not None and not self.log_prompts:

@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from cache_service.telemetry.time_saved import TimeSaved
+
 if TYPE_CHECKING:
     # Annotations only: events.py imports `Outcome` from here at runtime.
     from cache_service.telemetry.events import OutcomeEvent
@@ -37,6 +39,10 @@ class Counters:
     upstream_prompt_tokens: int = 0
     upstream_completion_tokens: int = 0
     dollars_spent: float = 0.0
+    time_saved_ms: float = 0.0
+    """Estimated waiting the hits saved their callers (see time_saved.py)."""
+    hits_unestimated: int = 0
+    """Hits counted nothing in time_saved_ms: no miss latency of their model known yet."""
 
     def add(self, other: Counters) -> None:
         for name in self.__slots__:
@@ -52,6 +58,7 @@ class Counters:
         d["hit_rate"] = round(hits / eligible, 4) if eligible else 0.0
         d["dollars_saved"] = round(self.dollars_saved, 10)
         d["dollars_spent"] = round(self.dollars_spent, 10)
+        d["time_saved_ms"] = round(self.time_saved_ms, 3)
         return d
 
 
@@ -99,6 +106,7 @@ class Stats:
 
     def __init__(self) -> None:
         self._by_key: dict[tuple[str, str], Counters] = defaultdict(Counters)
+        self.time_saved = TimeSaved()
 
     def record(
         self,
@@ -110,8 +118,12 @@ class Stats:
         completion_tokens: int = 0,
         dollars: float = 0.0,
         embed_timeout: bool = False,
+        latency_ms: float | None = None,
     ) -> None:
-        """Tokens and dollars are saved on a hit and spent on a miss."""
+        """Tokens and dollars are saved on a hit and spent on a miss. `latency_ms` (the
+        request's own, end to end) feeds the time-saved estimate: a miss's informs it, a
+        hit's is subtracted from it; None leaves the estimate alone (a hit is then counted
+        as unestimated)."""
         c = self._by_key[(namespace, model)]
         c.requests += 1
         if embed_timeout:
@@ -130,10 +142,19 @@ class Stats:
             c.prompt_tokens_saved += prompt_tokens
             c.completion_tokens_saved += completion_tokens
             c.dollars_saved += dollars
+            saved = None if latency_ms is None else self.time_saved.saved(model, latency_ms)
+            if saved is None:
+                c.hits_unestimated += 1
+            else:
+                c.time_saved_ms += saved
         elif outcome in (Outcome.MISS, Outcome.BYPASS):
             c.upstream_prompt_tokens += prompt_tokens
             c.upstream_completion_tokens += completion_tokens
             c.dollars_spent += dollars
+            # Misses only: a bypass skipped the lookup, so it says less about what a
+            # request that could have been a hit would have waited.
+            if outcome is Outcome.MISS and latency_ms is not None:
+                self.time_saved.miss(model, latency_ms)
 
     def rows(self) -> list[dict[str, Any]]:
         """Every (namespace, model) row's raw counters: what a replica publishes for the
@@ -189,6 +210,15 @@ class Stats:
         }
 
 
+def timed(outcome: Outcome, latency_ms: float, upstream_status: int | None) -> float | None:
+    """The latency to give `Stats.record`: a miss's only where it went upstream (a miss of
+    the cache API's lookup is the caller's to fetch: its latency is the lookup's alone, and
+    would drag the misses' median down to a lookup's)."""
+    if outcome is Outcome.MISS and upstream_status is None:
+        return None
+    return latency_ms
+
+
 def record_event(stats: Stats, key: str, e: OutcomeEvent) -> None:
     """Feed one logged outcome to `stats` under `key` (a namespace, or a project), exactly as
     the recorder recorded it live, so figures rebuilt from the log match the live ones."""
@@ -200,6 +230,7 @@ def record_event(stats: Stats, key: str, e: OutcomeEvent) -> None:
         completion_tokens=e.completion_tokens,
         dollars=e.dollars,
         embed_timeout=e.embed_timeout,
+        latency_ms=timed(e.outcome, e.latency_ms, e.upstream_status),
     )
 
 

@@ -3,6 +3,7 @@ stats filters it sends, and who may read them."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from base64 import b64encode
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import pytest
 
 from cache_service.settings import Settings
 from cache_service.telemetry.outcome_log import OutcomeLog, read_outcomes
@@ -213,3 +215,47 @@ def test_a_log_from_before_the_new_columns_opens_and_reads(tmp_path: Path) -> No
         [event] = log.query()
         assert event.request_id == "r1" and event.rejected_by is None
     assert len(read_outcomes(path)) == 1
+
+
+async def test_time_saved_and_the_size_history_in_the_stats(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+) -> None:
+    settings = settings_factory(admin_key="adm", sweep_interval_s=0.02)
+    async with harness(settings, embedder, clock) as h:
+        # A hit of an entry stored through the cache API: no miss of its model seen yet.
+        stored = await h.client.post(
+            "/v1/cache/store", json={"model": "m", "prompt": "p", "response": {"text": "a"}}
+        )
+        assert stored.status_code == 201
+        lookup = await h.client.post("/v1/cache/lookup", json={"model": "m", "prompt": "p"})
+        assert lookup.json()["hit"] is True
+        # A lookup's miss never went upstream: it does not count as a miss's latency.
+        await h.client.post("/v1/cache/lookup", json={"model": "gpt-4o-mini", "prompt": "q"})
+        await h.chat("How do I reset my password?")
+        await h.chat("How do I reset my password?")
+        await h.chat("how do I reset my password")
+
+        stats = (await h.client.get("/v1/cache/stats", headers=ADMIN)).json()
+        rows = (await h.client.get("/v1/cache/recent", headers=ADMIN)).json()["requests"]
+        [miss] = [r for r in rows if r["outcome"] == "miss" and r["upstream_status"] == 200]
+        hits = [r for r in rows if r["model"] == "gpt-4o-mini" and r["entry_id"]]
+        assert len(hits) == 2
+        expected = sum(max(0.0, miss["latency_ms"] - r["latency_ms"]) for r in hits)
+        by_model = stats["by_model"]
+        assert by_model["gpt-4o-mini"]["time_saved_ms"] == pytest.approx(expected, abs=0.01)
+        assert by_model["gpt-4o-mini"]["hits_unestimated"] == 0
+        assert by_model["m"]["hits_unestimated"] == 1 and by_model["m"]["time_saved_ms"] == 0
+        assert stats["total"]["time_saved_ms"] == by_model["gpt-4o-mini"]["time_saved_ms"]
+
+        # The sweeps feed the size history: two entries now (the stored one, the miss's).
+        for _ in range(200):
+            history = (await h.client.get("/v1/cache/stats")).json()["size_history"]
+            if history["samples"] and history["samples"][-1]["entries"] == 2:
+                break
+            await asyncio.sleep(0.02)
+        last = history["samples"][-1]
+        assert (last["entries"], last["evicted"], history["evicted_in_range"]) == (2, 0, 0)
+        assert last["store_bytes"] > 0 and history["since_start"] <= last["time"]
+        # The time range applies to it as to the figures.
+        later = await h.client.get("/v1/cache/stats", params={"since": iso(clock.now() + 1)})
+        assert later.json()["size_history"]["samples"] == []

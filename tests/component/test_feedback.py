@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 
 import pytest
@@ -106,7 +107,8 @@ async def test_wrong_feedback_invalidates_and_tightens(
 async def test_audit_samples_hits_and_estimates_precision(
     settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
 ) -> None:
-    async with harness(settings_factory(audit_sample_rate=1.0), embedder, clock) as h:
+    settings = settings_factory(audit_sample_rate=1.0)
+    async with harness(settings, embedder, clock) as h:
         await h.chat(Q)
         hit = await h.chat(PARAPHRASE)
         assert hit.headers["x-cache-match"] == "semantic"
@@ -125,3 +127,9 @@ async def test_audit_samples_hits_and_estimates_precision(
         ]
         assert len(verdicts) == 1
         assert verdicts[0].endswith(" 1.0")
+    # Saved to audit.json (for the report CLI): a restart starts from it.
+    saved = json.loads((settings.data_dir / "audit.json").read_text())
+    assert saved == audit
+    async with harness(settings, embedder, clock) as h:
+        again = (await h.client.get("/v1/cache/stats")).json()["quality"]["audit"]
+        assert again == audit

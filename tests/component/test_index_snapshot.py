@@ -27,10 +27,10 @@ from cache_service.backends.index_snapshot import (
 from cache_service.backends.store import DiskCacheStore
 from cache_service.backends.upstream import HttpUpstream
 from cache_service.cache.guards import AcceptConfig
+from cache_service.cache.index_upkeep import rebuild_index, snapshot_forever
 from cache_service.cache.semantic import SemanticCache
 from cache_service.protocols import Entry, Vector
 from cache_service.settings import ConfigError, Settings
-from cache_service.upkeep import rebuild_index, snapshot_forever
 from tests.conftest import harness
 from tests.fakes import FakeClock, HashingEmbedder
 

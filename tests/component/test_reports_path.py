@@ -183,11 +183,13 @@ async def test_report_tuning_sections_and_the_cli_from_the_same_data_dir(
     for key in ("totals", "miss_reasons", "top_entries", "budgets"):
         assert cli[key] == report[key], (key, cli["unavailable"])
     assert cli["similarity"]["threshold"] == 0.92
-    assert cli["quality"]["audit"] is None
+    # The audit tally too: the server wrote it to audit.json.
+    assert cli["quality"]["audit"] == report["quality"]["audit"]
+    assert cli["quality"]["audit"]["audited"] == 1
     assert cli["quality"]["feedback"] == report["quality"]["feedback"]
-    assert set(cli["unavailable"]) == {"quality_audit"}
+    assert cli["unavailable"] == {}
     assert run_cli(log_path, since=None, fmt="md", out=None, settings=settings,
                    now=clock.now()) == 0  # fmt: skip
     md = capsys.readouterr().out
     assert "## Budget use" in md and "| proj-a | daily |" in md
-    assert "## Not in this report" in md and "server's memory" in md
+    assert "## Quality: audits" in md and "## Not in this report" not in md

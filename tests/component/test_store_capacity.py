@@ -32,10 +32,17 @@ async def test_evictions_are_counted_and_the_operator_warned(
         cache: dict[str, float] = {}
         for _ in range(200):
             await asyncio.sleep(0.05)
-            cache = (await h.client.get("/v1/cache/stats")).json()["cache"]
+            stats = (await h.client.get("/v1/cache/stats")).json()
+            cache = stats["cache"]
             if cache["evicted"]:
                 break
         assert cache["evicted"] > 0
+        # The size history was fed by the same sweeps: its last sample is the store now.
+        history = stats["size_history"]
+        last = history["samples"][-1]
+        assert last["evicted"] == history["evicted_in_range"] == cache["evicted"]
+        assert last["store_bytes"] == cache["store_bytes"]
+        assert 0 < last["entries"] < 60
         assert cache["store_limit_bytes"] == 1024**2
         assert cache["index"]["ivf_min_recall_at_1"] is None  # small scopes: exact search
         assert 0 < cache["store_fill"] <= 1.2

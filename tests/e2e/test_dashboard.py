@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from cache_service.report.text import waited
 from tests.e2e.test_openai_sdk import Upstream, free_port, process, sidecar
 
 pytestmark = pytest.mark.e2e
@@ -41,10 +43,25 @@ def chat(base: str, content: str, namespace: str, model: str = "gpt-4o-mini") ->
 
 
 def stats(base: str, **params: str) -> dict[str, Any]:
+    total: dict[str, Any] = full_stats(base, **params)["total"]
+    return total
+
+
+def full_stats(base: str, **params: str) -> dict[str, Any]:
     r = httpx.get(f"{base}/v1/cache/stats", params=params, headers=ADMIN)
     r.raise_for_status()
-    total: dict[str, Any] = r.json()["total"]
-    return total
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def sizes_when(base: str, ok: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """The size history once `ok` holds of it (the sweep adds a sample every 0.2 s)."""
+    for _ in range(150):
+        history: dict[str, Any] = full_stats(base)["size_history"]
+        if ok(history):
+            return history
+        time.sleep(0.1)
+    raise AssertionError(f"size history never got there: {history}")
 
 
 def cards(page: Any) -> dict[str, str]:
@@ -73,7 +90,10 @@ def test_dashboard_shows_the_stats_and_filters_them(upstream: Upstream, tmp_path
         admin_key=ADMIN_KEY,
         admin_only_ops="true",
         total_daily_budget_usd="5",
+        sweep_interval_s="0.2",
     ) as base:
+        # A few sweeps of an empty store first: the size chart then shows it filling.
+        sizes_when(base, lambda h: len(h["samples"]) >= 3)
         assert chat(base, "How do I reset my password?", "alpha") == "MISS:"
         assert chat(base, "How do I reset my password?", "alpha") == "HIT:exact"
         assert chat(base, "How can I reset my password?", "alpha") == "HIT:semantic"
@@ -81,6 +101,10 @@ def test_dashboard_shows_the_stats_and_filters_them(upstream: Upstream, tmp_path
         assert chat(base, "Explain TCP slow start.", "beta", "gpt-4o") == "MISS:"
         total = stats(base)
         assert (total["requests"], total["hits"], total["misses"]) == (5, 2, 3)
+        # Both hits are of gpt-4o-mini, whose miss went upstream: both are estimated.
+        assert total["time_saved_ms"] > 0 and total["hits_unestimated"] == 0
+        # The three misses' answers are stored, and the sweep has seen them.
+        sizes_when(base, lambda h: h["samples"][-1]["entries"] == 3)
         # Without the admin key the page itself is refused (admin_only_ops).
         assert httpx.get(f"{base}/dashboard").status_code == 401
 
@@ -115,6 +139,24 @@ def test_dashboard_shows_the_stats_and_filters_them(upstream: Upstream, tmp_path
                 tokens = total["prompt_tokens_saved"] + total["completion_tokens_saved"]
                 assert int(shown["tokens_saved"]) == tokens
                 assert page.text_content("#card-hit_rate .v") == f"{total['hit_rate']:.1%}"
+                # Time saved: the stats' figure, written as a duration, its method on hover.
+                assert float(shown["time_saved_ms"]) == pytest.approx(total["time_saved_ms"])
+                card = page.locator("#card-time_saved_ms")
+                assert "median latency of the last 200 misses" in card.get_attribute("title")
+                assert card.locator(".v").inner_text() == waited(total["time_saved_ms"])
+                # The size and eviction charts: one point per sample the stats returned.
+                page.wait_for_function(
+                    "() => document.querySelector('#span-size').dataset.entries === '3'"
+                )
+                drawn, samples = page.evaluate(
+                    "() => [document.querySelector('#spark-size polyline')"
+                    ".getAttribute('points').split(' ').length,"
+                    " Number(document.querySelector('#span-size').dataset.samples)]"
+                )
+                assert drawn == samples >= 4
+                assert page.text_content("#span-size").startswith("(3 now, ")
+                assert page.get_attribute("#span-evicted", "data-evicted") == "0"
+                assert page.locator("#spark-evicted polyline").count() == 1
                 page.wait_for_selector("#recent-table tbody tr")
                 assert page.locator("#recent-table tbody tr").count() == 5
                 outcomes = page.locator("#recent-table tbody tr td:nth-child(2)").all_inner_texts()

@@ -39,7 +39,7 @@ from cache_service.telemetry.outcome_log import (
     read_miss_reasons,
     read_top_entries,
 )
-from cache_service.telemetry.stats import Outcome, Stats
+from cache_service.telemetry.stats import Outcome, Stats, timed
 from tests.conftest import served
 from tests.fakes import FakeClock, write_old_outcome_log
 
@@ -165,14 +165,16 @@ def test_report_agrees_with_stats_fed_the_same_events(tmp_path: Path) -> None:
         p, c = rng.randint(0, 3000), rng.randint(0, 900)
         timeout = rng.random() < 0.05
         dollars = prices.cost(model, p, c)
-        stats.record(ns, model, outcome, prompt_tokens=p, completion_tokens=c,
-                     dollars=dollars, embed_timeout=timeout)  # fmt: skip
+        ms = rng.uniform(1, 900)
+        status = 200 if outcome in (Outcome.MISS, Outcome.BYPASS) and rng.random() < 0.8 else None
+        stats.record(ns, model, outcome, prompt_tokens=p, completion_tokens=c, dollars=dollars,
+                     embed_timeout=timeout, latency_ms=timed(outcome, ms, status))  # fmt: skip
         saved, spent = split_cost(outcome, dollars)
         telemetry.record(
             OutcomeEvent(
                 time=T0 + i * 7.5, request_id=str(i), namespace=ns, project=ns, model=model,
                 outcome=outcome, prompt_tokens=p, completion_tokens=c, dollars_saved=saved,
-                dollars_spent=spent, latency_ms=rng.uniform(1, 900), embed_timeout=timeout,
+                dollars_spent=spent, latency_ms=ms, embed_timeout=timeout, upstream_status=status,
             )
         )  # fmt: skip
     events = telemetry.events(since=T0)
@@ -181,6 +183,7 @@ def test_report_agrees_with_stats_fed_the_same_events(tmp_path: Path) -> None:
     report = build_report(events, since=T0)
     snap = stats.snapshot()
     assert report["totals"] == snap["total"]
+    assert snap["total"]["time_saved_ms"] > 0  # latencies given: the estimate is compared too
     assert report["by_namespace"] == snap["by_namespace"]
     assert report["by_model"] == snap["by_model"]
     assert report["by_namespace_model"] == snap["by_namespace_model"]
@@ -514,7 +517,17 @@ def test_cli_reads_budgets_quality_and_threshold_from_the_data_dir(
     assert r["quality"]["feedback"] == {"b": {"correct": 0, "wrong": 1}}
     assert r["quality"]["audit"] is None
     assert set(r["unavailable"]) == {"quality_audit"}
+    assert "no audit.json" in r["unavailable"]["quality_audit"]
     assert r["similarity"]["threshold"] == 0.93
+    # Once the server has saved an audit tally, the CLI shows it.
+    JsonFile(tmp_path / "audit.json").save(AuditTally(audited=4, agreed=3, skipped=1).as_dict())
+    assert run_cli(path, since=None, fmt="json", out=None, settings=settings, now=T0) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["quality"]["audit"] == {
+        "audited": 4, "agreed": 3, "skipped": 1, "estimated_precision": 0.75
+    }  # fmt: skip
+    assert "quality_audit" not in r["unavailable"]
+    (tmp_path / "audit.json").unlink()
     assert r["miss_reasons"]["misses"] == 4 and r["top_entries"][0]["entry_id"] == "e2"
     assert run_cli(path, since=None, fmt="json", out=None, settings=settings, now=T0,
                    threshold=0.8) == 0  # fmt: skip
