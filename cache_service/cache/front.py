@@ -21,6 +21,7 @@ from cache_service.cache.keys import RequestKeys
 from cache_service.cache.matching import Verifier, choose
 from cache_service.cache.semantic import Lookup, SemanticCache
 from cache_service.errors import StoreUnavailable
+from cache_service.pricing import Usage
 from cache_service.protocols import MAX_TOKENS, Entry, Vector
 from cache_service.telemetry.events import StageTimer
 
@@ -54,7 +55,7 @@ class Found:
 def servable(entry: Entry) -> bool:
     """Its answer is standard JSON (no NaN, no infinity) and its token counts plain ints
     the pricing can multiply."""
-    counts = (entry.prompt_tokens, entry.completion_tokens)
+    counts = (entry.prompt_tokens, entry.completion_tokens, entry.cached_tokens)
     if not all(type(n) is int and 0 <= n <= MAX_TOKENS for n in counts):
         return False
     try:
@@ -199,7 +200,7 @@ class CacheFront:
         *,
         api: str,
         ttl_s: float | None,
-        usage: tuple[int, int],
+        usage: Usage,
         vector: Vector | None = None,
         embed: bool = True,
     ) -> Entry | None:
@@ -225,8 +226,9 @@ class CacheFront:
             embedding=vector if keys.semantic_ok else None,
             response=response,
             ttl_s=ttl_s or self.default_ttl_s,
-            prompt_tokens=usage[0],
-            completion_tokens=usage[1],
+            prompt_tokens=usage.prompt,
+            completion_tokens=usage.completion,
+            cached_tokens=usage.repeat().cached,
             meta={"api": api},
         )
         if not servable(entry):
