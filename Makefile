@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ONNX   := models/all-MiniLM-L6-v2-onnx/onnx/model.onnx
 
-.PHONY: setup redis-server chromium run test lint bench bench-quality train-verifier bench-verifier clean
+.PHONY: setup redis-server chromium run test lint prices bench bench-quality train-verifier bench-verifier clean
 
 setup: $(STAMP) $(ONNX)
 
@@ -29,6 +29,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+# Rewrites the shipped price table (cache_service/data/prices.json) from the latest litellm
+# wheel's (pip downloads the wheel alone, installs nothing); review the diff, then commit it.
+# Offline: make prices ARGS="--from path/to/litellm.whl" (or its JSON).
+prices: $(STAMP)
+	$(PY) -m cache_service prices refresh $(ARGS)
 
 # The suite runs a real Redis (tests/redis_server.py starts it on a free port): Debian's
 # package, installed here when missing (sudo when not root), never started as a service.

@@ -24,7 +24,7 @@ from cache_service.backends.embedder import load_token_counter
 from cache_service.backends.journal import SpendJournal
 from cache_service.backends.jsonfile import JsonFile
 from cache_service.flavors import OPENAI_CHAT
-from cache_service.pricing import PriceTable
+from cache_service.pricing import PriceTable, Usage
 from cache_service.protocols import SystemClock, UpstreamResponse
 from cache_service.quota.limits import Limits
 from cache_service.quota.local import LocalLedger
@@ -102,7 +102,7 @@ async def chain_us(data_dir: Path) -> tuple[float, float]:
 
     async def via() -> None:
         call = await chain.send(OPENAI_CHAT, BODY, {}, "default")
-        await call.hold.settle(30, 60)
+        await call.hold.settle(Usage(30, 60))
 
     async def direct() -> None:
         await up.send("chat/completions", BODY, {}, "bearer")

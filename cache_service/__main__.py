@@ -1,4 +1,4 @@
-"""python -m cache_service serve | simulate-upstream | export-model"""
+"""python -m cache_service serve | simulate-upstream | report | export-model | prices refresh"""
 
 from __future__ import annotations
 
@@ -145,6 +145,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_prices_refresh(args: argparse.Namespace) -> int:
+    from cache_service.price_refresh import DATA_FILE, run
+
+    return run(args.source, args.out or DATA_FILE)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cache_service")
     sub = p.add_subparsers(dest="command", required=True)
@@ -179,6 +185,21 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export-model", help="export the bundled model to ONNX under models/")
     export.add_argument("--model-dir", default="models")
     export.set_defaults(func=cmd_export)
+
+    prices = sub.add_parser("prices", help="the shipped price table")
+    prices_sub = prices.add_subparsers(dest="prices_command", required=True)
+    refresh = prices_sub.add_parser(
+        "refresh", help="rewrite cache_service/data/prices.json from LiteLLM's price table"
+    )
+    refresh.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        help="a litellm wheel or its model_prices_and_context_window JSON "
+        "(default: pip download the latest wheel)",
+    )
+    refresh.add_argument("--out", type=Path, help="where to write (default: the shipped file)")
+    refresh.set_defaults(func=cmd_prices_refresh)
     return p
 
 

@@ -40,7 +40,7 @@ from cache_service.cache.semantic import EntryIds, SemanticCache
 from cache_service.cache.sweeping import sweep_forever
 from cache_service.cache.tenancy import Tenancy
 from cache_service.cache.verdicts import Verdicts
-from cache_service.pricing import Price, PriceTable
+from cache_service.pricing import PriceTable, price_of
 from cache_service.protocols import Clock, Embedder, EntryStore, PairScorer, SystemClock, Upstream
 from cache_service.proxy.audit import Auditor
 from cache_service.proxy.cache_api import CacheAPI
@@ -201,7 +201,7 @@ def create_app(
         default = settings.default_price
         prices = PriceTable.with_overrides(
             {k: v.model_dump() for k, v in settings.prices.items()},
-            Price(default.input, default.output) if default else None,
+            price_of(default.model_dump()) if default else None,
         )
         slots = _slots(settings, upstream, the_clock)
         chain = UpstreamChain(

@@ -16,6 +16,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from cache_service.pricing import Usage
+
 Vector = npt.NDArray[np.float32]
 
 
@@ -115,9 +117,16 @@ class Entry:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    cached_tokens: int = 0
+    """Of `prompt_tokens`, those a repeat call would find in the provider's prompt cache
+    (`Usage.repeat`): a hit's saving counts them at the cached-input price."""
 
     def expired(self, now: float) -> bool:
         return self.expires is not None and now >= self.expires
+
+    def saved_usage(self) -> Usage:
+        """The usage a hit on this entry spares the upstream."""
+        return Usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
 
 
 class EntryStore(Protocol):

@@ -23,6 +23,12 @@ class ConfigError(Exception):
 class PriceSetting(BaseModel):
     input: float = Field(ge=0, description="USD per million prompt tokens")
     output: float = Field(ge=0, description="USD per million completion tokens")
+    cached_input: float | None = Field(
+        None, ge=0, description="USD per million prompt tokens read from the prompt cache"
+    )
+    cache_write: float | None = Field(
+        None, ge=0, description="USD per million prompt tokens written to the prompt cache"
+    )
 
 
 class UpstreamSetting(BaseModel):

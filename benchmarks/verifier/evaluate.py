@@ -52,6 +52,7 @@ from cache_service.cache.front import CacheFront
 from cache_service.cache.guards import AcceptConfig, accept
 from cache_service.cache.keys import build_keys
 from cache_service.cache.semantic import SemanticCache
+from cache_service.pricing import Usage
 from cache_service.protocols import SystemClock, Vector
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -207,7 +208,7 @@ async def replay(front: CacheFront, pairs: Sequence[Pair], verifier: Any) -> Tal
         tenant = f"eval-{i}"
         body = {"model": "m", "messages": [{"role": "user", "content": p.text_b}]}
         stored = build_keys(body, tenant)
-        await front.store(stored, {"answer": i}, api="openai", ttl_s=3600, usage=(1, 1))
+        await front.store(stored, {"answer": i}, api="openai", ttl_s=3600, usage=Usage(1, 1))
         body = {"model": "m", "messages": [{"role": "user", "content": p.text_a}]}
         before = verifier.judged if verifier is not None else 0
         stages: dict[str, float] = {}

@@ -28,6 +28,7 @@ def to_record(entry: Entry) -> dict[str, Any]:
         "expires": entry.expires,
         "prompt_tokens": entry.prompt_tokens,
         "completion_tokens": entry.completion_tokens,
+        "cached_tokens": entry.cached_tokens,
         "meta": entry.meta,
     }
 
@@ -47,5 +48,7 @@ def from_record(r: dict[str, Any]) -> Entry:
         expires=r["expires"],
         prompt_tokens=r["prompt_tokens"],
         completion_tokens=r["completion_tokens"],
+        # Records written before prompt-cache pricing have none: saved at full input price.
+        cached_tokens=r.get("cached_tokens", 0),
         meta=r.get("meta") or {},
     )

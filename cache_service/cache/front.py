@@ -22,6 +22,7 @@ from cache_service.cache.keys import RequestKeys
 from cache_service.cache.matching import Verifier, choose
 from cache_service.cache.semantic import Lookup, SemanticCache
 from cache_service.errors import StoreUnavailable
+from cache_service.pricing import Usage
 from cache_service.protocols import MAX_TOKENS, Entry, Vector
 from cache_service.telemetry.events import StageTimer
 
@@ -55,7 +56,7 @@ class Found:
 def servable(entry: Entry) -> bool:
     """Its answer is standard JSON (no NaN, no infinity) and its token counts plain ints
     the pricing can multiply."""
-    counts = (entry.prompt_tokens, entry.completion_tokens)
+    counts = (entry.prompt_tokens, entry.completion_tokens, entry.cached_tokens)
     if not all(type(n) is int and 0 <= n <= MAX_TOKENS for n in counts):
         return False
     try:
@@ -203,7 +204,7 @@ class CacheFront:
         *,
         api: str,
         ttl_s: float | None,
-        usage: tuple[int, int],
+        usage: Usage,
         vector: Vector | None = None,
         embed: bool = True,
     ) -> Entry | None:
@@ -223,7 +224,7 @@ class CacheFront:
         *,
         api: str,
         ttl_s: float | None,
-        usage: tuple[int, int],
+        usage: Usage,
         vector: Vector | None = None,
         embed: bool = True,
     ) -> bool:
@@ -267,7 +268,7 @@ class CacheFront:
         response: dict[str, Any],
         api: str,
         ttl_s: float | None,
-        usage: tuple[int, int],
+        usage: Usage,
         vector: Vector | None,
     ) -> Entry | None:
         """The entry to store, its vector still to make if None; None if it may not be."""
@@ -280,8 +281,9 @@ class CacheFront:
             embedding=vector if keys.semantic_ok else None,
             response=response,
             ttl_s=ttl_s or self.default_ttl_s,
-            prompt_tokens=usage[0],
-            completion_tokens=usage[1],
+            prompt_tokens=usage.prompt,
+            completion_tokens=usage.completion,
+            cached_tokens=usage.repeat().cached,
             meta={"api": api},
         )
         if not servable(entry):

@@ -198,6 +198,7 @@ class SemanticCache:
         ttl_s: float,
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
+        cached_tokens: int = 0,
         meta: dict[str, Any] | None = None,
     ) -> Entry:
         now = self.clock.now()
@@ -214,6 +215,7 @@ class SemanticCache:
             expires=now + ttl_s,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
+            cached_tokens=cached_tokens,
             meta=meta or {},
         )
 

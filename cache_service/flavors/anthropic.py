@@ -15,10 +15,12 @@ from cache_service.cache.keys import ANSWER_PARAMS
 from cache_service.flavors.base import (
     CanonicalRequest,
     answer_params,
+    int_or_zero,
     positive_int,
     typed_event,
-    usage_pair,
+    usage_object,
 )
+from cache_service.pricing import Usage
 from cache_service.protocols import AuthScheme
 from cache_service.sse import encode, pieces
 
@@ -43,8 +45,14 @@ class AnthropicMessages:
             stream=body.get("stream") is True,
         )
 
-    def usage(self, body: Any) -> tuple[int, int]:
-        return usage_pair(body, "input_tokens", "output_tokens")
+    def usage(self, body: Any) -> Usage:
+        # Anthropic counts cache reads and writes apart from `input_tokens` (OpenAI counts
+        # them inside): added up here, so a prompt's tokens mean the same in every format.
+        usage = usage_object(body)
+        read = int_or_zero(usage.get("cache_read_input_tokens"))
+        written = int_or_zero(usage.get("cache_creation_input_tokens"))
+        prompt = int_or_zero(usage.get("input_tokens")) + read + written
+        return Usage(prompt, int_or_zero(usage.get("output_tokens")), read, written)
 
     def valid(self, body: Any) -> bool:
         return (

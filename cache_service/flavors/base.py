@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
+from cache_service.pricing import Usage
 from cache_service.protocols import AuthScheme
 
 
@@ -83,8 +84,9 @@ class Flavor(Protocol):
 
     def canonical(self, body: dict[str, Any]) -> CanonicalRequest: ...
 
-    def usage(self, body: Any) -> tuple[int, int]:
-        """Prompt and completion tokens an answer reports; (0, 0) when it reports none."""
+    def usage(self, body: Any) -> Usage:
+        """The tokens an answer reports, cached prompt tokens included where the format
+        says; all zero when it reports none."""
         ...
 
     def valid(self, body: Any) -> bool:
@@ -136,11 +138,26 @@ def int_or_zero(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def usage_pair(body: Any, prompt_key: str, completion_key: str) -> tuple[int, int]:
+def usage_object(body: Any) -> dict[str, Any]:
+    """An answer's `usage` object; empty when it has none (or something else there)."""
     usage = body.get("usage") if isinstance(body, dict) else None
-    if not isinstance(usage, dict):
-        return 0, 0
-    return int_or_zero(usage.get(prompt_key)), int_or_zero(usage.get(completion_key))
+    return usage if isinstance(usage, dict) else {}
+
+
+def openai_usage(body: Any, prompt_key: str, completion_key: str, details_key: str) -> Usage:
+    """OpenAI's shape: the prompt count includes the tokens read from and written to the
+    prompt cache, which a details object (`prompt_tokens_details` in chat,
+    `input_tokens_details` in Responses) breaks out."""
+    usage = usage_object(body)
+    details = usage.get(details_key)
+    if not isinstance(details, dict):
+        details = {}
+    return Usage(
+        int_or_zero(usage.get(prompt_key)),
+        int_or_zero(usage.get(completion_key)),
+        int_or_zero(details.get("cached_tokens")),
+        int_or_zero(details.get("cache_write_tokens")),
+    )
 
 
 def positive_int(value: Any) -> int | None:

@@ -14,9 +14,10 @@ from cache_service.cache.keys import ANSWER_PARAMS
 from cache_service.flavors.base import (
     CanonicalRequest,
     answer_params,
+    openai_usage,
     positive_int,
-    usage_pair,
 )
+from cache_service.pricing import Usage
 from cache_service.protocols import AuthScheme
 from cache_service.sse import DONE, encode, pieces
 
@@ -47,8 +48,8 @@ class OpenAIChat:
             stream_usage=isinstance(options, dict) and options.get("include_usage") is True,
         )
 
-    def usage(self, body: Any) -> tuple[int, int]:
-        return usage_pair(body, "prompt_tokens", "completion_tokens")
+    def usage(self, body: Any) -> Usage:
+        return openai_usage(body, "prompt_tokens", "completion_tokens", "prompt_tokens_details")
 
     def valid(self, body: Any) -> bool:
         return isinstance(body, dict) and isinstance(body.get("choices"), list)

@@ -18,11 +18,12 @@ from cache_service.api.schemas import ResponsesRequest
 from cache_service.flavors.base import (
     CanonicalRequest,
     answer_params,
+    openai_usage,
     positive_int,
     typed_event,
-    usage_pair,
 )
 from cache_service.flavors.openai_chat import error_body
+from cache_service.pricing import Usage
 from cache_service.protocols import AuthScheme
 from cache_service.sse import encode, pieces
 
@@ -88,8 +89,8 @@ class OpenAIResponses:
             stream=body.get("stream") is True,
         )
 
-    def usage(self, body: Any) -> tuple[int, int]:
-        return usage_pair(body, "input_tokens", "output_tokens")
+    def usage(self, body: Any) -> Usage:
+        return openai_usage(body, "input_tokens", "output_tokens", "input_tokens_details")
 
     def valid(self, body: Any) -> bool:
         return isinstance(body, dict) and isinstance(body.get("output"), list)

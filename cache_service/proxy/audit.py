@@ -19,6 +19,7 @@ from cache_service.backends.jsonfile import JsonFile
 from cache_service.cache.batcher import EmbeddingBatcher
 from cache_service.cache.feedback import AuditTally
 from cache_service.errors import ServiceError
+from cache_service.pricing import NO_USAGE
 from cache_service.protocols import Entry
 from cache_service.proxy.context import RequestContext
 from cache_service.telemetry.metrics import Metrics
@@ -85,10 +86,10 @@ class Auditor:
             if not flavor.valid(fresh):
                 # Answered, so perhaps billed (settled at the estimate), but no answer to
                 # compare: a `{"nope": 1}` would count as a disagreement.
-                await call.hold.settle(0, 0)
+                await call.hold.settle(NO_USAGE)
                 self._audited("skipped")
                 return
-            await call.hold.settle(*flavor.usage(fresh))
+            await call.hold.settle(flavor.usage(fresh))
         a, b = flavor.answer_text(entry.response), flavor.answer_text(fresh)
         try:
             va = await self.batcher.embed(a, 10.0)

@@ -16,6 +16,7 @@ from cache_service.cache.policy import parse_directives
 from cache_service.cache.tenancy import Caller, Tenancy, namespace_of
 from cache_service.errors import BadRequest, ServiceError
 from cache_service.flavors import DEFAULT
+from cache_service.pricing import Usage
 from cache_service.protocols import Clock, Entry
 from cache_service.proxy.context import RequestContext, directives_of, parse_threshold
 from cache_service.proxy.recorder import Recorder
@@ -103,7 +104,7 @@ class CacheAPI:
             }, {}
         entry = hit.entry
         outcome = Outcome.EXACT_HIT if hit.match == "exact" else Outcome.SEMANTIC_HIT
-        self.recorder.record(ctx, outcome, entry.prompt_tokens, entry.completion_tokens)
+        self.recorder.record(ctx, outcome, entry.saved_usage())
         view = self.entry_view(entry)
         body = {
             "hit": True,
@@ -131,7 +132,7 @@ class CacheAPI:
             {"value": req.response},
             api="lookup",
             ttl_s=ttl,
-            usage=(req.prompt_tokens, req.completion_tokens),
+            usage=Usage(req.prompt_tokens, req.completion_tokens),
         )
         if entry is None:
             raise StoreFailed("the entry could not be stored; try again")

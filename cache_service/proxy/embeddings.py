@@ -29,6 +29,7 @@ from cache_service.cache.keys import RequestKeys, keys_of
 from cache_service.cache.semantic import Lookup
 from cache_service.errors import UpstreamUnavailable
 from cache_service.flavors import DEFAULT
+from cache_service.pricing import Usage
 from cache_service.protocols import Clock, UpstreamStream
 from cache_service.proxy.context import RequestContext, directives_of
 from cache_service.proxy.headers import hit_headers
@@ -129,18 +130,18 @@ class EmbeddingCache:
                 answer,
                 api="embeddings",
                 ttl_s=ctx.directives.ttl_s,
-                usage=(tokens, 0),
+                usage=Usage(tokens),
                 embed=False,
             )
             stored = entry is not None
         head["x-cache-stored"] = "true" if stored else "false"
-        self.recorder.record(ctx, Outcome.MISS, tokens)
+        self.recorder.record(ctx, Outcome.MISS, Usage(tokens))
         return Response(body, 200, head, media_type=media)
 
     def _hit(self, ctx: RequestContext, hit: Lookup) -> Response:
         entry = hit.entry
         assert entry is not None
-        self.recorder.record(ctx, Outcome.EXACT_HIT, entry.prompt_tokens)
+        self.recorder.record(ctx, Outcome.EXACT_HIT, entry.saved_usage())
         return Response(
             json.dumps(entry.response),
             media_type="application/json",

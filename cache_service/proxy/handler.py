@@ -22,6 +22,7 @@ from cache_service.cache.front import CacheFront
 from cache_service.cache.policy import lookup_allowed
 from cache_service.cache.semantic import Lookup
 from cache_service.errors import ServiceError, invalid_answer
+from cache_service.pricing import NO_USAGE, Usage
 from cache_service.protocols import Clock, UpstreamResponse
 from cache_service.proxy.audit import Auditor
 from cache_service.proxy.context import RequestContext
@@ -100,7 +101,7 @@ class ProxyHandler:
         if hit.match == "semantic":
             self.auditor.maybe_audit(ctx, entry, similarity)
         outcome = Outcome.EXACT_HIT if hit.match == "exact" else Outcome.SEMANTIC_HIT
-        self.recorder.record(ctx, outcome, entry.prompt_tokens, entry.completion_tokens)
+        self.recorder.record(ctx, outcome, entry.saved_usage())
         headers = hit_headers(hit, self.clock.now())
         if ctx.stream:
             events = ctx.flavor.replay(entry.response, ctx.request.stream_usage)
@@ -186,22 +187,22 @@ class ProxyHandler:
             if invalid:
                 # The upstream did answer, so it may have billed: settled at the estimate,
                 # the side of a budget that cannot overspend unnoticed. Nothing is stored.
-                dollars = await call.hold.settle(0, 0)
+                dollars = await call.hold.settle(NO_USAGE)
                 self.recorder.record(ctx, Outcome.ERROR, dollars=dollars)
                 raise invalid_answer(state)
-            p, c = ctx.flavor.usage(parsed)
+            usage = ctx.flavor.usage(parsed)
             extra = call_headers(call.info)
             if resp.status >= 400:
                 await call.hold.release()
                 if ctx.directives.write:
                     extra["x-cache-stored"] = "false"  # an error is never cached
-                self.recorder.record(ctx, Outcome.ERROR, p, c)
+                self.recorder.record(ctx, Outcome.ERROR, usage)
                 return self._relay(ctx, resp, state, extra)
-            dollars = await call.hold.settle(p, c)
+            dollars = await call.hold.settle(usage)
             if ctx.directives.write:
-                stored = self._store(ctx, call.info.downgraded_from, parsed, (p, c))
+                stored = self._store(ctx, call.info.downgraded_from, parsed, usage)
                 extra["x-cache-stored"] = "true" if stored else "false"
-            self.recorder.record(ctx, outcome, p, c, dollars=dollars)
+            self.recorder.record(ctx, outcome, usage, dollars=dollars)
             return self._relay(ctx, resp, state, extra)
 
     def _store(
@@ -209,7 +210,7 @@ class ProxyHandler:
         ctx: RequestContext,
         downgraded_from: str | None,
         body: object,
-        usage: tuple[int, int],
+        usage: Usage,
     ) -> bool:
         # A downgraded answer came from another model than the scope names.
         refusal = (

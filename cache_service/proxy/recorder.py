@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 
-from cache_service.pricing import PriceTable
+from cache_service.pricing import NO_USAGE, PriceTable, Usage
 from cache_service.protocols import Clock
 from cache_service.proxy.context import RequestContext
 from cache_service.telemetry.events import HITS, OutcomeEvent, split_cost
@@ -39,16 +39,16 @@ class Recorder:
         self,
         ctx: RequestContext,
         outcome: Outcome,
-        prompt_tokens: int = 0,
-        completion_tokens: int = 0,
+        usage: Usage = NO_USAGE,
         *,
         dollars: float | None = None,
     ) -> None:
         """`dollars`: what the upstream call was charged, for a miss; None prices the
-        tokens at the request's model (a hit's saving: entries are never downgraded
-        answers, so that is the model that produced them)."""
+        usage at the request's model (a hit's saving, `Entry.saved_usage`: entries are
+        never downgraded answers, so that is the model that produced them)."""
         if dollars is None:
-            dollars = self.prices.cost(ctx.keys.model, prompt_tokens, completion_tokens)
+            dollars = self.prices.cost(ctx.keys.model, usage)
+        prompt_tokens, completion_tokens = usage.prompt, usage.completion
         caps = self.labels
         namespace, model = caps.namespace(ctx.keys.tenant), caps.model(ctx.keys.model)
         found = ctx.found

@@ -29,6 +29,7 @@ from cache_service.errors import (
     invalid_answer,
 )
 from cache_service.flavors.base import StreamAssembler
+from cache_service.pricing import NO_USAGE
 from cache_service.protocols import UpstreamResponse, UpstreamStream
 from cache_service.proxy.context import RequestContext
 from cache_service.proxy.fanout import Fanout
@@ -120,7 +121,7 @@ class StreamRelay:
             # sent yet, so it is a plain 502. It may have been billed: settled at the estimate.
             async with call.hold:
                 await up.aclose()
-                dollars = await call.hold.settle(0, 0)
+                dollars = await call.hold.settle(NO_USAGE)
             self.recorder.record(ctx, Outcome.ERROR, dollars=dollars)
             raise invalid_answer(state)
         fan.start()
@@ -209,10 +210,10 @@ class StreamRelay:
         assembler: StreamAssembler,
     ) -> None:
         body = assembler.result()
-        p, c = ctx.flavor.usage(body) if assembler.complete else (0, 0)
+        usage = ctx.flavor.usage(body) if assembler.complete else NO_USAGE
         # An interrupted stream was still billed for what it produced; its usage is
         # partial or missing, so it is settled at the estimate.
-        dollars = await call.hold.settle(p, c)
+        dollars = await call.hold.settle(usage)
         if assembler.complete and ctx.directives.write and not call.info.downgraded_from:
             refusal = ctx.flavor.refusal(200, body, cache_tool_calls=self.cache_tool_calls)
             if refusal is None:
@@ -221,10 +222,10 @@ class StreamRelay:
                     body,
                     api=ctx.flavor.name,
                     ttl_s=ctx.directives.ttl_s,
-                    usage=(p, c),
+                    usage=usage,
                     vector=ctx.found.vector,
                     embed=not ctx.found.embed_timeout,
                 )
         self.recorder.record(
-            ctx, outcome if assembler.complete else Outcome.ERROR, p, c, dollars=dollars
+            ctx, outcome if assembler.complete else Outcome.ERROR, usage, dollars=dollars
         )

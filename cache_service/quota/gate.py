@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from cache_service.errors import RateLimited
-from cache_service.pricing import Price
+from cache_service.pricing import Price, Usage
 from cache_service.quota.ledger import Held, QuotaLedger
 from cache_service.quota.limits import Denial, Scope
 
@@ -137,15 +137,16 @@ class Hold:
         self._price = price
         self.closed = False
 
-    async def settle(self, prompt_tokens: int, completion_tokens: int) -> float:
-        """Charge the real usage at the called model's price; returns what was charged. An
-        answer without usage is charged at the estimate: upstream billed something."""
+    async def settle(self, usage: Usage) -> float:
+        """Charge the real usage at the called model's price (cached prompt tokens at its
+        cached-input price); returns what was charged. An answer without usage is charged
+        at the estimate: upstream billed something."""
         if self.closed:
             return 0.0
         self.closed = True
-        if prompt_tokens or completion_tokens:
-            cost = self._price.cost(prompt_tokens, completion_tokens) if self._price else 0.0
-            tokens = prompt_tokens + completion_tokens
+        if usage.total:
+            cost = self._price.cost(usage) if self._price else 0.0
+            tokens = usage.total
         else:
             cost, tokens = self.held.cost_usd, self.held.tokens
         await self._gate.settle(self.held, tokens, cost)

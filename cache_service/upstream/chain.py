@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 
 from cache_service.errors import RateLimited, ServiceError, UpstreamUnavailable
 from cache_service.flavors.base import CanonicalRequest, Flavor
-from cache_service.pricing import Price, PriceTable
+from cache_service.pricing import NO_USAGE, Price, PriceTable, Usage
 from cache_service.protocols import AuthScheme, Clock, Upstream, UpstreamResponse, UpstreamStream
 from cache_service.quota.estimate import estimate_request_tokens
 from cache_service.quota.gate import Hold, QuotaGate
@@ -178,7 +178,7 @@ class UpstreamChain:
                     up = await slot.client.raw(method, path, content, headers, params, auth)
             except TimeoutError:
                 raise deadline.error() from None
-            await hold.settle(0, 0)
+            await hold.settle(NO_USAGE)
         return up
 
     async def ratelimit_headers(self, project: str) -> dict[str, str]:
@@ -215,7 +215,7 @@ class UpstreamChain:
         price = self.prices.get(model)
         if price is None:
             self._warn_unpriced(model)
-        cost = price.cost(prompt, completion) if price else 0.0
+        cost = price.cost(Usage(prompt, completion)) if price else 0.0
         admission = _Admission(
             p, model, requested if cheaper else None, prompt + completion, cost, price
         )

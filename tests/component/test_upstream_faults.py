@@ -47,8 +47,9 @@ def body_for(path: str, text: str, stream: bool = False) -> dict[str, Any]:
     elif path == RESPONSES:
         body = {"model": "gpt-4o-mini", "input": text}
     else:
+        # A model the shipped table prices: the settlement tests expect spend.
         body = {
-            "model": "claude-3-5-haiku-latest",
+            "model": "claude-haiku-4-5",
             "max_tokens": 64,
             "messages": [{"role": "user", "content": text}],
         }

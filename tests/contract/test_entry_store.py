@@ -13,8 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from cache_service.backends.records import from_record, to_record
 from cache_service.backends.redis_store import RedisEntryStore
 from cache_service.backends.store import DiskCacheStore
+from cache_service.pricing import Usage
 from cache_service.protocols import Entry, EntryStore
 
 DIM = 384
@@ -75,6 +77,7 @@ def make_entry(entry_id: str = "e1", exact_key: str = "k1", **kw: Any) -> Entry:
         "expires": T0 + 3600,
         "prompt_tokens": 12,
         "completion_tokens": 34,
+        "cached_tokens": 8,
         "meta": {"api": "openai", "headers": {"x-a": "1"}, "tags": [1, 2.5, None, True]},
     }
     fields.update(kw)
@@ -104,6 +107,14 @@ def test_put_then_get_returns_every_field_unchanged(store: EntryStore) -> None:
     entry = make_entry(embedding=emb)
     assert store.put(entry) is None
     assert_same_entry(store.get("e1"), entry)
+
+
+def test_a_record_from_before_prompt_cache_pricing_reads_as_nothing_cached() -> None:
+    record = to_record(make_entry())
+    del record["cached_tokens"]
+    entry = from_record(record)
+    assert entry.cached_tokens == 0
+    assert entry.saved_usage() == Usage(12, 34)
 
 
 def test_put_then_get_by_exact_key_returns_the_entry(store: EntryStore) -> None:

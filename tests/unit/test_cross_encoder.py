@@ -28,6 +28,7 @@ from cache_service.cache.guards import AcceptConfig
 from cache_service.cache.keys import RequestKeys, build_keys
 from cache_service.cache.matching import Candidate
 from cache_service.cache.semantic import SemanticCache
+from cache_service.pricing import Usage
 from cache_service.protocols import Entry
 from cache_service.settings import ConfigError, load_settings
 from tests.fakes import FakeClock, FakePairScorer, HashingEmbedder
@@ -238,7 +239,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     verdict = {"p": 0.9}
     scorer = FakePairScorer(lambda stored, new: verdict["p"])
     async with chain(tmp_path / "s", scorer) as (front, v):
-        await front.store(keys(STORED), {"answer": 1}, api="openai", ttl_s=None, usage=(1, 1))
+        await front.store(keys(STORED), {"answer": 1}, api="openai", ttl_s=None, usage=Usage(1, 1))
         yield Rig(front, scorer, v, verdict)
 
 
@@ -319,7 +320,7 @@ async def test_guards_run_before_the_verifier_unless_switched_off(tmp_path: Path
     for guards in (True, False):
         scorer = FakePairScorer(lambda stored, new: 0.9)
         async with chain(tmp_path / str(guards), scorer, guards=guards) as (front, _):
-            await front.store(keys(NUMBERED), {"a": 1}, api="openai", ttl_s=None, usage=(1, 1))
+            await front.store(keys(NUMBERED), {"a": 1}, api="openai", ttl_s=None, usage=Usage(1, 1))
             found = await front.lookup(keys(OTHER_NUMBER), None, {})
             if guards:
                 # The numbers guard refused it cheaply; the model never saw it.

@@ -13,6 +13,7 @@ from pydantic import TypeAdapter
 from cache_service.cache.keys import keys_of
 from cache_service.flavors import ANTHROPIC, FLAVORS, OPENAI_CHAT, RESPONSES, for_route
 from cache_service.flavors.base import Flavor
+from cache_service.pricing import NO_USAGE, Price, Usage
 from cache_service.sse import SSEParser
 
 RESPONSE: dict[str, Any] = {
@@ -188,11 +189,82 @@ def test_the_same_question_in_two_formats_has_two_scopes() -> None:
 
 
 def test_usage_lives_where_each_format_puts_it() -> None:
-    assert OPENAI_CHAT.usage({"usage": {"prompt_tokens": 3, "completion_tokens": 4}}) == (3, 4)
-    assert ANTHROPIC.usage({"usage": {"input_tokens": 5, "output_tokens": 6}}) == (5, 6)
-    assert RESPONSES.usage(RESPONSE) == (12, 9)
-    assert RESPONSES.usage({"usage": None}) == (0, 0)
-    assert OPENAI_CHAT.usage({"usage": {"prompt_tokens": True}}) == (0, 0)
+    assert OPENAI_CHAT.usage({"usage": {"prompt_tokens": 3, "completion_tokens": 4}}) == Usage(3, 4)
+    assert ANTHROPIC.usage({"usage": {"input_tokens": 5, "output_tokens": 6}}) == Usage(5, 6)
+    assert RESPONSES.usage(RESPONSE) == Usage(12, 9)
+    assert RESPONSES.usage({"usage": None}) == NO_USAGE
+    assert OPENAI_CHAT.usage({"usage": {"prompt_tokens": True}}) == NO_USAGE
+
+
+def test_cached_prompt_tokens_are_read_from_each_formats_usage() -> None:
+    # OpenAI: cached tokens are part of prompt_tokens, broken out in a details object.
+    chat = {
+        "usage": {
+            "prompt_tokens": 2000,
+            "completion_tokens": 10,
+            "prompt_tokens_details": {"cached_tokens": 1536, "audio_tokens": 0},
+        }
+    }
+    assert OPENAI_CHAT.usage(chat) == Usage(2000, 10, cached=1536)
+    responses = {
+        "usage": {
+            "input_tokens": 3000,
+            "output_tokens": 20,
+            "input_tokens_details": {"cached_tokens": 1024, "cache_write_tokens": 512},
+        }
+    }
+    assert RESPONSES.usage(responses) == Usage(3000, 20, cached=1024, cache_write=512)
+    # Anthropic: input_tokens excludes cache reads and writes; the prompt is all three.
+    anthropic = {
+        "usage": {
+            "input_tokens": 50,
+            "cache_read_input_tokens": 4000,
+            "cache_creation_input_tokens": 300,
+            "output_tokens": 7,
+        }
+    }
+    assert ANTHROPIC.usage(anthropic) == Usage(4350, 7, cached=4000, cache_write=300)
+    # A details object of the wrong type, or a bool count, is no cache use.
+    odd = {"usage": {"prompt_tokens": 9, "prompt_tokens_details": [1], "completion_tokens": 1}}
+    assert OPENAI_CHAT.usage(odd) == Usage(9, 1)
+    flag = {"usage": {"input_tokens": 9, "cache_read_input_tokens": True, "output_tokens": 1}}
+    assert ANTHROPIC.usage(flag) == Usage(9, 1)
+
+
+def test_cost_of_each_formats_usage_uses_the_cached_prices() -> None:
+    price = Price(input=3.0, output=15.0, cached_input=0.3, cache_write=3.75)
+    anthropic = ANTHROPIC.usage(
+        {
+            "usage": {
+                "input_tokens": 100_000,
+                "cache_read_input_tokens": 800_000,
+                "cache_creation_input_tokens": 100_000,
+                "output_tokens": 0,
+            }
+        }
+    )
+    # 100k at $3 + 800k at $0.30 + 100k at $3.75 (per million)
+    assert price.cost(anthropic) == pytest.approx(0.3 + 0.24 + 0.375)
+    chat = OPENAI_CHAT.usage(
+        {
+            "usage": {
+                "prompt_tokens": 1_000_000,
+                "completion_tokens": 0,
+                "prompt_tokens_details": {"cached_tokens": 500_000},
+            }
+        }
+    )
+    assert price.cost(chat) == pytest.approx(1.5 + 0.15)
+    responses = RESPONSES.usage(
+        {
+            "usage": {
+                "input_tokens": 1_000_000,
+                "output_tokens": 0,
+                "input_tokens_details": {"cached_tokens": 1_000_000},
+            }
+        }
+    )
+    assert price.cost(responses) == pytest.approx(0.3)
 
 
 def test_a_completed_response_may_be_stored() -> None:

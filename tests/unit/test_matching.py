@@ -19,6 +19,7 @@ from cache_service.cache.guards import AcceptConfig
 from cache_service.cache.keys import RequestKeys, build_keys
 from cache_service.cache.matching import Candidate, Verdict, choose
 from cache_service.cache.semantic import SemanticCache
+from cache_service.pricing import Usage
 from cache_service.protocols import Entry
 from tests.fakes import FakeClock, HashingEmbedder
 
@@ -87,7 +88,7 @@ async def test_a_verifier_in_the_front_turns_a_guarded_hit_into_a_miss(tmp_path:
 
     try:
         stored = keys("how do i reset my password")
-        await front.store(stored, {"answer": 1}, api="openai", ttl_s=None, usage=(1, 1))
+        await front.store(stored, {"answer": 1}, api="openai", ttl_s=None, usage=Usage(1, 1))
         stages: dict[str, float] = {}
         found = await front.lookup(keys("how can i reset my password"), None, stages)
         assert found.hit is None
@@ -191,7 +192,7 @@ async def test_a_store_after_an_overloaded_lookup_does_not_embed(tmp_path: Path)
     keys = build_keys(body, "ns")
     try:
         entry = await front.store(
-            keys, {"a": 1}, api="openai", ttl_s=None, usage=(1, 1), embed=False
+            keys, {"a": 1}, api="openai", ttl_s=None, usage=Usage(1, 1), embed=False
         )
         assert entry is not None and entry.embedding is None  # exact matches only
         assert embedder.calls == 0

@@ -7,13 +7,13 @@ import asyncio
 
 import pytest
 
-from cache_service.pricing import Price
+from cache_service.pricing import NO_USAGE, Price, Usage
 from cache_service.quota.gate import Hold, QuotaGate
 from cache_service.quota.local import LocalLedger
 from tests.fakes import FakeClock
 
 P = ("project", "p")
-PRICE = Price(1.0, 2.0)  # USD per million tokens
+PRICE = Price(1.0, 2.0, cached_input=0.1)  # USD per million tokens
 
 
 async def held(ledger: LocalLedger, cost: float = 0.01) -> Hold:
@@ -29,22 +29,30 @@ async def spent(ledger: LocalLedger) -> tuple[float, float, int]:
 async def test_settle_charges_the_usage_at_the_called_models_price() -> None:
     ledger = LocalLedger(FakeClock())
     hold = await held(ledger)
-    assert await hold.settle(1_000_000, 500_000) == pytest.approx(2.0)
+    assert await hold.settle(Usage(1_000_000, 500_000)) == pytest.approx(2.0)
     assert await spent(ledger) == (pytest.approx(2.0), 0, 0)
+
+
+async def test_settle_charges_cached_prompt_tokens_at_the_cached_price() -> None:
+    ledger = LocalLedger(FakeClock())
+    hold = await held(ledger)
+    # 1M prompt tokens of which 800k cached: 200k at $1 + 800k at $0.10, no completion.
+    assert await hold.settle(Usage(1_000_000, 0, cached=800_000)) == pytest.approx(0.28)
+    assert await spent(ledger) == (pytest.approx(0.28), 0, 0)
 
 
 async def test_an_answer_without_usage_is_charged_the_estimate() -> None:
     ledger = LocalLedger(FakeClock())
     hold = await held(ledger, cost=0.25)
-    assert await hold.settle(0, 0) == 0.25
+    assert await hold.settle(NO_USAGE) == 0.25
     assert await spent(ledger) == (0.25, 0, 0)
 
 
 async def test_a_hold_closes_once() -> None:
     ledger = LocalLedger(FakeClock())
     hold = await held(ledger)
-    await hold.settle(10, 10)
-    assert await hold.settle(10, 10) == 0.0
+    await hold.settle(Usage(10, 10))
+    assert await hold.settle(Usage(10, 10)) == 0.0
     await hold.release()
     async with hold:
         pass

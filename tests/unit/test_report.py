@@ -20,7 +20,7 @@ from cache_service.api.middleware import install_error_handlers
 from cache_service.api.reports import router
 from cache_service.cache.feedback import AuditTally, FeedbackLearner, quality_view
 from cache_service.cache.tenancy import Tenancy
-from cache_service.pricing import PriceTable
+from cache_service.pricing import PriceTable, Usage
 from cache_service.quota.limits import Limits
 from cache_service.quota.manager import QuotaManager, Reservation
 from cache_service.quota.usage import QuotaSnapshot
@@ -157,14 +157,14 @@ def test_report_agrees_with_stats_fed_the_same_events(tmp_path: Path) -> None:
     prices = PriceTable.with_overrides(None)
     stats = Stats()
     telemetry = Telemetry.open(tmp_path / "outcomes.sqlite3")
-    models = ["gpt-4o-mini", "gpt-4o", "claude-3-haiku", "unpriced-model"]
+    models = ["gpt-4o-mini", "gpt-4o", "claude-haiku-4-5", "unpriced-model"]
     for i in range(400):
         ns = rng.choice(["a", "b", "key-0123abcd"])
         model = rng.choice(models)
         outcome = rng.choice(list(Outcome))
         p, c = rng.randint(0, 3000), rng.randint(0, 900)
         timeout = rng.random() < 0.05
-        dollars = prices.cost(model, p, c)
+        dollars = prices.cost(model, Usage(p, c))
         ms = rng.uniform(1, 900)
         status = 200 if outcome in (Outcome.MISS, Outcome.BYPASS) and rng.random() < 0.8 else None
         stats.record(ns, model, outcome, prompt_tokens=p, completion_tokens=c, dollars=dollars,

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from cache_service.preflight import config_warnings
+from cache_service.pricing import Price, PriceTable
 from cache_service.settings import ConfigError, PriceSetting, Settings, load_settings
 
 
@@ -257,3 +258,18 @@ def test_config_warnings_name_unset_key_variables_and_unpriced_models() -> None:
     assert not any("gpt-4o-mini" in w for w in warnings)
     priced = settings.model_copy(update={"default_price": {"input": 1.0, "output": 2.0}})
     assert not any("price" in w for w in config_warnings(priced, {"A_KEY": "x"}))
+
+
+def test_config_prices_may_name_cached_input_and_cache_write_prices() -> None:
+    settings = load_settings(
+        None,
+        prices={
+            "mine": {"input": 1.0, "output": 2.0, "cached_input": 0.1, "cache_write": 1.25},
+            "plain": {"input": 3.0, "output": 4.0},
+        },
+    )
+    table = PriceTable.with_overrides({k: v.model_dump() for k, v in settings.prices.items()})
+    assert table.get("mine") == Price(1.0, 2.0, cached_input=0.1, cache_write=1.25)
+    assert table.get("plain") == Price(3.0, 4.0)
+    with pytest.raises(ConfigError):
+        load_settings(None, prices={"bad": {"input": 1, "output": 1, "cached_input": -1}})
