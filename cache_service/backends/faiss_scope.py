@@ -33,6 +33,21 @@ class ScopeStats:
     building: bool
 
 
+@dataclass(frozen=True, slots=True)
+class IvfExport:
+    """One IVF scope as an index snapshot keeps it: the serialised FAISS index (its trained
+    lists and codes: restoring it costs a read, not a build), the entry id of each of its
+    labels, and what its build chose and measured."""
+
+    blob: npt.NDArray[np.uint8]
+    labels: Labels
+    ids: list[str]
+    nlist: int
+    nprobe: int
+    recall: float | None
+    trained_at: int
+
+
 # While a build runs, every write is logged as (labels, vectors) for an add, (labels, None)
 # for a remove, to be replayed into the new index before the swap.
 LogEntry = tuple[Labels, "Vector | None"]
@@ -95,6 +110,17 @@ def remove_labels(index: Any, kind: Kind, labels: Labels) -> None:
         index.remove_ids(faiss.IDSelectorArray(len(labels), faiss.swig_ptr(labels)))
     else:
         index.remove_ids(labels)
+
+
+def index_labels(index: Any) -> Labels:
+    """Every label an IVF index holds, read from its lists."""
+    lists = index.invlists
+    parts = [
+        faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+        for i in range(index.nlist)
+        if lists.list_size(i)
+    ]
+    return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
 
 
 def labels_of(s: Scope) -> Labels:

@@ -8,13 +8,21 @@ read and indexed. A missing, corrupt, truncated or mismatched snapshot is logged
 ignored: the index is rebuilt from the store as before.
 
 Layout, under ``data_dir/index-snapshot/``: ``manifest.json`` names one generation of
-four ``.npy`` files and carries each one's size and CRC-32::
+five ``.npy`` files, plus one file per IVF scope, and carries each one's size and CRC-32::
 
     <gen>-ids.npy       tracked entry ids, utf-8, fixed width ("S<n>")
     <gen>-scopes.npy    int32, each row's scope (an index into the manifest's "scopes")
     <gen>-expires.npy   float64, each row's expiry (NaN: none)
     <gen>-vectors.npy   float32 (m, dim): the vector of rows 0..m-1, grouped by scope as
                         the manifest's "blocks" [scope, start, count] say; rows m.. have none
+    <gen>-labels.npy    int64, each row's label in its scope's saved IVF index (-1: none)
+    <gen>-ivf<n>.faiss  scope n's IVF index, serialised whole (trained lists, 8-bit codes):
+                        a restart installs it instead of training one again, minutes at a
+                        million vectors; the manifest's "ivf" lists them with what each
+                        build chose and measured
+
+The rows of an IVF scope carry no float vector (the index holds its codes): they are among
+rows m.., with their labels.
 
 A save writes a new generation's files (fsync'd), then the manifest to a temporary file,
 fsync, rename (the commit point), fsync of the directory; only then are other
@@ -24,7 +32,6 @@ generations' files removed. A crash mid-save leaves the previous manifest and it
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import math
@@ -32,14 +39,20 @@ import os
 import threading
 import time
 import uuid
-import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
+from cache_service.backends.faiss_scope import IvfExport
+from cache_service.backends.snapshot_files import (
+    checked,
+    fsync_dir,
+    write_array_file,
+    write_bytes_file,
+)
 from cache_service.protocols import Vector
 
 if TYPE_CHECKING:
@@ -47,14 +60,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cache_service")
 
-FORMAT = 1
+FORMAT = 2
 MANIFEST = "manifest.json"
 SNAPSHOT_INTERVAL_S = 300.0
 """How often a running sidecar saves the snapshot, when the index changed since the last."""
 LOAD_CHUNK = 65536
 """Rows of a snapshot's vectors handed to the index per add_many."""
-_READ_CHUNK = 16 * 1024 * 1024
-_FILES = ("ids", "scopes", "expires", "vectors")
+_FILES = ("ids", "scopes", "expires", "vectors", "labels")
 
 
 class SnapshotError(Exception):
@@ -62,9 +74,14 @@ class SnapshotError(Exception):
 
 
 class ScopeExport(Protocol):
-    """An index that can hand over a scope's ids and vectors (FaissIndex)."""
+    """An index that can hand over a scope's ids and vectors, and an IVF scope whole, and
+    take the latter back (FaissIndex)."""
 
     def export_scope(self, scope: str) -> tuple[list[str], Vector]: ...
+
+    def export_ivf(self, scope: str) -> IvfExport | None: ...
+
+    def import_ivf(self, scope: str, saved: IvfExport) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +96,9 @@ class IndexState:
     scope_of: np.ndarray[Any, Any]
     expires: np.ndarray[Any, Any]
     vectors: np.ndarray[Any, Any]
+    labels: np.ndarray[Any, Any]
+    ivf: list[tuple[int, Path, dict[str, Any]]]
+    """Per saved IVF scope: its scope number, its file, what its build chose and measured."""
 
 
 class Saved(NamedTuple):
@@ -101,56 +121,6 @@ class Restored(NamedTuple):
 
 
 # --- writing
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class _CrcWriter:
-    """A file opened for writing that counts bytes and CRC-32 as they go."""
-
-    def __init__(self, f: IO[bytes]) -> None:
-        self.f = f
-        self.crc = 0
-        self.size = 0
-
-    def write(self, data: bytes | memoryview) -> None:
-        self.f.write(data)
-        self.crc = zlib.crc32(data, self.crc)
-        self.size += len(data)
-
-
-def _write_array_file(
-    path: Path, blocks: Sequence[np.ndarray[Any, Any]], dtype: Any, width: int
-) -> dict[str, Any]:
-    """One .npy file of the rows of `blocks` concatenated (never concatenated in memory),
-    fsync'd; returns its name, size and CRC-32."""
-    rows = sum(len(b) for b in blocks)
-    shape: tuple[int, ...] = (rows, width) if width else (rows,)
-    header = io.BytesIO()
-    np.lib.format.write_array_header_2_0(
-        header,
-        {
-            "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
-            "fortran_order": False,
-            "shape": shape,
-        },
-    )
-    with open(path, "wb") as f:
-        out = _CrcWriter(f)
-        out.write(header.getvalue())
-        for block in blocks:
-            data = np.ascontiguousarray(block, dtype=dtype)
-            if len(data):
-                out.write(data.data.cast("B"))
-        f.flush()
-        os.fsync(f.fileno())
-    return {"name": path.name, "bytes": out.size, "crc32": out.crc}
 
 
 def save_state(
@@ -180,8 +150,26 @@ def save_state(
     bare_ids: list[str] = []
     bare_scope: list[int] = []
     bare_expires: list[float | None] = []
+    bare_labels: list[int] = []
+    ivfs: list[tuple[int, IvfExport]] = []
     for n, scope in enumerate(scopes):
         wanted = by_scope.pop(scope)
+        ivf = index.export_ivf(scope)
+        if ivf is not None:
+            # Its rows go without float vectors: ids the index holds that `tracked` lacks
+            # are left out here and removed from the index at restore.
+            ivfs.append((n, ivf))
+            for label, entry_id in zip(ivf.labels.tolist(), ivf.ids, strict=True):
+                if entry_id in wanted:
+                    bare_ids.append(entry_id)
+                    bare_scope.append(n)
+                    bare_expires.append(wanted.pop(entry_id))
+                    bare_labels.append(label)
+            bare_ids.extend(wanted)
+            bare_scope.extend([n] * len(wanted))
+            bare_expires.extend(wanted.values())
+            bare_labels.extend([-1] * len(wanted))
+            continue
         ids, vectors = index.export_scope(scope)
         keep = [row for row, entry_id in enumerate(ids) if entry_id in wanted]
         if len(keep) < len(ids):
@@ -196,6 +184,7 @@ def save_state(
         bare_ids.extend(wanted)
         bare_scope.extend([n] * len(wanted))
         bare_expires.extend(wanted.values())
+        bare_labels.extend([-1] * len(wanted))
     all_ids = [i.encode() for i in (*vec_ids, *bare_ids)]
     width = max((len(i) for i in all_ids), default=1)
     expires = np.array(
@@ -203,18 +192,35 @@ def save_state(
     )
     gen = uuid.uuid4().hex[:16]
     files = {
-        "ids": _write_array_file(
+        "ids": write_array_file(
             directory / f"{gen}-ids.npy", [np.array(all_ids, dtype=f"S{width}")], f"S{width}", 0
         ),
-        "scopes": _write_array_file(
+        "scopes": write_array_file(
             directory / f"{gen}-scopes.npy",
             [np.array([*vec_scope, *bare_scope], dtype=np.int32)],
             "<i4",
             0,
         ),
-        "expires": _write_array_file(directory / f"{gen}-expires.npy", [expires], "<f8", 0),
-        "vectors": _write_array_file(directory / f"{gen}-vectors.npy", vec_blocks, "<f4", dim),
+        "expires": write_array_file(directory / f"{gen}-expires.npy", [expires], "<f8", 0),
+        "vectors": write_array_file(directory / f"{gen}-vectors.npy", vec_blocks, "<f4", dim),
+        "labels": write_array_file(
+            directory / f"{gen}-labels.npy",
+            [np.full(len(vec_ids), -1, np.int64), np.array(bare_labels, dtype=np.int64)],
+            "<i8",
+            0,
+        ),
     }
+    saved_ivf: list[dict[str, Any]] = [
+        {
+            "scope": n,
+            "file": write_bytes_file(directory / f"{gen}-ivf{n}.faiss", ivf.blob),
+            "nlist": ivf.nlist,
+            "nprobe": ivf.nprobe,
+            "recall": ivf.recall,
+            "trained_at": ivf.trained_at,
+        }
+        for n, ivf in ivfs
+    ]
     manifest = {
         "format": FORMAT,
         "dim": dim,
@@ -226,6 +232,7 @@ def save_state(
         "scopes": scopes,
         "blocks": blocks,
         "files": files,
+        "ivf": saved_ivf,
     }
     tmp = directory / f"{MANIFEST}.{gen}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -233,25 +240,17 @@ def save_state(
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, directory / MANIFEST)
-    _fsync_dir(directory)
+    fsync_dir(directory)
     # Committed: the previous generation (and any crashed save's leftovers) can go.
     for path in directory.iterdir():
         if path.name != MANIFEST and not path.name.startswith(f"{gen}-"):
             with contextlib.suppress(OSError):
                 path.unlink()
-    size = sum(int(f["bytes"]) for f in files.values())
+    size = sum(int(f["bytes"]) for f in (*files.values(), *(i["file"] for i in saved_ivf)))
     return Saved(len(all_ids), len(vec_ids), size, time.perf_counter() - started)
 
 
 # --- reading
-
-
-def _crc_of(path: Path) -> int:
-    crc = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_READ_CHUNK):
-            crc = zlib.crc32(chunk, crc)
-    return crc
 
 
 def load_state(directory: Path, *, dim: int) -> IndexState:
@@ -270,15 +269,14 @@ def load_state(directory: Path, *, dim: int) -> IndexState:
             raise SnapshotError(f"dim {manifest['dim']}, the embedder's is {dim}")
         arrays: dict[str, np.ndarray[Any, Any]] = {}
         for name in _FILES:
-            meta = manifest["files"][name]
-            path = directory / str(meta["name"])
-            if "/" in str(meta["name"]) or path.stat().st_size != meta["bytes"]:
-                raise SnapshotError(f"{name}: size differs from the manifest (truncated?)")
-            if _crc_of(path) != meta["crc32"]:
-                raise SnapshotError(f"{name}: checksum differs from the manifest (corrupt)")
+            path = checked(directory, manifest["files"][name], name)
             arrays[name] = np.load(path, mmap_mode="r" if name == "vectors" else None)
+        ivf = [
+            (int(i["scope"]), checked(directory, i["file"], f"ivf{i['scope']}"), i)
+            for i in manifest["ivf"]
+        ]
         count, nvec = int(manifest["count"]), int(manifest["vectors"])
-        ids, scope_of, expires, vectors = (arrays[n] for n in _FILES)
+        ids, scope_of, expires, vectors, labels = (arrays[n] for n in _FILES)
         scopes = [str(s) for s in manifest["scopes"]]
         blocks = [(int(s), int(a), int(c)) for s, a, c in manifest["blocks"]]
         if (
@@ -286,6 +284,8 @@ def load_state(directory: Path, *, dim: int) -> IndexState:
             or ids.dtype.kind != "S"
             or scope_of.shape != (count,)
             or expires.shape != (count,)
+            or labels.shape != (count,)
+            or any(not 0 <= n < len(scopes) for n, _, _ in ivf)
             or vectors.shape != (nvec, dim)
             or vectors.dtype != np.float32
             or nvec > count
@@ -303,10 +303,14 @@ def load_state(directory: Path, *, dim: int) -> IndexState:
             scope_of=scope_of,
             expires=expires,
             vectors=vectors,
+            labels=labels,
+            ivf=ivf,
         )
     except SnapshotError:
         raise
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+    except ValueError as exc:
+        raise SnapshotError(str(exc)) from exc
+    except (OSError, KeyError, TypeError, IndexError) as exc:
         raise SnapshotError(f"unreadable snapshot: {exc!r}") from exc
 
 
@@ -315,7 +319,9 @@ def _chunks(start: int, count: int) -> Iterator[tuple[int, int]]:
         yield a, min(a + LOAD_CHUNK, start + count)
 
 
-def restore_state(cache: SemanticCache, state: IndexState, store_ids: set[str]) -> Restored:
+def restore_state(
+    cache: SemanticCache, state: IndexState, store_ids: set[str], index: ScopeExport
+) -> Restored:
     """Load `state` into `cache` (index and tracking), keeping only what the store still
     holds and what has not expired, then read and index the entries the snapshot lacks;
     marks the cache ready. Expired entries found on the way are deleted from the store
@@ -350,6 +356,22 @@ def restore_state(cache: SemanticCache, state: IndexState, store_ids: set[str]) 
             cache.track_many(scope, [ids[r] for r in rows], vectors, [expiry[r] for r in rows])
             loaded += len(rows)
     nvec = len(state.vectors)
+    labels: list[int] = state.labels.tolist()
+    for scope_n, path, meta in state.ivf:
+        rows = [r for r in range(nvec, len(ids)) if scope_of[r] == scope_n and labels[r] >= 0]
+        kept = [r for r in rows if keep[r]]
+        index.import_ivf(
+            state.scopes[scope_n],
+            IvfExport(
+                blob=np.fromfile(path, dtype=np.uint8),
+                labels=np.array([labels[r] for r in kept], dtype=np.int64),
+                ids=[ids[r] for r in kept],
+                nlist=int(meta["nlist"]),
+                nprobe=int(meta["nprobe"]),
+                recall=None if meta["recall"] is None else float(meta["recall"]),
+                trained_at=int(meta["trained_at"]),
+            ),
+        )
     bare: dict[int, list[int]] = {}
     for row in range(nvec, len(ids)):
         if keep[row]:
@@ -405,7 +427,7 @@ class IndexSnapshots:
                 log.warning("index snapshot ignored; rebuilding", extra={"reason": str(exc)})
             return None
         store_ids = set(self.store.entry_ids())
-        restored = restore_state(self.cache, state, store_ids)
+        restored = restore_state(self.cache, state, store_ids, self.index)
         if not (restored.read_from_store or restored.gone or restored.expired):
             self._saved_at = self.cache.changes
         return restored

@@ -16,6 +16,7 @@ import pytest
 
 from cache_service import app as app_module
 from cache_service.app import create_app
+from cache_service.backends import faiss_index
 from cache_service.backends.faiss_index import FaissIndex
 from cache_service.backends.index_snapshot import (
     MANIFEST,
@@ -54,10 +55,10 @@ class World:
         self.stores: list[DiskCacheStore] = []
         self.n = 0
 
-    def open(self) -> tuple[SemanticCache, FaissIndex, IndexSnapshots]:
+    def open(self, ivf_min: int | None = None) -> tuple[SemanticCache, FaissIndex, IndexSnapshots]:
         store = DiskCacheStore(self.root / "entries")
         self.stores.append(store)
-        index = FaissIndex(DIM)
+        index = FaissIndex(DIM, ivf_min=ivf_min, background=False)
         cache = SemanticCache(store, index, self.clock, AcceptConfig(threshold=0.5, guards=False))
         return cache, index, IndexSnapshots(self.snap_dir, cache, index, store, dim=DIM)
 
@@ -133,6 +134,48 @@ def test_save_then_restore_gives_the_same_search_results(world: World) -> None:
     assert raw_hits(index2, entries) == raw_hits(index, entries)
     assert {e.id for e in bare} <= again.tracked().keys()
     assert not snaps2.changed()  # restored exactly: the shutdown save has nothing to do
+
+
+def test_an_ivf_scope_is_restored_whole_without_a_build(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache, index, snaps = world.open(ivf_min=40)
+    entries = world.fill(cache, 120)  # 60 a scope
+    assert index.maintain() == 2
+    built = index.stats()
+    assert {st.kind for st in built.values()} == {"ivf"}
+    cache.ready = True
+    assert snaps.save() is not None
+    added = world.fill(cache, 4)
+    deleted = entries[:6]
+    for e in deleted:
+        cache.delete(e.id)
+    survivors = entries[6:] + added
+
+    def no_build(*_: Any, **__: Any) -> Any:
+        raise AssertionError("an IVF scope was trained again at restore")
+
+    monkeypatch.setattr(faiss_index, "build_ivf", no_build)
+    again, index2, snaps2 = world.open(ivf_min=40)
+    restored = snaps2.restore()
+    assert restored is not None
+    assert (restored.from_snapshot, restored.read_from_store, restored.gone) == (114, 4, 6)
+    stats = index2.stats()
+    for scope, st in built.items():
+        assert stats[scope].kind == "ivf"
+        assert (stats[scope].nlist, stats[scope].nprobe) == (st.nlist, st.nprobe)
+        assert stats[scope].recall_at_1 == st.recall_at_1
+    assert len(index2) == len(survivors)
+    assert again.tracked() == cache.tracked()
+    assert answers(again, survivors) == answers(cache, survivors)
+    for e in deleted:
+        assert e.embedding is not None
+        assert all(h.entry_id != e.id for h in index2.search(e.scope, e.embedding, 5))
+    # Later writes get labels of their own: the restored ones stay found.
+    more = world.fill(again, 4)
+    assert answers(again, more + survivors[:10]) == [
+        (e.id, pytest.approx(1.0)) for e in more + survivors[:10]
+    ]
 
 
 def test_entries_added_and_deleted_after_the_snapshot_are_reconciled(world: World) -> None:
@@ -336,7 +379,7 @@ def test_a_crash_mid_save_leaves_the_previous_snapshot_usable(
     # The next good save commits and clears the crashed one's files.
     assert snaps2.save() is not None
     names = {p.name for p in world.snap_dir.iterdir()}
-    assert len(names) == 5 and MANIFEST in names
+    assert len(names) == 6 and MANIFEST in names
     assert not any(name.endswith(".tmp") for name in names)
 
 

@@ -3,6 +3,7 @@ maintain(), without losing what is written meanwhile; recall is measured, not as
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -331,3 +332,48 @@ def test_the_summary_reports_kinds_and_the_lowest_measured_recall() -> None:
     summary = index.summary()
     assert (summary["flat_scopes"], summary["ivf_scopes"]) == (1, 1)
     assert summary["ivf_min_recall_at_1"] >= 0.99
+
+
+def test_an_ivf_scope_exports_whole_and_imports_without_a_build(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    index, vectors = index_of(5000)  # trained on 5,000: 8-bit codes
+    assert index.maintain() == 1
+    saved = index.export_ivf("s")
+    assert saved is not None and index.export_ivf("nowhere") is None
+    assert sorted(saved.ids) == sorted(names(5000))
+    before = [index.search("s", v, 3) for v in vectors[:200]]
+
+    def no_build(*_: Any, **__: Any) -> Any:
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(faiss_index, "build_ivf", no_build)
+    kept = [i for i, name in enumerate(saved.ids) if name not in {"id0", "id1"}]
+    restored = FaissIndex(DIM, ivf_min=1000, background=False)
+    restored.import_ivf(
+        "s",
+        ivf_build_export(saved, kept),
+    )
+    st, was = restored.stats()["s"], index.stats()["s"]
+    assert (st.kind, st.nlist, st.nprobe, st.recall_at_1) == (
+        "ivf",
+        was.nlist,
+        was.nprobe,
+        was.recall_at_1,
+    )
+    assert len(restored) == 4998
+    for row, hits in enumerate(before[2:], start=2):
+        assert restored.search("s", vectors[row], 3) == hits
+    for row in (0, 1):  # left out of the labels kept: removed from the index
+        assert all(h.entry_id != f"id{row}" for h in restored.search("s", vectors[row], 10))
+    fresh = clustered(1, seed=99)[0]
+    restored.add("s", "fresh", fresh)
+    assert restored.search("s", fresh, 1)[0].entry_id == "fresh"
+    assert restored.search("s", vectors[2], 1)[0].entry_id == "id2"
+    with pytest.raises(ValueError, match="already indexed"):
+        restored.import_ivf("s", saved)
+
+
+def ivf_build_export(saved: Any, rows: list[int]) -> Any:
+    """`saved` keeping only the labels at `rows`."""
+    return dataclasses.replace(saved, labels=saved.labels[rows], ids=[saved.ids[r] for r in rows])

@@ -1,0 +1,95 @@
+"""The files of an index snapshot: each written whole and fsync'd while its size and CRC-32
+are counted, and checked against both when read back; the directory fsync'd after a rename.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+_READ_CHUNK = 16 * 1024 * 1024
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _CrcWriter:
+    """A file opened for writing that counts bytes and CRC-32 as they go."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f = f
+        self.crc = 0
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.f.write(data)
+        self.crc = zlib.crc32(data, self.crc)
+        self.size += len(data)
+
+
+def write_array_file(
+    path: Path, blocks: Sequence[np.ndarray[Any, Any]], dtype: Any, width: int
+) -> dict[str, Any]:
+    """One .npy file of the rows of `blocks` concatenated (never concatenated in memory),
+    fsync'd; returns its name, size and CRC-32."""
+    rows = sum(len(b) for b in blocks)
+    shape: tuple[int, ...] = (rows, width) if width else (rows,)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_2_0(
+        header,
+        {
+            "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+            "fortran_order": False,
+            "shape": shape,
+        },
+    )
+    with open(path, "wb") as f:
+        out = _CrcWriter(f)
+        out.write(header.getvalue())
+        for block in blocks:
+            data = np.ascontiguousarray(block, dtype=dtype)
+            if len(data):
+                out.write(data.data.cast("B"))
+        f.flush()
+        os.fsync(f.fileno())
+    return {"name": path.name, "bytes": out.size, "crc32": out.crc}
+
+
+def write_bytes_file(path: Path, data: np.ndarray[Any, Any]) -> dict[str, Any]:
+    """One file of raw bytes (a serialised FAISS index), fsync'd; its name, size, CRC-32."""
+    with open(path, "wb") as f:
+        out = _CrcWriter(f)
+        out.write(np.ascontiguousarray(data, dtype=np.uint8).data.cast("B"))
+        f.flush()
+        os.fsync(f.fileno())
+    return {"name": path.name, "bytes": out.size, "crc32": out.crc}
+
+
+def crc_of(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_READ_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def checked(directory: Path, meta: dict[str, Any], what: str) -> Path:
+    """The path of a snapshot file whose size and CRC-32 match `meta`; raises ValueError
+    naming `what` otherwise."""
+    path = directory / str(meta["name"])
+    if "/" in str(meta["name"]) or path.stat().st_size != meta["bytes"]:
+        raise ValueError(f"{what}: size differs from the manifest (truncated?)")
+    if crc_of(path) != meta["crc32"]:
+        raise ValueError(f"{what}: checksum differs from the manifest (corrupt)")
+    return path
