@@ -615,6 +615,7 @@ async def run_concurrent(
     queue = list(reversed(bodies))
     lat: list[float] = []
     other = 0
+    kinds: dict[str, int] = {}
 
     async def worker() -> None:
         nonlocal other
@@ -629,6 +630,9 @@ async def run_concurrent(
                     lat.append(ms)
                 else:
                     other += 1
+                    match = r.headers.get("x-cache-match") or r.headers.get("x-cache")
+                    kind = f"{r.status_code}:{match}"
+                    kinds[kind] = kinds.get(kind, 0) + 1
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(clients)))
@@ -639,6 +643,8 @@ async def run_concurrent(
         "req_per_s": round(len(bodies) / wall, 1),
         "latency": summary(lat),
         "not_wanted_match": other,
+        # status:X-Cache-Match (or X-Cache) of the others, e.g. shed embeddings sent upstream
+        "not_wanted_kinds": kinds,
     }
 
 
