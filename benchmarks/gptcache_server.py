@@ -73,20 +73,28 @@ CONFIG_NOTE = {
 
 
 def max_size_for(entries: int) -> int:
-    # GPTCache's memory LRU evicts (soft-deletes in sqlite) past max_size, default 1000: far
-    # above what a run stores, so both sides keep every entry.
+    # GPTCache's memory LRU evicts (soft-deletes in sqlite, removes from FAISS) past its max
+    # size: set far above what a run stores, so both sides keep every entry.
     return 10 * entries + 100_000
+
+
+def factory_kwargs(data_dir: Path, max_size: int) -> dict[str, Any]:
+    """manager_factory's arguments. In 0.1.44 its own `max_size` argument does not reach the
+    memory eviction (that reads eviction_params["max_size"], default 1000): left there, a
+    10k-entry import keeps only its last 1000 vectors."""
+    return {
+        "manager": "sqlite,faiss",
+        "data_dir": str(data_dir),
+        "max_size": max_size,
+        "eviction_params": {"max_size": max_size},
+        "vector_params": {"dimension": 384},
+    }
 
 
 def data_manager(data_dir: Path, max_size: int) -> Any:
     from gptcache.manager import manager_factory
 
-    return manager_factory(
-        "sqlite,faiss",
-        data_dir=str(data_dir),
-        max_size=max_size,
-        vector_params={"dimension": 384},
-    )
+    return manager_factory(**factory_kwargs(data_dir, max_size))
 
 
 def prefill(data_dir: Path, entries: Iterable[tuple[str, np.ndarray, str]], size: int) -> float:
@@ -170,7 +178,7 @@ def lookup(cache: Any, body: dict[str, Any], upstream: Any) -> tuple[str, str, b
     return "MISS", json.dumps(out), False  # adapt logged the failed save and went on
 
 
-def create_app(cache: Any, upstream_url: str, entries: int) -> Any:
+def create_app(cache: Any, upstream_url: str) -> Any:
     import httpx
 
     app = FastAPI()
@@ -185,7 +193,8 @@ def create_app(cache: Any, upstream_url: str, entries: int) -> Any:
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
-        return JSONResponse({"ok": True, "entries": entries})
+        # What its FAISS index holds, so the benchmark can check nothing was evicted.
+        return JSONResponse({"ok": True, "entries": int(cache.data_manager.v.count())})
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
@@ -264,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         run(trivial_app(), args.port)
         return 0
     cache = build_cache(args.data_dir, args.model_dir, max_size_for(args.entries))
-    run(create_app(cache, args.upstream, args.entries), args.port)
+    run(create_app(cache, args.upstream), args.port)
     return 0
 
 

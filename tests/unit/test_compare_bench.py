@@ -80,7 +80,10 @@ def test_gptcache_threshold_is_the_sidecars_cosine() -> None:
     assert cosine == pytest.approx(G.SIDECAR_THRESHOLD)
 
 
-def test_gptcache_keeps_every_entry_of_a_run() -> None:
-    # GPTCache's LRU soft-deletes past max_size (default 1000): far above the entries.
+def test_gptcache_keeps_every_entry_of_a_run(tmp_path: Any) -> None:
+    # GPTCache's LRU evicts past its max size (default 1000), which manager_factory takes
+    # from eviction_params, not from its own max_size: both far above the entries.
     for n in compare.SIZES:
-        assert G.max_size_for(n) > 2 * n
+        kwargs = G.factory_kwargs(tmp_path, G.max_size_for(n))
+        assert kwargs["max_size"] > 2 * n
+        assert kwargs["eviction_params"]["max_size"] > 2 * n
