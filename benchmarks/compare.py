@@ -206,6 +206,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         "- GPTCache has no exact path: its exact-hit figure is a repeat answered by similarity.",
+        "- Hits/s count semantic hits from the right entry only. A paraphrase the sidecar "
+        "sheds under load (embedding past its deadline) goes upstream and is stored, and is an "
+        "exact hit from then on: `any_hits_per_s` and `not_wanted_kinds` in the JSON.",
         "- Search-stage recall@1: the sidecar's as its index measured it against the flat "
         "result (1 where every scope is flat, exact by construction); GPTCache's FAISS index is "
         "`IDMap,Flat` (exact).",
