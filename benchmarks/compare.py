@@ -377,6 +377,12 @@ def measure_round(side: Side, sim: Any, direct_url: str, n: int, tag: str) -> di
     return out
 
 
+def warm_up(side: Side) -> None:
+    with L.make_client() as c:
+        L.run_exact(c, side.url, L.chat_body(L.PAIRS[0][0]), L.WARMUP, side.exact_match)
+        L.run_semantic(c, side.url, side.queries, L.WARMUP, {}, side.sem_match)
+
+
 def measure_clients(side: Side, clients: int, n: int) -> dict[str, Any]:
     bodies = [L.chat_body(side.queries[i % len(side.queries)][0]) for i in range(n)]
     load = load1()
@@ -522,18 +528,32 @@ def bench_size(
             why["gptcache"] = f"start failed: {e!r}"[:500]
             metrics["gptcache"], loads["gptcache"] = {}, {}
 
+    def guarded(measure: Any, s: Side, rec: dict[str, Any]) -> None:
+        """A GPTCache failure mid-run (an error answer, a timeout) leaves its side null with
+        the reason and the run goes on; a sidecar failure fails the size."""
+        try:
+            rec[s.name] = measure()
+        except Exception as e:
+            if s.name == "sidecar":
+                raise
+            why[s.name] = f"failed while measuring: {e!r}"[:500]
+            metrics[s.name], loads[s.name] = {}, {}
+            sides.remove(s)
+
     direct_url = f"{sim_url}/chat/completions"
     rounds: list[dict[str, Any]] = []
     with L.make_client() as sim:
-        for s in sides:  # warm-up: lazy imports, ONNX arenas, connections
-            with L.make_client() as c:
-                L.run_exact(c, s.url, L.chat_body(L.PAIRS[0][0]), L.WARMUP, s.exact_match)
-                L.run_semantic(c, s.url, s.queries, L.WARMUP, {}, s.sem_match)
+        for s in list(sides):  # warm-up: lazy imports, ONNX arenas, connections
+            guarded(lambda s=s: warm_up(s), s, {})
         for r in range(args.rounds):
-            order = sides if r % 2 == 0 else sides[::-1]
+            order = list(sides) if r % 2 == 0 else sides[::-1]
             rec: dict[str, Any] = {"order": [s.name for s in order]}
             for s in order:
-                rec[s.name] = measure_round(s, sim, direct_url, args.requests, f"r{r}")
+                guarded(
+                    lambda s=s, tag=f"r{r}": measure_round(s, sim, direct_url, args.requests, tag),
+                    s,
+                    rec,
+                )
             rounds.append(rec)
             print(
                 f"[{size}] round {r + 1}/{args.rounds} "
@@ -543,6 +563,7 @@ def bench_size(
                     f"{rec[s.name]['semantic']['share']}), miss added "
                     f"{rec[s.name]['miss']['added']['p50_ms']} ms"
                     for s in order
+                    if s.name in rec
                 )
                 + f"; load {load1()}",
                 flush=True,
@@ -550,18 +571,21 @@ def bench_size(
     detail["rounds"] = rounds
     conc: list[dict[str, Any]] = []
     for r, clients in enumerate(CLIENTS):
-        order = sides if r % 2 == 0 else sides[::-1]
+        order = list(sides) if r % 2 == 0 else sides[::-1]
         rec = {"clients": clients, "order": [s.name for s in order]}
         for s in order:
-            rec[s.name] = measure_clients(s, clients, max(args.conc_requests, 5 * clients))
+            n_conc = max(args.conc_requests, 5 * clients)
+            guarded(lambda s=s, c=clients, n=n_conc: measure_clients(s, c, n), s, rec)
         conc.append(rec)
         print(
             f"[{size}] {clients} clients: "
-            + ", ".join(f"{s.name} {rec[s.name]['hits_per_s']} hits/s" for s in order),
+            + ", ".join(
+                f"{s.name} {rec[s.name]['hits_per_s']} hits/s" for s in order if s.name in rec
+            ),
             flush=True,
         )
     detail["concurrent"] = conc
-    if gpt_ok:
+    if gpt_ok and len(sides) > 1:
         try:
             detail["gptcache_inproc_lookup"] = inproc_gptcache(sides[1], args.requests)
         except httpx.HTTPError as e:
@@ -569,7 +593,7 @@ def bench_size(
         print(f"[{size}] GPTCache in process: {detail['gptcache_inproc_lookup']}", flush=True)
 
     for s in sides:
-        rs = [x[s.name] for x in rounds]
+        rs = [x[s.name] for x in rounds if s.name in x]
         m, ld = metrics[s.name], loads[s.name]
         m["exact_p50_ms"] = L.med([x["exact"]["p50_ms"] for x in rs])
         m["semantic_p50_ms"] = L.med([x["semantic"]["p50_ms"] for x in rs])
@@ -591,7 +615,7 @@ def bench_size(
         detail["sidecar_vectors_end"] = c.get(f"{sc.base}/v1/cache/stats").json()["cache"][
             "vectors"
         ]
-        if gpt_ok:
+        if len(sides) > 1:
             detail["gptcache_vectors_end"] = c.get(f"{sides[1].base}/healthz").json()["entries"]
     for proc in list(procs.procs):
         if proc.pid in {s.pid for s in sides}:
