@@ -54,8 +54,8 @@ bench: setup
 
 # Sidecar vs GPTCache (installed here by the bench extra, under the lock), one run, floors
 # included: benchmarks/results/compare.{json,md}. Not in CI. Sizes 1k, 100k and 1M by default
-# (COMPARE_ARGS='--sizes 1000,10000' for a short run); the full run takes about an hour
-# on 2 cores and needs ~10 GB of free disk and ~8 GB of RAM at 1M.
+# (COMPARE_ARGS='--sizes 1000,10000' for a ~6 min run); the default takes ~65 min on 2
+# cores and needs ~11 GB of free disk and ~9 GB of RAM at 1M (benchmarks/README.md).
 bench-compare: setup
 	$(PY) -m pip install -q -c .ci/requirements.lock -e '.[bench]'
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/compare.py $(COMPARE_ARGS)

@@ -69,6 +69,7 @@ CONFIG_NOTE = {
     "report_rows": "off (Config(disable_report=True))",
     "auto_flush": "default (FAISS index written every 20 saves)",
     "serving": "async FastAPI route calling the sync cache in line (as gptcache_server)",
+    "schema": "as shipped: a hit's answer is read by question_id, which sqlite does not index",
 }
 
 
