@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ONNX   := models/all-MiniLM-L6-v2-onnx/onnx/model.onnx
 
-.PHONY: setup redis-server chromium run test lint prices bench bench-quality train-verifier bench-verifier clean
+.PHONY: setup redis-server chromium run test lint prices bench bench-compare bench-quality train-verifier bench-verifier clean
 
 setup: $(STAMP) $(ONNX)
 
@@ -57,6 +57,14 @@ test: setup lint redis-server chromium
 
 bench: setup
 	$(PY) benchmarks/latency.py
+
+# Sidecar vs GPTCache (installed here by the bench extra, under the lock), one run, floors
+# included: benchmarks/results/compare.{json,md}. Not in CI. Sizes 1k, 100k and 1M by default
+# (COMPARE_ARGS='--sizes 1000,10000' for a ~6 min run); the default takes ~65 min on 2
+# cores and needs ~11 GB of free disk and ~9 GB of RAM at 1M (benchmarks/README.md).
+bench-compare: setup
+	$(PY) -m pip install -q -c .ci/requirements.lock -e '.[bench]'
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/compare.py $(COMPARE_ARGS)
 
 bench-quality: setup
 	$(PY) -m pip install -q -c .ci/requirements.lock -e '.[bench]'

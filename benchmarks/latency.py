@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -295,6 +296,28 @@ def embed_real(prompts: Sequence[str]) -> np.ndarray:
     return np.concatenate(chunks)
 
 
+def prefill_entries(
+    size: int, real_prompts: Sequence[str], real_vectors: np.ndarray, seed: int
+) -> Iterator[tuple[str, np.ndarray]]:
+    """The `size` (prompt, unit vector) pairs a prefill stores, in order: the real embedded
+    prompts first, then random unit filler. The same seed gives the same entries, so another
+    cache (benchmarks/compare.py) can be filled with exactly these."""
+    rng = np.random.default_rng(seed)
+    n_filler = max(0, size - len(real_prompts))
+    filler = rng.standard_normal((n_filler, DIM), dtype=np.float32)
+    filler /= np.linalg.norm(filler, axis=1, keepdims=True)
+    words = rng.integers(0, len(_MISS_WORDS), size=(n_filler, 3))
+    yield from zip(real_prompts[:size], real_vectors[:size], strict=False)
+    for i in range(n_filler):
+        a, b, c = (_MISS_WORDS[j] for j in words[i])
+        yield f"Archived question {i}: how do {a} and {b} relate to {c}?", filler[i]
+
+
+PREFILL_BATCH = 2000
+"""Entries per store transaction in a prefill: one commit per entry made a 1M prefill take
+most of an hour; batches of this size are what benchmarks/restart.py fills with."""
+
+
 def prefill(
     data_dir: Path,
     size: int,
@@ -311,40 +334,34 @@ def prefill(
     # Only new_entry is used (ids, timestamps, expiry); the sidecar builds its own index.
     maker = SemanticCache(store, FaissIndex(DIM), SystemClock(), AcceptConfig())
     ids: dict[str, str] = {}
-    rng = np.random.default_rng(seed)
-    n_filler = max(0, size - len(real_prompts))
-    filler = rng.standard_normal((n_filler, DIM), dtype=np.float32)
-    filler /= np.linalg.norm(filler, axis=1, keepdims=True)
-    words = rng.integers(0, len(_MISS_WORDS), size=(n_filler, 3))
-
-    def entries() -> Iterator[tuple[str, np.ndarray]]:
-        yield from zip(real_prompts[:size], real_vectors[:size], strict=False)
-        for i in range(n_filler):
-            a, b, c = (_MISS_WORDS[j] for j in words[i])
-            yield f"Archived question {i}: how do {a} and {b} relate to {c}?", filler[i]
-
+    entries = prefill_entries(size, real_prompts, real_vectors, seed)
     try:
-        for i, (prompt, vector) in enumerate(entries()):
-            keys = build_keys(
-                chat_body(prompt), tenant, max_semantic_chars=settings.semantic_max_chars
-            )
-            assert keys.semantic_ok, prompt
-            entry = maker.new_entry(
-                scope=keys.scope,
-                exact_key=keys.exact_key,
-                namespace=keys.tenant,
-                model=keys.model,
-                prompt=keys.prompt,
-                embedding=np.ascontiguousarray(vector, dtype=np.float32),
-                response=fake_completion(prompt, i),
-                ttl_s=TTL_S,
-                prompt_tokens=30,
-                completion_tokens=55,
-                meta={"api": "openai"},
-            )
-            store.put(entry)
-            if i < len(real_prompts):
-                ids[prompt] = entry.id
+        for start in range(0, size, PREFILL_BATCH):
+            # Nested in put's own transaction: diskcache commits once, at the outer one.
+            with store._cache.transact():
+                for i, (prompt, vector) in enumerate(
+                    itertools.islice(entries, PREFILL_BATCH), start
+                ):
+                    keys = build_keys(
+                        chat_body(prompt), tenant, max_semantic_chars=settings.semantic_max_chars
+                    )
+                    assert keys.semantic_ok, prompt
+                    entry = maker.new_entry(
+                        scope=keys.scope,
+                        exact_key=keys.exact_key,
+                        namespace=keys.tenant,
+                        model=keys.model,
+                        prompt=keys.prompt,
+                        embedding=np.ascontiguousarray(vector, dtype=np.float32),
+                        response=fake_completion(prompt, i),
+                        ttl_s=TTL_S,
+                        prompt_tokens=30,
+                        completion_tokens=55,
+                        meta={"api": "openai"},
+                    )
+                    store.put(entry)
+                    if i < len(real_prompts):
+                        ids[prompt] = entry.id
     finally:
         store.close()
     return ids, time.perf_counter() - started
@@ -501,12 +518,16 @@ def cache_counters(client: httpx.Client, base: str) -> dict[str, Any]:
     return out
 
 
-def run_exact(client: httpx.Client, url: str, body: dict[str, Any], n: int) -> dict[str, Any]:
+def run_exact(
+    client: httpx.Client, url: str, body: dict[str, Any], n: int, want: str = "exact"
+) -> dict[str, Any]:
+    """`want`: the X-Cache-Match a counted answer carries (another cache may have no exact
+    path and answer a repeat as a similarity hit)."""
     lat: list[float] = []
     wrong = 0
     for _ in range(n):
         ms, r = post(client, url, body)
-        if r.headers.get("x-cache-match") == "exact":
+        if r.headers.get("x-cache-match") == want:
             lat.append(ms)
         else:
             wrong += 1
@@ -519,19 +540,21 @@ def run_semantic(
     queries: Sequence[tuple[str, str]],
     n: int,
     first_seen: dict[str, str],
+    want: str = "semantic",
 ) -> dict[str, Any]:
-    """queries: (paraphrase, id of the entry it should be answered from)."""
+    """queries: (paraphrase, id of the entry it should be answered from); `want`: the
+    X-Cache-Match of a similarity hit."""
     lat: list[float] = []
     other: dict[str, int] = {}
     wrong_entry = 0
     for i in range(n):
-        para, want = queries[i % len(queries)]
+        para, entry_id = queries[i % len(queries)]
         ms, r = post(client, url, chat_body(para))
         match = r.headers.get("x-cache-match") or r.headers.get("x-cache", "?").lower()
         first_seen.setdefault(para, match)
-        if match == "semantic" and r.headers.get("x-cache-entry") == want:
+        if match == want and r.headers.get("x-cache-entry") == entry_id:
             lat.append(ms)
-        elif match == "semantic":
+        elif match == want:
             wrong_entry += 1
         else:
             why = r.headers.get("x-cache-rejected-by")
@@ -585,11 +608,14 @@ def run_miss(
     }
 
 
-async def run_concurrent(url: str, bodies: Sequence[dict[str, Any]], want: str) -> dict[str, Any]:
-    """CONCURRENCY clients, one keep-alive connection each, pulling from a shared list."""
+async def run_concurrent(
+    url: str, bodies: Sequence[dict[str, Any]], want: str, clients: int = CONCURRENCY
+) -> dict[str, Any]:
+    """`clients` clients, one keep-alive connection each, pulling from a shared list."""
     queue = list(reversed(bodies))
     lat: list[float] = []
     other = 0
+    kinds: dict[str, int] = {}
 
     async def worker() -> None:
         nonlocal other
@@ -604,9 +630,12 @@ async def run_concurrent(url: str, bodies: Sequence[dict[str, Any]], want: str) 
                     lat.append(ms)
                 else:
                     other += 1
+                    match = r.headers.get("x-cache-match") or r.headers.get("x-cache")
+                    kind = f"{r.status_code}:{match}"
+                    kinds[kind] = kinds.get(kind, 0) + 1
 
     t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    await asyncio.gather(*(worker() for _ in range(clients)))
     wall = time.perf_counter() - t0
     return {
         "requests": len(bodies),
@@ -614,6 +643,8 @@ async def run_concurrent(url: str, bodies: Sequence[dict[str, Any]], want: str) 
         "req_per_s": round(len(bodies) / wall, 1),
         "latency": summary(lat),
         "not_wanted_match": other,
+        # status:X-Cache-Match (or X-Cache) of the others, e.g. shed embeddings sent upstream
+        "not_wanted_kinds": kinds,
     }
 
 

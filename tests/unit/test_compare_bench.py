@@ -1,0 +1,89 @@
+"""benchmarks/compare.py's pure parts: the stable JSON shape other tools read, the markdown
+table with nulls, and GPTCache's threshold set to the sidecar's cosine. (The run itself needs
+GPTCache, installed by the `bench` extra, not in CI: `make bench-compare`.)"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from benchmarks import compare
+from benchmarks import gptcache_server as G
+from benchmarks.quality.run import gptcache_equivalent_cosine
+
+FLOORS = {"http_p50_ms": 1.9, "encode_p50_ms": 15.9, "encode_batch32_per_s": 131.0}
+
+
+def side(**values: Any) -> dict[str, Any]:
+    return {k: values.get(k, 1.5) for k in compare.SIDE_KEYS}
+
+
+def one_size_report() -> dict[str, Any]:
+    measured = {1000: {"sidecar": side(ready_s=20.5), "gptcache": side(exact_p50_ms=None)}}
+    why = {1000: {}, 1_000_000: {"gptcache": "not run: size over --gptcache-max 100000"}}
+    detail = {"loads": {"1000": {"sidecar": {"ready_s": 6.6}}}, "note": "dev run"}
+    return compare.build_report(FLOORS, {"start": [1.0, 1.0, 1.0]}, measured, why, detail)
+
+
+def test_every_size_and_side_has_every_key_null_where_not_measured() -> None:
+    report = one_size_report()
+    assert compare.shape_problems(report) == []
+    assert list(report["sizes"]) == ["1000", "10000", "100000", "1000000"]
+    assert report["sizes"]["1000"]["sidecar"]["ready_s"] == 20.5
+    assert report["sizes"]["1000"]["gptcache"]["exact_p50_ms"] is None
+    assert set(report["sizes"]["100000"]["gptcache"]) == set(compare.SIDE_KEYS)
+    assert all(v is None for v in report["sizes"]["100000"]["sidecar"].values())
+    assert report["floors"] == FLOORS
+    # Every null side says why; a reason given for a size outside --sizes is kept.
+    assert report["why_null"]["10000"]["sidecar"] == "not run (not in --sizes)"
+    assert report["why_null"]["1000000"]["gptcache"].startswith("not run: size over")
+    assert "1000" not in report["why_null"]
+    json.dumps(report, allow_nan=False)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda r: r["floors"].pop("encode_p50_ms"),
+        lambda r: r.pop("load_avg"),
+        lambda r: r["sizes"].pop("1000000"),
+        lambda r: r["sizes"]["1000"].pop("gptcache"),
+        lambda r: r["sizes"]["1000"]["sidecar"].pop("search_recall_at_1"),
+        lambda r: r["sizes"]["1000"]["sidecar"].update(rss_mb="626 MiB"),
+    ],
+)
+def test_shape_problems_catches_a_broken_shape(damage: Any) -> None:
+    report = one_size_report()
+    damage(report)
+    assert compare.shape_problems(report) != []
+
+
+def test_markdown_shows_sizes_run_with_loads_and_dashes_for_nulls() -> None:
+    md = compare.markdown(one_size_report())
+    header = next(line for line in md.splitlines() if line.startswith("| |"))
+    assert "1,000 sidecar" in header and "1,000 GPTCache" in header
+    assert "100,000" not in header  # sizes not run get no columns
+    row = next(line for line in md.splitlines() if line.startswith("| start to ready"))
+    assert "20.5 <sub>(6.6)</sub>" in row
+    exact = next(line for line in md.splitlines() if line.startswith("| exact hit p50"))
+    assert exact.rstrip().endswith("| – |")
+    # A size outside --sizes is not listed as "not measured"; a real reason is.
+    assert "not in --sizes" not in md
+    assert "1,000,000 gptcache: not run: size over" in md
+
+
+def test_gptcache_threshold_is_the_sidecars_cosine() -> None:
+    assert G.SIDECAR_THRESHOLD == 0.92
+    cosine = gptcache_equivalent_cosine(G.GPTCACHE_THRESHOLD, G.MAX_DISTANCE)
+    assert cosine == pytest.approx(G.SIDECAR_THRESHOLD)
+
+
+def test_gptcache_keeps_every_entry_of_a_run(tmp_path: Any) -> None:
+    # GPTCache's LRU evicts past its max size (default 1000), which manager_factory takes
+    # from eviction_params, not from its own max_size: both far above the entries.
+    for n in compare.SIZES:
+        kwargs = G.factory_kwargs(tmp_path, G.max_size_for(n))
+        assert kwargs["max_size"] > 2 * n
+        assert kwargs["eviction_params"]["max_size"] > 2 * n
