@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ONNX   := models/all-MiniLM-L6-v2-onnx/onnx/model.onnx
 
-.PHONY: setup redis-server chromium run test lint image bench bench-quality train-verifier bench-verifier clean
+.PHONY: setup redis-server chromium run test lint image deploy-examples bench bench-quality train-verifier bench-verifier clean
 
 setup: $(STAMP) $(ONNX)
 
@@ -54,6 +54,12 @@ test: setup lint redis-server chromium
 # no PyTorch index are reachable: `make image LOCAL_BASE=1 WHEELS=/dir/with/torch-cpu-wheel`.
 image: setup
 	PYTHON=$(PY) .ci/container.sh
+
+# cache_service/deploy's Kubernetes and compose examples run with podman (kube play,
+# podman-compose) on the images `make image LOCAL_BASE=1` leaves, each checked from its app.
+deploy-examples: setup
+	$(PY) .ci/kube_play.py
+	$(PY) .ci/compose_up.py
 
 bench: setup
 	$(PY) benchmarks/latency.py
