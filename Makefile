@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ONNX   := models/all-MiniLM-L6-v2-onnx/onnx/model.onnx
 
-.PHONY: setup redis-server chromium run test lint prices bench bench-compare bench-quality train-verifier bench-verifier clean
+.PHONY: setup redis-server chromium run test lint prices image deploy-examples bench bench-compare bench-quality train-verifier bench-verifier clean
 
 setup: $(STAMP) $(ONNX)
 
@@ -54,6 +54,18 @@ chromium:
 
 test: setup lint redis-server chromium
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The container image, built, started and sent real requests (.ci/container.sh). Not part of
+# `test` or CI: it needs podman or docker and minutes of downloads. Where no image registry and
+# no PyTorch index are reachable: `make image LOCAL_BASE=1 WHEELS=/dir/with/torch-cpu-wheel`.
+image: setup
+	PYTHON=$(PY) .ci/container.sh
+
+# cache_service/deploy's Kubernetes and compose examples run with podman (kube play,
+# podman-compose) on the images `make image LOCAL_BASE=1` leaves, each checked from its app.
+deploy-examples: setup
+	$(PY) .ci/kube_play.py
+	$(PY) .ci/compose_up.py
 
 bench: setup
 	$(PY) benchmarks/latency.py
