@@ -20,6 +20,13 @@ from cache_service.protocols import Embedder, Vector
 In = TypeVar("In")
 Out = TypeVar("Out")
 
+ADMIT_FRACTION = 0.8
+"""Share of a caller's deadline the queue's expected wait may take for an input to be
+admitted. Half (what this was) shed lookups the model would have answered in time: 32
+concurrent clients queue ~32 inputs at ~5-8 ms each on this box, 160-260 ms against a
+500 ms deadline, and every shed paraphrase went upstream. The fifth left is the estimate's
+room to be wrong."""
+
 # Weight of the newest batch in the running per-input cost: enough to follow a change in
 # load within a few batches, not so much that one slow batch (a GC pause) sheds a burst.
 _EWMA = 0.2
@@ -61,13 +68,13 @@ class ModelBatcher(Generic[In, Out]):
         """The model's output for one input; raises TimeoutError past the deadline (the
         caller decides what that means: a miss for the embedder, a refusal for a verifier).
 
-        Admission: an input expected to wait more than half its deadline is refused at
-        once (`ModelBusy`). Waiting for it would mostly end in a timeout anyway, and queued
-        behind the backlog it would make every later caller later still; half, not all,
-        leaves the estimate room to be wrong and keeps the queue short enough to drain.
-        An idle model admits whatever its last measured cost: only a queue is evidence."""
+        Admission: an input expected to wait more than ADMIT_FRACTION of its deadline is
+        refused at once (`ModelBusy`). Waiting for it would mostly end in a timeout anyway,
+        and queued behind the backlog it would make every later caller later still. An
+        idle model admits whatever its last measured cost: only a queue is evidence."""
         busy = bool(self._pending) or self._running > 0  # an idle model always admits
-        if busy and timeout_s is not None and self.expected_wait_s() > timeout_s / 2:
+        limit = None if timeout_s is None else timeout_s * ADMIT_FRACTION
+        if busy and limit is not None and self.expected_wait_s() > limit:
             self.shed += 1
             raise ModelBusy(f"model queue ~{self.expected_wait_s() * 1000:.0f} ms deep")
         future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
