@@ -100,6 +100,8 @@ class FaissIndex:
         self._starting = threading.Lock()
         self._wakeup = threading.Event()
         self._closed = False
+        self.rebuilds = 0
+        """Scopes promoted, retrained or demoted so far (an index snapshot is then stale)."""
 
     # -------------------------------------------------------------- the VectorIndex protocol
 
@@ -438,6 +440,7 @@ class FaissIndex:
                 if logged <= _SWAP_REPLAY_MAX:
                     replay(new, kind, pending)
                     s.index, s.kind, s.log = new, kind, None
+                    self.rebuilds += 1
                     s.nlist, s.nprobe, s.recall, s.trained_at = nlist, nprobe, recall, trained_at
                     break
                 s.log = []

@@ -83,6 +83,12 @@ class ScopeExport(Protocol):
 
     def import_ivf(self, scope: str, saved: IvfExport) -> None: ...
 
+    @property
+    def rebuilds(self) -> int:
+        """Counts scopes promoted, retrained or demoted: a snapshot taken before one of
+        those would restore the old kind (and train again)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class IndexState:
@@ -414,8 +420,9 @@ class IndexSnapshots:
         self.dim = dim
         self.model = model
         self._saving = threading.Lock()
-        self._saved_at: int | None = None
-        """cache.changes when the snapshot on disk was taken (None: unknown or stale)."""
+        self._saved_at: tuple[int, int] | None = None
+        """cache.changes and index.rebuilds when the snapshot on disk was taken (None:
+        unknown or stale)."""
 
     def restore(self) -> Restored | None:
         """Load the snapshot and reconcile it with the store; None (having touched
@@ -429,11 +436,14 @@ class IndexSnapshots:
         store_ids = set(self.store.entry_ids())
         restored = restore_state(self.cache, state, store_ids, self.index)
         if not (restored.read_from_store or restored.gone or restored.expired):
-            self._saved_at = self.cache.changes
+            self._saved_at = self._version()
         return restored
 
+    def _version(self) -> tuple[int, int]:
+        return self.cache.changes, self.index.rebuilds
+
     def changed(self) -> bool:
-        return self._saved_at != self.cache.changes
+        return self._saved_at != self._version()
 
     def save(self) -> Saved | None:
         """Write a snapshot unless the cache is not ready yet (a partial index) or nothing
@@ -441,7 +451,7 @@ class IndexSnapshots:
         with self._saving:
             if not self.cache.ready or not self.changed():
                 return None
-            changes = self.cache.changes
+            version = self._version()
             saved = save_state(
                 self.directory,
                 self.cache.tracked(),
@@ -450,5 +460,5 @@ class IndexSnapshots:
                 created=self.cache.clock.now(),
                 model=self.model,
             )
-            self._saved_at = changes
+            self._saved_at = version
             return saved

@@ -141,11 +141,15 @@ def test_an_ivf_scope_is_restored_whole_without_a_build(
 ) -> None:
     cache, index, snaps = world.open(ivf_min=40)
     entries = world.fill(cache, 120)  # 60 a scope
+    cache.ready = True
+    assert snaps.save() is not None  # of flat scopes
     assert index.maintain() == 2
     built = index.stats()
     assert {st.kind for st in built.values()} == {"ivf"}
-    cache.ready = True
+    # No entry changed, but the scopes did: that snapshot would restore them flat.
+    assert snaps.changed()
     assert snaps.save() is not None
+    assert not snaps.changed()
     added = world.fill(cache, 4)
     deleted = entries[:6]
     for e in deleted:
