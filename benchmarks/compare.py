@@ -229,20 +229,12 @@ def load1() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def start_module(
-    procs: L.Procs, module: str, args: list[str], log_path: Path, cwd: Path
+def start_gptcache_server(
+    procs: L.Procs, args: list[str], log_path: Path, workdir: Path
 ) -> subprocess.Popen[bytes]:
+    """benchmarks/gptcache_server.py as a process (GPTCache, or the trivial app)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", module, *args],
-            cwd=cwd,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    procs.procs.append(proc)
-    return proc
+    return procs.start(args, log_path, env, module="benchmarks.gptcache_server", cwd=workdir)
 
 
 def disk_bytes(path: Path) -> int:
@@ -519,9 +511,8 @@ def bench_size(
             log = workdir / f"gpt-{size}.log"
             load = load1()
             t0 = time.perf_counter()
-            gp = start_module(
+            gp = start_gptcache_server(
                 procs,
-                "benchmarks.gptcache_server",
                 [
                     "serve",
                     *("--data-dir", str(gpt_dir), "--model-dir", str(ROOT / "models")),
@@ -728,18 +719,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="compare-bench-") as tmp:
         workdir = Path(tmp)
         try:
-            sim_port = L.free_port()
-            sim_log = workdir / "sim.log"
-            sim_args = ["simulate-upstream", "--port", str(sim_port), "--latency-ms", "0"]
-            sim = procs.start(sim_args, sim_log, dict(os.environ))
-            L.wait_http(f"http://127.0.0.1:{sim_port}/healthz", sim, 60, sim_log)
-            sim_url = f"http://127.0.0.1:{sim_port}/v1"
+            sim, sim_url = L.start_simulator(procs, workdir)
 
             tport = L.free_port()
             tlog = workdir / "trivial.log"
-            trivial = start_module(
+            trivial = start_gptcache_server(
                 procs,
-                "benchmarks.gptcache_server",
                 ["trivial", "--port", str(tport)],
                 tlog,
                 workdir,

@@ -62,7 +62,6 @@ from latency import (
     cpu_s,
     embed_real,
     extra_real_prompts,
-    free_port,
     make_client,
     miss_prompts,
     post,
@@ -71,8 +70,8 @@ from latency import (
     rss_mib,
     server_backend,
     start_sidecar,
+    start_simulator,
     summary,
-    wait_http,
 )
 from redis_store import entry as random_entry
 
@@ -374,12 +373,7 @@ def http_section(
     copied = copy_to_redis(dir_e, server.url)
     print(f"prefilled {args.size} entries ({fill_s:.1f} s), {copied} copied to Redis")
 
-    sim_port = free_port()
-    sim_log = workdir / "sim.log"
-    sim_args = ["simulate-upstream", "--port", str(sim_port), "--latency-ms", "0"]
-    sim = procs.start(sim_args, sim_log, dict(os.environ))
-    wait_http(f"http://127.0.0.1:{sim_port}/healthz", sim, 60, sim_log)
-    sim_url = f"http://127.0.0.1:{sim_port}/v1"
+    _, sim_url = start_simulator(procs, workdir)
     ns = SimpleNamespace(log_level="INFO", sweep_interval=3600.0)
     side_e = start_sidecar(dir_e, ns, procs, sim_url, workdir / "embedded.log")
     with env(CACHE_REDIS_URL=server.url, CACHE_REPLICA_ID="replica-a"):

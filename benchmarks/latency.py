@@ -384,12 +384,18 @@ class Procs:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(
-        self, args: list[str], log_path: Path, env: dict[str, str]
+        self,
+        args: list[str],
+        log_path: Path,
+        env: dict[str, str],
+        *,
+        module: str = "cache_service",
+        cwd: Path = ROOT,
     ) -> subprocess.Popen[bytes]:
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "cache_service", *args],
-                cwd=ROOT,
+                [sys.executable, "-m", module, *args],
+                cwd=cwd,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -411,6 +417,16 @@ class Procs:
     def close(self) -> None:
         for proc in list(self.procs):
             self.stop(proc)
+
+
+def start_simulator(procs: Procs, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """The simulated upstream at 0 ms, ready: its process and its base URL."""
+    port = free_port()
+    log_path = workdir / "sim.log"
+    args = ["simulate-upstream", "--port", str(port), "--latency-ms", "0"]
+    sim = procs.start(args, log_path, dict(os.environ))
+    wait_http(f"http://127.0.0.1:{port}/healthz", sim, 60, log_path)
+    return sim, f"http://127.0.0.1:{port}/v1"
 
 
 def wait_http(
@@ -1048,12 +1064,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="latency-bench-") as tmp:
         workdir = Path(tmp)
         try:
-            sim_port = free_port()
-            sim_log = workdir / "sim.log"
-            sim_args = ["simulate-upstream", "--port", str(sim_port), "--latency-ms", "0"]
-            sim = procs.start(sim_args, sim_log, dict(os.environ))
-            wait_http(f"http://127.0.0.1:{sim_port}/healthz", sim, 60, sim_log)
-            sim_url = f"http://127.0.0.1:{sim_port}/v1"
+            _, sim_url = start_simulator(procs, workdir)
             for size in sizes:
                 report["sizes"].append(
                     bench_size(size, args, procs, sim_url, real_prompts, real_vectors, workdir)

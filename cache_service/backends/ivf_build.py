@@ -138,7 +138,7 @@ def choose_nprobe(
     queries: Vector,
     truth: Vector,
     target_recall: float,
-    read: Reader | None = None,
+    read: Reader,
 ) -> tuple[int, float]:
     """The smallest nprobe whose recall@1 against the exact result, on stored vectors
     with noise added as queries, reaches target_recall; and that recall."""
@@ -171,18 +171,13 @@ def noisy(vecs: Vector, rng: np.random.Generator) -> Vector:
     return out
 
 
-def recall_at_1(
-    ivf: Any, queries: Vector, truth: Vector, nprobe: int, read: Reader | None = None
-) -> float:
+def recall_at_1(ivf: Any, queries: Vector, truth: Vector, nprobe: int, read: Reader) -> float:
     """Share of queries whose top-1 is as similar as the exact best. A tie (a duplicate
     vector) counts as found, so scores are compared, not labels; and the index's own score
-    is approximate for a quantised index, so with `read` the top-1's vector is read back
-    from the source and scored exactly (a label gone from the source meanwhile counts as
-    not found)."""
-    scores, got = ivf.search(queries, 1, params=probe(nprobe))
+    is approximate for a quantised index, so the top-1's vector is read back through `read`
+    and scored exactly (a label gone from the source meanwhile counts as not found)."""
+    _, got = ivf.search(queries, 1, params=probe(nprobe))
     top = got[:, 0]
-    if read is None:
-        return float(np.mean(scores[:, 0] >= truth - 1e-5))
     exact = np.full(len(queries), -np.inf, dtype=np.float32)
     wanted = np.unique(top[top >= 0])
     for present, vecs in read(wanted):

@@ -91,7 +91,7 @@ class CacheFront:
         self.store_unavailable = 0
         """Lookups and stores that found the store unreachable (and failed open)."""
         self._writing: dict[str, set[asyncio.Task[Entry | None]]] = {}
-        """store_soon()'s writes still running, by scope."""
+        """write_soon()'s writes still running, by scope."""
 
     @property
     def ready(self) -> bool:
@@ -212,36 +212,19 @@ class CacheFront:
         failed: the caller still has its answer, a failure costs a future hit only.
         `embed=False` (the lookup's own embedding missed its deadline: the model is
         overloaded) stores it for exact matches only instead of queueing more model work."""
-        entry = self._entry(keys, response, api, ttl_s, usage, vector)
-        if entry is None:
-            return None
-        return await self._write(keys, entry, embed)
+        entry = self.entry(keys, response, api=api, ttl_s=ttl_s, usage=usage, vector=vector)
+        return None if entry is None else await self._write(keys, entry, embed)
 
-    def store_soon(
-        self,
-        keys: RequestKeys,
-        response: dict[str, Any],
-        *,
-        api: str,
-        ttl_s: float | None,
-        usage: Usage,
-        vector: Vector | None = None,
-        embed: bool = True,
-    ) -> bool:
-        """store() without making the caller wait on the write (a disk or Redis round trip,
-        and an embedding when the lookup made none): it runs as a task, and every lookup
-        of the same scope (`exact()`, hence `lookup()`) first waits for the writes started
-        before it, so the next request still finds the entry. False when the answer may
-        not be stored; True when its write has started (a write that fails is logged, as
-        store()'s are). `drain()` finishes what is left at shutdown."""
-        entry = self._entry(keys, response, api, ttl_s, usage, vector)
-        if entry is None:
-            return False
+    def write_soon(self, keys: RequestKeys, entry: Entry, *, embed: bool = True) -> None:
+        """store()'s write of an `entry()` without making the caller wait on it (a disk or
+        Redis round trip, and an embedding when the lookup made none): it runs as a task,
+        and every lookup of the same scope (`exact()`, hence `lookup()`) first waits for
+        the writes started before it, so the next request still finds the entry. A write
+        that fails is logged, as store()'s are. `drain()` finishes what is left."""
         task = asyncio.create_task(self._write(keys, entry, embed))
         pending = self._writing.setdefault(keys.scope, set())
         pending.add(task)
         task.add_done_callback(lambda done: self._written(keys.scope, done))
-        return True
 
     def _written(self, scope: str, task: asyncio.Task[Entry | None]) -> None:
         pending = self._writing.get(scope)
@@ -257,21 +240,23 @@ class CacheFront:
             await asyncio.wait(tuple(pending))
 
     async def drain(self) -> None:
-        """Wait for every write store_soon() started: before the store closes."""
+        """Wait for every write write_soon() started: before the store closes."""
         pending = [task for tasks in self._writing.values() for task in tasks]
         if pending:
             await asyncio.wait(pending)
 
-    def _entry(
+    def entry(
         self,
         keys: RequestKeys,
         response: dict[str, Any],
+        *,
         api: str,
         ttl_s: float | None,
         usage: Usage,
-        vector: Vector | None,
+        vector: Vector | None = None,
     ) -> Entry | None:
-        """The entry to store, its vector still to make if None; None if it may not be."""
+        """The entry to store for an answer, its vector still to make if None; None if it
+        may not be stored."""
         entry = self.cache.new_entry(
             scope=keys.scope,
             exact_key=keys.exact_key,

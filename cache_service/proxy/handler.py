@@ -221,16 +221,19 @@ class ProxyHandler:
         if refusal is not None or not isinstance(body, dict):
             log.info("not stored", extra={"request_id": ctx.request_id, "why": refusal})
             return False
-        # The answer leaves before its write ends; the next lookup of the scope waits for it.
-        return self.front.store_soon(
+        entry = self.front.entry(
             ctx.keys,
             body,
             api=ctx.flavor.name,
             ttl_s=ctx.directives.ttl_s,
             usage=usage,
             vector=ctx.found.vector,
-            embed=not ctx.found.embed_timeout,
         )
+        if entry is None:
+            return False
+        # The answer leaves before its write ends; the next lookup of the scope waits for it.
+        self.front.write_soon(ctx.keys, entry, embed=not ctx.found.embed_timeout)
+        return True
 
     def _relay(
         self, ctx: RequestContext, resp: UpstreamResponse, state: str, extra: dict[str, str]
