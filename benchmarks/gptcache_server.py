@@ -254,8 +254,17 @@ def trivial_app() -> Any:
 def run(app: Any, port: int) -> None:
     import uvicorn
 
-    # The sidecar's uvicorn settings (cache_service/serving.py): h11, no access log.
-    uvicorn.run(app, host="127.0.0.1", port=port, http="h11", access_log=False, log_config=None)
+    # The sidecar's uvicorn settings (cache_service/serving.py): httptools on uvloop, no
+    # access log, so the floor and GPTCache get the same server stack as the sidecar.
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        http="httptools",
+        loop="uvloop",
+        access_log=False,
+        log_config=None,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,9 +5,13 @@ too many connections cost a bounded amount instead of being held open indefinite
 - a connection must send each request's headers within `header_timeout_s` (our timer,
   below: uvicorn arms none before the first request or while headers trickle in);
 - `max_concurrency` open connections or running requests: further requests get 503;
-- headers over `max_header_bytes` get 400 (h11's incomplete-event limit);
+- a request head over `max_header_bytes` gets 400 (counted here: httptools has no limit);
 - the body's own deadline, `body_timeout_s`, is kept where the body is read (`api/body.py`),
   so its 408 is written in the route's wire format.
+
+The parser is httptools (llhttp, in C) on uvloop, not h11 on asyncio's own loop: measured on
+this box, an exact hit's server CPU fell from ~1.4 to ~1.05 ms and its p50 by ~0.3 ms; the
+loop and the parser were a third of the work of a request that is otherwise a dict lookup.
 """
 
 from __future__ import annotations
@@ -17,20 +21,45 @@ import socket
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from cache_service.settings import Settings
 
 
-class _HeadDeadlineProtocol(H11Protocol):
-    """uvicorn's h11 protocol plus a deadline on each request's head.
+class _HeadLimitsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol plus a deadline and a size limit on each request's head.
 
-    Armed when the connection opens and after each answer; it closes the connection if no
-    new request (a new request/response cycle) has started by then. A request whose headers
-    arrived is left alone: its body has its own deadline."""
+    The deadline is armed when the connection opens and after each answer; it closes the
+    connection if no new request (a new request/response cycle) has started by then. A
+    request whose headers arrived is left alone: its body has its own deadline.
+
+    The size: httptools buffers a header until it ends, however long, so the bytes received
+    while a head is open are counted, and past `max_head_bytes` the request gets a 400 and
+    the connection closes (what h11's incomplete-event limit did before)."""
 
     header_timeout_s: float = 10.0
+    max_head_bytes: int = 16 * 1024
     _head_timer: asyncio.TimerHandle | None = None
+    _head_open = False
+    _head_bytes = 0
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # After the parse: a chunk that completed its head (and carried body bytes) is not
+        # counted, one that left a head open counts whole (a bound, not an exact count).
+        if self._head_open and not self.transport.is_closing():
+            self._head_bytes += len(data)
+            if self._head_bytes > self.max_head_bytes:
+                self._head_open = False
+                self.send_400_response("Request headers too large.")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_open, self._head_bytes = True, 0
+
+    def on_headers_complete(self) -> None:
+        self._head_open = False
+        super().on_headers_complete()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -67,9 +96,12 @@ class _HeadDeadlineProtocol(H11Protocol):
 
 def server_config(app: Any, settings: Settings) -> uvicorn.Config:
     protocol = type(
-        "HeadDeadlineProtocol",
-        (_HeadDeadlineProtocol,),
-        {"header_timeout_s": settings.header_timeout_s},
+        "HeadLimitsProtocol",
+        (_HeadLimitsProtocol,),
+        {
+            "header_timeout_s": settings.header_timeout_s,
+            "max_head_bytes": settings.max_header_bytes,
+        },
     )
     return uvicorn.Config(
         app,
@@ -78,9 +110,9 @@ def server_config(app: Any, settings: Settings) -> uvicorn.Config:
         log_config=None,
         access_log=False,
         http=protocol,
+        loop="uvloop",
         timeout_keep_alive=settings.keep_alive_timeout_s,
         limit_concurrency=settings.max_concurrency,
-        h11_max_incomplete_event_size=settings.max_header_bytes,
     )
 
 
