@@ -8,6 +8,7 @@ exactly these seams and nowhere else.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -100,6 +101,17 @@ MAX_TOKENS = 2**31 - 1
 enough that the pricing's floats never overflow."""
 
 
+def answer_json(response: object) -> str:
+    """An answer as a hit serves it: the JSON text of an object, standard JSON only (no NaN
+    or infinity, which clients' parsers refuse); "" for an answer that cannot be served."""
+    if not isinstance(response, dict):
+        return ""
+    try:
+        return json.dumps(response, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return ""
+
+
 @dataclass(slots=True)
 class Entry:
     """One stored answer and everything needed to serve, verify, expire and re-index it."""
@@ -111,7 +123,10 @@ class Entry:
     model: str
     prompt: str
     embedding: Vector | None
-    response: dict[str, Any]
+    body: str
+    """The answer exactly as a hit serves it (`answer_json`, made once when it is stored):
+    a hit answers with this text instead of re-serialising, and a candidate read never
+    decodes an answer it may not serve. "" marks an answer that cannot be served."""
     created: float
     expires: float | None
     prompt_tokens: int = 0
@@ -120,6 +135,16 @@ class Entry:
     cached_tokens: int = 0
     """Of `prompt_tokens`, those a repeat call would find in the provider's prompt cache
     (`Usage.repeat`): a hit's saving counts them at the cached-input price."""
+    _response: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def response(self) -> dict[str, Any]:
+        """The answer, decoded from `body` at first use (streamed replays, audits and the
+        lookup API need it; a plain hit does not)."""
+        if self._response is None:
+            decoded = json.loads(self.body) if self.body else {}
+            self._response = decoded if isinstance(decoded, dict) else {}
+        return self._response
 
     def expired(self, now: float) -> bool:
         return self.expires is not None and now >= self.expires

@@ -10,12 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from cache_service.protocols import Entry
+from cache_service.protocols import Entry, answer_json
 
 
 def to_record(entry: Entry) -> dict[str, Any]:
     return {
-        "v": 1,
+        "v": 2,
         "id": entry.id,
         "scope": entry.scope,
         "exact_key": entry.exact_key,
@@ -23,7 +23,7 @@ def to_record(entry: Entry) -> dict[str, Any]:
         "model": entry.model,
         "prompt": entry.prompt,
         "embedding": None if entry.embedding is None else entry.embedding.astype("<f4").tobytes(),
-        "response": entry.response,
+        "body": entry.body,
         "created": entry.created,
         "expires": entry.expires,
         "prompt_tokens": entry.prompt_tokens,
@@ -43,7 +43,8 @@ def from_record(r: dict[str, Any]) -> Entry:
         model=r["model"],
         prompt=r["prompt"],
         embedding=None if emb is None else np.frombuffer(emb, dtype="<f4").copy(),
-        response=r["response"],
+        # Version 1 kept the answer as a dict: encoded once here, as the store would now.
+        body=r["body"] if "body" in r else answer_json(r.get("response")),
         created=r["created"],
         expires=r["expires"],
         prompt_tokens=r["prompt_tokens"],

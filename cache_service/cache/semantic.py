@@ -21,7 +21,7 @@ import numpy as np
 from cache_service.cache.capacity import Capacity
 from cache_service.cache.guards import AcceptConfig, accept
 from cache_service.cache.matching import Candidate
-from cache_service.protocols import Clock, Entry, EntryStore, Vector, VectorIndex
+from cache_service.protocols import Clock, Entry, EntryStore, Vector, VectorIndex, answer_json
 
 REBUILD_CHUNK = 4096
 """Entries whose vectors rebuild() holds before handing them to the index in bulk."""
@@ -210,7 +210,7 @@ class SemanticCache:
             model=model,
             prompt=prompt,
             embedding=embedding,
-            response=response,
+            body=answer_json(response),
             created=now,
             expires=now + ttl_s,
             prompt_tokens=prompt_tokens,

@@ -143,7 +143,7 @@ class EmbeddingCache:
         assert entry is not None
         self.recorder.record(ctx, Outcome.EXACT_HIT, entry.saved_usage())
         return Response(
-            json.dumps(entry.response),
+            entry.body,
             media_type="application/json",
             headers=hit_headers(hit, self.clock.now()),
         )

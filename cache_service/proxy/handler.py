@@ -10,7 +10,6 @@ a 502 `upstream_invalid_response`, never stored.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator, Iterable
 
@@ -108,7 +107,7 @@ class ProxyHandler:
             return StreamingResponse(
                 _aiter(events), media_type="text/event-stream", headers=headers
             )
-        return Response(json.dumps(entry.response), media_type=JSON, headers=headers)
+        return Response(entry.body, media_type=JSON, headers=headers)
 
     async def _miss(self, ctx: RequestContext, outcome: Outcome) -> Response:
         lease: FlightLease | None = None

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from cache_service.backends.records import to_record
 from cache_service.proxy.handler import ProxyHandler
 from cache_service.settings import Settings
 from tests.conftest import Harness, harness
@@ -243,11 +244,20 @@ async def test_poisoned_entries_are_refused_at_store_time(h: Harness, field: str
 
 
 def poison(h: Harness, entry_id: str, **changes: Any) -> None:
-    """Rewrite a stored entry as another writer (or an older version) might have left it."""
+    """Rewrite a stored entry as another writer (or an older version) might have left it.
+    A `response` is written as version-1 records held answers: a dict, never checked."""
     store = h.state["front"].cache.store
     entry = store.get(entry_id)
     assert entry is not None
-    store.put(dataclasses.replace(entry, **changes))
+    response = changes.pop("response", None)
+    poisoned = dataclasses.replace(entry, **changes)
+    if response is None:
+        store.put(poisoned)
+        return
+    record = to_record(poisoned)
+    del record["body"]
+    record.update(v=1, response=response)
+    store._cache.set("e:" + entry_id, record)
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import pytest
 
 from cache_service.backends.faiss_index import FaissIndex
 from cache_service.backends.store import DiskCacheStore
-from cache_service.protocols import Entry, Vector
+from cache_service.protocols import Entry, Vector, answer_json
 from tests.fakes import HashingEmbedder
 
 DIM = HashingEmbedder.dim
@@ -47,6 +47,7 @@ def make_entry(
     fields.update(kw)
     if embedding is None:
         embedding = HashingEmbedder().embed([fields["prompt"]])[0]
+    fields["body"] = answer_json(fields.pop("response"))
     return Entry(
         id=entry_id,
         exact_key=exact_key,

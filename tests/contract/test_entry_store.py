@@ -17,7 +17,7 @@ from cache_service.backends.records import from_record, to_record
 from cache_service.backends.redis_store import RedisEntryStore
 from cache_service.backends.store import DiskCacheStore
 from cache_service.pricing import Usage
-from cache_service.protocols import Entry, EntryStore
+from cache_service.protocols import Entry, EntryStore, answer_json
 
 DIM = 384
 T0 = 1_795_000_000.0
@@ -81,14 +81,16 @@ def make_entry(entry_id: str = "e1", exact_key: str = "k1", **kw: Any) -> Entry:
         "meta": {"api": "openai", "headers": {"x-a": "1"}, "tags": [1, 2.5, None, True]},
     }
     fields.update(kw)
+    fields["body"] = answer_json(fields.pop("response"))
     return Entry(**fields)
 
 
 def assert_same_entry(got: Entry | None, want: Entry) -> None:
     assert got is not None
     for f in dataclasses.fields(Entry):
-        if f.name != "embedding":
+        if f.name not in ("embedding", "_response"):
             assert getattr(got, f.name) == getattr(want, f.name), f.name
+    assert got.response == want.response
     if want.embedding is None:
         assert got.embedding is None
     else:

@@ -99,7 +99,7 @@ def test_bad_verifier_settings_are_config_errors(bad: dict[str, Any], tmp_path: 
 
 
 def candidate(prompt: str, similarity: float = 0.8) -> Candidate:
-    entry = Entry(prompt, "s", prompt, "ns", "m", prompt, None, {}, 0.0, None)
+    entry = Entry(prompt, "s", prompt, "ns", "m", prompt, None, "{}", 0.0, None)
     return Candidate(entry, similarity)
 
 

@@ -46,7 +46,7 @@ class Refuses:
 
 
 def candidate(prompt: str, similarity: float) -> Candidate:
-    entry = Entry(prompt, "s", prompt, "ns", "m", prompt, None, {}, 0.0, None)
+    entry = Entry(prompt, "s", prompt, "ns", "m", prompt, None, "{}", 0.0, None)
     return Candidate(entry, similarity)
 
 

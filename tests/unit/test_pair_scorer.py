@@ -140,7 +140,7 @@ async def test_the_app_builds_the_verifier_from_the_model_directory(
     try:
         # The calibration table's loosest threshold within 2% wrong, the manifest's floor.
         assert (verifier.threshold, verifier.floor) == (0.7, 0.75)
-        entry = Entry("e", "s", "k", "ns", "m", PAIRS[0][0], None, {}, 0.0, None)
+        entry = Entry("e", "s", "k", "ns", "m", PAIRS[0][0], None, "{}", 0.0, None)
         verdicts = await verifier.verify(PAIRS[0][1], [Candidate(entry, 0.8)])
         assert len(verdicts) == 1 and verifier.judged == 1 and verifier.errors == 0
     finally:
