@@ -172,7 +172,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{_cell(f['http_p50_ms'], fl.get('http_p50_ms'), 2)} ms, one bare encode p50 "
         f"{_cell(f['encode_p50_ms'], fl.get('encode_p50_ms'), 2)} ms, batch-32 encode "
         f"{_cell(f['encode_batch32_per_s'], fl.get('encode_batch32_per_s'), 0)} sentences/s"
-        " (1-minute load average in brackets beside every figure).",
+        + _miss_encode(report)
+        + " (1-minute load average in brackets beside every figure).",
         "",
         "".join(head),
         "|---|" + "---:|---:|" * len(ran),
@@ -220,6 +221,14 @@ def markdown(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _miss_encode(report: dict[str, Any]) -> str:
+    one = report.get("detail", {}).get("encode_floor", {}).get("one_miss_prompt")
+    if not one:
+        return ""
+    cell = _cell(one.get("p50_ms"), one.get("load"), 2)
+    return f"; one bare encode of a miss's prompt (what a miss embeds) p50 {cell} ms"
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -676,6 +685,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     paraphrases = [para for _, para in L.PAIRS]
     query_vectors = embedder.embed(paraphrases)
     enc = encode_floors(embedder, paraphrases, args.requests)
+    # What a miss embeds: the miss prompts carry a unique number, ~2x the paraphrases'
+    # tokens, so their bare encode is the floor under the latency a miss adds.
+    miss_texts = L.miss_prompts(64, "floor", random.Random(3))
+    enc["one_miss_prompt"] = encode_floors(embedder, miss_texts, args.requests)["one"]
     del embedder
     print(f"encode floors: {enc}", flush=True)
 

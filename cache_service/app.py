@@ -290,7 +290,6 @@ def create_app(
                 fleet=shared.fleet if shared is not None else None,
             )
         finally:
-            await front.drain()  # answers already sent whose entries are still being written
             pending = (*tasks, *handler.streams.pumps, *auditor.tasks)
             for task in pending:
                 task.cancel()

@@ -46,8 +46,6 @@ async def cache_stats(
     `size_history`: the store's entries, bytes and evictions after each sweep since this
     replica started (the time range applies; namespace and model do not)."""
     front = state.of(request)["front"]
-    # The entries of answers already sent count, though their writes may still be running.
-    await front.drain()
     visible = state.of(request)["tenancy"].visible_to(lower_headers(request))
     stats = state.of(request)["stats"]
     fleet = state.of(request)["fleet"]

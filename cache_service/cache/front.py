@@ -85,8 +85,6 @@ class CacheFront:
         self.base_threshold = cache.accept_config.threshold if cache is not None else 1.0
         self.store_unavailable = 0
         """Lookups and stores that found the store unreachable (and failed open)."""
-        self._writing: dict[str, set[asyncio.Task[Entry | None]]] = {}
-        """write_soon()'s writes still running, by scope."""
 
     @property
     def ready(self) -> bool:
@@ -145,7 +143,6 @@ class CacheFront:
 
     async def exact(self, keys: RequestKeys) -> Lookup | None:
         """The entry stored under exactly this request, if it may be served."""
-        await self.settled(keys.scope)
         try:
             entry = await asyncio.to_thread(self.cache.get_exact, keys.exact_key)
         except StoreUnavailable:
@@ -207,40 +204,10 @@ class CacheFront:
         failed: the caller still has its answer, a failure costs a future hit only.
         `embed=False` (the lookup's own embedding missed its deadline: the model is
         overloaded) stores it for exact matches only instead of queueing more model work."""
-        entry = self.entry(keys, response, api=api, ttl_s=ttl_s, usage=usage, vector=vector)
+        entry = self._entry(keys, response, api=api, ttl_s=ttl_s, usage=usage, vector=vector)
         return None if entry is None else await self._write(keys, entry, embed)
 
-    def write_soon(self, keys: RequestKeys, entry: Entry, *, embed: bool = True) -> None:
-        """store()'s write of an `entry()` without making the caller wait on it (a disk or
-        Redis round trip, and an embedding when the lookup made none): it runs as a task,
-        and every lookup of the same scope (`exact()`, hence `lookup()`) first waits for
-        the writes started before it, so the next request still finds the entry. A write
-        that fails is logged, as store()'s are. `drain()` finishes what is left."""
-        task = asyncio.create_task(self._write(keys, entry, embed))
-        pending = self._writing.setdefault(keys.scope, set())
-        pending.add(task)
-        task.add_done_callback(lambda done: self._written(keys.scope, done))
-
-    def _written(self, scope: str, task: asyncio.Task[Entry | None]) -> None:
-        pending = self._writing.get(scope)
-        if pending is not None:
-            pending.discard(task)
-            if not pending:
-                del self._writing[scope]
-
-    async def settled(self, scope: str) -> None:
-        """Wait for the writes to this scope that have started (none, almost always)."""
-        pending = self._writing.get(scope)
-        if pending:
-            await asyncio.wait(tuple(pending))
-
-    async def drain(self) -> None:
-        """Wait for every write write_soon() started: before the store closes."""
-        pending = [task for tasks in self._writing.values() for task in tasks]
-        if pending:
-            await asyncio.wait(pending)
-
-    def entry(
+    def _entry(
         self,
         keys: RequestKeys,
         response: dict[str, Any],
@@ -275,9 +242,9 @@ class CacheFront:
     async def _write(self, keys: RequestKeys, entry: Entry, embed: bool) -> Entry | None:
         if entry.embedding is None and keys.semantic_ok and embed:
             # No lookup embedding (no-cache, the lookup API, or the lookup timed out): embed
-            # now, under the lookup's own deadline rather than a long one (the next request
-            # of the scope waits on this write): a backlogged embedder costs the entry its
-            # semantic matches (it is stored for exact ones), not seconds.
+            # now, under the lookup's own deadline rather than a long one (the answer waits
+            # on this write): a backlogged embedder costs the entry its semantic matches (it
+            # is stored for exact ones), not seconds.
             with contextlib.suppress(TimeoutError):
                 entry.embedding = await self.batcher.embed(keys.prompt, self.embed_timeout_s)
         try:

@@ -142,7 +142,6 @@ class CacheAPI:
         """Invalidate one entry of the caller's (another tenant's is "not found": its
         existence is not the caller's business)."""
         cache = self.front.cache
-        await self.front.drain()  # an answer already sent may still be being written
         entry = await asyncio.to_thread(cache.store.get, entry_id)
         if entry is None or not self.tenancy.owns(caller, entry.namespace):
             return False
@@ -170,8 +169,6 @@ class CacheAPI:
 
         if namespace is not None and not caller.admin:
             tenancy.tenant(caller, namespace)  # a malformed name is a 400, not "0 deleted"
-        # Answers already sent whose writes are still running are invalidated too.
-        await self.front.drain()
         count = await asyncio.to_thread(self.front.cache.delete_matching, doomed)
         self.metrics.evicted(count)
         return count

@@ -291,7 +291,6 @@ async def test_an_unservable_entry_is_a_miss_and_is_dropped(
 async def test_an_unservable_proxied_entry_is_a_miss(h: Harness) -> None:
     first = await h.chat("What is the capital of France?")
     assert first.headers["x-cache"] == "MISS"
-    await h.state["front"].drain()  # its write ends after the answer
     (entry,) = list(h.state["front"].cache.store.iter_entries())
     poison(h, entry.id, prompt_tokens=10**400)
     again = await h.chat("What is the capital of France?")
