@@ -584,9 +584,11 @@ async def test_an_embedding_past_its_deadline_fails_open(
         embedder.release.set()
 
 
-async def test_a_miss_answers_before_its_write_ends_and_the_next_request_still_hits(
+async def test_a_miss_is_answered_once_its_entry_is_written(
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """`x-cache-stored: true` is a promise a crash right after the answer keeps: the answer
+    waits for the write (tests/e2e/test_crash.py kills the process to check the rest)."""
     cache = h.state["front"].cache
     put = cache.put
     release = threading.Event()
@@ -596,18 +598,19 @@ async def test_a_miss_answers_before_its_write_ends_and_the_next_request_still_h
         put(entry)
 
     monkeypatch.setattr(cache, "put", slow_put)
-    first = await asyncio.wait_for(h.chat(Q), 5)  # answered while its write is held
-    assert first.headers["x-cache"] == "MISS" and first.headers["x-cache-stored"] == "true"
-    second = asyncio.create_task(h.chat(Q))
+    first = asyncio.create_task(h.chat(Q))
     await asyncio.sleep(0.2)
-    assert not second.done()  # it waits for the write rather than going upstream
+    assert not first.done()  # held with its write
     release.set()
-    again = await asyncio.wait_for(second, 5)
+    answer = await asyncio.wait_for(first, 5)
+    assert answer.headers["x-cache"] == "MISS" and answer.headers["x-cache-stored"] == "true"
+    assert len(cache.store) == 1  # written when the answer left, not after
+    again = await h.chat(Q)
     assert again.headers["x-cache"] == "HIT"
     assert await h.upstream_calls() == 1
 
 
-async def test_shutdown_finishes_the_writes_of_answers_already_sent(
+async def test_an_answer_confirmed_as_stored_is_served_after_a_restart(
     settings_factory: Callable[..., Settings],
     embedder: HashingEmbedder,
     clock: FakeClock,
