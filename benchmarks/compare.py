@@ -675,12 +675,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         p.error(f"sizes must be among {SIZES}: {unknown}")
 
-    from cache_service.backends.embedder import SentenceTransformerEmbedder
+    from cache_service.backends.embedder import load_embedder
 
     started = time.perf_counter()
     load_start = [round(x, 2) for x in os.getloadavg()]
     real_prompts = [orig for orig, _ in L.PAIRS] + L.extra_real_prompts()
-    embedder = SentenceTransformerEmbedder(ROOT / "models", backend="onnx", threads=1)
+    embedder = load_embedder(ROOT / "models", "onnx", threads=1)
     real_vectors = L.embed_real(real_prompts)
     paraphrases = [para for _, para in L.PAIRS]
     query_vectors = embedder.embed(paraphrases)

