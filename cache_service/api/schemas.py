@@ -9,13 +9,27 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
 
 from cache_service.protocols import MAX_TOKENS
 
 Tokens = Annotated[StrictInt, Field(ge=1, le=MAX_TOKENS)]
 TokenCount = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS)]
 Content = StrictStr | list[dict[str, Any]]
+# Numbers only (an int is a number; "0.5" and true are not): the scope is built from the
+# parsed value while the body goes upstream as sent, so a coerced string would share a
+# scope with the number and be refused upstream.
+Temperature = Annotated[StrictFloat, Field(ge=0, le=2)]
+TopP = Annotated[StrictFloat, Field(ge=0, le=1)]
 
 
 class ChatMessage(BaseModel):
@@ -38,8 +52,8 @@ class ChatRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1)
     stream: StrictBool | None = None
     n: Annotated[StrictInt, Field(ge=1, le=128)] | None = None
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, ge=0, le=1)
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
     max_tokens: Tokens | None = None
     max_completion_tokens: Tokens | None = None
     stream_options: StreamOptions | None = None
@@ -73,8 +87,8 @@ class ResponsesRequest(BaseModel):
     instructions: StrictStr | None = None
     stream: StrictBool | None = None
     max_output_tokens: Tokens | None = None
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, ge=0, le=1)
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
 
 
 class _CacheKeyed(BaseModel):
