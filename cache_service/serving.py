@@ -42,13 +42,18 @@ class _HeadLimitsProtocol(HttpToolsProtocol):
     _head_timer: asyncio.TimerHandle | None = None
     _head_open = False
     _head_bytes = 0
+    _ended_in_chunk = False
 
     def data_received(self, data: bytes) -> None:
+        self._ended_in_chunk = False
         super().data_received(data)
         # After the parse: a chunk that completed its head (and carried body bytes) is not
-        # counted, one that left a head open counts whole (a bound, not an exact count).
+        # counted, one that left a head open counts whole (a bound, not an exact count),
+        # unless it also ended the request before (pipelined): its bytes are mostly that
+        # one's body, and the next chunks are counted.
         if self._head_open and not self.transport.is_closing():
-            self._head_bytes += len(data)
+            if not self._ended_in_chunk:
+                self._head_bytes += len(data)
             if self._head_bytes > self.max_head_bytes:
                 self._head_open = False
                 self.send_400_response("Request headers too large.")
@@ -56,6 +61,10 @@ class _HeadLimitsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_open, self._head_bytes = True, 0
+
+    def on_message_complete(self) -> None:
+        self._ended_in_chunk = True
+        super().on_message_complete()
 
     def on_headers_complete(self) -> None:
         self._head_open = False

@@ -175,3 +175,22 @@ def test_headers_past_the_limit_are_refused(base: str) -> None:
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: sidecar\r\nX-Big: " + b"a" * 40_000)
         status, _, _ = read_answer(s)
         assert status == 400
+
+
+def test_a_pipelined_head_after_a_large_body_is_not_counted_as_that_body(base: str) -> None:
+    # One read can hold a request's 30 KB body and the start of the next request's head: the
+    # head limit must not count the body's bytes as the head's.
+    body = b"x" * 30_000
+    first = b"POST /healthz HTTP/1.1\r\nHost: sidecar\r\nContent-Length: 30000\r\n\r\n" + body
+    with connect(base) as s:
+        s.sendall(first + b"GET /healthz HTTP/1.1\r\nHost: sidecar\r\n")
+        time.sleep(0.3)
+        s.sendall(b"\r\n")
+        data = b""
+        while data.count(b"HTTP/1.1 ") < 2:
+            chunk = s.recv(65536)
+            assert chunk, f"connection closed: {data!r}"
+            data += chunk
+    statuses = [int(part.split(b" ", 1)[0]) for part in data.split(b"HTTP/1.1 ")[1:3]]
+    assert statuses[1] == 200, data
+    assert statuses[0] != 400, data
