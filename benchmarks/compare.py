@@ -781,11 +781,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     problems = shape_problems(report)
     if problems:
         raise RuntimeError(f"report shape: {problems}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    md = markdown(report)
-    args.out.with_suffix(".md").write_text(md)
-    print(md)
+    L.write_results(args.out, report, markdown(report))
     print(f"wrote {args.out} and its .md in {detail['total_s']:.0f} s")
     return 0
 

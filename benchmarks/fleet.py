@@ -72,6 +72,7 @@ from latency import (
     start_sidecar,
     start_simulator,
     summary,
+    write_results,
 )
 from redis_store import entry as random_entry
 
@@ -936,12 +937,8 @@ def main() -> int:
         report["host"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
         report["pytest_running_at_end"] = bool(pgrep(PYTEST))
     report["total_s"] = round(time.perf_counter() - started, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    md = markdown(report)
-    args.out.with_suffix(".md").write_text(md)
-    print(md)
-    print(f"wrote {args.out} and {args.out.with_suffix('.md')} in {report['total_s']:.0f} s")
+    write_results(args.out, report, markdown(report))
+    print(f"wrote {args.out} and its .md in {report['total_s']:.0f} s")
     return 0
 
 

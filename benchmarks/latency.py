@@ -371,6 +371,14 @@ def prefill(
 # ---------------------------------------------------------------------------------- processes
 
 
+def write_results(out: Path, report: dict[str, Any], md: str) -> None:
+    """A benchmark's JSON (the shape other tools read) and its markdown beside it, printed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".md").write_text(md)
+    print(md)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -1092,13 +1100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["host"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     report["total_s"] = round(time.perf_counter() - started, 1)
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    md_path = args.out.with_suffix(".md")
-    md = markdown(report)
-    md_path.write_text(md)
-    print(md)
-    print(f"wrote {args.out} and {md_path} in {report['total_s']:.0f} s total")
+    write_results(args.out, report, markdown(report))
+    print(f"wrote {args.out} and its .md in {report['total_s']:.0f} s total")
     return 0
 
 

@@ -98,9 +98,7 @@ def create_app(
         dim = embedder.dim if embedder is not None else _manifest_dim(settings)
         # The verifier's model loads beside them too: the cache needs only to know whether
         # there will be one (it decides the guards), not the model itself.
-        with_verifier = settings.verifier != "off" and (
-            pair_scorer is not None or verifier_wanted(settings)
-        )
+        with_verifier = _with_verifier(settings, pair_scorer)
         verifying = asyncio.create_task(_verifier(settings, pair_scorer))
         index = FaissIndex(dim)
         cache = SemanticCache(
@@ -135,7 +133,6 @@ def create_app(
         )
         try:
             verifier = await verifying
-            assert (verifier is not None) == with_verifier
             the_embedder: Embedder = await loading if loading is not None else embedder  # type: ignore[assignment]
             if the_embedder.dim != dim:
                 raise ConfigError(
@@ -393,17 +390,23 @@ def verifier_wanted(settings: Settings) -> bool:
     return settings.verifier == "on" or (settings.verifier_dir / "manifest.json").is_file()
 
 
+def _with_verifier(settings: Settings, injected: PairScorer | None) -> bool:
+    """Whether this app runs a verifier (known before its model loads: the guards depend
+    on it). An injected model is used unless `verifier` is "off"."""
+    return settings.verifier != "off" and (injected is not None or verifier_wanted(settings))
+
+
 async def _verifier(settings: Settings, injected: PairScorer | None) -> CrossEncoderVerifier | None:
-    if settings.verifier == "off":
-        return None
-    scorer = injected
-    if scorer is None:
-        if not verifier_wanted(settings):
+    """The verifier `_with_verifier` promises, its model loaded; None where it says none."""
+    if not _with_verifier(settings, injected):
+        if settings.verifier != "off":
             log.info(
                 "no verifier model; verifier off",
                 extra={"verifier_dir": str(settings.verifier_dir)},
             )
-            return None
+        return None
+    scorer = injected
+    if scorer is None:
         from cache_service.preflight import check_verifier
 
         # Again here (serve already checked): create_app is also built without the CLI.

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from cache_service.backends.embedder import manifest, onnx_path
+from cache_service.backends.onnx_session import bert_inputs, cpu_session, input_names
 from cache_service.protocols import Vector
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,6 @@ class OnnxEmbedder:
     backend = "onnx"
 
     def __init__(self, model_dir: Path, threads: int = 1) -> None:
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         described = manifest(model_dir)
@@ -45,16 +45,10 @@ class OnnxEmbedder:
         tokenizer.enable_truncation(max_length=_max_seq_length(exported, described))
         tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
         self._tokenizer = tokenizer
-        options = ort.SessionOptions()
-        # One intra-op thread: on 2 cores a second one fights the event loop and FAISS.
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(
-            str(exported / str(described["onnx_file"])),
-            options,
-            providers=["CPUExecutionProvider"],
-        )
-        self._inputs = {i.name for i in self._session.get_inputs()}
+        self._session = cpu_session(exported / str(described["onnx_file"]), threads)
+        self._inputs = input_names(self._session)
+        # The token states (sentence-transformers pools them), whatever the export names them.
+        self._output = self._session.get_outputs()[0].name
         log.info("embedder loaded", extra={"backend": self.backend, "threads": threads})
 
     @property
@@ -64,17 +58,9 @@ class OnnxEmbedder:
     def embed(self, texts: Sequence[str]) -> Vector:
         if not texts:
             return np.zeros((0, self._dim), dtype=np.float32)
-        encodings = self._tokenizer.encode_batch(list(texts))
-        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-        feeds: dict[str, np.ndarray[Any, Any]] = {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": mask,
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
-        }
-        # Exports differ (some drop token_type_ids): feed only what the graph declares.
-        feeds = {k: v for k, v in feeds.items() if k in self._inputs}
-        (tokens,) = self._session.run(None, feeds)[:1]
-        weights = mask[:, :, None].astype(np.float32)
+        feeds = bert_inputs(self._tokenizer.encode_batch(list(texts)), self._inputs)
+        (tokens,) = self._session.run([self._output], feeds)
+        weights = feeds["attention_mask"][:, :, None].astype(np.float32)
         summed = (np.asarray(tokens, dtype=np.float32) * weights).sum(axis=1)
         pooled = summed / np.clip(weights.sum(axis=1), 1e-9, None)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from cache_service.backends.onnx_session import bert_inputs, cpu_session, input_names
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_LEN = 96
@@ -32,7 +34,6 @@ class OnnxPairScorer:
     CPU-bound: call it from the verifier's batcher thread, never on the event loop."""
 
     def __init__(self, model_dir: Path, threads: int = 1) -> None:
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         self.model_dir = model_dir
@@ -45,17 +46,9 @@ class OnnxPairScorer:
         # Pad to the batch's longest only: short pairs cost short forward passes.
         tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
         self._tokenizer = tokenizer
-        options = ort.SessionOptions()
-        # One intra-op thread, like the embedder: on 2 cores more threads fight the event
-        # loop and the embedder's own thread (see settings.embed_threads).
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
         onnx_file = model_dir / str(self._manifest.get("onnx_file", "model.onnx"))
-        self._session = ort.InferenceSession(
-            str(onnx_file), options, providers=["CPUExecutionProvider"]
-        )
-        # Exports differ (some drop token_type_ids): feed only what the graph declares.
-        self._inputs = {i.name for i in self._session.get_inputs()}
+        self._session = cpu_session(onnx_file, threads)
+        self._inputs = input_names(self._session)
         self._output = "logits"
         outputs = [o.name for o in self._session.get_outputs()]
         if self._output not in outputs:
@@ -73,12 +66,6 @@ class OnnxPairScorer:
         if not pairs:
             return []
         encodings = self._tokenizer.encode_batch([(a, b) for a, b in pairs])
-        feeds: dict[str, np.ndarray[Any, Any]] = {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
-        }
-        feeds = {k: v for k, v in feeds.items() if k in self._inputs}
-        (logits,) = self._session.run([self._output], feeds)
+        (logits,) = self._session.run([self._output], bert_inputs(encodings, self._inputs))
         flat = np.asarray(logits, dtype=np.float64).reshape(len(pairs), -1)[:, 0]
         return [float(p) for p in 1.0 / (1.0 + np.exp(-flat))]
