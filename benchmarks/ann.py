@@ -68,6 +68,9 @@ def clustered(
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
         noise = rng.standard_normal((m, DIM)).astype(np.float32)
+        if not len(centres):  # --centres 0: isotropic, the side-by-side's filler
+            out[start : start + m] = unit(noise)
+            continue
         noise *= spread / np.linalg.norm(noise, axis=1, keepdims=True)
         out[start : start + m] = unit(centres[rng.integers(0, len(centres), m)] + noise)
     return out
@@ -142,6 +145,7 @@ def run_size(n: int, args: argparse.Namespace, centres: Array) -> dict[str, Any]
     assert st.kind == "ivf"
 
     ivf = {kind: probe(index, q) for kind, q in queries.items()}
+    fast = index._scopes["s"].fast  # the fast-scan first stage, where it has one
     # A scope of thousands keeps 8-bit codes, so its scores are approximate: recall compares
     # the exact similarity of what it found, from the same vectors made again.
     vectors = clustered(n, centres, args.spread, np.random.default_rng(n))
@@ -178,6 +182,7 @@ def run_size(n: int, args: argparse.Namespace, centres: Array) -> dict[str, Any]
         "duplicate_min_similarity": round(min(dup_sims), 6),
         "ivf_score_max_error": round(score_error, 5),
         "ivf_code_bytes": int(index._scopes["s"].index.code_size),
+        "fast_scan_code_bytes": None if fast is None else int(fast.code_size),
         "flat_probe_p50_ms": pct(flat_ms, 50),
         "flat_probe_p99_ms": pct(flat_ms, 99),
         "ivf_probe_p50_ms": pct(ivf_ms, 50),
@@ -198,7 +203,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="10000,20000,30000,50000,100000,1000000")
     ap.add_argument("--queries", type=int, default=1000, help="per kind, below 1M")
     ap.add_argument("--flat-queries-1m", type=int, default=200, help="per kind, at 1M")
-    ap.add_argument("--centres", type=int, default=2000)
+    ap.add_argument("--centres", type=int, default=2000, help="0: isotropic random vectors")
     ap.add_argument("--spread", type=float, default=1.0, help="noise norm: cos ≈ 0.71")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/ann.json"))
     args = ap.parse_args()
@@ -211,7 +216,8 @@ def main() -> None:
         "note": (
             "One FaissIndex scope, single-query probes (k=4) on the calling thread, OpenMP at"
             " 1 thread; builds by maintain() on the calling thread at 1 thread (the default"
-            " build_threads). Clustered random unit vectors: centres + Gaussian noise."
+            " build_threads). Clustered random unit vectors: centres + Gaussian noise"
+            " (centres 0: isotropic random unit vectors, no clusters)."
             " recall_at_1_*: the IVF top-1 similarity equals the flat one (ties count)."
             " RSS figures are growth over the process before the index was filled."
         ),

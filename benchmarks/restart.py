@@ -233,11 +233,7 @@ def main() -> None:
         # a pass over every vector per remove call (10k single removes at 1M: an hour).
         for entry_id in doomed:
             store.delete(entry_id)
-        index.remove(SCOPE, doomed)
-        with cache._lock:
-            for entry_id in doomed:
-                cache._tracked.pop(entry_id, None)
-            cache.changes += 1
+        cache._forget_many(SCOPE, doomed)
         # New exact keys on every run: a key stored by an earlier run (--keep) would replace
         # its entry, and each replacement is one more pass over the flat index.
         added = fill(

@@ -9,7 +9,10 @@ own vectors; once it trains on thousands of vectors it keeps them as 8-bit codes
 scores are then within ~0.003 of the float ones (the cache re-scores what it reads). Its
 nprobe is the smallest that reaches `target_recall` recall@1 against the exact result,
 measured on a sample of the scope's own vectors with noise added;
-the measured figure is kept and reported by `stats()`, never assumed.
+the measured figure is kept and reported by `stats()`, never assumed. Where that nprobe makes
+a search scan thousands of 8-bit codes (vectors spread evenly over the lists), the scope also
+also gets 4-bit fast-scan codes that shortlist candidates for the 8-bit codes to rank
+(`fast_scan`), and the nprobe is chosen again through it.
 
 While a scope is being rebuilt, searches keep using its current index and every add and
 remove is applied to it as usual and also logged; the log is replayed into the new index
@@ -28,6 +31,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from cache_service.backends import fast_scan
 from cache_service.backends.faiss_scope import (
     IvfExport,
     Kind,
@@ -41,7 +45,7 @@ from cache_service.backends.faiss_scope import (
     remove_labels,
     replay,
 )
-from cache_service.backends.ivf_build import TARGET_RECALL, Shrunk, build_ivf
+from cache_service.backends.ivf_build import TARGET_RECALL, Built, Shrunk, build_ivf
 from cache_service.backends.rwlock import ReadWriteLock
 from cache_service.protocols import SearchHit, Vector
 
@@ -156,13 +160,11 @@ class FaissIndex:
                 return []
             k = min(k, s.index.ntotal)
             if s.kind == "ivf":
-                params = probe(s.nprobe)
-                scores, labels = s.index.search(vec, k, params=params)
+                scores, labels = self._search_ivf(s, vec, k, s.nprobe)
                 if labels[0, k - 1] < 0 and s.nprobe < s.nlist:
                     # The probed lists held fewer than k vectors: a search returns
                     # min(k, size) hits, so look in every list (only tiny scopes or huge k).
-                    params = probe(s.nlist)
-                    scores, labels = s.index.search(vec, k, params=params)
+                    scores, labels = self._search_ivf(s, vec, k, s.nlist)
             else:
                 scores, labels = s.index.search(vec, k)
             return [
@@ -170,6 +172,13 @@ class FaissIndex:
                 for score, label in zip(scores[0], labels[0], strict=True)
                 if label >= 0
             ]
+
+    @staticmethod
+    def _search_ivf(s: Scope, vec: Vector, k: int, nprobe: int) -> tuple[Vector, Labels]:
+        if s.fast is not None:
+            return fast_scan.search(s.index, s.fast, vec, k, nprobe)
+        scores, labels = s.index.search(vec, k, params=probe(nprobe))
+        return scores, labels
 
     def remove(self, scope: str, entry_ids: Iterable[str]) -> None:
         with self._lock.write():
@@ -271,6 +280,7 @@ class FaissIndex:
             labels = labels_of(s)
             return IvfExport(
                 blob=faiss.serialize_index(s.index),
+                fast_blob=None if s.fast is None else faiss.serialize_index(s.fast),
                 labels=labels,
                 ids=[s.by_label[label] for label in labels.tolist()],
                 nlist=s.nlist,
@@ -293,17 +303,22 @@ class FaissIndex:
             raise ValueError("not an IVF index of this dimension")
         if len(saved.ids) != len(saved.labels):
             raise ValueError("one entry id per label is needed")
+        fast = None
+        if saved.fast_blob is not None:
+            fast = faiss.deserialize_index(saved.fast_blob)
+            if not isinstance(fast, faiss.IndexIVFPQFastScan) or fast.d != self.dim:
+                raise ValueError("not a fast-scan IVF index of this dimension")
         keep = np.ascontiguousarray(saved.labels, dtype=np.int64)
         extra = np.setdiff1d(index_labels(index), keep, assume_unique=True)
         if len(extra):
-            remove_labels(index, "ivf", extra)
-        if index.ntotal != len(keep):
+            remove_labels(index, "ivf", extra, fast)
+        if index.ntotal != len(keep) or (fast is not None and fast.ntotal != len(keep)):
             raise ValueError(f"{len(keep)} labels to keep, {index.ntotal} in the index")
         with self._lock.write():
             if scope in self._scopes:
                 raise ValueError(f"scope {scope[:12]} is already indexed")
             s = self._scopes[scope] = Scope(self.dim)
-            s.index, s.kind = index, "ivf"
+            s.index, s.kind, s.fast = index, "ivf", fast
             s.nlist, s.nprobe, s.recall, s.trained_at = (
                 saved.nlist,
                 saved.nprobe,
@@ -331,6 +346,7 @@ class FaissIndex:
         return {
             "flat_scopes": sum(s.kind == "flat" for s in scopes),
             "ivf_scopes": sum(s.kind == "ivf" for s in scopes),
+            "fast_scan_scopes": sum(s.fast_scan for s in scopes),
             "building": sum(s.building for s in scopes),
             "ivf_min_recall_at_1": min(recalls) if recalls else None,
         }
@@ -347,6 +363,7 @@ class FaissIndex:
                     nprobe=s.nprobe if s.kind == "ivf" else None,
                     recall_at_1=s.recall if s.kind == "ivf" else None,
                     trained_at=s.trained_at if s.kind == "ivf" else None,
+                    fast_scan=s.fast is not None,
                     building=s.log is not None,
                 )
                 for name, s in self._scopes.items()
@@ -388,6 +405,15 @@ class FaissIndex:
             return "flat"
         if n >= self.retrain_factor * s.trained_at:
             return "ivf"
+        if (
+            s.fast is None
+            and isinstance(s.index, faiss.IndexIVFScalarQuantizer)
+            and fast_scan.supports(self.dim)
+            and fast_scan.worth_it(s.nprobe * n / s.nlist)
+        ):
+            # 8-bit codes that want fast-scan codes and lack them: restored from a snapshot
+            # saved before those existed. Rebuilt once, in the background.
+            return "ivf"
         return None
 
     def _wake(self) -> None:
@@ -418,15 +444,17 @@ class FaissIndex:
                 return 0
             labels = labels_of(s)
             s.log = []
+        fast: Any = None
+        recall: float | None = None
         if kind == "ivf":
             try:
-                new, nlist, nprobe, recall = self._build_ivf(s, labels)
+                new, fast, nlist, nprobe, recall = self._build_ivf(s, labels)
             except Shrunk:
                 with self._lock.write():
                     s.log = None  # maintain() decides again on the next call
                 return 0
         else:
-            new, nlist, nprobe, recall = flat_index(self.dim), 0, 0, None
+            new, nlist, nprobe = flat_index(self.dim), 0, 0
             for present, vecs in self._read(s, labels):
                 new.add_with_ids(vecs, present)
         trained_at = len(labels)
@@ -438,13 +466,13 @@ class FaissIndex:
                 assert s.log is not None
                 pending, logged = s.log, sum(len(labels) for labels, _ in s.log)
                 if logged <= _SWAP_REPLAY_MAX:
-                    replay(new, kind, pending)
-                    s.index, s.kind, s.log = new, kind, None
+                    replay(new, kind, pending, fast)
+                    s.index, s.kind, s.fast, s.log = new, kind, fast, None
                     self.rebuilds += 1
                     s.nlist, s.nprobe, s.recall, s.trained_at = nlist, nprobe, recall, trained_at
                     break
                 s.log = []
-            replay(new, kind, pending)  # a long log: drained outside the lock first
+            replay(new, kind, pending, fast)  # a long log: drained outside the lock first
         log.info(
             "scope index rebuilt",
             extra={
@@ -473,7 +501,7 @@ class FaissIndex:
                 vecs = s.index.reconstruct_batch(present)
             yield present, np.ascontiguousarray(vecs, dtype=np.float32)
 
-    def _build_ivf(self, s: Scope, labels: Labels) -> tuple[Any, int, int, float]:
+    def _build_ivf(self, s: Scope, labels: Labels) -> Built:
         return build_ivf(
             lambda wanted: self._read(s, wanted),
             labels,

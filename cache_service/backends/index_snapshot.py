@@ -20,6 +20,7 @@ five ``.npy`` files, plus one file per IVF scope, and carries each one's size an
                         a restart installs it instead of training one again, minutes at a
                         million vectors; the manifest's "ivf" lists them with what each
                         build chose and measured
+    <gen>-fast<n>.faiss  its fast-scan codes (fast_scan), where it has them
 
 The rows of an IVF scope carry no float vector (the index holds its codes): they are among
 rows m.., with their labels.
@@ -103,7 +104,7 @@ class IndexState:
     expires: np.ndarray[Any, Any]
     vectors: np.ndarray[Any, Any]
     labels: np.ndarray[Any, Any]
-    ivf: list[tuple[int, Path, dict[str, Any]]]
+    ivf: list[tuple[int, Path, Path | None, dict[str, Any]]]
     """Per saved IVF scope: its scope number, its file, what its build chose and measured."""
 
 
@@ -131,22 +132,21 @@ class Restored(NamedTuple):
 
 def save_state(
     directory: Path,
-    tracked: dict[str, tuple[str, float | None]],
+    tracked: dict[str, dict[str, float | None]],
     index: ScopeExport,
     *,
     dim: int,
     created: float,
     model: str | None = None,
 ) -> Saved:
-    """Write a snapshot of `tracked` (id -> (scope, expires)) and the vectors `index`
+    """Write a snapshot of `tracked` (scope -> id -> expires) and the vectors `index`
     holds for them. Ids the index holds but `tracked` does not are left out (a concurrent
     store, tracked after the copy: the store has it, so the next load reads it); tracked
-    ids the index has no vector for are saved without one (entries without embedding)."""
+    ids the index has no vector for are saved without one (entries without embedding).
+    `tracked` is a copy this consumes: it is emptied as it is written."""
     started = time.perf_counter()
     directory.mkdir(parents=True, exist_ok=True)
-    by_scope: dict[str, dict[str, float | None]] = {}
-    for entry_id, (scope, expiry) in tracked.items():
-        by_scope.setdefault(scope, {})[entry_id] = expiry
+    by_scope = tracked
     scopes = sorted(by_scope)
     vec_ids: list[str] = []
     vec_scope: list[int] = []
@@ -220,6 +220,9 @@ def save_state(
         {
             "scope": n,
             "file": write_bytes_file(directory / f"{gen}-ivf{n}.faiss", ivf.blob),
+            "fast": None
+            if ivf.fast_blob is None
+            else write_bytes_file(directory / f"{gen}-fast{n}.faiss", ivf.fast_blob),
             "nlist": ivf.nlist,
             "nprobe": ivf.nprobe,
             "recall": ivf.recall,
@@ -252,7 +255,8 @@ def save_state(
         if path.name != MANIFEST and not path.name.startswith(f"{gen}-"):
             with contextlib.suppress(OSError):
                 path.unlink()
-    size = sum(int(f["bytes"]) for f in (*files.values(), *(i["file"] for i in saved_ivf)))
+    ivf_files = [f for i in saved_ivf for f in (i["file"], i["fast"]) if f is not None]
+    size = sum(int(f["bytes"]) for f in (*files.values(), *ivf_files))
     return Saved(len(all_ids), len(vec_ids), size, time.perf_counter() - started)
 
 
@@ -278,7 +282,13 @@ def load_state(directory: Path, *, dim: int) -> IndexState:
             path = checked(directory, manifest["files"][name], name)
             arrays[name] = np.load(path, mmap_mode="r" if name == "vectors" else None)
         ivf = [
-            (int(i["scope"]), checked(directory, i["file"], f"ivf{i['scope']}"), i)
+            (
+                int(i["scope"]),
+                checked(directory, i["file"], f"ivf{i['scope']}"),
+                # Absent from snapshots saved before fast-scan codes: rebuilt with them.
+                None if i.get("fast") is None else checked(directory, i["fast"], "fast"),
+                i,
+            )
             for i in manifest["ivf"]
         ]
         count, nvec = int(manifest["count"]), int(manifest["vectors"])
@@ -291,7 +301,7 @@ def load_state(directory: Path, *, dim: int) -> IndexState:
             or scope_of.shape != (count,)
             or expires.shape != (count,)
             or labels.shape != (count,)
-            or any(not 0 <= n < len(scopes) for n, _, _ in ivf)
+            or any(not 0 <= n < len(scopes) for n, _, _, _ in ivf)
             or vectors.shape != (nvec, dim)
             or vectors.dtype != np.float32
             or nvec > count
@@ -363,13 +373,14 @@ def restore_state(
             loaded += len(rows)
     nvec = len(state.vectors)
     labels: list[int] = state.labels.tolist()
-    for scope_n, path, meta in state.ivf:
+    for scope_n, path, fast_path, meta in state.ivf:
         rows = [r for r in range(nvec, len(ids)) if scope_of[r] == scope_n and labels[r] >= 0]
         kept = [r for r in rows if keep[r]]
         index.import_ivf(
             state.scopes[scope_n],
             IvfExport(
                 blob=np.fromfile(path, dtype=np.uint8),
+                fast_blob=None if fast_path is None else np.fromfile(fast_path, np.uint8),
                 labels=np.array([labels[r] for r in kept], dtype=np.int64),
                 ids=[ids[r] for r in kept],
                 nlist=int(meta["nlist"]),
@@ -454,7 +465,7 @@ class IndexSnapshots:
             version = self._version()
             saved = save_state(
                 self.directory,
-                self.cache.tracked(),
+                self.cache.tracked_by_scope(),
                 self.index,
                 dim=self.dim,
                 created=self.cache.clock.now(),

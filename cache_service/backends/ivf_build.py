@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import faiss
 import numpy as np
 import numpy.typing as npt
 
+from cache_service.backends import fast_scan
 from cache_service.backends.faiss_scope import Labels, probe
 from cache_service.protocols import Vector
 
@@ -41,12 +42,19 @@ class Shrunk(Exception):
     """Too few of a scope's vectors left, mid-build, to train the lists."""
 
 
-def build_ivf(
-    read: Reader, labels: Labels, *, dim: int, seed: int, target_recall: float
-) -> tuple[Any, int, int, float]:
-    """An IVF index of the vectors under `labels` (read through `read`, a chunk at a time):
-    the index, nlist, the nprobe chosen and the recall@1 measured at it. Raises Shrunk when
-    too few of them are left to train the lists."""
+class Built(NamedTuple):
+    index: Any
+    fast: Any
+    """The fast-scan first stage (fast_scan) of an 8-bit index, or None."""
+    nlist: int
+    nprobe: int
+    recall: float
+
+
+def build_ivf(read: Reader, labels: Labels, *, dim: int, seed: int, target_recall: float) -> Built:
+    """An IVF index of the vectors under `labels` (read through `read`, a chunk at a time),
+    with its probe where it keeps 8-bit codes, the nprobe chosen and the recall@1 measured
+    at it. Raises Shrunk when too few of them are left to train the lists."""
     n = len(labels)
     # ≈ 4·sqrt(n) lists, at least 4 training points each (FAISS warns below 39 but
     # only tiny test scopes go there: at ivf_min's default, n / nlist ≈ 35).
@@ -68,12 +76,23 @@ def build_ivf(
     ivf.cp.max_points_per_centroid = 40
     ivf.cp.seed = seed
     ivf.train(sample[:train_n])
+    fast = None
+    if train_n >= SQ_MIN_TRAIN and fast_scan.supports(dim):
+        # Trained now, while the sample is here (seconds: the product quantiser only, the
+        # lists are ivf's); filled below only if the chosen nprobe makes it worth it.
+        fast = fast_scan.new_index(ivf)
+        fast.train(sample[:train_n])
     queries = noisy(sample[-m:], rng)
     del sample
     ivf.set_direct_map_type(FAISS.DirectMap.Hashtable)  # removal by id, reconstruct
     truth = _fill(ivf, nlist, read, labels, queries)
-    nprobe, recall = choose_nprobe(ivf, nlist, queries, truth, target_recall, read)
-    return ivf, nlist, nprobe, recall
+    nprobe, recall = choose_nprobe(ivf, None, nlist, queries, truth, target_recall, read)
+    if fast is None or not fast_scan.worth_it(nprobe * n / nlist):
+        return Built(ivf, None, nlist, nprobe, recall)
+    for got, vecs in read(labels):
+        fast.add_with_ids(vecs, got)
+    nprobe, recall = choose_nprobe(ivf, fast, nlist, queries, truth, target_recall, read)
+    return Built(ivf, fast, nlist, nprobe, recall)
 
 
 def _empty_ivf(dim: int, nlist: int, train_n: int) -> Any:
@@ -106,8 +125,8 @@ def _empty_ivf(dim: int, nlist: int, train_n: int) -> Any:
 def _fill(ivf: Any, nlist: int, read: Reader, labels: Labels, queries: Vector) -> Vector:
     """Add the scope's vectors to the trained IVF with each list allocated once at its
     final size (added entry by entry, lists grow by doubling and carry ~40 % of unused
-    capacity: an IVF scope of 1M vectors took 390 MB more than the flat one). Returns
-    the exact best similarity of each query over what was added."""
+    capacity: an IVF scope of 1M vectors took 390 MB more than the flat one). Returns the
+    exact best similarity of each query over what was added."""
     assigned: list[tuple[Labels, npt.NDArray[np.int64]]] = []
     counts = np.zeros(nlist, dtype=np.int64)
     for present, vecs in read(labels):
@@ -134,6 +153,7 @@ def _fill(ivf: Any, nlist: int, read: Reader, labels: Labels, queries: Vector) -
 
 def choose_nprobe(
     ivf: Any,
+    fast: Any,
     nlist: int,
     queries: Vector,
     truth: Vector,
@@ -141,12 +161,13 @@ def choose_nprobe(
     read: Reader,
 ) -> tuple[int, float]:
     """The smallest nprobe whose recall@1 against the exact result, on stored vectors
-    with noise added as queries, reaches target_recall; and that recall."""
+    with noise added as queries, reaches target_recall; and that recall. Searches go
+    through the fast-scan codes `fast` where there are some, as they will be served."""
     measured: dict[int, float] = {}
 
     def recall(nprobe: int) -> float:
         if nprobe not in measured:
-            measured[nprobe] = recall_at_1(ivf, queries, truth, nprobe, read)
+            measured[nprobe] = recall_at_1(ivf, fast, queries, truth, nprobe, read)
         return measured[nprobe]
 
     lo, hi = 0, 1  # recall(lo) < target (or lo == 0): doubling, then bisection
@@ -171,12 +192,17 @@ def noisy(vecs: Vector, rng: np.random.Generator) -> Vector:
     return out
 
 
-def recall_at_1(ivf: Any, queries: Vector, truth: Vector, nprobe: int, read: Reader) -> float:
+def recall_at_1(
+    ivf: Any, fast: Any, queries: Vector, truth: Vector, nprobe: int, read: Reader
+) -> float:
     """Share of queries whose top-1 is as similar as the exact best. A tie (a duplicate
     vector) counts as found, so scores are compared, not labels; and the index's own score
     is approximate for a quantised index, so the top-1's vector is read back through `read`
     and scored exactly (a label gone from the source meanwhile counts as not found)."""
-    _, got = ivf.search(queries, 1, params=probe(nprobe))
+    if fast is None:
+        _, got = ivf.search(queries, 1, params=probe(nprobe))
+    else:
+        _, got = fast_scan.search(ivf, fast, queries, 1, nprobe)
     top = got[:, 0]
     exact = np.full(len(queries), -np.inf, dtype=np.float32)
     wanted = np.unique(top[top >= 0])

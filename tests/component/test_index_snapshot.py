@@ -16,7 +16,7 @@ import pytest
 
 from cache_service import app as app_module
 from cache_service.app import create_app
-from cache_service.backends import faiss_index
+from cache_service.backends import faiss_index, fast_scan, ivf_build
 from cache_service.backends.faiss_index import FaissIndex
 from cache_service.backends.index_snapshot import (
     MANIFEST,
@@ -134,6 +134,32 @@ def test_save_then_restore_gives_the_same_search_results(world: World) -> None:
     assert raw_hits(index2, entries) == raw_hits(index, entries)
     assert {e.id for e in bare} <= again.tracked().keys()
     assert not snaps2.changed()  # restored exactly: the shutdown save has nothing to do
+
+
+def test_an_8bit_scope_is_restored_with_its_fast_scan_codes(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ivf_build, "SQ_MIN_TRAIN", 40)  # 8-bit and fast-scan codes at 60
+    monkeypatch.setattr(fast_scan, "WORTH_IT_CODES", 0)
+    cache, index, snaps = world.open(ivf_min=40)
+    entries = world.fill(cache, 120)
+    cache.ready = True
+    assert index.maintain() == 2
+    assert all(s.fast is not None for s in index._scopes.values())
+    assert snaps.save() is not None
+    manifest = json.loads((world.snap_dir / "manifest.json").read_text())
+    assert all(i["fast"] is not None for i in manifest["ivf"])
+
+    def no_build(*_: Any, **__: Any) -> Any:
+        raise AssertionError("an IVF scope was trained again at restore")
+
+    monkeypatch.setattr(faiss_index, "build_ivf", no_build)
+    again, index2, snaps2 = world.open(ivf_min=40)
+    assert snaps2.restore() is not None
+    for name, s in index2._scopes.items():
+        assert s.fast is not None and s.fast.ntotal == index._scopes[name].fast.ntotal
+    assert answers(again, entries) == answers(cache, entries)
+    assert index2.maintain() == 0
 
 
 def test_an_ivf_scope_is_restored_whole_without_a_build(

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cache_service.backends import faiss_index, ivf_build
+from cache_service.backends import faiss_index, fast_scan, ivf_build
 from cache_service.backends.faiss_index import FaissIndex
 from cache_service.protocols import Vector
 
@@ -110,8 +110,10 @@ def test_the_nprobe_chosen_is_the_smallest_that_reaches_the_target(
     measured: dict[int, float] = {}
     real = ivf_build.recall_at_1
 
-    def recording(ivf: Any, queries: Vector, truth: Vector, nprobe: int, read: Any) -> float:
-        measured[nprobe] = real(ivf, queries, truth, nprobe, read)
+    def recording(
+        ivf: Any, fast: Any, queries: Vector, truth: Vector, nprobe: int, read: Any
+    ) -> float:
+        measured[nprobe] = real(ivf, fast, queries, truth, nprobe, read)
         return measured[nprobe]
 
     monkeypatch.setattr(ivf_build, "recall_at_1", recording)
@@ -128,14 +130,14 @@ def test_the_nprobe_chosen_is_the_smallest_that_reaches_the_target(
     assert measured[st.nprobe] == st.recall_at_1 >= index.target_recall
     assert measured[st.nprobe - 1] < index.target_recall  # one list fewer falls short
     # The truth it measured against is the exact one: with every list probed, recall is 1.
-    ivf = index._scopes["s"].index
+    ivf, fast = index._scopes["s"].index, index._scopes["s"].fast
     queries = ivf_build.noisy(vectors[:200], np.random.default_rng(1))
     truth = (queries @ vectors.T).max(axis=1)
 
     def rows(labels: Any) -> Any:  # FaissIndex numbered the vectors 0.. in order
         return iter([(labels, vectors[labels])])
 
-    assert real(ivf, queries, truth, st.nlist, rows) == 1.0
+    assert real(ivf, fast, queries, truth, st.nlist, rows) == 1.0
 
 
 class _WritesDuringBuild(FaissIndex):
@@ -329,6 +331,7 @@ def test_the_summary_reports_kinds_and_the_lowest_measured_recall() -> None:
     assert index.summary() == {
         "flat_scopes": 2,
         "ivf_scopes": 0,
+        "fast_scan_scopes": 0,
         "building": 0,
         "ivf_min_recall_at_1": None,
     }
@@ -346,6 +349,9 @@ def test_an_ivf_scope_exports_whole_and_imports_without_a_build(
     saved = index.export_ivf("s")
     assert saved is not None and index.export_ivf("nowhere") is None
     assert sorted(saved.ids) == sorted(names(5000))
+    # What the import leaves out, removed here too: beyond the top-1, which candidates the
+    # fast-scan codes shortlist depends on what else the lists hold.
+    index.remove("s", ["id0", "id1"])
     before = [index.search("s", v, 3) for v in vectors[:200]]
 
     def no_build(*_: Any, **__: Any) -> Any:
@@ -381,3 +387,63 @@ def test_an_ivf_scope_exports_whole_and_imports_without_a_build(
 def ivf_build_export(saved: Any, rows: list[int]) -> Any:
     """`saved` keeping only the labels at `rows`."""
     return dataclasses.replace(saved, labels=saved.labels[rows], ids=[saved.ids[r] for r in rows])
+
+
+def test_fast_scan_codes_are_built_only_where_searches_scan_many_8bit_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    index, _ = index_of(5000)  # clustered: a few lists a search, a few hundred codes
+    index.maintain()
+    st, s = index.stats()["s"], index._scopes["s"]
+    assert st.nprobe is not None and st.nlist is not None
+    assert st.nprobe * 5000 / st.nlist < fast_scan.WORTH_IT_CODES
+    assert s.fast is None
+    monkeypatch.setattr(fast_scan, "WORTH_IT_CODES", 0)
+    index, _ = index_of(5000)
+    index.maintain()
+    assert index._scopes["s"].fast is not None
+
+
+def test_an_8bit_scope_shortlists_with_fast_scan_codes_and_scores_from_its_8bit_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(fast_scan, "WORTH_IT_CODES", 0)
+    index, vectors = index_of(5000)  # trained on 5,000: 8-bit codes, and fast-scan ones
+    index.maintain()
+    s = index._scopes["s"]
+    assert s.fast is not None and s.fast.ntotal == s.index.ntotal == 5000
+    assert index.stats()["s"].fast_scan and index.summary()["fast_scan_scopes"] == 1
+    q = ivf_build.noisy(vectors[:300], np.random.default_rng(5))
+    exact = q @ vectors.T
+    found = 0
+    for i, query in enumerate(q):
+        hits = index.search("s", query, 4)
+        labels = [int(h.entry_id[2:]) for h in hits]
+        # Scores are the 8-bit codes' (within a few thousandths of the float ones), not the
+        # fast-scan codes' rough 4-bit ones, and come best first.
+        assert np.allclose([h.similarity for h in hits], exact[i, labels], atol=0.01)
+        assert [h.similarity for h in hits] == sorted((h.similarity for h in hits), reverse=True)
+        found += labels[0] == int(np.argmax(exact[i]))
+    assert found / len(q) >= 0.97
+    # Removed entries leave the fast-scan codes too (a label left there would be shortlisted and
+    # looked up in codes that no longer hold it).
+    index.remove("s", names(2500))
+    assert s.fast.ntotal == s.index.ntotal == 2500
+    assert all(int(h.entry_id[2:]) >= 2500 for v in vectors[:50] for h in index.search("s", v, 4))
+
+
+def test_an_8bit_scope_restored_without_fast_scan_codes_is_searched_then_rebuilt_with_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(fast_scan, "WORTH_IT_CODES", 0)
+    index, vectors = index_of(5000)
+    index.maintain()
+    saved = dataclasses.replace(index.export_ivf("s"), fast_blob=None)  # an older snapshot
+    restored = FaissIndex(DIM, ivf_min=1000, background=False)
+    restored.import_ivf("s", saved)
+    assert restored._scopes["s"].fast is None
+    assert restored.search("s", vectors[7], 1)[0].entry_id == "id7"  # served meanwhile
+    assert restored.maintain() == 1
+    assert restored._scopes["s"].fast is not None
+    assert restored.search("s", vectors[7], 1)[0].entry_id == "id7"
+    assert restored.maintain() == 0
