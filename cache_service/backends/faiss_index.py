@@ -41,7 +41,6 @@ from cache_service.backends.faiss_scope import (
     flat_index,
     index_labels,
     labels_of,
-    probe,
     remove_labels,
     replay,
 )
@@ -160,11 +159,11 @@ class FaissIndex:
                 return []
             k = min(k, s.index.ntotal)
             if s.kind == "ivf":
-                scores, labels = self._search_ivf(s, vec, k, s.nprobe)
+                scores, labels = fast_scan.search_scope(s, vec, k, s.nprobe)
                 if labels[0, k - 1] < 0 and s.nprobe < s.nlist:
                     # The probed lists held fewer than k vectors: a search returns
                     # min(k, size) hits, so look in every list (only tiny scopes or huge k).
-                    scores, labels = self._search_ivf(s, vec, k, s.nlist)
+                    scores, labels = fast_scan.search_scope(s, vec, k, s.nlist)
             else:
                 scores, labels = s.index.search(vec, k)
             return [
@@ -172,13 +171,6 @@ class FaissIndex:
                 for score, label in zip(scores[0], labels[0], strict=True)
                 if label >= 0
             ]
-
-    @staticmethod
-    def _search_ivf(s: Scope, vec: Vector, k: int, nprobe: int) -> tuple[Vector, Labels]:
-        if s.fast is not None:
-            return fast_scan.search(s.index, s.fast, vec, k, nprobe)
-        scores, labels = s.index.search(vec, k, params=probe(nprobe))
-        return scores, labels
 
     def remove(self, scope: str, entry_ids: Iterable[str]) -> None:
         with self._lock.write():
@@ -405,14 +397,7 @@ class FaissIndex:
             return "flat"
         if n >= self.retrain_factor * s.trained_at:
             return "ivf"
-        if (
-            s.fast is None
-            and isinstance(s.index, faiss.IndexIVFScalarQuantizer)
-            and fast_scan.supports(self.dim)
-            and fast_scan.worth_it(s.nprobe * n / s.nlist)
-        ):
-            # 8-bit codes that want fast-scan codes and lack them: restored from a snapshot
-            # saved before those existed. Rebuilt once, in the background.
+        if fast_scan.lacking(s):  # restored from a snapshot saved before fast-scan codes
             return "ivf"
         return None
 

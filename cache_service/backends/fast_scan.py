@@ -23,7 +23,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from cache_service.backends.faiss_scope import Labels, probe
+from cache_service.backends.faiss_scope import Labels, Scope, probe
 from cache_service.protocols import Vector
 
 DIMS_PER_CODE = 8
@@ -65,6 +65,25 @@ def new_index(ivf: Any) -> Any:
     # Codes of the vectors themselves, as the 8-bit ones are: the re-rank decodes those.
     fast.by_residual = False
     return fast
+
+
+def lacking(s: Scope) -> bool:
+    """Whether an IVF scope's 8-bit codes want fast-scan codes it does not have."""
+    return (
+        s.kind == "ivf"
+        and s.fast is None
+        and isinstance(s.index, faiss.IndexIVFScalarQuantizer)
+        and supports(s.index.d)
+        and worth_it(s.nprobe * s.index.ntotal / s.nlist)
+    )
+
+
+def search_scope(s: Scope, vec: Vector, k: int, nprobe: int) -> tuple[Vector, Labels]:
+    """Search an IVF scope: through its fast-scan codes where it has them."""
+    if s.fast is not None:
+        return search(s.index, s.fast, vec, k, nprobe)
+    scores, labels = s.index.search(vec, k, params=probe(nprobe))
+    return scores, labels
 
 
 def search(codes: Any, fast: Any, queries: Vector, k: int, nprobe: int) -> tuple[Vector, Labels]:
