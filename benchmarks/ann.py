@@ -101,25 +101,85 @@ def pct(values: list[float], p: float) -> float:
     return round(float(np.percentile(values, p)), 3)
 
 
-def recall(flat_best: list[float], ivf_best: list[float], floor: float = -1.0) -> float | None:
-    """Share of queries whose IVF top-1 is as similar as the flat one (a tie is a find),
+def recall(
+    flat_best: list[float], ivf_best: list[float], floor: float = -1.0, tie: float = 1e-5
+) -> float | None:
+    """Share of queries whose IVF top-1 is as similar as the flat one, within `tie`,
     among those whose flat top-1 reaches `floor`."""
     f, i = np.array(flat_best), np.array(ivf_best)
     keep = f >= floor
     if not keep.any():
         return None
-    return round(float(np.mean(i[keep] >= f[keep] - 1e-5)), 4)
+    return round(float(np.mean(i[keep] >= f[keep] - tie)), 4)
 
 
-def run_size(n: int, args: argparse.Namespace, centres: Array) -> dict[str, Any]:
+Corpus = tuple[Array, dict[str, Array]]
+"""The vectors to store and the queries of each kind."""
+
+
+def synthetic(n: int, args: argparse.Namespace, centres: Array) -> Corpus:
     rng = np.random.default_rng(n)
     vectors = clustered(n, centres, args.spread, rng)
     nq = args.queries if n < 1_000_000 else args.flat_queries_1m
-    queries = {
+    return vectors, {
         "paraphrase": paraphrases(vectors, nq, rng),
         "fresh": clustered(nq, centres, args.spread, rng),
         "duplicate": vectors[rng.choice(n, nq, replace=False)],
     }
+
+
+def qqp(args: argparse.Namespace) -> Corpus:
+    """Real embedded questions: every distinct question of the QQP pairs, less the second
+    side of `--queries` duplicate pairs, which are held out as real paraphrase queries (their
+    first side is stored); "fresh" queries are held-out questions of non-duplicate pairs.
+    The embeddings (the sidecar's ONNX MiniLM) are cached at --qqp-cache: ~15 minutes here."""
+    import gzip
+
+    with gzip.open(args.qqp, "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(rows))
+    held: set[str] = set()
+    para: list[str] = []
+    fresh: list[str] = []
+    for i in order.tolist():
+        a, b, label = rows[i]["text_a"], rows[i]["text_b"], rows[i]["label"]
+        if a == b or a in held or b in held:
+            continue
+        if label == 1 and len(para) < args.queries:
+            para.append(b)
+            held.add(b)
+        elif label == 0 and len(fresh) < args.queries:
+            fresh.append(b)
+            held.add(b)
+    stored = sorted({t for r in rows for t in (r["text_a"], r["text_b"])} - held)
+    texts = stored + para + fresh
+    cache = Path(args.qqp_cache)
+    if cache.exists() and np.load(cache, mmap_mode="r").shape[0] == len(texts):
+        vectors: Array = np.load(cache)
+    else:
+        from cache_service.backends.embedder import load_embedder
+
+        embedder = load_embedder(ROOT / "models", "onnx", threads=os.cpu_count() or 1)
+        vectors = np.empty((len(texts), DIM), dtype=np.float32)
+        # By length, so that a batch pads little.
+        by_len = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(texts), 64):
+            rows = by_len[start : start + 64]
+            vectors[rows] = embedder.embed([texts[i] for i in rows])
+            print(f"embedded {start + 64} of {len(texts)}", end="\r", flush=True)
+        np.save(cache, vectors)
+    n = len(stored)
+    return vectors[:n], {
+        "paraphrase": vectors[n : n + len(para)],
+        "fresh": vectors[n + len(para) :],
+        "duplicate": vectors[rng.choice(n, args.queries, replace=False)],
+    }
+
+
+def run_size(corpus: Corpus) -> dict[str, Any]:
+    vectors, queries = corpus
+    n, nq = len(vectors), len(queries["paraphrase"])
     labels = [f"e{i}" for i in range(n)]
     gc.collect()
     rss0 = status_mb("VmRSS")
@@ -128,7 +188,7 @@ def run_size(n: int, args: argparse.Namespace, centres: Array) -> dict[str, Any]
     index.add_many("s", labels, vectors)
     add_s = time.perf_counter() - t
     rss_flat = status_mb("VmRSS") - rss0  # the index's vectors and id maps
-    del vectors, labels
+    del labels
     gc.collect()
     rss0 = status_mb("VmRSS") - rss_flat  # the process without the index
 
@@ -147,8 +207,7 @@ def run_size(n: int, args: argparse.Namespace, centres: Array) -> dict[str, Any]
     ivf = {kind: probe(index, q) for kind, q in queries.items()}
     fast = index._scopes["s"].fast  # the fast-scan first stage, where it has one
     # A scope of thousands keeps 8-bit codes, so its scores are approximate: recall compares
-    # the exact similarity of what it found, from the same vectors made again.
-    vectors = clustered(n, centres, args.spread, np.random.default_rng(n))
+    # the exact similarity of what it found, from the float vectors.
     approx = {kind: ivf[kind][1] for kind in ivf}
     for kind, q in queries.items():
         rows = [int(entry_id[1:]) for entry_id in ivf[kind][2]]
@@ -157,7 +216,6 @@ def run_size(n: int, args: argparse.Namespace, centres: Array) -> dict[str, Any]
     score_error = max(
         abs(a - e) for kind in ivf for a, e in zip(approx[kind], ivf[kind][1], strict=True)
     )
-    del vectors
     flat_ms = [x for kind in flat for x in flat[kind][0]]
     ivf_ms = [x for kind in ivf for x in ivf[kind][0]]
     dup_sims = ivf["duplicate"][1]
@@ -177,6 +235,18 @@ def run_size(n: int, args: argparse.Namespace, centres: Array) -> dict[str, Any]
             [x for kind in flat for x in flat[kind][1]],
             [x for kind in ivf for x in ivf[kind][1]],
             floor=0.7,
+        ),
+        # Counting a top-1 within the 8-bit codes' score error of the best as found: among
+        # near-identical stored texts (QQP repeats questions) the codes may rank a neighbour
+        # 0.002 less similar first, which the strict figure counts as a miss.
+        "recall_at_1_above_floor_0_7_within_0_005": recall(
+            [x for kind in flat for x in flat[kind][1]],
+            [x for kind in ivf for x in ivf[kind][1]],
+            floor=0.7,
+            tie=0.005,
+        ),
+        "recall_at_1_paraphrase_within_0_005": recall(
+            flat["paraphrase"][1], ivf["paraphrase"][1], tie=0.005
         ),
         "queries_above_floor": sum(x >= 0.7 for kind in flat for x in flat[kind][1]),
         "duplicate_min_similarity": round(min(dup_sims), 6),
@@ -205,19 +275,25 @@ def main() -> None:
     ap.add_argument("--flat-queries-1m", type=int, default=200, help="per kind, at 1M")
     ap.add_argument("--centres", type=int, default=2000, help="0: isotropic random vectors")
     ap.add_argument("--spread", type=float, default=1.0, help="noise norm: cos ≈ 0.71")
+    ap.add_argument("--qqp", help="real questions instead: ../shared/data/qqp_pairs.jsonl.gz")
+    ap.add_argument("--qqp-cache", default="/tmp/ann-qqp-vectors.npy")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/ann.json"))
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     centres = unit(rng.standard_normal((args.centres, DIM)).astype(np.float32))
     started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     load_before = os.getloadavg()
-    results = [run_size(int(n), args, centres) for n in args.sizes.split(",")]
+    if args.qqp:
+        results = [run_size(qqp(args))]
+    else:
+        results = [run_size(synthetic(int(n), args, centres)) for n in args.sizes.split(",")]
     doc = {
         "note": (
             "One FaissIndex scope, single-query probes (k=4) on the calling thread, OpenMP at"
             " 1 thread; builds by maintain() on the calling thread at 1 thread (the default"
             " build_threads). Clustered random unit vectors: centres + Gaussian noise"
-            " (centres 0: isotropic random unit vectors, no clusters)."
+            " (centres 0: isotropic random unit vectors, no clusters; with qqp: the embedded"
+            " QQP questions, queries the held-out side of duplicate pairs)."
             " recall_at_1_*: the IVF top-1 similarity equals the flat one (ties count)."
             " RSS figures are growth over the process before the index was filled."
         ),
