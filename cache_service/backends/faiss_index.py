@@ -11,8 +11,8 @@ nprobe is the smallest that reaches `target_recall` recall@1 against the exact r
 measured on a sample of the scope's own vectors with noise added;
 the measured figure is kept and reported by `stats()`, never assumed. Where that nprobe makes
 a search scan thousands of 8-bit codes (vectors spread evenly over the lists), the scope also
-also gets 4-bit fast-scan codes that shortlist candidates for the 8-bit codes to rank
-(`fast_scan`), and the nprobe is chosen again through it.
+gets 4-bit fast-scan codes that shortlist candidates for the 8-bit codes to rank
+(`fast_scan`), and the nprobe is chosen again through them.
 
 While a scope is being rebuilt, searches keep using its current index and every add and
 remove is applied to it as usual and also logged; the log is replayed into the new index

@@ -8,9 +8,9 @@ often sits in another list than the query's nearest: the side-by-side benchmark'
 scope chose nprobe 269 of 2,648 lists), and the 8-bit scan costs ~100 ns a vector, so
 ~8 ms a search. A 4-bit code of 8 dimensions per byte-half (24 B a vector at 384-d) is
 scanned several times faster, but its scores are rough (a random unit vector scores ~0.4
-against itself): the probe only picks candidates, and the best SHORTLIST of them are
-scored again from the 8-bit codes, within ~0.003 of the float score, as a search without
-the probe would be. Measured on isotropic random unit vectors, one thread: at 200k and
+against itself): they only pick candidates, and the best SHORTLIST of them are scored
+again from the 8-bit codes, within ~0.003 of the float score, as a search without them
+would be. Measured on isotropic random unit vectors, one thread: at 200k and
 nprobe 269, p50 0.37 ms against 2.91 for the 8-bit scan alone, at the same recall@1 (0.993);
 through FaissIndex at 1M (benchmarks/results/ann_random.json), p50 0.94 / p99 1.19 ms at
 recall@1 0.995 where a hit is possible.
@@ -30,14 +30,14 @@ DIMS_PER_CODE = 8
 """Dimensions per 4-bit sub-quantiser: 384-d vectors take 48 of them, 24 B a vector."""
 
 SHORTLIST = 16
-"""Candidates the probe hands to the re-rank for a search of up to 4 results (4 per
+"""Candidates the fast-scan codes hand to the re-rank for a search of up to 4 results (4 per
 result beyond): measured at 1M random vectors, 8 and 16 gave the same recall@1."""
 
 
 WORTH_IT_CODES = 2048
-"""8-bit codes a search must scan (nprobe x the mean list size) from which a probe pays:
-its shortlist's decode and re-rank cost ~0.1 ms a search, and the 8-bit scan ~90 ns a code
-(measured: clustered 100k vectors, nprobe 1, ~80 codes: 0.13 ms without a probe, 0.21 with;
+"""8-bit codes a search must scan (nprobe x the mean list size) from which fast-scan codes
+pay: their shortlist's decode and re-rank cost ~0.1 ms a search, the 8-bit scan ~90 ns a code
+(measured: clustered 100k vectors, nprobe 1, ~80 codes: 0.13 ms without them, 0.21 with;
 random 200k, nprobe 64, ~7k codes: 0.72 ms without, 0.28 with)."""
 
 
@@ -88,7 +88,7 @@ def search_scope(s: Scope, vec: Vector, k: int, nprobe: int) -> tuple[Vector, La
 
 def search(codes: Any, fast: Any, queries: Vector, k: int, nprobe: int) -> tuple[Vector, Labels]:
     """The top `k` of each query, as FAISS's search returns them (scores and labels, -1
-    where fewer were found): the probe's shortlist, scored from the 8-bit codes."""
+    where fewer were found): the fast-scan codes' shortlist, scored from the 8-bit codes."""
     want = max(SHORTLIST, 4 * k)
     _, short = fast.search(queries, want, params=probe(nprobe))
     scores = np.full((len(queries), k), -np.inf, dtype=np.float32)

@@ -53,8 +53,9 @@ class Built(NamedTuple):
 
 def build_ivf(read: Reader, labels: Labels, *, dim: int, seed: int, target_recall: float) -> Built:
     """An IVF index of the vectors under `labels` (read through `read`, a chunk at a time),
-    with its probe where it keeps 8-bit codes, the nprobe chosen and the recall@1 measured
-    at it. Raises Shrunk when too few of them are left to train the lists."""
+    with fast-scan codes where its 8-bit ones would make a search scan thousands, the nprobe
+    chosen and the recall@1 measured at it. Raises Shrunk when too few of them are left to
+    train the lists."""
     n = len(labels)
     # ≈ 4·sqrt(n) lists, at least 4 training points each (FAISS warns below 39 but
     # only tiny test scopes go there: at ivf_min's default, n / nlist ≈ 35).
