@@ -143,7 +143,7 @@ def test_the_nprobe_chosen_is_the_smallest_that_reaches_the_target(
 class _WritesDuringBuild(FaissIndex):
     """Runs `during` once, outside every lock as another thread's writes would, before the
     build's `at`-th read of the live index: 1, the training sample; 2, the first pass (list
-    sizes); 3, the second (adding)."""
+    sizes); 3, the second (adding); 4, with fast-scan codes, their filling."""
 
     during: Any = None
     at = 1
@@ -156,8 +156,15 @@ class _WritesDuringBuild(FaissIndex):
         return super()._read(s, labels)
 
 
-@pytest.mark.parametrize("at", [1, 2, 3])
-def test_adds_and_removes_during_a_build_are_not_lost(at: int) -> None:
+@pytest.mark.parametrize(
+    ("at", "fast"), [(1, False), (2, False), (3, False), (1, True), (3, True), (4, True)]
+)
+def test_adds_and_removes_during_a_build_are_not_lost(
+    at: int, fast: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if fast:  # 8-bit codes and fast-scan ones, at 2,000 vectors
+        monkeypatch.setattr(ivf_build, "SQ_MIN_TRAIN", 1000)
+        monkeypatch.setattr(fast_scan, "WORTH_IT_CODES", 0)
     index = _WritesDuringBuild(DIM, ivf_min=1000, background=False)
     index.at = at
     vectors = clustered(2000, seed=4)
@@ -178,8 +185,10 @@ def test_adds_and_removes_during_a_build_are_not_lost(at: int) -> None:
     assert index.maintain() == 1
     assert seen["kind"] == "flat" and seen["flat"][0].entry_id == "new10"
     st = index.stats()["s"]
-    assert st.kind == "ivf" and not st.building
+    assert st.kind == "ivf" and not st.building and st.fast_scan == fast
     assert len(index) == st.size == 2000 + 300 - 500 - 2 + 1
+    if fast:  # the writes reached both sets of codes
+        assert index._scopes["s"].fast.ntotal == st.size
     for i in range(2, 300):
         assert index.search("s", extra[i], 1)[0].entry_id == f"new{i}"
     for i in (0, 1):
