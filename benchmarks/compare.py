@@ -274,8 +274,8 @@ def encode_floors(embedder: Any, sentences: Sequence[str], n: int) -> dict[str, 
     batch = [sentences[i % len(sentences)] for i in range(32)]
     embedder.embed(batch)
     load = load1()
-    # At least 10 batches (~1.7 s here): at --requests 100 the floor was 3 batches, ~0.5 s,
-    # and moved ~10 % from run to run.
+    # At least 10 batches (~1.7 s here): at --requests 100 the floor was 3 batches, ~0.5 s of
+    # timing, where one scheduler hiccup moves the figure.
     reps = max(10, n // 32)
     t0 = time.perf_counter()
     for _ in range(reps):
