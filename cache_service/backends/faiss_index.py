@@ -304,8 +304,9 @@ class FaissIndex:
         extra = np.setdiff1d(index_labels(index), keep, assume_unique=True)
         if len(extra):
             remove_labels(index, "ivf", extra, fast)
-        if index.ntotal != len(keep) or (fast is not None and fast.ntotal != len(keep)):
-            raise ValueError(f"{len(keep)} labels to keep, {index.ntotal} in the index")
+        for held in (index, fast):
+            if held is not None and held.ntotal != len(keep):
+                raise ValueError(f"{len(keep)} labels to keep, {held.ntotal} in the index")
         with self._lock.write():
             if scope in self._scopes:
                 raise ValueError(f"scope {scope[:12]} is already indexed")

@@ -99,9 +99,7 @@ class Scope:
         self.hold_until = 0
 
     def apply_add(self, labels: Labels, vecs: Vector) -> None:
-        self.index.add_with_ids(vecs, labels)
-        if self.fast is not None:
-            self.fast.add_with_ids(vecs, labels)
+        add_labels(self.index, labels, vecs, self.fast)
         if self.log is not None:
             self.log.append((labels, vecs.copy()))
 
@@ -109,6 +107,13 @@ class Scope:
         remove_labels(self.index, self.kind, labels, self.fast)
         if self.log is not None:
             self.log.append((labels, None))
+
+
+def add_labels(index: Any, labels: Labels, vecs: Vector, fast: Any = None) -> None:
+    """Add vectors to a scope's index and, where it has them, its fast-scan codes."""
+    index.add_with_ids(vecs, labels)
+    if fast is not None:
+        fast.add_with_ids(vecs, labels)
 
 
 def remove_labels(index: Any, kind: Kind, labels: Labels, fast: Any = None) -> None:
@@ -148,6 +153,4 @@ def replay(index: Any, kind: Kind, pending: list[LogEntry], fast: Any = None) ->
         if vecs is None:
             remove_labels(index, kind, labels, fast)
         else:
-            index.add_with_ids(vecs, labels)
-            if fast is not None:
-                fast.add_with_ids(vecs, labels)
+            add_labels(index, labels, vecs, fast)

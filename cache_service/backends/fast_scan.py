@@ -79,16 +79,16 @@ def lacking(s: Scope) -> bool:
 
 
 def search_scope(s: Scope, vec: Vector, k: int, nprobe: int) -> tuple[Vector, Labels]:
-    """Search an IVF scope: through its fast-scan codes where it has them."""
-    if s.fast is not None:
-        return search(s.index, s.fast, vec, k, nprobe)
-    scores, labels = s.index.search(vec, k, params=probe(nprobe))
-    return scores, labels
+    return search(s.index, s.fast, vec, k, nprobe)
 
 
 def search(codes: Any, fast: Any, queries: Vector, k: int, nprobe: int) -> tuple[Vector, Labels]:
-    """The top `k` of each query, as FAISS's search returns them (scores and labels, -1
-    where fewer were found): the fast-scan codes' shortlist, scored from the 8-bit codes."""
+    """The top `k` of each query in the IVF `codes`, as FAISS's search returns them (scores
+    and labels, -1 where fewer were found): where there are fast-scan codes `fast`, their
+    shortlist scored from `codes`."""
+    if fast is None:
+        scores, found = codes.search(queries, k, params=probe(nprobe))
+        return scores, found
     want = max(SHORTLIST, 4 * k)
     _, short = fast.search(queries, want, params=probe(nprobe))
     scores = np.full((len(queries), k), -np.inf, dtype=np.float32)

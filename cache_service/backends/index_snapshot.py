@@ -146,8 +146,7 @@ def save_state(
     `tracked` is a copy this consumes: it is emptied as it is written."""
     started = time.perf_counter()
     directory.mkdir(parents=True, exist_ok=True)
-    by_scope = tracked
-    scopes = sorted(by_scope)
+    scopes = sorted(tracked)
     vec_ids: list[str] = []
     vec_scope: list[int] = []
     vec_expires: list[float | None] = []
@@ -159,7 +158,7 @@ def save_state(
     bare_labels: list[int] = []
     ivfs: list[tuple[int, IvfExport]] = []
     for n, scope in enumerate(scopes):
-        wanted = by_scope.pop(scope)
+        wanted = tracked.pop(scope)
         ivf = index.export_ivf(scope)
         if ivf is not None:
             # Its rows go without float vectors: ids the index holds that `tracked` lacks

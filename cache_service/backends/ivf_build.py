@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cache_service.backends import fast_scan
-from cache_service.backends.faiss_scope import Labels, probe
+from cache_service.backends.faiss_scope import Labels
 from cache_service.protocols import Vector
 
 TARGET_RECALL = 0.99
@@ -87,11 +87,19 @@ def build_ivf(read: Reader, labels: Labels, *, dim: int, seed: int, target_recal
     del sample
     ivf.set_direct_map_type(FAISS.DirectMap.Hashtable)  # removal by id, reconstruct
     truth = _fill(ivf, nlist, read, labels, queries)
-    nprobe, recall = choose_nprobe(ivf, None, nlist, queries, truth, target_recall, read)
-    if fast is None or not fast_scan.worth_it(nprobe * n / nlist):
-        return Built(ivf, None, nlist, nprobe, recall)
-    for got, vecs in read(labels):
-        fast.add_with_ids(vecs, got)
+    if fast is not None:
+        # Fast-scan codes pay unless the 8-bit ones alone reach the target below the
+        # nprobe at which they would: one measurement there, where an 8-bit search is
+        # still cheap (not a search for the nprobe on 8-bit codes at 1M, ~8 ms a query).
+        cheap = math.ceil(fast_scan.WORTH_IT_CODES * nlist / n) - 1
+        if (
+            cheap >= 1
+            and recall_at_1(ivf, None, queries, truth, min(cheap, nlist), read) >= target_recall
+        ):
+            fast = None
+        else:
+            for got, vecs in read(labels):
+                fast.add_with_ids(vecs, got)
     nprobe, recall = choose_nprobe(ivf, fast, nlist, queries, truth, target_recall, read)
     return Built(ivf, fast, nlist, nprobe, recall)
 
@@ -200,10 +208,7 @@ def recall_at_1(
     vector) counts as found, so scores are compared, not labels; and the index's own score
     is approximate for a quantised index, so the top-1's vector is read back through `read`
     and scored exactly (a label gone from the source meanwhile counts as not found)."""
-    if fast is None:
-        _, got = ivf.search(queries, 1, params=probe(nprobe))
-    else:
-        _, got = fast_scan.search(ivf, fast, queries, 1, nprobe)
+    _, got = fast_scan.search(ivf, fast, queries, 1, nprobe)
     top = got[:, 0]
     exact = np.full(len(queries), -np.inf, dtype=np.float32)
     wanted = np.unique(top[top >= 0])
