@@ -159,11 +159,11 @@ class FaissIndex:
                 return []
             k = min(k, s.index.ntotal)
             if s.kind == "ivf":
-                scores, labels = fast_scan.search_scope(s, vec, k, s.nprobe)
+                scores, labels = fast_scan.search(s.index, s.fast, vec, k, s.nprobe)
                 if labels[0, k - 1] < 0 and s.nprobe < s.nlist:
                     # The probed lists held fewer than k vectors: a search returns
                     # min(k, size) hits, so look in every list (only tiny scopes or huge k).
-                    scores, labels = fast_scan.search_scope(s, vec, k, s.nlist)
+                    scores, labels = fast_scan.search(s.index, s.fast, vec, k, s.nlist)
             else:
                 scores, labels = s.index.search(vec, k)
             return [

@@ -78,10 +78,6 @@ def lacking(s: Scope) -> bool:
     )
 
 
-def search_scope(s: Scope, vec: Vector, k: int, nprobe: int) -> tuple[Vector, Labels]:
-    return search(s.index, s.fast, vec, k, nprobe)
-
-
 def search(codes: Any, fast: Any, queries: Vector, k: int, nprobe: int) -> tuple[Vector, Labels]:
     """The top `k` of each query in the IVF `codes`, as FAISS's search returns them (scores
     and labels, -1 where fewer were found): where there are fast-scan codes `fast`, their
