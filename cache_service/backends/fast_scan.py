@@ -12,7 +12,7 @@ against itself): they only pick candidates, and the best SHORTLIST of them are s
 again from the 8-bit codes, within ~0.003 of the float score, as a search without them
 would be. Measured on isotropic random unit vectors, one thread: at 200k and
 nprobe 269, p50 0.37 ms against 2.91 for the 8-bit scan alone, at the same recall@1 (0.993);
-through FaissIndex at 1M (benchmarks/results/ann_random.json), p50 0.94 / p99 1.19 ms at
+through FaissIndex at 1M (benchmarks/results/ann_random.json), p50 0.74 / p99 1.10 ms at
 recall@1 0.995 where a hit is possible.
 """
 
