@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from cache_service.api import admin, cache_api, dashboard, openapi, ops, proxy, reports
 from cache_service.api.cache_status import CacheStatusMiddleware
 from cache_service.api.middleware import install_error_handlers, install_request_ids
+from cache_service.api.proxy_lane import ProxyLane
 from cache_service.api.state import AppState
 from cache_service.api.trim import TrimAfterLargeBodies
 from cache_service.backends.faiss_index import FaissIndex
@@ -325,6 +326,8 @@ def create_app(
     app.include_router(proxy.relay_router)  # last: claims every /v1 path left
     install_error_handlers(app)
     openapi.install(app)
+    # Added first, so innermost: the proxied routes' lane runs inside the layers below.
+    app.add_middleware(ProxyLane, endpoints=proxy.ENDPOINTS)
     app.add_middleware(TrimAfterLargeBodies)
     app.add_middleware(CacheStatusMiddleware)
     install_request_ids(app)

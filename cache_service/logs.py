@@ -7,6 +7,8 @@ import logging
 import time
 from typing import Any
 
+from cache_service.log_writer import BackgroundHandler
+
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -29,7 +31,8 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(level: str = "INFO") -> None:
-    handler = logging.StreamHandler()
+    # Written by a thread, in batches: the event loop only queues each record.
+    handler = BackgroundHandler()
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -92,11 +92,27 @@ def _flavor(request: Request) -> Flavor:
     return for_route(route.path if isinstance(route, Route) else None)
 
 
+def error_response(flavor: Flavor, exc: ServiceError | StarletteHTTPException) -> JSONResponse:
+    """A refusal in `flavor`'s wire format: the exception handlers' answer, and the proxy
+    lane's (`api/proxy_lane.py`), which serves its routes without those handlers."""
+    if isinstance(exc, ServiceError):
+        body = flavor.error_body(exc.message, exc.type, param=exc.param, code=exc.code)
+        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+    kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    body = flavor.error_body(str(exc.detail), kind)
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+def unexpected_response(flavor: Flavor) -> JSONResponse:
+    """The 500 of an unhandled exception, in `flavor`'s format, saying nothing of it."""
+    body = flavor.error_body("internal error in the cache sidecar", "server_error")
+    return JSONResponse(body, status_code=500)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        body = _flavor(request).error_body(exc.message, exc.type, param=exc.param, code=exc.code)
-        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+        return error_response(_flavor(request), exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -108,12 +124,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        body = _flavor(request).error_body(str(exc.detail), kind)
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+        return error_response(_flavor(request), exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Logged by RequestIdMiddleware, once, with the request id, when this re-raises.
-        body = _flavor(request).error_body("internal error in the cache sidecar", "server_error")
-        return JSONResponse(body, status_code=500)
+        return unexpected_response(_flavor(request))

@@ -48,12 +48,14 @@ RELAYED = "/v1/{path:relayed}"
 # Encoded separators: the server decoded them into the path, where they would pass as real ones.
 _ENCODED_SEPARATORS = (b"%2f", b"%5c")
 
+Endpoint = Callable[[Request], Awaitable[Response]]
+
 router = APIRouter()
 # Last in the app: any /v1 path no other router claims is relayed upstream.
 relay_router = APIRouter()
 
 
-def _endpoint(flavor: Flavor) -> Callable[[Request], Awaitable[Response]]:
+def _endpoint(flavor: Flavor) -> Endpoint:
     async def endpoint(request: Request) -> Response:
         settings = state.of(request)["settings"]
         body = await read_json(request, settings.max_body_bytes, timeout_s=settings.body_timeout_s)
@@ -69,10 +71,15 @@ def _endpoint(flavor: Flavor) -> Callable[[Request], Awaitable[Response]]:
     return endpoint
 
 
+ENDPOINTS: dict[str, tuple[Flavor, Endpoint]] = {}
+"""Each flavour's POST endpoint by its route: the routes below, and the proxy lane's
+(`api/proxy_lane.py`), which calls them without the router."""
+
 for _flavor in FLAVORS:
+    ENDPOINTS[_flavor.route] = (_flavor, _endpoint(_flavor))
     router.add_api_route(
         _flavor.route,
-        _endpoint(_flavor),
+        ENDPOINTS[_flavor.route][1],
         methods=["POST"],
         responses=error_responses(_flavor),
         openapi_extra=json_body(_flavor.schema),
