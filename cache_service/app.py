@@ -163,6 +163,7 @@ def create_app(
             default_ttl_s=settings.default_ttl_s,
             verifiers=(verifier,) if verifier is not None else (),
             floor=verifier.floor if verifier is not None else None,
+            exact_reads_inline=isinstance(the_store, DiskCacheStore),
         )
 
         local_ledger: LocalLedger | None = None

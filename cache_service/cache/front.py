@@ -72,9 +72,17 @@ class CacheFront:
         default_ttl_s: float,
         verifiers: Sequence[Verifier] = (),
         floor: float | None = None,
+        exact_reads_inline: bool = False,
     ) -> None:
         """`floor`: with verifiers, the cosine candidates are searched down to instead of the
-        similarity threshold (None: the threshold, as without verifiers)."""
+        similarity threshold (None: the threshold, as without verifiers).
+
+        `exact_reads_inline`: the exact read runs on the event loop instead of in a worker
+        thread. For a local SQLite store only (`app.py`): its read is two primary-key
+        lookups (tens of microseconds with the pages cached, one disk read per b-tree level
+        without), while the hop to a thread and back cost ~0.25 ms of an exact hit's p50
+        (1.78 against 2.02 ms, interleaved runs beside a 1.19 ms HTTP floor). A store across
+        the network (Redis) is always read in a thread."""
         self.cache = cache
         self.batcher = batcher
         self.learner = learner
@@ -82,6 +90,7 @@ class CacheFront:
         self.default_ttl_s = default_ttl_s
         self.verifiers = tuple(verifiers)
         self.floor = floor if self.verifiers else None
+        self.exact_reads_inline = exact_reads_inline
         self.base_threshold = cache.accept_config.threshold if cache is not None else 1.0
         self.store_unavailable = 0
         """Lookups and stores that found the store unreachable (and failed open)."""
@@ -144,7 +153,10 @@ class CacheFront:
     async def exact(self, keys: RequestKeys) -> Lookup | None:
         """The entry stored under exactly this request, if it may be served."""
         try:
-            entry = await asyncio.to_thread(self.cache.get_exact, keys.exact_key)
+            if self.exact_reads_inline:
+                entry = self.cache.get_exact(keys.exact_key)
+            else:
+                entry = await asyncio.to_thread(self.cache.get_exact, keys.exact_key)
         except StoreUnavailable:
             self.store_unavailable += 1
             return None  # fail open: the request goes upstream
