@@ -1,9 +1,10 @@
 """Log lines written off the event loop, in batches.
 
 Every proxied request logs one line. Formatting it (a `json.dumps`) and writing it (a
-`write` and a flush on stderr) on the event loop cost ~0.1-0.2 ms of an exact hit whose
-server time is ~1 ms (benchmarks/README, the side-by-side's exact p50). Here the loop only
-queues the record; a thread formats the queued records and writes them with one write.
+`write` and a flush on stderr) on the event loop cost ~0.2-0.4 ms of server CPU per exact
+hit under uvicorn (INFO against WARNING, interleaved runs), whose whole server CPU was
+~1.5 ms. Here the loop only queues the record; a thread formats the queued records and
+writes them with one write (README, side by side: the request path's cuts).
 
 Records wait at most `flush_interval_s`; a WARNING or worse wakes the writer at once, so an
 error reaches the log before whatever follows it can kill the process. The order is kept
@@ -64,19 +65,18 @@ class BackgroundHandler(logging.Handler):
             self._write_pending()
 
     def _write_pending(self) -> None:
-        lines: list[str] = []
-        while True:
-            try:
-                record = self._pending.popleft()
-            except IndexError:
-                break
-            try:
-                lines.append(self.format(record))
-            except Exception:
-                self.handleError(record)
-        if not lines:
-            return
+        # Taken and written under one lock: a flush from another thread racing the writer
+        # must not write a later batch before an earlier one.
         with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+            lines: list[str] = []
+            while self._pending:
+                record = self._pending.popleft()
+                try:
+                    lines.append(self.format(record))
+                except Exception:
+                    self.handleError(record)
+            if not lines:
+                return
             try:
                 self.stream.write("\n".join(lines) + "\n")
                 self.stream.flush()
