@@ -1,10 +1,12 @@
-"""Interleaved A/B of sidecar builds beside the trivial HTTP floor: exact and semantic hits.
+"""Interleaved A/B of sidecar builds beside the trivial HTTP floor: exact and semantic hits,
+and what a miss adds over calling the upstream directly.
 
 Each side is a `serve` process from a source tree (a `git worktree` of another commit, or
 this one) over a copy of one prefilled data dir, in front of one simulated upstream. Blocks
-of requests go to each side in turn, the order reversed every round, so a box that slows
-down mid-run slows every side alike; a side's figure is the median of its blocks' p50s. The
-server's CPU per request comes from /proc.
+of requests (exact hits, semantic hits, then a quarter block of misses) go to each side in
+turn, the order reversed every round, so a box that slows down mid-run slows every side
+alike; a side's figure is the median of its blocks' p50s. The server's CPU per request
+comes from /proc.
 
     git worktree add /tmp/base HEAD~1
     python -m benchmarks.ab --side base=/tmp/base --side new=. --out results/ab.json
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -67,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="ab-"))
     try:
         _, sim_url = L.start_simulator(procs, workdir)
+        upstream = sim_url + "/chat/completions"
         real = [o for o, _ in L.PAIRS] + L.extra_real_prompts()
         ids, _ = L.prefill(workdir / "data", a.size, real, L.embed_real(real), 7)
         sides: list[tuple[str, Any]] = [("floor", _start_floor(procs, workdir))]
@@ -78,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         queries = [para for orig, para in L.PAIRS if orig in ids]
         exact_body = L.chat_body(real[0])
         blocks: dict[str, dict[str, list[float]]] = {n: {} for n, _ in sides}
-        with L.make_client() as c:
+        with L.make_client() as c, L.make_client() as direct:
             for name, side in sides:  # warm each side up: the first requests load things
                 url = side.base + "/v1/chat/completions"
                 for _ in range(100):
@@ -89,6 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for r in range(a.rounds):
                 for name, side in sides if r % 2 == 0 else sides[::-1]:
                     _block(c, name, side, exact_body, queries, a.block, blocks[name])
+                    if name != "floor":
+                        misses = L.miss_prompts(a.block // 4, f"{name}-{r}", random.Random(r))
+                        _miss_block(c, direct, upstream, side, misses, blocks[name])
         report = {
             "load_avg": os.getloadavg(),
             "commits": {spec.partition("=")[0]: _commit(spec.partition("=")[2]) for spec in a.side},
@@ -145,6 +152,16 @@ def _block(
             lat.append(ms)
     out.setdefault("semantic_p50_ms", []).append(statistics.median(lat))
     out.setdefault("semantic_server_cpu_ms", []).append((L.cpu_s(pid) - cpu) * 1000 / sent)
+
+
+def _miss_block(
+    c: Any, direct: Any, upstream: str, side: Any, prompts: list[str], out: dict[str, list[float]]
+) -> None:
+    """What a miss adds over calling the upstream directly, each prompt sent both ways in
+    turn (latency.py's `run_miss`, as `compare.py` measures it)."""
+    added = L.run_miss(direct, c, upstream, side.base + "/v1/chat/completions", prompts)
+    if added["added"]["p50_ms"] is not None:
+        out.setdefault("miss_added_p50_ms", []).append(added["added"]["p50_ms"])
 
 
 if __name__ == "__main__":
