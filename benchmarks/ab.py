@@ -38,14 +38,9 @@ def _start_side(
 ) -> Any:
     copy = workdir / f"data-{name}"
     shutil.copytree(data, copy)
-    start = procs.start
-    # The side's own source: `python -m cache_service` imports from its working directory.
-    procs.start = lambda *a, **k: start(*a, **{**k, "cwd": tree.resolve()})  # type: ignore[method-assign]
-    try:
-        args = argparse.Namespace(sweep_interval=3600.0, log_level="INFO")
-        return L.start_sidecar(copy, args, procs, sim_url, workdir / f"{name}.log")
-    finally:
-        procs.start = start  # type: ignore[method-assign]
+    args = argparse.Namespace(sweep_interval=3600.0, log_level="INFO")
+    log = workdir / f"{name}.log"
+    return L.start_sidecar(copy, args, procs, sim_url, log, cwd=tree.resolve())
 
 
 def _start_floor(procs: L.Procs, workdir: Path) -> Any:

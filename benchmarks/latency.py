@@ -709,6 +709,8 @@ def start_sidecar(
     sim_url: str,
     log_path: Path,
     sweep_interval_s: float | None = None,
+    *,
+    cwd: Path = ROOT,
 ) -> Sidecar:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -720,7 +722,8 @@ def start_sidecar(
     }
     cmd = ["serve", "--port", str(port), "--data-dir", str(data_dir), "--upstream", sim_url]
     t0 = time.perf_counter()
-    proc = procs.start([*cmd, "--log-level", args.log_level], log_path, env)
+    # `cwd`: the source tree `python -m cache_service` imports (benchmarks/ab.py's sides).
+    proc = procs.start([*cmd, "--log-level", args.log_level], log_path, env, cwd=cwd)
     ready = wait_http(f"{base}/readyz", proc, 600, log_path)
     return Sidecar(proc, base, ready, time.perf_counter() - t0, t0, log_path)
 

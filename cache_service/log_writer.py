@@ -35,6 +35,9 @@ class BackgroundHandler(logging.Handler):
         self.batch_records = batch_records
         self._pending: deque[logging.LogRecord] = deque()
         self._wake = threading.Event()
+        # Its own lock, not the handler's: `Handler.handle` holds that one around `emit`, on
+        # the event loop, which must never wait while a batch is formatted and written.
+        self._writing = threading.Lock()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
         self._thread.start()
@@ -67,7 +70,7 @@ class BackgroundHandler(logging.Handler):
     def _write_pending(self) -> None:
         # Taken and written under one lock: a flush from another thread racing the writer
         # must not write a later batch before an earlier one.
-        with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+        with self._writing:
             lines: list[str] = []
             while self._pending:
                 record = self._pending.popleft()
