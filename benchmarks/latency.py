@@ -711,6 +711,7 @@ def start_sidecar(
     sweep_interval_s: float | None = None,
     *,
     cwd: Path = ROOT,
+    env_extra: dict[str, str] | None = None,
 ) -> Sidecar:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -719,6 +720,7 @@ def start_sidecar(
         "CACHE_EMBEDDER_BACKEND": "onnx",
         "CACHE_MODEL_DIR": str(ROOT / "models"),
         "CACHE_SWEEP_INTERVAL_S": str(sweep_interval_s or args.sweep_interval),
+        **(env_extra or {}),  # benchmarks/ab.py's per-side settings
     }
     cmd = ["serve", "--port", str(port), "--data-dir", str(data_dir), "--upstream", sim_url]
     t0 = time.perf_counter()

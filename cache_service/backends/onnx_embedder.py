@@ -21,7 +21,12 @@ from typing import Any
 import numpy as np
 
 from cache_service.backends.embedder import manifest, onnx_path
-from cache_service.backends.onnx_session import bert_inputs, cpu_session, input_names
+from cache_service.backends.onnx_session import (
+    RUN_COST_TOKENS,
+    cpu_session,
+    forward,
+    input_names,
+)
 from cache_service.protocols import Vector
 
 log = logging.getLogger(__name__)
@@ -33,7 +38,8 @@ class OnnxEmbedder:
 
     backend = "onnx"
 
-    def __init__(self, model_dir: Path, threads: int = 1) -> None:
+    def __init__(self, model_dir: Path, threads: int = 1, run_cost: int = RUN_COST_TOKENS) -> None:
+        """`run_cost`: how a batch is split into runs (`onnx_session.length_groups`)."""
         from tokenizers import Tokenizer
 
         described = manifest(model_dir)
@@ -41,10 +47,11 @@ class OnnxEmbedder:
         self._dim = int(described["dimension"])
         tokenizer = Tokenizer.from_file(str(exported / "tokenizer.json"))
         # The file pads every input to 128 and cuts at 128; sentence-transformers cuts at the
-        # model's max_seq_length (256) and pads to the batch's longest, and so does this.
+        # model's max_seq_length (256), and so does this. Padding is `forward`'s, per group.
         tokenizer.enable_truncation(max_length=_max_seq_length(exported, described))
-        tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        tokenizer.no_padding()
         self._tokenizer = tokenizer
+        self._run_cost = run_cost
         self._session = cpu_session(exported / str(described["onnx_file"]), threads)
         self._inputs = input_names(self._session)
         # The token states (sentence-transformers pools them), whatever the export names them.
@@ -58,11 +65,14 @@ class OnnxEmbedder:
     def embed(self, texts: Sequence[str]) -> Vector:
         if not texts:
             return np.zeros((0, self._dim), dtype=np.float32)
-        feeds = bert_inputs(self._tokenizer.encode_batch(list(texts)), self._inputs)
-        (tokens,) = self._session.run([self._output], feeds)
-        weights = feeds["attention_mask"][:, :, None].astype(np.float32)
-        summed = (np.asarray(tokens, dtype=np.float32) * weights).sum(axis=1)
-        pooled = summed / np.clip(weights.sum(axis=1), 1e-9, None)
+        encodings = self._tokenizer.encode_batch(list(texts))
+        pooled = np.empty((len(texts), self._dim), dtype=np.float32)
+        for rows, tokens, mask in forward(
+            self._session, self._output, encodings, self._inputs, self._run_cost
+        ):
+            weights = mask[:, :, None].astype(np.float32)
+            summed = (tokens.astype(np.float32, copy=False) * weights).sum(axis=1)
+            pooled[rows] = summed / np.clip(weights.sum(axis=1), 1e-9, None)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         out: Vector = np.ascontiguousarray(pooled / np.clip(norms, 1e-12, None), np.float32)
         return out

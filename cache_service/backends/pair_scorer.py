@@ -15,7 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from cache_service.backends.onnx_session import bert_inputs, cpu_session, input_names
+from cache_service.backends.onnx_session import (
+    RUN_COST_TOKENS,
+    cpu_session,
+    forward,
+    input_names,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +38,8 @@ class OnnxPairScorer:
     """`score` returns sigmoid(logit) per (stored prompt, new prompt) pair. Blocking and
     CPU-bound: call it from the verifier's batcher thread, never on the event loop."""
 
-    def __init__(self, model_dir: Path, threads: int = 1) -> None:
+    def __init__(self, model_dir: Path, threads: int = 1, run_cost: int = RUN_COST_TOKENS) -> None:
+        """`run_cost`: how a batch is split into runs (`onnx_session.length_groups`)."""
         from tokenizers import Tokenizer
 
         self.model_dir = model_dir
@@ -43,9 +49,10 @@ class OnnxPairScorer:
         # The file may carry the embedder's settings (padded to 128): the pair model was
         # trained at max_len, longest_first keeps both prompts represented when one is long.
         tokenizer.enable_truncation(max_length=max_len, strategy="longest_first")
-        # Pad to the batch's longest only: short pairs cost short forward passes.
-        tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        # Padding is `forward`'s, per group of similar length: short pairs cost short passes.
+        tokenizer.no_padding()
         self._tokenizer = tokenizer
+        self._run_cost = run_cost
         onnx_file = model_dir / str(self._manifest.get("onnx_file", "model.onnx"))
         self._session = cpu_session(onnx_file, threads)
         self._inputs = input_names(self._session)
@@ -66,6 +73,9 @@ class OnnxPairScorer:
         if not pairs:
             return []
         encodings = self._tokenizer.encode_batch([(a, b) for a, b in pairs])
-        (logits,) = self._session.run([self._output], bert_inputs(encodings, self._inputs))
-        flat = np.asarray(logits, dtype=np.float64).reshape(len(pairs), -1)[:, 0]
+        flat = np.empty(len(pairs), dtype=np.float64)
+        for rows, logits, _ in forward(
+            self._session, self._output, encodings, self._inputs, self._run_cost
+        ):
+            flat[rows] = logits.astype(np.float64).reshape(len(rows), -1)[:, 0]
         return [float(p) for p in 1.0 / (1.0 + np.exp(-flat))]

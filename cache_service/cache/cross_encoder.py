@@ -76,9 +76,12 @@ class CrossEncoderVerifier:
         max_batch: int = 1,
         max_pairs: int = 2,
     ) -> None:
-        """`max_batch` 1: measured on 2 cores with the int8 model, a pair costs 7.4 ms alone,
-        8.5 ms each in twos and 13 ms each in sixteens (pairs pad to the longest, and the
-        quantised matmuls do not amortise), so batching would only add latency."""
+        """`max_batch` 1: measured on 2 cores with the int8 model, a pair cost 7.4 ms alone,
+        8.5 ms each in twos and 13 ms each in sixteens when a batch was one run padded to its
+        longest pair. Run in groups of like length (`onnx_session.length_groups`), batches of
+        8-32 QQP pairs now score 8-17 % more pairs a second than one at a time
+        (`benchmarks/model_batches.py`), but a pair then waits for its whole batch: not
+        worth its latency for at most two candidates a lookup."""
         self.scorer = scorer
         self.threshold = threshold
         self.floor = floor
