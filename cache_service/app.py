@@ -29,6 +29,7 @@ from cache_service.backends.index_snapshot import SNAPSHOT_INTERVAL_S, IndexSnap
 from cache_service.backends.journal import SpendJournal
 from cache_service.backends.jsonfile import JsonFile
 from cache_service.backends.store import DiskCacheStore
+from cache_service.backends.aiohttp_upstream import AiohttpUpstream
 from cache_service.backends.upstream import HttpUpstream
 from cache_service.cache.batcher import EmbeddingBatcher
 from cache_service.cache.capacity import Capacity
@@ -351,7 +352,8 @@ def _slots(
             client = injected
         if client is None:
             key = os.environ.get(u.api_key_env) if u.api_key_env else None
-            client = HttpUpstream(
+            kind = AiohttpUpstream if settings.upstream_client == "aiohttp" else HttpUpstream
+            client = kind(
                 u.base_url,
                 api_key=key or settings.upstream_api_key,
                 timeout_s=settings.upstream_timeout_s,

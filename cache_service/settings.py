@@ -130,6 +130,10 @@ class Settings(BaseSettings):
     """If set, replaces the caller's Authorization header; otherwise it is passed through."""
     upstream_timeout_s: float = Field(60.0, gt=0)
     upstream_connect_timeout_s: float = Field(5.0, gt=0)
+    upstream_client: Literal["aiohttp", "httpx"] = "aiohttp"
+    """What plain (not streamed) upstream calls go through: aiohttp, whose C parser cost a
+    quarter of httpx's event-loop CPU per call here (`backends/aiohttp_upstream.py`), or
+    httpx. Streams and relayed calls go through httpx either way."""
     simulated_upstream_port: int = Field(8081, ge=0, le=65535)
     """Port of the bundled simulated upstream when no upstream_url is configured (0: any free)."""
 

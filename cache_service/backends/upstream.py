@@ -1,4 +1,5 @@
-"""The real upstream: an OpenAI-compatible API over httpx.
+"""The real upstream: an OpenAI-compatible API over httpx. (`aiohttp_upstream.py` wraps it
+and sends the plain calls, a miss's, through aiohttp: less of the event loop per call.)
 
 Transport failures become our own errors here (connection → 502, timeout → 504), so the
 request path never sees an httpx exception and an upstream problem is never reported as a bug
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import httpx
@@ -52,7 +53,8 @@ RETURNED_HEADERS = (
 )
 
 
-def pick_returned_headers(headers: httpx.Headers) -> dict[str, str]:
+def pick_returned_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Of an answer's headers (case-insensitive, as both clients give them), those returned."""
     return {k: headers[k] for k in RETURNED_HEADERS if k in headers}
 
 
@@ -96,7 +98,8 @@ class HttpUpstream:
         )
         self._calls = asyncio.Semaphore(max_connections // 2)
 
-    def _headers(self, headers: dict[str, str], auth: AuthScheme) -> dict[str, str]:
+    def forwarded_headers(self, headers: dict[str, str], auth: AuthScheme) -> dict[str, str]:
+        """What goes upstream of a caller's headers, with the operator's key if set."""
         out = {k: v for k, v in headers.items() if k in FORWARDED_HEADERS}
         if self._api_key:
             # The operator's key replaces the caller's, in the scheme the caller's wire
@@ -116,7 +119,9 @@ class HttpUpstream:
         try:
             async with self._calls:
                 r = await self._client.post(
-                    path, content=json.dumps(body).encode(), headers=self._headers(headers, auth)
+                    path,
+                    content=json.dumps(body).encode(),
+                    headers=self.forwarded_headers(headers, auth),
                 )
         except httpx.HTTPError as e:
             raise transport_error(e) from e
@@ -148,7 +153,7 @@ class HttpUpstream:
         params: list[tuple[str, str]] | None,
         auth: AuthScheme,
     ) -> UpstreamStream:
-        out = self._headers(headers, auth)
+        out = self.forwarded_headers(headers, auth)
         if params is not None:  # a relayed call keeps its own content type
             out["content-type"] = headers.get("content-type", "application/json")
         request = self._client.build_request(
