@@ -20,6 +20,7 @@ import json
 from typing import Any
 
 import aiohttp
+import httpx
 
 from cache_service.backends.upstream import HttpUpstream, pick_returned_headers
 from cache_service.errors import UpstreamTimeout, UpstreamUnavailable
@@ -61,11 +62,17 @@ class AiohttpUpstream:
         # Made on first use: a session belongs to the event loop it was made in, and this
         # object is built before serving starts.
         if self._session is None:
+            # What httpx trusts, so both clients reach the same upstreams: httpx's own TLS
+            # context (certifi's roots, or SSL_CERT_FILE/SSL_CERT_DIR; aiohttp's default
+            # is the system store, which a slim image may lack) and the proxy variables.
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
-                    limit=self._max_connections, keepalive_timeout=_KEEPALIVE_S
+                    limit=self._max_connections,
+                    keepalive_timeout=_KEEPALIVE_S,
+                    ssl=httpx.create_ssl_context(),
                 ),
                 timeout=self._timeout,
+                trust_env=True,
             )
         return self._session
 

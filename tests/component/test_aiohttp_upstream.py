@@ -4,9 +4,13 @@ to the simulated upstream: the same answers, decoded bodies, returned headers an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import ssl
+import subprocess
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -144,3 +148,66 @@ async def test_what_goes_out_is_what_httpx_sends() -> None:
     assert fields["content-type"] == "application/json"
     assert "authorization" not in fields and "x-sidecar-secret" not in fields
     assert json.loads(sent) == CHAT
+
+
+async def _tls_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+        await reader.readuntil(b"\r\n\r\n")
+        body = b'{"ok": true}'
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+    writer.close()
+
+
+@pytest.fixture
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that no store trusts, and its key."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subject = ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+    files = ["-keyout", str(key), "-out", str(cert)]
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            *subject,
+            *files,
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_tls_trusts_what_httpx_trusts(
+    self_signed: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """httpx's roots (certifi, or SSL_CERT_FILE), not the system store: a self-signed
+    upstream is refused, and trusted once SSL_CERT_FILE names its certificate."""
+    cert, key = self_signed
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+    server = await asyncio.start_server(_tls_answer, "127.0.0.1", 0, ssl=served)
+    url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    try:
+        up = AiohttpUpstream(url, connect_timeout_s=2)
+        try:
+            with pytest.raises(UpstreamUnavailable) as caught:
+                await up.send("chat/completions", CHAT, CALLER, "bearer")
+            assert not caught.value.retryable  # the certificate will not change on a retry
+        finally:
+            await up.aclose()
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        up = AiohttpUpstream(url, connect_timeout_s=2)
+        try:
+            r = await up.send("chat/completions", CHAT, CALLER, "bearer")
+        finally:
+            await up.aclose()
+        assert (r.status, r.body) == (200, b'{"ok": true}')
+    finally:
+        server.close()
