@@ -1,5 +1,5 @@
 """The real upstream, with its plain calls over aiohttp: what a miss waits for on the request
-path. Streams and relayed calls stay with `HttpUpstream` (httpx), which this wraps.
+path. Streams and relayed calls stay `HttpUpstream`'s (httpx), which this extends.
 
 Why a second client: measured on this box against the simulated upstream (1,000 sequential
 calls, one keep-alive connection), httpx took 2.5 ms a call and 1.65 ms of the event loop's
@@ -9,9 +9,8 @@ relay checks (a relayed URL stays below the upstream's base) and their fault han
 written and tested against it, and a stream's time is the upstream's anyway.
 
 Same contract as `HttpUpstream.send`: the operator's key and the forwarded headers
-(`HttpUpstream.forwarded_headers`), decoded bodies (content-encoding is never returned), the
-returned headers it picks, connection failures as our errors (refused or unresolvable: not
-retryable; a reset or any other failure: retryable; no answer in time: a timeout).
+(`forwarded_headers`), decoded bodies (content-encoding is never returned), the returned
+headers it picks, failures as the same errors (`timed_out`, `unreachable`).
 """
 
 from __future__ import annotations
@@ -22,16 +21,20 @@ from typing import Any
 import aiohttp
 import httpx
 
-from cache_service.backends.upstream import HttpUpstream, pick_returned_headers
-from cache_service.errors import UpstreamTimeout, UpstreamUnavailable
-from cache_service.protocols import AuthScheme, UpstreamResponse, UpstreamStream
+from cache_service.backends.upstream import (
+    HttpUpstream,
+    pick_returned_headers,
+    timed_out,
+    unreachable,
+)
+from cache_service.protocols import AuthScheme, UpstreamResponse
 
 # httpx's default for idle keep-alive connections: an upstream that closes idle connections
 # sooner makes the next call on one fail (retryable, so retried, but a wasted attempt).
 _KEEPALIVE_S = 5.0
 
 
-class AiohttpUpstream:
+class AiohttpUpstream(HttpUpstream):
     def __init__(
         self,
         base_url: str,
@@ -41,14 +44,13 @@ class AiohttpUpstream:
         connect_timeout_s: float = 5.0,
         max_connections: int = 64,
     ) -> None:
-        self._http = HttpUpstream(
+        super().__init__(
             base_url,
             api_key=api_key,
             timeout_s=timeout_s,
             connect_timeout_s=connect_timeout_s,
             max_connections=max_connections,
         )
-        self.base_url = self._http.base_url
         # As httpx's Timeout(timeout_s, connect=...): each wait (a free connection, a read)
         # at most timeout_s, making a connection at most connect_timeout_s; no total, since
         # the chain's request deadline bounds the whole call.
@@ -58,7 +60,7 @@ class AiohttpUpstream:
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
 
-    def _client(self) -> aiohttp.ClientSession:
+    def _aiohttp(self) -> aiohttp.ClientSession:
         # Made on first use: a session belongs to the event loop it was made in, and this
         # object is built before serving starts.
         if self._session is None:
@@ -83,36 +85,18 @@ class AiohttpUpstream:
         url = f"{self.base_url}/{path.lstrip('/')}"
         content = json.dumps(body).encode()
         try:
-            async with self._client().post(
-                url, data=content, headers=self._http.forwarded_headers(headers, auth)
+            async with self._aiohttp().post(
+                url, data=content, headers=self.forwarded_headers(headers, auth)
             ) as r:
                 return UpstreamResponse(r.status, pick_returned_headers(r.headers), await r.read())
         except TimeoutError as e:  # aiohttp's timeouts are TimeoutErrors too
-            raise UpstreamTimeout(f"upstream did not answer in time ({type(e).__name__})") from e
-        except aiohttp.ClientConnectorError as e:
-            error = UpstreamUnavailable(f"upstream unreachable: {type(e).__name__}: {e}")
-            error.retryable = False  # refused or unresolvable: this upstream will be again
-            raise error from e
+            raise timed_out(e) from e
+        except aiohttp.ClientConnectorError as e:  # refused, unresolvable, certificate refused
+            raise unreachable(e, retryable=False) from e
         except aiohttp.ClientError as e:
-            raise UpstreamUnavailable(f"upstream unreachable: {type(e).__name__}: {e}") from e
-
-    async def stream(
-        self, path: str, body: dict[str, Any], headers: dict[str, str], auth: AuthScheme
-    ) -> UpstreamStream:
-        return await self._http.stream(path, body, headers, auth)
-
-    async def raw(
-        self,
-        method: str,
-        path: str,
-        content: bytes,
-        headers: dict[str, str],
-        params: list[tuple[str, str]],
-        auth: AuthScheme,
-    ) -> UpstreamStream:
-        return await self._http.raw(method, path, content, headers, params, auth)
+            raise unreachable(e, retryable=True) from e
 
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
-        await self._http.aclose()
+        await super().aclose()

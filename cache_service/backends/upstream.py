@@ -1,4 +1,4 @@
-"""The real upstream: an OpenAI-compatible API over httpx. (`aiohttp_upstream.py` wraps it
+"""The real upstream: an OpenAI-compatible API over httpx. (`aiohttp_upstream.py` extends it
 and sends the plain calls, a miss's, through aiohttp: less of the event loop per call.)
 
 Transport failures become our own errors here (connection → 502, timeout → 504), so the
@@ -58,14 +58,26 @@ def pick_returned_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {k: headers[k] for k in RETURNED_HEADERS if k in headers}
 
 
+def timed_out(e: Exception) -> UpstreamTimeout:
+    """Our error for a client's timeout before any answer came (either client's)."""
+    return UpstreamTimeout(f"upstream did not answer in time ({type(e).__name__})")
+
+
+def unreachable(e: Exception, *, retryable: bool) -> UpstreamUnavailable:
+    """Our error for a call that failed before any answer came (either client's). Not
+    retryable when no connection could be made at all (refused, unknown host, a certificate
+    refused): the same upstream will refuse again, the next one may not."""
+    error = UpstreamUnavailable(f"upstream unreachable: {type(e).__name__}: {e}")
+    error.retryable = retryable
+    return error
+
+
 def transport_error(e: httpx.HTTPError) -> UpstreamTimeout | UpstreamUnavailable:
     """Our error for an httpx failure before any answer came."""
     if isinstance(e, httpx.TimeoutException):
-        return UpstreamTimeout(f"upstream did not answer in time ({type(e).__name__})")
-    error = UpstreamUnavailable(f"upstream unreachable: {type(e).__name__}: {e}")
+        return timed_out(e)
     # A timeout is caught above, so a ConnectError is a refusal or a failed name lookup.
-    error.retryable = not isinstance(e, httpx.ConnectError)
-    return error
+    return unreachable(e, retryable=not isinstance(e, httpx.ConnectError))
 
 
 class HttpUpstream:
