@@ -168,12 +168,12 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"_{report.get('detail', {}).get('note', '')}_",
         "",
-        "Floors measured in the same run: trivial FastAPI round trip p50 "
+        "Floors, medians over the sizes' rounds: trivial FastAPI round trip p50 "
         f"{_cell(f['http_p50_ms'], fl.get('http_p50_ms'), 2)} ms, one bare encode p50 "
         f"{_cell(f['encode_p50_ms'], fl.get('encode_p50_ms'), 2)} ms, batch-32 encode "
         f"{_cell(f['encode_batch32_per_s'], fl.get('encode_batch32_per_s'), 0)} sentences/s"
-        + _miss_encode(report)
-        + " (1-minute load average in brackets beside every figure).",
+        " (1-minute load average in brackets beside every figure; each size's own floors and "
+        "ratios below the table).",
         "",
         "".join(head),
         "|---|" + "---:|---:|" * len(ran),
@@ -186,6 +186,7 @@ def markdown(report: dict[str, Any]) -> str:
                 ld = loads.get(str(s), {}).get(side, {}).get(key)
                 cells.append(f" {_cell(v, ld, nd)} |")
         lines.append("".join(cells))
+    lines += _targets_table(report, ran)
     probes = report.get("detail", {}).get("flat_probe_p50_ms", {})
     if probes:
         lines += [
@@ -223,12 +224,89 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _miss_encode(report: dict[str, Any]) -> str:
-    one = report.get("detail", {}).get("encode_floor", {}).get("one_miss_prompt")
-    if not one:
-        return ""
-    cell = _cell(one.get("p50_ms"), one.get("load"), 2)
-    return f"; one bare encode of a miss's prompt (what a miss embeds) p50 {cell} ms"
+TARGETS = (
+    # (label, key, the issue's bound, True when the figure must be at most the bound)
+    ("exact p50 ÷ HTTP floor", "exact_vs_http", 1.3, True),
+    ("semantic p50 ÷ (HTTP + encode floors)", "semantic_vs_floor", 1.3, True),
+    ("hits/s, 32 clients ÷ batch-32 encode", "hits32_vs_batch32", 0.8, False),
+    ("hits/s, 32 clients ÷ GPTCache's", "hits32_vs_gptcache", 5.0, False),
+    ("a miss adds − one encode of its prompt (ms)", "miss_over_encode_ms", 2.0, True),
+    ("semantic p50 ÷ its 10k figure", "semantic_vs_10k", 1.2, True),
+)
+
+
+def floors_at(report: dict[str, Any], size: str) -> dict[str, Any]:
+    """The floors measured in that size's rounds; the run's (medians over sizes) for a
+    report written before floors were measured per size."""
+    detail = report.get("detail", {})
+    got = detail.get("per_size", {}).get(size, {}).get("floors")
+    if got:
+        return dict(got)
+    miss = detail.get("encode_floor", {}).get("one_miss_prompt", {}).get("p50_ms")
+    return {**report["floors"], "encode_miss_p50_ms": miss}
+
+
+def ratios(report: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """The sidecar's figures against the issue's targets, per size, each against the floors
+    measured at that size (None where a figure is missing)."""
+
+    def div(a: Any, b: Any) -> float | None:
+        return None if a is None or not b else round(a / b, 2)
+
+    out: dict[str, dict[str, float | None]] = {}
+    for size, row in report["sizes"].items():
+        me, them, f = row["sidecar"], row["gptcache"], floors_at(report, size)
+        http, enc, miss_enc = (
+            f.get("http_p50_ms"),
+            f.get("encode_p50_ms"),
+            f.get("encode_miss_p50_ms"),
+        )
+        added = me["miss_added_p50_ms"]
+        ten_k = report["sizes"].get("10000", {}).get("sidecar", {}).get("semantic_p50_ms")
+        out[size] = {
+            "exact_vs_http": div(me["exact_p50_ms"], http),
+            "semantic_vs_floor": div(me["semantic_p50_ms"], (http or 0) + (enc or 0) or None),
+            "hits32_vs_batch32": div(me["semantic_hits_per_s_32"], f.get("encode_batch32_per_s")),
+            "hits32_vs_gptcache": div(me["semantic_hits_per_s_32"], them["semantic_hits_per_s_32"]),
+            "miss_over_encode_ms": None
+            if added is None or miss_enc is None
+            else round(added - miss_enc, 1),
+            "semantic_vs_10k": div(me["semantic_p50_ms"], ten_k) if size != "10000" else None,
+        }
+    return out
+
+
+def _targets_table(report: dict[str, Any], ran: Sequence[int]) -> list[str]:
+    table = ratios(report)
+    lines = [
+        "",
+        "Floors measured in each size's own rounds (median of the rounds' p50s; batch-32 just "
+        "before the concurrent runs), and the sidecar against the issue's targets at that size "
+        "(**bold**: target missed):",
+        "",
+        "| |" + "".join(f" {s:,} |" for s in ran),
+        "|---|" + "---:|" * len(ran),
+    ]
+    for label, key, nd in (
+        ("floor: HTTP round trip p50 (ms)", "http_p50_ms", 2),
+        ("floor: one bare encode p50 (ms)", "encode_p50_ms", 2),
+        ("floor: one encode of a miss's prompt p50 (ms)", "encode_miss_p50_ms", 2),
+        ("floor: batch-32 encode (sentences/s)", "encode_batch32_per_s", 0),
+    ):
+        cells = []
+        for s in ran:
+            f = floors_at(report, str(s))
+            cells.append(f" {_cell(f.get(key), f.get('loads', {}).get(key), nd)} |")
+        lines.append(f"| {label} |" + "".join(cells))
+    for label, key, bound, at_most in TARGETS:
+        cells = []
+        for s in ran:
+            v = table[str(s)][key]
+            missed = v is not None and (v > bound if at_most else v < bound)
+            text = "–" if v is None else f"{v:g}"
+            cells.append(f" {'**' + text + '**' if missed else text} |")
+        lines.append(f"| {label} ({'≤' if at_most else '≥'} {bound:g}) |" + "".join(cells))
+    return lines
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -260,8 +338,8 @@ def disk_bytes(path: Path) -> int:
 # ---------------------------------------------------------------------------------- floors
 
 
-def encode_floors(embedder: Any, sentences: Sequence[str], n: int) -> dict[str, Any]:
-    """One bare encode p50 (the sidecar's embedder: ONNX, 1 thread) and batch-32 sentences/s."""
+def encode_one(embedder: Any, sentences: Sequence[str], n: int) -> dict[str, Any]:
+    """One bare encode p50 (the sidecar's embedder: ONNX, 1 thread), one sentence at a time."""
     for s in sentences[:5]:
         embedder.embed([s])  # warm-up: ONNX arena, tokenizer caches
     load = load1()
@@ -270,7 +348,11 @@ def encode_floors(embedder: Any, sentences: Sequence[str], n: int) -> dict[str, 
         t0 = time.perf_counter()
         embedder.embed([sentences[i % len(sentences)]])
         lat.append((time.perf_counter() - t0) * 1000)
-    one = {"p50_ms": L.rnd(L.pct(lat, 50)), "p99_ms": L.rnd(L.pct(lat, 99)), "load": load}
+    return {"p50_ms": L.rnd(L.pct(lat, 50)), "p99_ms": L.rnd(L.pct(lat, 99)), "load": load}
+
+
+def encode_batch32(embedder: Any, sentences: Sequence[str], n: int) -> dict[str, Any]:
+    """Sentences/s when the model gets batches of 32."""
     batch = [sentences[i % len(sentences)] for i in range(32)]
     embedder.embed(batch)
     load = load1()
@@ -281,7 +363,7 @@ def encode_floors(embedder: Any, sentences: Sequence[str], n: int) -> dict[str, 
     for _ in range(reps):
         embedder.embed(batch)
     per_s = 32 * reps / (time.perf_counter() - t0)
-    return {"one": one, "batch32": {"per_s": round(per_s, 1), "batches": reps, "load": load}}
+    return {"per_s": round(per_s, 1), "batches": reps, "load": load}
 
 
 def http_floor(url: str, n: int) -> dict[str, Any]:
@@ -292,6 +374,42 @@ def http_floor(url: str, n: int) -> dict[str, Any]:
         load = load1()
         lat = [L.post(c, url, body)[0] for _ in range(n)]
     return {**L.summary(lat), "load": load}
+
+
+class Floors:
+    """The floors, measured again in every round of every size beside the caches' own
+    figures: measured once at the start of a 40-minute run, one sample (the HTTP floor moved
+    1.23 → 1.54 ms between two runs) set every ratio of the run, and the load drifts."""
+
+    def __init__(self, embedder: Any, trivial_url: str, n: int) -> None:
+        self.embedder, self.url, self.n = embedder, trivial_url, n
+        self.paraphrases = [para for _, para in L.PAIRS]
+        # What a miss embeds: the miss prompts carry a unique number, ~2x the paraphrases'
+        # tokens, so their bare encode is the floor under the latency a miss adds.
+        self.miss_texts = L.miss_prompts(64, "floor", random.Random(3))
+
+    def round(self) -> dict[str, Any]:
+        return {
+            "http": http_floor(self.url, self.n),
+            "encode": encode_one(self.embedder, self.paraphrases, self.n),
+            "encode_miss": encode_one(self.embedder, self.miss_texts, self.n),
+        }
+
+    def batch32(self) -> dict[str, Any]:
+        return encode_batch32(self.embedder, self.paraphrases, self.n)
+
+
+def size_floors(rounds: Sequence[dict[str, Any]], batch: dict[str, Any]) -> dict[str, Any]:
+    """One size's floors: the median over its rounds of each round's p50, the batch-32
+    figure taken before its concurrent runs, and the load beside each."""
+    parts = {"http_p50_ms": "http", "encode_p50_ms": "encode", "encode_miss_p50_ms": "encode_miss"}
+    out: dict[str, Any] = {
+        k: L.med([r[part]["p50_ms"] for r in rounds]) for k, part in parts.items()
+    }
+    out["encode_batch32_per_s"] = batch["per_s"]
+    loads = {k: L.med([r[part]["load"] for r in rounds]) for k, part in parts.items()}
+    out["loads"] = {**loads, "encode_batch32_per_s": batch["load"]}
+    return out
 
 
 def flat_probe(vectors: Any, queries: Any, n: int) -> dict[str, Any]:
@@ -445,6 +563,7 @@ def bench_size(
     real_vectors: Any,
     query_vectors: Any,
     workdir: Path,
+    floors: Floors,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], dict[str, str], dict[str, Any]]:
     """Returns (metrics per side, load per metric per side, why-null per side, detail)."""
     import numpy as np
@@ -572,7 +691,7 @@ def bench_size(
             guarded(lambda s=s: warm_up(s), s, {})
         for r in range(args.rounds):
             order = list(sides) if r % 2 == 0 else sides[::-1]
-            rec: dict[str, Any] = {"order": [s.name for s in order]}
+            rec: dict[str, Any] = {"order": [s.name for s in order], "floors": floors.round()}
             for s in order:
                 guarded(
                     lambda s=s, tag=f"r{r}": measure_round(s, sim, direct_url, args.requests, tag),
@@ -590,10 +709,13 @@ def bench_size(
                     for s in order
                     if s.name in rec
                 )
-                + f"; load {load1()}",
+                + f"; floors: HTTP {rec['floors']['http']['p50_ms']} ms, encode "
+                f"{rec['floors']['encode']['p50_ms']} ms; load {load1()}",
                 flush=True,
             )
     detail["rounds"] = rounds
+    detail["floors"] = size_floors([r["floors"] for r in rounds], floors.batch32())
+    print(f"[{size}] floors {detail['floors']}", flush=True)
     conc: list[dict[str, Any]] = []
     for r, clients in enumerate(CLIENTS):
         order = list(sides) if r % 2 == 0 else sides[::-1]
@@ -684,15 +806,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     real_prompts = [orig for orig, _ in L.PAIRS] + L.extra_real_prompts()
     embedder = load_embedder(ROOT / "models", "onnx", threads=1)
     real_vectors = L.embed_real(real_prompts)
-    paraphrases = [para for _, para in L.PAIRS]
-    query_vectors = embedder.embed(paraphrases)
-    enc = encode_floors(embedder, paraphrases, args.requests)
-    # What a miss embeds: the miss prompts carry a unique number, ~2x the paraphrases'
-    # tokens, so their bare encode is the floor under the latency a miss adds.
-    miss_texts = L.miss_prompts(64, "floor", random.Random(3))
-    enc["one_miss_prompt"] = encode_floors(embedder, miss_texts, args.requests)["one"]
-    del embedder
-    print(f"encode floors: {enc}", flush=True)
+    query_vectors = embedder.embed([para for _, para in L.PAIRS])
 
     procs = L.Procs()
     measured: dict[int, dict[str, dict[str, Any]]] = {}
@@ -717,19 +831,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "real_prompts": len(real_prompts),
         },
         "gptcache_config": G.CONFIG_NOTE,
-        "encode_floor": enc,
         "loads": {},
         "flat_probe_p50_ms": {},
         "per_size": {},
-    }
-    floors: dict[str, float | None] = {
-        "encode_p50_ms": enc["one"]["p50_ms"],
-        "encode_batch32_per_s": enc["batch32"]["per_s"],
-        "http_p50_ms": None,
-    }
-    floor_loads = {
-        "encode_p50_ms": enc["one"]["load"],
-        "encode_batch32_per_s": enc["batch32"]["load"],
     }
     with tempfile.TemporaryDirectory(prefix="compare-bench-") as tmp:
         workdir = Path(tmp)
@@ -745,19 +849,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 workdir,
             )
             L.wait_http(f"http://127.0.0.1:{tport}/healthz", trivial, 60, tlog)
-            hf = http_floor(f"http://127.0.0.1:{tport}/v1/chat/completions", args.requests)
-            floors["http_p50_ms"] = hf["p50_ms"]
-            floor_loads["http_p50_ms"] = hf["load"]
-            detail["http_floor"] = hf
-            procs.stop(trivial)
-            print(f"http floor: {hf}", flush=True)
+            floors = Floors(
+                embedder, f"http://127.0.0.1:{tport}/v1/chat/completions", args.requests
+            )
 
             for size in sizes:
                 t = time.perf_counter()
                 try:
                     m, ld, why, det = bench_size(
                         size, args, procs, sim_url, real_prompts, real_vectors, query_vectors,
-                        workdir,
+                        workdir, floors,
                     )  # fmt: skip
                 except Exception as e:  # a failed size is recorded, the others still run
                     m, ld, why, det = {}, {}, {s: f"failed: {e!r}"[:500] for s in SIDES}, {}
@@ -769,17 +870,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if "flat_probe" in det:
                     detail["flat_probe_p50_ms"][str(size)] = det["flat_probe"]
                 detail["per_size"][str(size)] = det
-                for s in [s for s in procs.procs if s is not sim]:
+                for s in [s for s in procs.procs if s not in (sim, trivial)]:
                     procs.stop(s)
                 # Each size's files go: at 1M they are several GB.
                 for d in workdir.glob(f"*-{size}"):
                     subprocess.run(["rm", "-rf", str(d)], check=False)
         finally:
             procs.close()
-    detail["floor_loads"] = floor_loads
+    per_size = [d["floors"] for d in detail["per_size"].values() if "floors" in d]
+    floors_run = {k: L.med([f[k] for f in per_size]) for k in FLOOR_KEYS}
+    detail["floor_loads"] = {k: L.med([f["loads"][k] for f in per_size]) for k in FLOOR_KEYS}
     detail["total_s"] = round(time.perf_counter() - started, 1)
     load_avg = {"start": load_start, "end": [round(x, 2) for x in os.getloadavg()]}
-    report = build_report(floors, load_avg, measured, why_null, detail)
+    report = build_report(floors_run, load_avg, measured, why_null, detail)
     problems = shape_problems(report)
     if problems:
         raise RuntimeError(f"report shape: {problems}")

@@ -87,3 +87,46 @@ def test_gptcache_keeps_every_entry_of_a_run(tmp_path: Any) -> None:
         kwargs = G.factory_kwargs(tmp_path, G.max_size_for(n))
         assert kwargs["max_size"] > 2 * n
         assert kwargs["eviction_params"]["max_size"] > 2 * n
+
+
+def test_each_size_is_judged_against_its_own_floors() -> None:
+    rounds = [
+        {
+            part: {"p50_ms": v, "load": 1.0}
+            for part, v in (("http", h), ("encode", 6.0), ("encode_miss", 11.0))
+        }
+        for h in (1.5, 2.5, 2.0)
+    ]
+    floors = compare.size_floors(rounds, {"per_s": 200.0, "load": 0.5})
+    assert floors["http_p50_ms"] == 2.0  # the median of the rounds, not the first
+    assert floors["encode_batch32_per_s"] == 200.0
+    assert floors["loads"]["encode_batch32_per_s"] == 0.5
+
+    measured = {
+        1000: {
+            "sidecar": side(
+                exact_p50_ms=2.4,
+                semantic_p50_ms=10.4,
+                semantic_hits_per_s_32=170.0,
+                miss_added_p50_ms=14.5,
+            ),
+            "gptcache": side(semantic_hits_per_s_32=34.0),
+        }
+    }
+    report = compare.build_report(
+        FLOORS, {}, measured, {}, {"per_size": {"1000": {"floors": floors}}}
+    )
+    got = compare.ratios(report)["1000"]
+    assert got["exact_vs_http"] == 1.2  # 2.4 / 2.0 (this size's floor), not 2.4 / 1.9
+    assert got["semantic_vs_floor"] == 1.3  # 10.4 / (2.0 + 6.0)
+    assert got["hits32_vs_batch32"] == 0.85
+    assert got["hits32_vs_gptcache"] == 5.0
+    assert got["miss_over_encode_ms"] == 3.5  # 14.5 - 11.0
+    assert got["semantic_vs_10k"] is None  # 10k not run
+    # A size not run has no figures, hence no ratios.
+    assert all(v is None for v in compare.ratios(report)["100000"].values())
+    md = compare.markdown(report)
+    row = next(line for line in md.splitlines() if line.startswith("| a miss adds"))
+    assert "**3.5**" in row  # missed (bound 2 ms): bold
+    row = next(line for line in md.splitlines() if line.startswith("| exact p50"))
+    assert "| 1.2 |" in row  # met: plain
