@@ -11,11 +11,11 @@ Elsewhere (no glibc) it does nothing.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
-from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cache_service.heap import malloc_trim
 
 log = logging.getLogger("cache_service")
 
@@ -23,25 +23,11 @@ LARGE_BODY_BYTES = 1024 * 1024
 """Bodies from this size on are followed by a trim (smaller ones reuse the freed heap)."""
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-    trim = getattr(libc, "malloc_trim", None)
-    if trim is None:
-        return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    fn: Callable[[int], int] = trim
-    return fn
-
-
 class TrimAfterLargeBodies:
     def __init__(self, app: ASGIApp, threshold_bytes: int = LARGE_BODY_BYTES) -> None:
         self.app = app
         self.threshold_bytes = threshold_bytes
-        self._trim = _malloc_trim()
+        self._trim = malloc_trim()
         self._running: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -46,6 +46,7 @@ from cache_service.backends.faiss_scope import (
 )
 from cache_service.backends.ivf_build import TARGET_RECALL, Built, Shrunk, build_ivf
 from cache_service.backends.rwlock import ReadWriteLock
+from cache_service.heap import give_back
 from cache_service.protocols import SearchHit, Vector
 
 log = logging.getLogger(__name__)
@@ -379,6 +380,10 @@ class FaissIndex:
                     log.exception("index build failed; the scope keeps its current index")
                     with self._lock.write():
                         s.log = None
+        if done:
+            # A build reads every vector of the scope in chunks and trains on a copy: ~1.5 GB
+            # of temporaries at a million, which glibc would otherwise keep resident.
+            give_back()
         return done
 
     def close(self) -> None:

@@ -54,6 +54,7 @@ from cache_service.backends.snapshot_files import (
     write_array_file,
     write_bytes_file,
 )
+from cache_service.heap import give_back
 from cache_service.protocols import Vector
 
 if TYPE_CHECKING:
@@ -340,7 +341,8 @@ def restore_state(
     """Load `state` into `cache` (index and tracking), keeping only what the store still
     holds and what has not expired, then read and index the entries the snapshot lacks;
     marks the cache ready. Expired entries found on the way are deleted from the store
-    after that (as a rebuild does)."""
+    after that (as a rebuild does). Consumes `store_ids` (emptied: what it held is freed
+    before the cache is ready)."""
     started = time.perf_counter()
     now = cache.clock.now()
     ids = [raw.decode() for raw in state.ids.tolist()]
@@ -401,6 +403,12 @@ def restore_state(
     missing = [entry_id for entry_id in store_ids if entry_id not in known]
     entries = (cache.store.get(entry_id) for entry_id in missing)
     read, expired_read = cache.load_entries(e for e in entries if e is not None)
+    store_ids.clear()
+    del ids, expires_all, expiry, scope_of, labels, keep, known, missing, entries
+    # Before ready, so that what a start leaves resident is what it keeps: these lists, the
+    # store's ids and the snapshot's blobs left ~275 B an entry of free heap (measured at
+    # 100k entries) that glibc would otherwise hold for the process's life.
+    give_back()
     cache.ready = True
     expired.extend(expired_read)
     for entry_id in expired:

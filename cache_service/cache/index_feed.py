@@ -34,6 +34,7 @@ from cache_service.backends.redis_store import (
 )
 from cache_service.cache.semantic import SemanticCache
 from cache_service.errors import StoreUnavailable
+from cache_service.heap import give_back
 from cache_service.protocols import Vector
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class IndexFeed:
         count = self.cache.rebuild(forget_missing=True)
         self.last_id = mark
         self.bootstraps += 1
+        give_back()  # what reading every entry left free (see cache_service/heap.py)
         return count
 
     def step(self, block_ms: int | None = None) -> int:
