@@ -133,7 +133,7 @@ def timed_restore(root: Path) -> tuple[dict[str, Any], Any, Any, Any, set[str]]:
     t2 = time.perf_counter()
     store_ids = set(store.entry_ids())
     t3 = time.perf_counter()
-    restored = restore_state(cache, state, set(store_ids), index)  # it consumes its set
+    restored = restore_state(cache, state, store_ids, index)
     t4 = time.perf_counter()
     figures = {
         "seconds": round(t4 - t0, 2),

@@ -341,9 +341,39 @@ def restore_state(
     """Load `state` into `cache` (index and tracking), keeping only what the store still
     holds and what has not expired, then read and index the entries the snapshot lacks;
     marks the cache ready. Expired entries found on the way are deleted from the store
-    after that (as a rebuild does). Consumes `store_ids` (emptied: what it held is freed
-    before the cache is ready)."""
+    after that (as a rebuild does)."""
     started = time.perf_counter()
+    return _ready(cache, _load(cache, state, store_ids, index), started)
+
+
+class _Loaded(NamedTuple):
+    from_snapshot: int
+    read_from_store: int
+    gone: int
+    expired: list[str]
+
+
+def _ready(cache: SemanticCache, loaded: _Loaded, started: float) -> Restored:
+    # Before ready, so that what a start leaves resident is what it keeps: the loading's
+    # lists, the store's ids and the snapshot's arrays and blobs (freed by now, if the caller
+    # let go of them) were ~200-270 B an entry of free heap at 100k entries, which glibc would
+    # otherwise hold for the process's life.
+    give_back()
+    cache.ready = True
+    for entry_id in loaded.expired:
+        cache.store.delete(entry_id)
+    return Restored(
+        loaded.from_snapshot,
+        loaded.read_from_store,
+        loaded.gone,
+        len(loaded.expired),
+        time.perf_counter() - started,
+    )
+
+
+def _load(
+    cache: SemanticCache, state: IndexState, store_ids: set[str], index: ScopeExport
+) -> _Loaded:
     now = cache.clock.now()
     ids = [raw.decode() for raw in state.ids.tolist()]
     expires_all: list[float] = state.expires.tolist()
@@ -403,17 +433,7 @@ def restore_state(
     missing = [entry_id for entry_id in store_ids if entry_id not in known]
     entries = (cache.store.get(entry_id) for entry_id in missing)
     read, expired_read = cache.load_entries(e for e in entries if e is not None)
-    store_ids.clear()
-    del ids, expires_all, expiry, scope_of, labels, keep, known, missing, entries
-    # Before ready, so that what a start leaves resident is what it keeps: these lists, the
-    # store's ids and the snapshot's blobs left ~275 B an entry of free heap (measured at
-    # 100k entries) that glibc would otherwise hold for the process's life.
-    give_back()
-    cache.ready = True
-    expired.extend(expired_read)
-    for entry_id in expired:
-        cache.store.delete(entry_id)
-    return Restored(loaded, read, gone, len(expired), time.perf_counter() - started)
+    return _Loaded(loaded, read, gone, expired + expired_read)
 
 
 class IndexSnapshots:
@@ -451,8 +471,10 @@ class IndexSnapshots:
             if (self.directory / MANIFEST).exists():
                 log.warning("index snapshot ignored; rebuilding", extra={"reason": str(exc)})
             return None
-        store_ids = set(self.store.entry_ids())
-        restored = restore_state(self.cache, state, store_ids, self.index)
+        started = time.perf_counter()
+        loaded = _load(self.cache, state, set(self.store.entry_ids()), self.index)
+        del state  # the store's ids went with _load's frame: both freed before the trim
+        restored = _ready(self.cache, loaded, started)
         if not (restored.read_from_store or restored.gone or restored.expired):
             self._saved_at = self._version()
         return restored
