@@ -4,15 +4,24 @@ One dedicated thread runs the model, so forward passes never compete with each o
 the cores (measured: one thread per pass is fastest on this 2-core box) and a burst of
 concurrent calls becomes one batched forward pass instead of a queue of single ones. Generic
 over the model: the embedder uses it today, a verifier reading prompt pairs can use its own.
+
+The model's thread takes its next batch itself, as soon as a pass ends: inputs queue in a
+deque under a lock, and results go back to each caller's event loop. When the loop handed
+out each batch (`run_in_executor` from a task on the loop), the model waited for a busy
+loop between passes: under 32 clients at 1k entries, 198 of 550 passes ended with inputs
+already queued and the next started a mean 5.5 ms later, 4.4 % of the model's time idle
+while work waited.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import contextlib
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from cache_service.protocols import Embedder, Vector
@@ -40,6 +49,15 @@ class ModelBusy(TimeoutError):
     input never joins the queue, so an overloaded model stops growing its backlog."""
 
 
+@dataclass(slots=True)
+class _Job(Generic[In, Out]):
+    item: In
+    future: asyncio.Future[Out]
+    abandoned: bool = False
+    """Set on the loop when the caller gave up; read by the model's thread (a plain flag:
+    the future itself is the loop's to touch)."""
+
+
 class ModelBatcher(Generic[In, Out]):
     """`run` takes a batch of inputs and returns one output per input, in order."""
 
@@ -48,9 +66,11 @@ class ModelBatcher(Generic[In, Out]):
     ) -> None:
         self._run_batch = run
         self.max_batch = max_batch
-        self._pending: deque[tuple[In, asyncio.Future[Out]]] = deque()
-        self._worker: asyncio.Task[None] | None = None
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
+        self.name = name
+        self._pending: deque[_Job[In, Out]] = deque()
+        self._ready = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
         self.batches = 0
         self.processed = 0
         self.shed = 0
@@ -77,55 +97,96 @@ class ModelBatcher(Generic[In, Out]):
         if busy and limit is not None and self.expected_wait_s() > limit:
             self.shed += 1
             raise ModelBusy(f"model queue ~{self.expected_wait_s() * 1000:.0f} ms deep")
-        future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
-        self._pending.append((item, future))
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._drain())
+        job: _Job[In, Out] = _Job(item, asyncio.get_running_loop().create_future())
+        with self._ready:
+            if self._closed:
+                raise RuntimeError(f"the {self.name} batcher is closed")
+            self._pending.append(job)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
+                self._thread.start()
+            self._ready.notify()
         # shield: a caller giving up must not cancel the batch others are waiting on.
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
+            return await asyncio.wait_for(asyncio.shield(job.future), timeout_s)
         except (TimeoutError, asyncio.CancelledError):
             # Nobody waits for this input any more: the batcher skips it instead of computing
             # it late, so an overloaded model sheds work rather than queueing more of it.
-            future.cancel()
+            job.abandoned = True
+            job.future.cancel()
             raise
 
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._pending:
-            # No waiting to fill a batch: whatever queued while the last pass ran is the
-            # next batch, so an idle service adds zero latency and a busy one batches.
-            batch = [
-                self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))
-            ]
-            live = [(t, f) for t, f in batch if not f.done()]
+    def _work(self) -> None:
+        """The model's thread: whatever queued while the last pass ran is the next batch.
+        No waiting to fill a batch, so an idle service adds zero latency and a busy one
+        batches."""
+        while True:
+            with self._ready:
+                while not self._pending and not self._closed:
+                    self._ready.wait()
+                if self._closed:
+                    return
+                batch = [
+                    self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))
+                ]
+                live = [job for job in batch if not job.abandoned]
+                self._running = len(live)
             if not live:
                 continue
-            self._running = len(live)
             started = time.perf_counter()
+            outputs: Sequence[Out] = ()
+            error: BaseException | None = None
             try:
-                outputs = await loop.run_in_executor(
-                    self._executor, self._run_batch, [t for t, _ in live]
-                )
+                outputs = self._run_batch([job.item for job in live])
+                if len(outputs) != len(live):
+                    error = RuntimeError(f"{len(live)} inputs gave {len(outputs)} outputs")
             except Exception as e:
-                for _, f in live:
-                    if not f.done():
-                        f.set_exception(e)
-                continue
+                error = e
             finally:
                 self._running = 0
-            cost = (time.perf_counter() - started) / len(live)
-            self.per_input_s = (
-                cost if self.batches == 0 else (1 - _EWMA) * self.per_input_s + _EWMA * cost
-            )
-            self.batches += 1
-            self.processed += len(live)
-            for (_, f), out in zip(live, outputs, strict=True):
-                if not f.done():
-                    f.set_result(out)
+            if error is None:
+                cost = (time.perf_counter() - started) / len(live)
+                self.per_input_s = (
+                    cost if self.batches == 0 else (1 - _EWMA) * self.per_input_s + _EWMA * cost
+                )
+                self.batches += 1
+                self.processed += len(live)
+            _deliver(live, outputs, error)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Stop the model's thread after its current pass; inputs still queued fail."""
+        with self._ready:
+            self._closed = True
+            left = list(self._pending)
+            self._pending.clear()
+            self._ready.notify_all()
+        _deliver(left, (), RuntimeError(f"the {self.name} batcher closed"))
+
+
+def _deliver(
+    jobs: Sequence[_Job[In, Out]], outputs: Sequence[Out], error: BaseException | None
+) -> None:
+    """Hand each job its output (or the error) on its own loop, from any thread."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Out], Out | None]]] = {}
+    results: Sequence[Out | None] = outputs if error is None else [None] * len(jobs)
+    for job, out in zip(jobs, results, strict=True):
+        by_loop.setdefault(job.future.get_loop(), []).append((job.future, out))
+    for loop, settled in by_loop.items():
+        # A closed loop raises RuntimeError: nobody is left there to wait for these.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle, settled, error)
+
+
+def _settle(
+    settled: list[tuple[asyncio.Future[Out], Out | None]], error: BaseException | None
+) -> None:
+    for future, out in settled:
+        if future.done():  # its caller gave up
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(out)  # type: ignore[arg-type]
 
 
 class EmbeddingBatcher(ModelBatcher[str, Vector]):

@@ -4,6 +4,7 @@ protocol, each able only to refuse; and the generic model batcher they may share
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -243,4 +244,67 @@ async def test_an_input_that_would_outwait_its_deadline_is_refused_at_admission(
         assert batcher.processed == 4
     finally:
         gate.set()
+        batcher.close()
+
+
+async def test_the_model_takes_its_next_batch_without_waiting_for_the_loop() -> None:
+    # A busy event loop must not leave the model idle with inputs queued.
+    release = threading.Event()
+    starts: list[tuple[float, list[str]]] = []
+
+    def model(batch: list[str]) -> list[int]:
+        starts.append((time.monotonic(), list(batch)))
+        if batch == ["first"]:
+            release.wait(5)
+        return [len(x) for x in batch]
+
+    batcher: ModelBatcher[str, int] = ModelBatcher(model)
+    try:
+        first = asyncio.create_task(batcher.run("first", 5))
+        await asyncio.sleep(0.05)  # the model is on "first"
+        rest = [asyncio.create_task(batcher.run(x, 5)) for x in ("bb", "ccc")]
+        await asyncio.sleep(0.01)  # both queued
+        release.set()
+        blocked_at = time.monotonic()
+        time.sleep(0.3)  # noqa: ASYNC251 (the point: the loop is busy and hands out nothing)
+        assert [batch for _, batch in starts] == [["first"], ["bb", "ccc"]]
+        assert starts[1][0] < blocked_at + 0.3
+        assert await first == 5 and [await t for t in rest] == [2, 3]
+    finally:
+        release.set()
+        batcher.close()
+
+
+async def test_closing_fails_what_is_still_queued_and_refuses_more() -> None:
+    release = threading.Event()
+
+    def model(batch: list[str]) -> list[int]:
+        release.wait(5)
+        return [0 for _ in batch]
+
+    batcher: ModelBatcher[str, int] = ModelBatcher(model, name="pairs")
+    try:
+        first = asyncio.create_task(batcher.run("first", 5))
+        await asyncio.sleep(0.05)
+        queued = asyncio.create_task(batcher.run("queued", 5))
+        await asyncio.sleep(0.01)
+        batcher.close()
+        with pytest.raises(RuntimeError, match="pairs batcher closed"):
+            await queued
+        release.set()
+        assert await first == 0  # the pass under way still answers
+        with pytest.raises(RuntimeError, match="closed"):
+            await batcher.run("after", 5)
+    finally:
+        release.set()
+        batcher.close()
+
+
+async def test_a_model_answering_the_wrong_number_of_outputs_fails_its_callers() -> None:
+    batcher: ModelBatcher[str, int] = ModelBatcher(lambda batch: [1, 2, 3])
+    try:
+        with pytest.raises(RuntimeError, match="1 inputs gave 3 outputs"):
+            await batcher.run("x", 5)
+        assert batcher.processed == 0
+    finally:
         batcher.close()
