@@ -16,7 +16,7 @@ import pytest
 
 from cache_service import app as app_module
 from cache_service.app import create_app
-from cache_service.backends import faiss_index, fast_scan, ivf_build
+from cache_service.backends import faiss_index, fast_scan, index_snapshot, ivf_build
 from cache_service.backends.faiss_index import FaissIndex
 from cache_service.backends.index_snapshot import (
     MANIFEST,
@@ -134,6 +134,24 @@ def test_save_then_restore_gives_the_same_search_results(world: World) -> None:
     assert raw_hits(index2, entries) == raw_hits(index, entries)
     assert {e.id for e in bare} <= again.tracked().keys()
     assert not snaps2.changed()  # restored exactly: the shutdown save has nothing to do
+
+
+def test_a_restore_gives_the_heap_back_before_the_cache_is_ready(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a start leaves resident is what it keeps: the restore's temporaries are returned
+    # to the OS before readiness (and the RSS a probe of /readyz sees).
+    cache, _, snaps = world.open()
+    world.fill(cache, 10)
+    cache.ready = True
+    assert snaps.save() is not None
+    again, _, snaps2 = world.open()
+    ready_at_trim: list[bool] = []
+    monkeypatch.setattr(
+        index_snapshot, "give_back", lambda: ready_at_trim.append(again.ready) or True
+    )
+    assert snaps2.restore() is not None
+    assert ready_at_trim == [False] and again.ready
 
 
 def test_an_8bit_scope_is_restored_with_its_fast_scan_codes(
