@@ -100,7 +100,7 @@ class ModelBatcher(Generic[In, Out]):
         job: _Job[In, Out] = _Job(item, asyncio.get_running_loop().create_future())
         with self._ready:
             if self._closed:
-                raise RuntimeError(f"the {self.name} batcher is closed")
+                raise ModelBusy(f"the {self.name} batcher is closed")
             self._pending.append(job)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
@@ -154,13 +154,16 @@ class ModelBatcher(Generic[In, Out]):
             _deliver(live, outputs, error)
 
     def close(self) -> None:
-        """Stop the model's thread after its current pass; inputs still queued fail."""
+        """Stop the model's thread after its current pass. Inputs still queued, and any
+        asked for later, are refused as `ModelBusy` (a timeout to every caller: a lookup
+        fails open to the upstream, a verifier refuses), never an error that fails a
+        request."""
         with self._ready:
             self._closed = True
             left = list(self._pending)
             self._pending.clear()
             self._ready.notify_all()
-        _deliver(left, (), RuntimeError(f"the {self.name} batcher closed"))
+        _deliver(left, (), ModelBusy(f"the {self.name} batcher closed"))
 
 
 def _deliver(
