@@ -355,20 +355,14 @@ class _Loaded(NamedTuple):
 
 def _ready(cache: SemanticCache, loaded: _Loaded, started: float) -> Restored:
     # Before ready, so that what a start leaves resident is what it keeps: the loading's
-    # lists, the store's ids and the snapshot's arrays and blobs (freed by now, if the caller
-    # let go of them) were ~200-270 B an entry of free heap at 100k entries, which glibc would
-    # otherwise hold for the process's life.
+    # lists, the store's ids, the snapshot's arrays and blobs (freed by now, if the caller let
+    # go of them) were ~140-270 B an entry of free heap, which glibc would otherwise keep.
     give_back()
     cache.ready = True
     for entry_id in loaded.expired:
         cache.store.delete(entry_id)
-    return Restored(
-        loaded.from_snapshot,
-        loaded.read_from_store,
-        loaded.gone,
-        len(loaded.expired),
-        time.perf_counter() - started,
-    )
+    n, read, gone, expired = loaded
+    return Restored(n, read, gone, len(expired), time.perf_counter() - started)
 
 
 def _load(
