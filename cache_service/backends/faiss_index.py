@@ -381,9 +381,7 @@ class FaissIndex:
                     with self._lock.write():
                         s.log = None
         if done:
-            # A build reads every vector of the scope in chunks and trains on a copy: ~1.5 GB
-            # of temporaries at a million, which glibc would otherwise keep resident.
-            give_back()
+            give_back()  # a build's reads and training copy: ~1.5 GB of temporaries at 1M
         return done
 
     def close(self) -> None:
