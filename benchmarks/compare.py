@@ -15,9 +15,11 @@ every round so that drift in the machine's load hits both alike:
   search-stage recall@1 (the sidecar's as its index measured it; GPTCache's index is exact);
 - GPTCache's lookup also timed inside its own process (no HTTP), under `detail`.
 
-Floors, in the same run: a trivial FastAPI JSON round trip (same uvicorn, same client), one
-bare encode (ONNX, 1 thread) and batch-32 encodes of the same model, a flat FAISS probe
-(k=4) over each size's vectors. Every timing carries the 1-minute load average taken with it.
+Floors, in the same run and again in every round of every size: a trivial FastAPI JSON round
+trip (same uvicorn, same client), one bare encode (ONNX, 1 thread) of a paraphrase and of a
+miss's prompt; batch-32 encodes of the same model once per size; a flat FAISS probe (k=4) over
+each size's vectors. Each size is judged against its own floors (`ratios`). Every timing
+carries the 1-minute load average taken with it.
 
 `compare.json` keeps one stable shape (`floors`, `load_avg`, `sizes` → "1000" … "1000000" →
 `sidecar`/`gptcache` → SIDE_KEYS, null where not measured, with the reason under `why_null`);
@@ -378,8 +380,9 @@ def http_floor(url: str, n: int) -> dict[str, Any]:
 
 class Floors:
     """The floors, measured again in every round of every size beside the caches' own
-    figures: measured once at the start of a 40-minute run, one sample (the HTTP floor moved
-    1.23 → 1.54 ms between two runs) set every ratio of the run, and the load drifts."""
+    figures. Measured once at the start of a 40-minute run, one sample set every ratio of
+    the run while the load drifted (that HTTP floor read 1.23 ms in one run, 1.54 in the
+    next; within one run now, 0.95 to 2.16 ms across three rounds of one size)."""
 
     def __init__(self, embedder: Any, trivial_url: str, n: int) -> None:
         self.embedder, self.url, self.n = embedder, trivial_url, n
