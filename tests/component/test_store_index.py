@@ -310,6 +310,55 @@ def test_read_write_lock_admits_readers_together_and_writers_alone() -> None:
     assert order == ["read done", "write"]
 
 
+def test_searches_go_on_beside_a_long_read_while_a_writer_waits() -> None:
+    # A snapshot's copy of a large scope (~1.1 s at 1M) must not stall every search behind a
+    # store that arrives meanwhile; behind an ordinary read, a waiting writer still goes first.
+    import threading
+    import time
+
+    from cache_service.backends.rwlock import ReadWriteLock
+
+    lock = ReadWriteLock()
+    events: list[str] = []
+
+    def write() -> None:
+        with lock.write():
+            events.append("write")
+
+    def read() -> None:
+        with lock.read():
+            events.append("read")
+
+    def writer_waiting() -> threading.Thread:
+        writer = threading.Thread(target=write)
+        writer.start()
+        deadline = time.monotonic() + 2
+        while not lock._writers_waiting and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert lock._writers_waiting == 1
+        return writer
+
+    with lock.read(long=True):
+        writer = writer_waiting()
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join(2)
+        assert events == ["read"]  # went in beside the long read
+    writer.join(2)
+    assert events == ["read", "write"]
+
+    events.clear()
+    with lock.read():
+        writer = writer_waiting()
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join(0.2)
+        assert events == []  # waits behind the waiting writer
+    writer.join(2)
+    reader.join(2)
+    assert events == ["write", "read"]
+
+
 def test_entry_ids_lists_every_entry_without_exact_keys(store: DiskCacheStore) -> None:
     assert store.entry_ids() == []
     store.put(make_entry("e1", "k1"))
