@@ -35,30 +35,7 @@ _KEEPALIVE_S = 5.0
 
 
 class AiohttpUpstream(HttpUpstream):
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        api_key: str | None = None,
-        timeout_s: float = 60.0,
-        connect_timeout_s: float = 5.0,
-        max_connections: int = 64,
-    ) -> None:
-        super().__init__(
-            base_url,
-            api_key=api_key,
-            timeout_s=timeout_s,
-            connect_timeout_s=connect_timeout_s,
-            max_connections=max_connections,
-        )
-        # As httpx's Timeout(timeout_s, connect=...): each wait (a free connection, a read)
-        # at most timeout_s, making a connection at most connect_timeout_s; no total, since
-        # the chain's request deadline bounds the whole call.
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=timeout_s, sock_connect=connect_timeout_s, sock_read=timeout_s
-        )
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
+    _session: aiohttp.ClientSession | None = None
 
     def _aiohttp(self) -> aiohttp.ClientSession:
         # Made on first use: a session belongs to the event loop it was made in, and this
@@ -69,11 +46,19 @@ class AiohttpUpstream(HttpUpstream):
             # is the system store, which a slim image may lack) and the proxy variables.
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
-                    limit=self._max_connections,
+                    limit=self.max_connections,
                     keepalive_timeout=_KEEPALIVE_S,
                     ssl=httpx.create_ssl_context(),
                 ),
-                timeout=self._timeout,
+                # As httpx's Timeout(timeout_s, connect=...): each wait (a free connection, a
+                # read) at most timeout_s, making a connection at most connect_timeout_s; no
+                # total, since the chain's request deadline bounds the whole call.
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    connect=self.timeout_s,
+                    sock_connect=self.connect_timeout_s,
+                    sock_read=self.timeout_s,
+                ),
                 trust_env=True,
             )
         return self._session

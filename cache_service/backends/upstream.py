@@ -93,6 +93,9 @@ class HttpUpstream:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
+        # Kept for a subclass that opens its own connections (aiohttp_upstream.py).
+        self.timeout_s, self.connect_timeout_s = timeout_s, connect_timeout_s
+        self.max_connections = max_connections
         # httpcore's pool rescans every connection (and, per idle one, all of them again) and
         # every queued request on each request and response: cheap at the few connections of
         # a normal load, quadratic under a backlog (found by the soak: past a few hundred
