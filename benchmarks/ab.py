@@ -204,7 +204,7 @@ def _concurrent_block(
     )
     hits = len(bodies) - got["not_wanted_match"]
     out.setdefault("concurrent_not_semantic", []).append(got["not_wanted_match"])
-    out.setdefault(f"semantic_hits_per_s_{clients}", []).append(hits / got["wall_s"])
+    out.setdefault(f"semantic_hits_per_s_{clients}", []).append(hits / got["timed_s"])
     if got["latency"]["p50_ms"] is not None:
         out.setdefault(f"semantic_p50_ms_{clients}", []).append(got["latency"]["p50_ms"])
 
