@@ -15,11 +15,14 @@ headers it picks, failures as the same errors (`timed_out`, `unreachable`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
 import aiohttp
 import httpx
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
 from cache_service.backends.upstream import (
     HttpUpstream,
@@ -44,6 +47,7 @@ class AiohttpUpstream(HttpUpstream):
             # What httpx trusts, so both clients reach the same upstreams: httpx's own TLS
             # context (certifi's roots, or SSL_CERT_FILE/SSL_CERT_DIR; aiohttp's default
             # is the system store, which a slim image may lack) and the proxy variables.
+            proxy, proxy_auth = _env_proxy(self.base_url)
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
                     limit=self.max_connections,
@@ -59,7 +63,14 @@ class AiohttpUpstream(HttpUpstream):
                     sock_connect=self.connect_timeout_s,
                     sock_read=self.timeout_s,
                 ),
-                trust_env=True,
+                # Not trust_env: with it aiohttp looks the proxy up again on every call and
+                # reads ~/.netrc, each in a worker thread (two thread hops a miss), and a
+                # .netrc entry for the upstream's host would add its login to calls that
+                # carry the operator's key in another header, or fail those that carry
+                # Authorization. httpx reads the proxy variables once, and no .netrc.
+                trust_env=False,
+                proxy=proxy,
+                proxy_auth=proxy_auth,
             )
         return self._session
 
@@ -85,3 +96,11 @@ class AiohttpUpstream(HttpUpstream):
         if self._session is not None:
             await self._session.close()
         await super().aclose()
+
+
+def _env_proxy(base_url: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+    """The proxy the environment names for the upstream (HTTP(S)_PROXY, honouring NO_PROXY),
+    read once, when the session is made, as httpx reads it when its client is."""
+    with contextlib.suppress(LookupError):
+        return get_env_proxy_for_url(URL(base_url))
+    return None, None

@@ -107,9 +107,9 @@ async def test_streams_and_relays_go_through_httpx(up: AiohttpUpstream) -> None:
     assert json.loads(b"".join([chunk async for chunk in models.chunks]))["data"]
 
 
-async def test_what_goes_out_is_what_httpx_sends() -> None:
-    """The request itself, read off the socket: the operator's key in the route's scheme, the
-    caller's key and unlisted headers gone, the JSON body."""
+async def _recorder() -> tuple[asyncio.Server, list[bytes]]:
+    """A server answering each request `{"ok": true}` and keeping it as it arrived; one
+    request per connection."""
     heads: list[bytes] = []
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -124,30 +124,98 @@ async def test_what_goes_out_is_what_httpx_sends() -> None:
         heads.append(head + await reader.readexactly(length))
         body = b'{"ok": true}'
         writer.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
             + b"content-length: %d\r\n\r\n" % len(body)
             + body
         )
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    up = AiohttpUpstream(f"http://127.0.0.1:{port}/v1", api_key="sk-operator")
+    return await asyncio.start_server(answer, "127.0.0.1", 0), heads
+
+
+def _port(server: asyncio.Server) -> int:
+    port: int = server.sockets[0].getsockname()[1]
+    return port
+
+
+def _fields(raw: bytes) -> tuple[str, dict[str, str], bytes]:
+    """A recorded request's line, header fields (lower-cased names) and body."""
+    head, _, sent = raw.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    return lines[0], {k.lower(): v.strip() for k, v in (x.split(":", 1) for x in lines[1:])}, sent
+
+
+async def test_what_goes_out_is_what_httpx_sends() -> None:
+    """The request itself, read off the socket: the operator's key in the route's scheme, the
+    caller's key and unlisted headers gone, the JSON body."""
+    server, heads = await _recorder()
+    up = AiohttpUpstream(f"http://127.0.0.1:{_port(server)}/v1", api_key="sk-operator")
     try:
         r = await up.send("messages", CHAT, CALLER, "x-api-key")
     finally:
         await up.aclose()
         server.close()
     assert (r.status, r.body) == (200, b'{"ok": true}')
-    head, _, sent = heads[0].partition(b"\r\n\r\n")
-    lines = head.decode().split("\r\n")
-    assert lines[0] == "POST /v1/messages HTTP/1.1"
-    fields = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    line, fields, sent = _fields(heads[0])
+    assert line == "POST /v1/messages HTTP/1.1"
     assert fields["x-api-key"] == "sk-operator"
     assert fields["content-type"] == "application/json"
     assert "authorization" not in fields and "x-sidecar-secret" not in fields
     assert json.loads(sent) == CHAT
+
+
+async def test_a_netrc_entry_for_the_upstream_adds_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As with httpx, ~/.netrc is not read: its login for the upstream's host would go out
+    beside the operator's key (x-api-key), or fail every call carrying Authorization."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password netrc-secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    server, heads = await _recorder()
+    up = AiohttpUpstream(f"http://127.0.0.1:{_port(server)}/v1", api_key="sk-operator")
+    try:
+        first = await up.send("messages", CHAT, CALLER, "x-api-key")
+        second = await up.send("chat/completions", CHAT, CALLER, "bearer")
+    finally:
+        await up.aclose()
+        server.close()
+    assert first.status == second.status == 200
+    assert "authorization" not in _fields(heads[0])[1]
+    assert _fields(heads[1])[1]["authorization"] == "Bearer sk-operator"
+
+
+async def test_the_environment_s_proxy_is_used_unless_no_proxy_names_the_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HTTP_PROXY as httpx honours it (read when the client is made), NO_PROXY too."""
+    proxy, through_proxy = await _recorder()
+    direct, straight = await _recorder()
+    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{_port(proxy)}")
+    try:
+        up = AiohttpUpstream("http://upstream.example:8080/v1")
+        try:
+            r = await up.send("chat/completions", CHAT, CALLER, "bearer")
+        finally:
+            await up.aclose()
+        assert r.status == 200
+        assert _fields(through_proxy[0])[0] == (
+            "POST http://upstream.example:8080/v1/chat/completions HTTP/1.1"
+        )
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        up = AiohttpUpstream(f"http://127.0.0.1:{_port(direct)}/v1")
+        try:
+            r = await up.send("chat/completions", CHAT, CALLER, "bearer")
+        finally:
+            await up.aclose()
+        assert r.status == 200 and len(straight) == 1 and len(through_proxy) == 1
+    finally:
+        proxy.close()
+        direct.close()
 
 
 async def _tls_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
