@@ -322,6 +322,11 @@ def create_app(
         title="cache-service",
         summary="Semantic response cache sidecar for OpenAI-compatible LLM APIs",
         lifespan=lifespan,
+        # The sidecar's telemetry is its own (Prometheus, the outcome log). FastAPI's
+        # OpenTelemetry bridge would only act on an OTel SDK configured in this process,
+        # which nothing here does, yet it looked up the three global providers on every
+        # request to find that out (3 us a request, measured).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     for module in (proxy, cache_api, ops, admin, reports, dashboard):
         app.include_router(module.router)

@@ -93,12 +93,18 @@ def test_each_size_is_judged_against_its_own_floors() -> None:
     rounds = [
         {
             part: {"p50_ms": v, "load": 1.0}
-            for part, v in (("http", h), ("encode", 6.0), ("encode_miss", 11.0))
+            for part, v in (
+                ("http", h),
+                ("encode", 6.0),
+                ("encode_miss", 11.0),
+                ("http_encode", h + 6.5),
+            )
         }
         for h in (1.5, 2.5, 2.0)
     ]
     floors = compare.size_floors(rounds, {"per_s": 200.0, "load": 0.5})
     assert floors["http_p50_ms"] == 2.0  # the median of the rounds, not the first
+    assert floors["http_encode_p50_ms"] == 8.5
     assert floors["encode_batch32_per_s"] == 200.0
     assert floors["loads"]["encode_batch32_per_s"] == 0.5
 
@@ -123,6 +129,7 @@ def test_each_size_is_judged_against_its_own_floors() -> None:
     assert got["hits32_vs_gptcache"] == 5.0
     assert got["miss_over_encode_ms"] == 3.5  # 14.5 - 11.0
     assert got["semantic_vs_10k"] is None  # 10k not run
+    assert got["semantic_vs_one_trip"] == 1.22  # 10.4 / 8.5: informative, not a target
     # A size not run has no figures, hence no ratios.
     assert all(v is None for v in compare.ratios(report)["100000"].values())
     md = compare.markdown(report)
@@ -130,3 +137,12 @@ def test_each_size_is_judged_against_its_own_floors() -> None:
     assert "**3.5**" in row  # missed (bound 2 ms): bold
     row = next(line for line in md.splitlines() if line.startswith("| exact p50"))
     assert "| 1.2 |" in row  # met: plain
+    row = next(line for line in md.splitlines() if "in one trip), not a target" in line)
+    assert "| 1.22 |" in row and "**" not in row
+
+
+def test_floors_of_rounds_without_the_one_trip_floor_leave_it_null() -> None:
+    """Reports written before the one-trip floor still render."""
+    rounds = [{p: {"p50_ms": 1.0, "load": 1.0} for p in ("http", "encode", "encode_miss")}]
+    floors = compare.size_floors(rounds, {"per_s": 200.0, "load": 0.5})
+    assert floors["http_encode_p50_ms"] is None and floors["http_p50_ms"] == 1.0
