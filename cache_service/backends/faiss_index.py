@@ -43,6 +43,7 @@ from cache_service.backends.faiss_scope import (
     labels_of,
     remove_labels,
     replay,
+    summary_of,
 )
 from cache_service.backends.ivf_build import TARGET_RECALL, Built, Shrunk, build_ivf
 from cache_service.backends.rwlock import ReadWriteLock
@@ -313,12 +314,8 @@ class FaissIndex:
                 raise ValueError(f"scope {scope[:12]} is already indexed")
             s = self._scopes[scope] = Scope(self.dim)
             s.index, s.kind, s.fast = index, "ivf", fast
-            s.nlist, s.nprobe, s.recall, s.trained_at = (
-                saved.nlist,
-                saved.nprobe,
-                saved.recall,
-                saved.trained_at,
-            )
+            s.nlist, s.nprobe, s.recall = saved.nlist, saved.nprobe, saved.recall
+            s.trained_at = saved.trained_at
             listed = keep.tolist()
             s.by_label.update(zip(listed, saved.ids, strict=True))
             s.by_id.update(zip(saved.ids, listed, strict=True))
@@ -335,15 +332,7 @@ class FaissIndex:
         """stats() folded for an operator (scope names are tenants' hashes): how many
         scopes of each kind, how many are being built, and the lowest recall@1 measured
         among the approximate ones (None when every scope is exact)."""
-        scopes = self.stats().values()
-        recalls = [s.recall_at_1 for s in scopes if s.recall_at_1 is not None]
-        return {
-            "flat_scopes": sum(s.kind == "flat" for s in scopes),
-            "ivf_scopes": sum(s.kind == "ivf" for s in scopes),
-            "fast_scan_scopes": sum(s.fast_scan for s in scopes),
-            "building": sum(s.building for s in scopes),
-            "ivf_min_recall_at_1": min(recalls) if recalls else None,
-        }
+        return summary_of(self.stats().values())
 
     def stats(self) -> dict[str, ScopeStats]:
         """Per scope: kind, size and, for an IVF scope, nlist, nprobe and the recall@1
@@ -370,19 +359,30 @@ class FaissIndex:
         request path."""
         done = 0
         with self._maintaining:
-            with self._lock.read():
-                todo = [(n, s, kind) for n, s in self._scopes.items() if (kind := self._due(s))]
-            for name, s, kind in todo:
-                try:
-                    done += self._rebuild(name, s, kind)
-                except Exception:
-                    s.hold_until = 2 * max(1, int(s.index.ntotal))
-                    log.exception("index build failed; the scope keeps its current index")
-                    with self._lock.write():
-                        s.log = None
+            # Again while something was built: a building scope is never due, so one that
+            # grew past the retrain factor during its build (promoted at ~20k while a
+            # restart's rebuild still added) kept that training until the next write, or
+            # restart. Bounded, should a scope come out of its build still due.
+            for _ in range(3):
+                built = sum(self._rebuild_due())
+                done += built
+                if not built:
+                    break
         if done:
             give_back()  # a build's reads and training copy: ~1.5 GB of temporaries at 1M
         return done
+
+    def _rebuild_due(self) -> Iterator[int]:
+        with self._lock.read():
+            todo = [(n, s, kind) for n, s in self._scopes.items() if (kind := self._due(s))]
+        for name, s, kind in todo:
+            try:
+                yield self._rebuild(name, s, kind)
+            except Exception:
+                s.hold_until = 2 * max(1, int(s.index.ntotal))
+                log.exception("index build failed; the scope keeps its current index")
+                with self._lock.write():
+                    s.log = None
 
     def close(self) -> None:
         """Stop the background thread, if one was started (it is a daemon: optional)."""

@@ -4,6 +4,7 @@ rebuild runs (replayed into the new index before the swap)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -33,6 +34,19 @@ class ScopeStats:
     fast_scan: bool
     """Whether its searches are shortlisted by fast-scan codes first (fast_scan)."""
     building: bool
+
+
+def summary_of(scopes: Iterable[ScopeStats]) -> dict[str, Any]:
+    """FaissIndex.summary(): scopes of each kind, builds running, the lowest recall@1."""
+    listed = list(scopes)
+    recalls = [s.recall_at_1 for s in listed if s.recall_at_1 is not None]
+    return {
+        "flat_scopes": sum(s.kind == "flat" for s in listed),
+        "ivf_scopes": sum(s.kind == "ivf" for s in listed),
+        "fast_scan_scopes": sum(s.fast_scan for s in listed),
+        "building": sum(s.building for s in listed),
+        "ivf_min_recall_at_1": min(recalls) if recalls else None,
+    }
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,10 +7,12 @@ still check expiry themselves, since diskcache only culls on writes and sweeps.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import diskcache
+from diskcache.core import MODE_RAW
 
 from cache_service.backends.records import from_record, to_record
 from cache_service.protocols import Entry
@@ -19,6 +21,15 @@ _ENTRY = "e:"
 _EXACT = "x:"
 # Every "e:..." key sorts in ["e:", "e;"): ";" is the character after ":".
 _KEY_RANGE = (_ENTRY, "e;")
+# The entry filed under an exact key, in one statement: both rows unexpired, as diskcache's
+# own `get` reads them (`raw = 1`: a str key; the id is a short str, kept in the row).
+_ENTRY_BY_EXACT_KEY = (
+    "SELECT e.mode, e.filename, e.value FROM Cache AS x"
+    " JOIN Cache AS e ON e.key = ? || x.value AND e.raw = 1"
+    " WHERE x.key = ? AND x.raw = 1 AND x.mode = ?"
+    " AND (x.expire_time IS NULL OR x.expire_time > ?)"
+    " AND (e.expire_time IS NULL OR e.expire_time > ?)"
+)
 
 
 class DiskCacheStore:
@@ -56,13 +67,22 @@ class DiskCacheStore:
         return None if record is None else from_record(record)
 
     def get_by_exact_key(self, exact_key: str) -> Entry | None:
-        entry_id = self._cache.get(_EXACT + exact_key)
-        if not isinstance(entry_id, str):
+        # One query joining the exact key's row to its entry's: two `get`s, two statements
+        # and two passes through diskcache's Python, took 21 us a read here, this 13 (an
+        # exact hit is ~200 us in the app). The record is decoded as `get` does it.
+        now = time.time()
+        rows = self._cache._sql(
+            _ENTRY_BY_EXACT_KEY, (_ENTRY, _EXACT + exact_key, MODE_RAW, now, now)
+        ).fetchall()
+        if not rows:
             return None
-        entry = self.get(entry_id)
-        if entry is None or entry.exact_key != exact_key:
-            return None
-        return entry
+        ((mode, filename, value),) = rows
+        try:
+            record = self._cache._disk.fetch(mode, filename, value, False)
+        except OSError:
+            return None  # a large record's file, removed since the query (as `get` does)
+        entry = from_record(record)
+        return entry if entry.exact_key == exact_key else None
 
     def delete(self, entry_id: str) -> Entry | None:
         with self._cache.transact():

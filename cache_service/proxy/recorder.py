@@ -98,6 +98,8 @@ class Recorder:
                 ),
             )
         )
+        if not log.isEnabledFor(logging.INFO):
+            return  # the line's fields are not built for nothing (serving at WARNING)
         log.info(
             "request",
             extra={

@@ -254,6 +254,30 @@ def test_a_shrunken_scope_is_demoted_and_a_grown_one_retrained() -> None:
         assert best.entry_id == f"m{i}" and best.similarity == pytest.approx(1.0, abs=0.005)
 
 
+def test_a_scope_that_grew_past_the_retrain_factor_during_its_build_is_retrained_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A restart's rebuild from the store adds while the scope's promotion builds: the same
+    maintain() retrains it on what it holds, rather than the next write or restart."""
+    index, _ = index_of(1000, ivf_min=1000, seed=10)
+    more = clustered(3000, seed=11)
+    build = index._build_ivf
+    calls: list[int] = []
+
+    def build_while_adding(s: Any, labels: Any) -> Any:
+        calls.append(len(labels))
+        if len(calls) == 1:
+            index.add_many("s", names(3000, "m"), more)  # logged, replayed at the swap
+        return build(s, labels)
+
+    monkeypatch.setattr(index, "_build_ivf", build_while_adding)
+    assert index.maintain() == 2
+    assert calls == [1000, 4000]
+    st = index.stats()["s"]
+    assert st.kind == "ivf" and st.size == 4000 and st.trained_at == 4000
+    assert index.maintain() == 0
+
+
 def test_the_background_thread_promotes_without_being_asked() -> None:
     index = FaissIndex(DIM, ivf_min=1000)
     try:

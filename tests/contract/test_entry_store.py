@@ -145,6 +145,30 @@ def test_get_of_an_unknown_id_or_exact_key_returns_none(store: EntryStore) -> No
     assert store.get("k1") is None
 
 
+def test_an_answer_larger_than_a_row_round_trips(store: EntryStore) -> None:
+    """Past 32 KB diskcache keeps a record in a file beside its database."""
+    entry = make_entry(response={"choices": [{"message": {"content": "long " * 20_000}}]})
+    store.put(entry)
+    assert_same_entry(store.get("e1"), entry)
+    assert_same_entry(store.get_by_exact_key("k1"), entry)
+
+
+def test_the_disk_store_answers_no_exact_key_past_its_expiry(tmp_path: Path) -> None:
+    """diskcache drops expired rows only on writes and sweeps: a read must not return one."""
+    store = DiskCacheStore(tmp_path / "entries")
+    try:
+        now = time.time()
+        store.put(make_entry("short", "k-short", created=now, expires=now + 0.2))
+        store.put(make_entry("long", "k-long", created=now, expires=now + 3600))
+        assert store.get_by_exact_key("k-short") is not None
+        time.sleep(0.3)
+        assert store.get_by_exact_key("k-short") is None
+        assert store.get("short") is None
+        assert store.get_by_exact_key("k-long") is not None
+    finally:
+        store.close()
+
+
 def test_unicode_prompts_keys_and_answers_round_trip(store: EntryStore) -> None:
     texts = [
         "",
