@@ -213,6 +213,7 @@ class Metrics:
 
     def __init__(self, prefix: str = "llm_cache") -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[Any, ...], Any] = {}
         r = self.registry
         p = prefix
         who = ("namespace", "project", "model")
@@ -340,25 +341,37 @@ class Metrics:
 
     def observe(self, e: OutcomeEvent) -> None:
         who = (e.namespace, e.project, e.model)
-        self.requests.labels(*who, e.outcome.value).inc()
-        self.request_latency.labels(e.outcome.value).observe(e.latency_ms / 1000)
+        child = self._child
+        child(self.requests, *who, e.outcome.value).inc()
+        child(self.request_latency, e.outcome.value).observe(e.latency_ms / 1000)
         if e.outcome in HITS:
-            self.tokens_saved.labels(*who, "prompt").inc(e.prompt_tokens)
-            self.tokens_saved.labels(*who, "completion").inc(e.completion_tokens)
-            self.dollars_saved.labels(*who).inc(e.dollars_saved)
+            child(self.tokens_saved, *who, "prompt").inc(e.prompt_tokens)
+            child(self.tokens_saved, *who, "completion").inc(e.completion_tokens)
+            child(self.dollars_saved, *who).inc(e.dollars_saved)
         elif e.outcome in UPSTREAM_PAID:
-            self.upstream_tokens.labels(*who, "prompt").inc(e.prompt_tokens)
-            self.upstream_tokens.labels(*who, "completion").inc(e.completion_tokens)
-            self.dollars_spent.labels(*who).inc(e.dollars_spent)
+            child(self.upstream_tokens, *who, "prompt").inc(e.prompt_tokens)
+            child(self.upstream_tokens, *who, "completion").inc(e.completion_tokens)
+            child(self.dollars_spent, *who).inc(e.dollars_spent)
         # Exact hits are 1.0 by definition and would drown the distribution that matters.
         if e.outcome is Outcome.SEMANTIC_HIT and e.similarity is not None:
-            self.similarity.labels("served").observe(e.similarity)
+            child(self.similarity, "served").observe(e.similarity)
         if e.best_rejected is not None:
-            self.similarity.labels("best_rejected").observe(e.best_rejected)
+            child(self.similarity, "best_rejected").observe(e.best_rejected)
         for stage, ms in e.stages.items():
-            self.stage_latency.labels(stage).observe(ms / 1000)
+            child(self.stage_latency, stage).observe(ms / 1000)
         if e.embed_timeout:
-            self.embed_timeouts.labels(e.namespace, e.model).inc()
+            child(self.embed_timeouts, e.namespace, e.model).inc()
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)`, kept: prometheus_client checks the values and takes a
+        lock on every call (1.4 us against 0.35 for the child's own inc, 6-9 calls a
+        request). A child is the same object for the metric's life (these per-request
+        series are never removed), and their label values are capped (`LabelCaps`)."""
+        key = (metric, *values)
+        got = self._children.get(key)
+        if got is None:
+            got = self._children[key] = metric.labels(*values)
+        return got
 
     # --- upstream
 
