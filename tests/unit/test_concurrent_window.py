@@ -4,19 +4,16 @@ window (the ramp-up, the drain) are not counted, and the rate is over the window
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
-import time
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from benchmarks import latency as L
+from tests.threaded_server import serving
 
 DELAY_S = 0.02
 
@@ -33,28 +30,9 @@ async def _health(request: Request) -> JSONResponse:
 
 @pytest.fixture
 def slow_server() -> Iterator[str]:
-    app = Starlette(
-        routes=[
-            Route("/v1/chat/completions", _answer, methods=["POST"]),
-            Route("/healthz", _health),
-        ]
-    )
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", ws="none"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 5
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{port}/v1/chat/completions"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=5)
-        sock.close()
+    routes = [Route("/v1/chat/completions", _answer, methods=["POST"]), Route("/healthz", _health)]
+    with serving(Starlette(routes=routes)) as url:
+        yield f"{url}/v1/chat/completions"
 
 
 def test_window_counts_only_answers_inside_it(slow_server: str) -> None:

@@ -2,8 +2,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -11,11 +9,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import uvicorn
 
 from cache_service.simulator.answers import count_tokens
 from cache_service.simulator.app import create_simulated_app
 from cache_service.simulator.state import SimConfig
+from tests.threaded_server import serving
 from tests.unit.test_sse_anthropic import ORDER as ANTHROPIC_ORDER
 from tests.unit.test_sse_anthropic import dedupe
 
@@ -697,30 +695,8 @@ async def test_anthropic_stream_chunk_delay_paces_the_stream() -> None:
 
 @pytest.fixture
 def server_url() -> Iterator[str]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        create_simulated_app(SimConfig(stream_chunk_delay_ms=1)),
-        log_level="warning",
-        lifespan="off",
-        ws="none",
-    )
-    server = uvicorn.Server(config)
-    # Handing uvicorn the bound socket avoids a race for the port between picking and binding.
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 5
-        while not server.started:
-            assert time.monotonic() < deadline, "simulated server did not start"
-            assert thread.is_alive(), "simulated server thread died"
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=5)
-        sock.close()
+    with serving(create_simulated_app(SimConfig(stream_chunk_delay_ms=1))) as url:
+        yield url
 
 
 def test_official_sdk_against_the_real_server(server_url: str) -> None:
