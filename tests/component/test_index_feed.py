@@ -352,8 +352,9 @@ async def test_the_feed_loop_survives_redis_going_away_and_resumes(
         finally:
             redis_server.start()  # the session's server: always left running
         later = a.put("What is the capital of France?")
-        await wait_for(lambda: len(b.index) == 2)
-        assert b.feed.connected
+        # The step that indexes it runs in the feed's thread; `connected` is set when the
+        # loop resumes the feed after it, so the index can show it a moment before.
+        await wait_for(lambda: len(b.index) == 2 and b.feed.connected)
         assert b.feed.bootstraps == 1  # resumed from its id, no rebuild needed
         hit = b.search(later.prompt)
         assert hit.entry is not None
