@@ -28,6 +28,7 @@ embedding). The cached answer is the upstream's JSON body, answered as it was st
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
@@ -239,8 +240,6 @@ def trivial_app(model_dir: Path | None = None) -> Any:
     apart, it shows what this machine adds when a request waits on a thread: each wait
     lets a core go idle, and waking it was ~0.4 ms a request here (an app that only awaits
     a 5 ms sleep answered in 5.94 ms against the 0.50 ms round trip)."""
-    import asyncio
-
     app = FastAPI()
     answer = {
         "id": "chatcmpl-floor",
