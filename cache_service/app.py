@@ -25,6 +25,7 @@ from cache_service.api.proxy_lane import ProxyLane
 from cache_service.api.state import AppState
 from cache_service.api.trim import TrimAfterLargeBodies
 from cache_service.backends.aiohttp_upstream import AiohttpUpstream
+from cache_service.backends.entry_journal import EntryJournal
 from cache_service.backends.faiss_index import FaissIndex
 from cache_service.backends.index_snapshot import SNAPSHOT_INTERVAL_S, IndexSnapshots
 from cache_service.backends.journal import SpendJournal
@@ -42,6 +43,7 @@ from cache_service.cache.semantic import EntryIds, SemanticCache
 from cache_service.cache.sweeping import sweep_forever
 from cache_service.cache.tenancy import Tenancy
 from cache_service.cache.verdicts import Verdicts
+from cache_service.cache.write_behind import WriteBehind, journal_dir, replay
 from cache_service.pricing import PriceTable, price_of
 from cache_service.protocols import Clock, Embedder, EntryStore, PairScorer, SystemClock, Upstream
 from cache_service.proxy.audit import Auditor
@@ -128,6 +130,15 @@ def create_app(
             if shared is None and isinstance(the_store, EntryIds)
             else None
         )
+        # Entries answered but not yet stored when the last process stopped go to the store
+        # first, so the index is built with them (a fleet's store is written before answers).
+        writer: WriteBehind | None = None
+        if isinstance(the_store, DiskCacheStore):
+            journal = EntryJournal(journal_dir(settings.data_dir))
+            replayed = await asyncio.to_thread(replay, journal, the_store.put, the_clock.now())
+            if replayed:
+                log.info("entries replayed from the journal", extra={"entries": replayed})
+            writer = WriteBehind(cache.put, journal)
         # Until the index is rebuilt, exact hits are served and semantic lookups are skipped
         # (readyz says so), instead of refusing traffic.
         rebuilding = (
@@ -165,6 +176,7 @@ def create_app(
             verifiers=(verifier,) if verifier is not None else (),
             floor=verifier.floor if verifier is not None else None,
             exact_reads_inline=isinstance(the_store, DiskCacheStore),
+            writer=writer,
         )
 
         local_ledger: LocalLedger | None = None
@@ -301,6 +313,8 @@ def create_app(
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+            if writer is not None:
+                await asyncio.to_thread(writer.close)  # before the store closes
             await auditor.flush()
             if local_ledger is not None:
                 await asyncio.to_thread(local_ledger.close)

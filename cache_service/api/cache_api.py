@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -15,7 +15,15 @@ from cache_service.api.openapi import WITHOUT_BODY, error_responses, json_body
 from cache_service.api.schemas import LookupRequest, StoreRequest
 from cache_service.errors import BadRequest, NotFound
 
-router = APIRouter()
+
+async def _settled(request: Request) -> None:
+    # Every route here reads or changes stored entries: the misses answered a moment ago
+    # are stored first (`CacheFront.settle`), so an entry whose answer said
+    # `X-Cache-Stored: true` can be looked up, judged and invalidated at once.
+    await state.of(request)["front"].settle()
+
+
+router = APIRouter(dependencies=[Depends(_settled)])
 
 
 async def _read(request: Request) -> dict[str, Any]:

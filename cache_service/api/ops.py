@@ -46,6 +46,7 @@ async def cache_stats(
     `size_history`: the store's entries, bytes and evictions after each sweep since this
     replica started (the time range applies; namespace and model do not)."""
     front = state.of(request)["front"]
+    await front.settle()  # its vector count includes the misses already answered
     visible = state.of(request)["tenancy"].visible_to(lower_headers(request))
     stats = state.of(request)["stats"]
     fleet = state.of(request)["fleet"]

@@ -248,9 +248,10 @@ async def test_poisoned_entries_are_refused_at_store_time(h: Harness, field: str
     assert found.json()["hit"] is False
 
 
-def poison(h: Harness, entry_id: str, **changes: Any) -> None:
+async def poison(h: Harness, entry_id: str, **changes: Any) -> None:
     """Rewrite a stored entry as another writer (or an older version) might have left it.
     A `response` is written as version-1 records held answers: a dict, never checked."""
+    await h.state["front"].settle()  # the entry is written to the store after its answer
     store = h.state["front"].cache.store
     entry = store.get(entry_id)
     assert entry is not None
@@ -282,7 +283,7 @@ async def test_an_unservable_entry_is_a_miss_and_is_dropped(
     stored = await h.client.post("/v1/cache/store", json=STORE)
     assert stored.status_code == 201
     entry_id = stored.json()["entry_id"]
-    poison(h, entry_id, **changes)
+    await poison(h, entry_id, **changes)
     for _ in range(2):  # exact lookup, then the semantic one once the entry is gone
         r = await h.client.post("/v1/cache/lookup", json=LOOKUP)
         assert r.status_code == 200, r.text
@@ -296,8 +297,9 @@ async def test_an_unservable_entry_is_a_miss_and_is_dropped(
 async def test_an_unservable_proxied_entry_is_a_miss(h: Harness) -> None:
     first = await h.chat("What is the capital of France?")
     assert first.headers["x-cache"] == "MISS"
+    await h.state["front"].settle()
     (entry,) = list(h.state["front"].cache.store.iter_entries())
-    poison(h, entry.id, prompt_tokens=10**400)
+    await poison(h, entry.id, prompt_tokens=10**400)
     again = await h.chat("What is the capital of France?")
     assert again.status_code == 200, again.text
     assert again.headers["x-cache"] == "MISS"  # fetched afresh, and stored afresh

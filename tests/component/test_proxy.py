@@ -13,6 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
+from cache_service.backends.entry_journal import EntryJournal
+from cache_service.cache.write_behind import WriteBehind, journal_dir
 from cache_service.settings import Settings
 from tests.conftest import Harness, harness, served
 from tests.fakes import FakeClock, HashingEmbedder
@@ -584,48 +586,54 @@ async def test_an_embedding_past_its_deadline_fails_open(
         embedder.release.set()
 
 
-async def test_a_miss_is_answered_once_its_entry_is_written(
+async def test_a_miss_is_answered_before_its_entry_is_stored_and_hits_meanwhile(
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`x-cache-stored: true` is a promise a crash right after the answer keeps: the answer
-    waits for the write (tests/e2e/test_crash.py kills the process to check the rest)."""
-    cache = h.state["front"].cache
-    put = cache.put
+    """The answer waits for the entry's journal record, not for the store: while the store
+    is held, the answer has left, the record is on disk, and the same request hits."""
+    front = h.state["front"]
+    store = front.cache.store
+    put = store.put
     release = threading.Event()
 
-    def slow_put(entry: Any) -> None:
-        assert release.wait(10), "the write was never released"
-        put(entry)
+    def slow_put(entry: Any) -> Any:
+        assert release.wait(10), "the store was never released"
+        return put(entry)
 
-    monkeypatch.setattr(cache, "put", slow_put)
-    first = asyncio.create_task(h.chat(Q))
-    await asyncio.sleep(0.2)
-    assert not first.done()  # held with its write
-    release.set()
-    answer = await asyncio.wait_for(first, 5)
+    monkeypatch.setattr(store, "put", slow_put)
+    journal = journal_dir(h.state["settings"].data_dir)
+    answer = await asyncio.wait_for(h.chat(Q), 5)
     assert answer.headers["x-cache"] == "MISS" and answer.headers["x-cache-stored"] == "true"
-    assert len(cache.store) == 1  # written when the answer left, not after
+    assert len(store) == 0  # not stored yet ...
+    (segment,) = EntryJournal(journal).segments()  # ... but journalled
+    assert [r["prompt"] for r in EntryJournal.read(segment)] == [Q]
     again = await h.chat(Q)
-    assert again.headers["x-cache"] == "HIT"
+    assert again.headers["x-cache"] == "HIT" and again.headers["x-cache-match"] == "exact"
     assert await h.upstream_calls() == 1
+    release.set()
+    await front.settle()
+    assert len(store) == 1
+    assert EntryJournal(journal).segments() == []  # stored, so its record is gone
 
 
-async def test_an_answer_confirmed_as_stored_is_served_after_a_restart(
+async def test_an_answer_confirmed_as_stored_is_served_after_a_crash(
     settings_factory: Callable[..., Settings],
     embedder: HashingEmbedder,
     clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """A process that dies with entries journalled but not stored (here: its writer never
+    ran, and it stopped without storing them) serves them after its restart."""
     settings = settings_factory(backoff_base_s=0.001)
+    with monkeypatch.context() as crashed:
+        crashed.setattr(WriteBehind, "_start", lambda self: None)
+        crashed.setattr(WriteBehind, "close", lambda self: self._journal.close())
+        async with harness(settings, embedder, clock) as h:
+            assert (await h.chat(Q)).headers["x-cache-stored"] == "true"
+            assert len(h.state["front"].cache.store) == 0
     async with harness(settings, embedder, clock) as h:
-        cache = h.state["front"].cache
-        put = cache.put
-
-        def slow_put(entry: Any) -> None:
-            time.sleep(0.3)
-            put(entry)
-
-        monkeypatch.setattr(cache, "put", slow_put)
-        assert (await h.chat(Q)).headers["x-cache-stored"] == "true"
-    async with harness(settings, embedder, clock) as h:
+        assert len(h.state["front"].cache.store) == 1  # replayed before the index was built
         assert (await h.chat(Q)).headers["x-cache"] == "HIT"
+        assert (await h.chat(PARAPHRASE)).headers["x-cache-match"] == "semantic"
+        assert await h.upstream_calls() == 0  # this life's upstream was never called
+    assert EntryJournal(journal_dir(settings.data_dir)).segments() == []
