@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from cache_service.cache.batcher import EmbeddingBatcher, ModelBusy
 from cache_service.cache.feedback import FeedbackLearner
 from cache_service.cache.keys import RequestKeys
 from cache_service.cache.matching import Verifier, choose
+from cache_service.cache.search_placement import SearchPlacement
 from cache_service.cache.semantic import Lookup, SemanticCache
 from cache_service.cache.write_behind import WriteBehind
 from cache_service.errors import StoreUnavailable
@@ -97,6 +99,7 @@ class CacheFront:
         self.floor = floor if self.verifiers else None
         self.exact_reads_inline = exact_reads_inline
         self.writer = writer
+        self.placement = SearchPlacement()
         self._journal_failing = False
         self.base_threshold = cache.accept_config.threshold if cache is not None else 1.0
         self.store_unavailable = 0
@@ -129,14 +132,12 @@ class CacheFront:
         threshold = self.search_threshold(threshold, self.learner.threshold(keys.tenant))
         try:
             with StageTimer(stages, "search"):
-                searched = await asyncio.to_thread(
-                    self._search,
-                    keys.scope,
-                    found.vector,
-                    keys.prompt,
-                    threshold,
-                    all_survivors=bool(self.verifiers),
-                )
+                args = (keys.scope, found.vector, keys.prompt, threshold, bool(self.verifiers))
+                # Inline only with nothing pending: a flush would hold the loop on a store.
+                if self.placement.inline(keys.scope) and self._pending_writes() is None:
+                    searched = self._search(*args)
+                else:
+                    searched = await asyncio.to_thread(self._search, *args)
         except StoreUnavailable:
             self.store_unavailable += 1
             return found
@@ -181,21 +182,28 @@ class CacheFront:
         vector: Vector,
         prompt: str,
         threshold: float | None,
-        *,
         all_survivors: bool,
     ) -> Lookup:
-        # In the search's thread: an entry answered a moment ago is stored before the index
-        # is read, so a paraphrase right behind its miss can hit it.
-        if self.writer is not None and self.writer.busy:
-            self.writer.flush()
-        return self.cache.search(scope, vector, prompt, threshold, all_survivors=all_survivors)
+        # An entry answered a moment ago is stored before the index is read, so a paraphrase
+        # right behind its miss can hit it (in a thread: inline searches wait for none).
+        if (writer := self._pending_writes()) is not None:
+            writer.flush()
+        started = time.perf_counter()
+        found = self.cache.search(scope, vector, prompt, threshold, all_survivors=all_survivors)
+        self.placement.took(scope, time.perf_counter() - started)
+        return found
+
+    def _pending_writes(self) -> WriteBehind | None:
+        """The writer, when it has entries to store."""
+        writer = self.writer
+        return writer if writer is not None and writer.busy else None
 
     async def settle(self) -> None:
         """Store what is pending: called before a route reads or changes stored entries
         (the cache API, feedback, stats), so it sees every answered miss, and so an
         invalidation is never followed by the store of an entry it should have removed."""
-        if self.writer is not None and self.writer.busy:
-            await asyncio.to_thread(self.writer.flush)
+        if (writer := self._pending_writes()) is not None:
+            await asyncio.to_thread(writer.flush)
 
     def search_threshold(self, requested: float | None, learned: float) -> float | None:
         """The cosine a candidate must reach in the search (None: the cache's own).

@@ -1,0 +1,54 @@
+"""The request path searches a cheap scope on the event loop and a costly one in a thread,
+with the same answers either way."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from cache_service.cache.search_placement import SearchPlacement
+from cache_service.settings import Settings
+from tests.conftest import Harness, harness
+from tests.fakes import FakeClock, HashingEmbedder
+
+Q = "How do I reset my password?"
+PARAPHRASE = "how do I reset my password"
+
+
+@pytest.fixture
+async def h(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+) -> AsyncIterator[Harness]:
+    async with harness(settings_factory(), embedder, clock) as h:
+        yield h
+
+
+async def test_a_cheap_scope_is_searched_inline_and_a_slow_one_in_a_thread(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = h.state["front"].cache
+    search = cache.search
+    ran_on: list[bool] = []
+    delay = 0.0
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        ran_on.append(threading.current_thread() is threading.main_thread())
+        time.sleep(delay)
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(cache, "search", watched)
+    # A bound far above this test's own searches, which a loaded CI box may slow down.
+    h.state["front"].placement = SearchPlacement(inline_s=0.005)
+    assert (await h.chat(Q)).headers["x-cache"] == "MISS"
+    await h.state["front"].settle()
+    for _ in range(3):
+        assert (await h.chat(PARAPHRASE)).headers["x-cache-match"] == "semantic"
+    assert ran_on == [False, True, True, True]  # the miss's search measured it in a thread
+    delay = 0.01  # the scope's searches got slow (it grew, the store slowed down)
+    for _ in range(8):
+        assert (await h.chat(PARAPHRASE)).headers["x-cache-match"] == "semantic"
+    assert ran_on[-1] is False
