@@ -282,6 +282,8 @@ def create_app(
         )
         if local_ledger is not None:
             background.append(local_ledger.persist_forever(settings.spend_snapshot_interval_s))
+        if isinstance(the_store, DiskCacheStore) and rebuilding is not None:
+            background.append(_load_keys(the_store, rebuilding))
         tasks = [asyncio.create_task(work) for work in background]
         if rebuilding is not None:
             tasks.append(rebuilding)
@@ -395,6 +397,18 @@ def _webhook(url: str | None) -> Callable[[dict[str, Any]], Coroutine[Any, Any, 
             log.warning("alert webhook failed", extra={"url": url})
 
     return post
+
+
+async def _load_keys(store: DiskCacheStore, after: asyncio.Task[None]) -> None:
+    # After the index: both read the whole store, and the index is what makes the sidecar
+    # ready. Until then exact lookups read the store, as before.
+    await asyncio.wait([after])
+    try:
+        count = await asyncio.to_thread(store.load_keys)
+    except Exception:
+        log.exception("exact keys not loaded; absent keys are read from the store")
+        return
+    log.info("exact keys loaded", extra={"keys": count})
 
 
 def _token_counter() -> Callable[[str], int]:

@@ -39,8 +39,16 @@ def open_redis(_: Path, request: pytest.FixtureRequest) -> EntryStore:
     return RedisEntryStore.from_url(url, origin="contract")
 
 
+def open_disk_with_keys(d: Path, _: pytest.FixtureRequest) -> EntryStore:
+    """As the sidecar runs it once started: its exact-key filter loaded."""
+    store = DiskCacheStore(d / "entries")
+    store.load_keys()
+    return store
+
+
 IMPLEMENTATIONS = [
     pytest.param(StoreImpl(lambda d, _: DiskCacheStore(d / "entries"), persistent=True), id="disk"),
+    pytest.param(StoreImpl(open_disk_with_keys, persistent=True), id="disk-keys-loaded"),
     pytest.param(StoreImpl(open_redis, persistent=True), id="redis"),
 ]
 
@@ -165,6 +173,26 @@ def test_the_disk_store_answers_no_exact_key_past_its_expiry(tmp_path: Path) -> 
         assert store.get_by_exact_key("k-short") is None
         assert store.get("short") is None
         assert store.get_by_exact_key("k-long") is not None
+    finally:
+        store.close()
+
+
+def test_the_disk_store_answers_an_absent_exact_key_without_sqlite(tmp_path: Path) -> None:
+    first = DiskCacheStore(tmp_path / "entries")
+    first.put(make_entry("e1", "k1"))
+    first.close()
+    store = DiskCacheStore(tmp_path / "entries")
+    try:
+        assert store.load_keys() == 1  # what an earlier process stored is listed at start
+        store.put(make_entry("e2", "k2"))  # and what this one stores from then on
+
+        statements: list[str] = []
+        store._cache._con.set_trace_callback(statements.append)
+        assert store.get_by_exact_key("never-stored") is None
+        assert statements == []  # answered without a query
+        assert_same_entry(store.get_by_exact_key("k1"), make_entry("e1", "k1"))
+        assert_same_entry(store.get_by_exact_key("k2"), make_entry("e2", "k2"))
+        assert statements  # those did query
     finally:
         store.close()
 
