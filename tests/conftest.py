@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cache_service.app import create_app
+from cache_service.backends.entry_journal import EntryJournal
 from cache_service.backends.upstream import HttpUpstream
 from cache_service.protocols import PairScorer, Upstream
 from cache_service.settings import Settings, load_settings
@@ -131,3 +132,9 @@ def redis_url(redis_server: RedisServer) -> str:
     """A URL to the session's Redis, emptied for this test."""
     redis_server.flush()
     return redis_server.url
+
+
+def journalled(directory: Path) -> list[str]:
+    """The prompts of every record in an entry journal's segments (stored or not)."""
+    journal = EntryJournal(directory)
+    return [r["prompt"] for seg in journal.segments() for r in EntryJournal.read(seg)]

@@ -85,6 +85,10 @@ async def cache_stats(
     }
     if front.cache.capacity is not None:
         snapshot["cache"].update(front.cache.capacity.as_dict())
+    if front.writer is not None:
+        # Entries stored after their answer: a failure here was already confirmed stored.
+        snapshot["cache"]["stored_after_answer"] = front.writer.stored
+        snapshot["cache"]["store_failures_after_answer"] = front.writer.failed
     if isinstance(front.cache.index, FaissIndex):
         snapshot["cache"]["index"] = front.cache.index.summary()
     for verifier in front.verifiers:

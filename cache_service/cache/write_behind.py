@@ -43,8 +43,8 @@ class WriteBehind:
         self._journal = journal
         self._queue: deque[Entry] = deque()
         self._pending: dict[str, Entry] = {}
-        # Held only to journal-and-queue (on the event loop) or to take the queue and rotate
-        # the journal (a writer): microseconds, so the event loop never waits on a store.
+        # Held only to journal-and-queue (on the event loop) or to take the queue and swap
+        # the journal's segment (a writer): microseconds, so the loop never waits on a store.
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         # Held while storing a batch: a flush waits for the batch in flight, so that when it
@@ -87,11 +87,14 @@ class WriteBehind:
             self._store_queued()
 
     def _store_queued(self) -> None:
+        if not self._queue:
+            return  # a flush that only waited for the batch in flight
+        spare = self._journal.create()
         with self._lock:
-            # Rotated with the queue taken: the closed segment holds exactly this batch (and
+            # Swapped with the queue taken: the closed segment holds exactly this batch (and
             # entries of earlier batches, already stored), so once the batch is stored it
             # may go, while anything submitted from now on lands in the next segment.
-            segment = self._journal.rotate()
+            segment = self._journal.swap(spare)
             batch = list(self._queue)
             self._queue.clear()
             self._in_flight = len(batch)

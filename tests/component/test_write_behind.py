@@ -16,7 +16,7 @@ from cache_service.backends.store import DiskCacheStore
 from cache_service.cache.write_behind import WriteBehind, journal_dir, replay
 from cache_service.protocols import Entry
 from cache_service.settings import Settings
-from tests.conftest import Harness, harness
+from tests.conftest import Harness, harness, journalled
 from tests.fakes import FakeClock, HashingEmbedder
 
 
@@ -30,8 +30,8 @@ def test_records_come_back_in_order_up_to_a_torn_one(tmp_path: Path) -> None:
     journal = EntryJournal(tmp_path)
     for n in range(3):
         journal.append(encode(to_record(entry(n))))
-    segment = journal.rotate()
-    assert segment is not None and journal.rotate() is None  # nothing appended since
+    segment = journal.swap(journal.create())
+    assert segment is not None
     whole = segment.read_bytes()
     assert [r["id"] for r in EntryJournal.read(segment)] == ["e0", "e1", "e2"]
     segment.write_bytes(whole[:-5])  # a crash part way through the last write
@@ -45,10 +45,20 @@ def test_records_come_back_in_order_up_to_a_torn_one(tmp_path: Path) -> None:
 def test_a_new_journal_numbers_its_segments_after_those_left(tmp_path: Path) -> None:
     first = EntryJournal(tmp_path)
     first.append(encode(to_record(entry(0))))
-    left = first.rotate()
+    first.close()
+    (left,) = first.segments()
     second = EntryJournal(tmp_path)
     second.append(encode(to_record(entry(1))))
-    assert second.segments() == [left, second.rotate()]  # replayed oldest first
+    second.close()
+    assert second.segments()[0] == left and len(second.segments()) == 2  # oldest first
+
+
+def test_a_segment_closed_empty_is_removed(tmp_path: Path) -> None:
+    journal = EntryJournal(tmp_path)
+    journal.append(encode(to_record(entry(0))))
+    full = journal.swap(journal.create())
+    journal.close()
+    assert journal.segments() == [full]  # the spare, never written, is gone
 
 
 def test_pending_entries_are_found_by_key_and_stored_in_order(tmp_path: Path) -> None:
@@ -61,7 +71,7 @@ def test_pending_entries_are_found_by_key_and_stored_in_order(tmp_path: Path) ->
     writer.close()
     assert stored == ["e1", "e2"]
     assert writer.pending("same") is None and not writer.busy
-    assert EntryJournal(tmp_path).segments() == []
+    assert EntryJournal(tmp_path).segments() == []  # closed: nothing left to replay
 
 
 def test_a_newer_entry_under_the_key_stays_pending_until_its_own_store(tmp_path: Path) -> None:
@@ -160,6 +170,8 @@ async def test_the_cache_api_sees_pending_entries(held: Harness) -> None:
     assert (await held.chat("How do I reset my password?")).headers["x-cache"] == "MISS"
     stats = (await held.client.get("/v1/cache/stats")).json()
     assert stats["cache"]["vectors"] == 1  # stored before the figures were read
+    assert stats["cache"]["stored_after_answer"] == 1
+    assert stats["cache"]["store_failures_after_answer"] == 0
     (stored,) = list(front.cache.store.iter_entries())
     # invalidated while pending: removed, and never brought back by a later store
     assert (await held.chat("How do I change my email?")).headers["x-cache"] == "MISS"
@@ -167,7 +179,7 @@ async def test_the_cache_api_sees_pending_entries(held: Harness) -> None:
     assert gone.status_code == 200 and gone.json()["deleted"] == 2, gone.text
     await front.settle()
     assert len(front.cache.store) == 0
-    assert EntryJournal(journal_dir(held.state["settings"].data_dir)).segments() == []
+    assert journalled(journal_dir(held.state["settings"].data_dir)) == []
     assert (await held.chat("How do I reset my password?")).headers["x-cache"] == "MISS"
     # an entry stored through the API is pending too, and can be invalidated at once
     made = await held.client.post(
