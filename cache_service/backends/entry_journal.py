@@ -15,6 +15,7 @@ anything after it in that segment, which no answer was given for.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -77,6 +78,7 @@ class EntryJournal:
         # `next` on a count is one atomic step.
         self._numbers = itertools.count(first)
         self._current: Segment | None = None
+        self._abandoned: list[Path] = []
 
     def segments(self) -> list[Path]:
         """The segments on disk, oldest first."""
@@ -99,19 +101,31 @@ class EntryJournal:
         """One ``write`` of one framed record (O_APPEND); raises OSError if it failed."""
         if self._current is None:
             self._current = self.create()  # the first record of this process
-        written = os.write(self._current.fd, frame)
-        self._current.written = True
-        if written != len(frame):  # a full disk part way: the frame's CRC marks it torn
-            raise OSError(f"short write to the entry journal ({written} of {len(frame)} bytes)")
+        current = self._current
+        current.written = True
+        try:
+            written = os.write(current.fd, frame)
+            if written != len(frame):
+                raise OSError(f"short write to the entry journal ({written} of {len(frame)} B)")
+        except OSError:
+            # A full disk part way through: the frame's CRC marks it torn, and a replay stops
+            # there, so nothing more goes after it. The records before it are still queued
+            # for the store; the segment goes with the next swap's.
+            self._current = None
+            self._abandoned.append(current.path)
+            with contextlib.suppress(OSError):
+                os.close(current.fd)
+            raise
 
-    def swap(self, new: Segment) -> Path | None:
-        """Append to `new` from now on; returns the segment closed (None if there was none),
-        whose records the caller stores and then discards."""
+    def swap(self, new: Segment) -> list[Path]:
+        """Append to `new` from now on; returns the segments closed, whose records the
+        caller stores and then discards."""
         old, self._current = self._current, new
-        if old is None:
-            return None
-        os.close(old.fd)
-        return old.path
+        closed, self._abandoned = self._abandoned, []
+        if old is not None:
+            os.close(old.fd)
+            closed.append(old.path)
+        return closed
 
     @staticmethod
     def read(path: Path) -> Iterator[dict[str, Any]]:

@@ -94,7 +94,7 @@ class WriteBehind:
             # Swapped with the queue taken: the closed segment holds exactly this batch (and
             # entries of earlier batches, already stored), so once the batch is stored it
             # may go, while anything submitted from now on lands in the next segment.
-            segment = self._journal.swap(spare)
+            segments = self._journal.swap(spare)
             batch = list(self._queue)
             self._queue.clear()
             self._in_flight = len(batch)
@@ -118,7 +118,7 @@ class WriteBehind:
                     if self._pending.get(entry.exact_key) is entry:
                         del self._pending[entry.exact_key]
                 self._in_flight = 0
-        if segment is not None:
+        for segment in segments:
             self._journal.discard(segment)
 
     def _start(self) -> None:

@@ -3,6 +3,7 @@ order, replayed after a crash, and never lost to a torn record or a failing stor
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,7 @@ def test_records_come_back_in_order_up_to_a_torn_one(tmp_path: Path) -> None:
     journal = EntryJournal(tmp_path)
     for n in range(3):
         journal.append(encode(to_record(entry(n))))
-    segment = journal.swap(journal.create())
-    assert segment is not None
+    (segment,) = journal.swap(journal.create())
     whole = segment.read_bytes()
     assert [r["id"] for r in EntryJournal.read(segment)] == ["e0", "e1", "e2"]
     segment.write_bytes(whole[:-5])  # a crash part way through the last write
@@ -58,7 +58,27 @@ def test_a_segment_closed_empty_is_removed(tmp_path: Path) -> None:
     journal.append(encode(to_record(entry(0))))
     full = journal.swap(journal.create())
     journal.close()
-    assert journal.segments() == [full]  # the spare, never written, is gone
+    assert journal.segments() == full  # the spare, never written, is gone
+
+
+def test_after_a_failed_write_records_go_to_a_new_segment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = EntryJournal(tmp_path)
+    journal.append(encode(to_record(entry(0))))
+    real_write = os.write
+
+    def full_disk(fd: int, data: bytes) -> int:
+        return real_write(fd, data[:10])  # part of the frame, then the disk was full
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(OSError):
+        journal.append(encode(to_record(entry(1))))
+    monkeypatch.setattr(os, "write", real_write)
+    journal.append(encode(to_record(entry(2))))
+    closed = journal.swap(journal.create())
+    assert len(closed) == 2  # the torn one goes with the next batch's
+    assert [r["id"] for p in closed for r in EntryJournal.read(p)] == ["e0", "e2"]
 
 
 def test_pending_entries_are_found_by_key_and_stored_in_order(tmp_path: Path) -> None:
