@@ -134,6 +134,15 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
+@pytest.fixture
+async def h(
+    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+) -> AsyncIterator[Harness]:
+    """A sidecar with the default settings (a module that needs others defines its own)."""
+    async with harness(settings_factory(), embedder, clock) as sidecar:
+        yield sidecar
+
+
 def journalled(directory: Path) -> list[str]:
     """The prompts of every record in an entry journal's segments (stored or not)."""
     journal = EntryJournal(directory)

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cache_service.backends.numbered_files import numbered
+
 log = logging.getLogger(__name__)
 
 _PREFIX = "entries."
@@ -72,8 +74,8 @@ class EntryJournal:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        left = self.segments()
-        first = int(left[-1].name[len(_PREFIX) : -len(_SUFFIX)]) + 1 if left else 0
+        left = numbered(directory, _PREFIX, _SUFFIX)
+        first = left[-1][0] + 1 if left else 0
         # Numbers are taken by the event loop (the first append) and the writer (`create`):
         # `next` on a count is one atomic step.
         self._numbers = itertools.count(first)
@@ -82,13 +84,7 @@ class EntryJournal:
 
     def segments(self) -> list[Path]:
         """The segments on disk, oldest first."""
-        found = []
-        for p in self.directory.glob(f"{_PREFIX}*{_SUFFIX}"):
-            try:
-                found.append((int(p.name[len(_PREFIX) : -len(_SUFFIX)]), p))
-            except ValueError:
-                continue
-        return [p for _, p in sorted(found)]
+        return [p for _, p in numbered(self.directory, _PREFIX, _SUFFIX)]
 
     def create(self) -> Segment:
         """A new, empty segment for `swap`. Creating the file is most of a rotation's cost
@@ -117,9 +113,9 @@ class EntryJournal:
                 os.close(current.fd)
             raise
 
-    def swap(self, new: Segment) -> list[Path]:
-        """Append to `new` from now on; returns the segments closed, whose records the
-        caller stores and then discards."""
+    def swap(self, new: Segment | None) -> list[Path]:
+        """Append to `new` from now on (None: to a segment the next record creates); returns
+        the segments closed, whose records the caller stores and then discards."""
         old, self._current = self._current, new
         closed, self._abandoned = self._abandoned, []
         if old is not None:
@@ -137,7 +133,12 @@ class EntryJournal:
 
     @staticmethod
     def discard(path: Path) -> None:
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            # Left for the next start to replay: its entries are stored already and are
+            # stored again (one invalidated meanwhile would come back: hence the log).
+            log.exception("entry journal segment not removed", extra={"segment": path.name})
 
     def close(self) -> None:
         """Close the segment being appended to; one that holds nothing is removed."""

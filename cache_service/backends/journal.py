@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from cache_service.backends.numbered_files import numbered
 from cache_service.quota.manager import SpendEvent
 
 log = logging.getLogger(__name__)
@@ -58,13 +59,7 @@ class SpendJournal:
         return self.directory / f"{_PREFIX}{seq:012d}{_SUFFIX}"
 
     def _segments(self) -> list[tuple[int, Path]]:
-        found = []
-        for p in self.directory.glob(f"{_PREFIX}*{_SUFFIX}"):
-            try:
-                found.append((int(p.name[len(_PREFIX) : -len(_SUFFIX)]), p))
-            except ValueError:
-                continue
-        return sorted(found)
+        return numbered(self.directory, _PREFIX, _SUFFIX)
 
     def recover(self, after: int) -> tuple[list[SpendEvent], int]:
         """Events in segments numbered above ``after`` (what a snapshot covering ``after``

@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from cache_service.backends.entry_journal import EntryJournal, encode
+from cache_service.backends.entry_journal import EntryJournal, Segment, encode
 from cache_service.backends.records import from_record, to_record
 from cache_service.protocols import Entry
 
@@ -89,15 +89,23 @@ class WriteBehind:
     def _store_queued(self) -> None:
         if not self._queue:
             return  # a flush that only waited for the batch in flight
-        spare = self._journal.create()
+        try:
+            spare: Segment | None = self._journal.create()
+        except OSError:
+            # No new segment (a full disk): the next record tries to make one, and if that
+            # fails too its miss is stored before its answer (`CacheFront`).
+            log.exception("entry journal segment not created")
+            spare = None
         with self._lock:
             # Swapped with the queue taken: the closed segment holds exactly this batch (and
             # entries of earlier batches, already stored), so once the batch is stored it
             # may go, while anything submitted from now on lands in the next segment.
             segments = self._journal.swap(spare)
+            # Counted in flight before the queue empties: `busy`, read without the lock,
+            # must never see neither.
+            self._in_flight = len(self._queue)
             batch = list(self._queue)
             self._queue.clear()
-            self._in_flight = len(batch)
         try:
             for entry in batch:
                 try:

@@ -3,22 +3,11 @@ dimensions) in the same tenant is answered from the cache; anything else goes up
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
-from cache_service.settings import Settings
-from tests.conftest import Harness, harness
-from tests.fakes import FakeClock, HashingEmbedder
-
-
-@pytest.fixture
-async def h(
-    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
-) -> AsyncIterator[Harness]:
-    async with harness(settings_factory(), embedder, clock) as h:
-        yield h
+from tests.conftest import Harness
 
 
 async def embed(h: Harness, headers: dict[str, str] | None = None, **body: Any) -> Any:

@@ -5,26 +5,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
 from cache_service.cache.search_placement import SearchPlacement
-from cache_service.settings import Settings
-from tests.conftest import Harness, harness
-from tests.fakes import FakeClock, HashingEmbedder
+from tests.conftest import Harness
 
 Q = "How do I reset my password?"
 PARAPHRASE = "how do I reset my password"
-
-
-@pytest.fixture
-async def h(
-    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
-) -> AsyncIterator[Harness]:
-    async with harness(settings_factory(), embedder, clock) as h:
-        yield h
 
 
 async def test_a_cheap_scope_is_searched_inline_and_a_slow_one_in_a_thread(

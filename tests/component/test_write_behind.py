@@ -133,6 +133,29 @@ def test_a_failing_store_is_counted_and_the_rest_are_stored(
     assert "store failed" in caplog.text
 
 
+def test_a_segment_that_cannot_be_created_stops_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stored: list[str] = []
+    journal = EntryJournal(tmp_path)
+    writer = WriteBehind(lambda e: stored.append(e.id), journal)
+    writer._start = lambda: None  # type: ignore[method-assign]  # flushed by hand
+    writer.submit(entry(1))
+    create = journal.create
+
+    def full_disk() -> Any:
+        raise OSError("no space left")
+
+    monkeypatch.setattr(journal, "create", full_disk)
+    writer.flush()
+    assert stored == ["e1"] and journal.segments() == []  # stored, its segment gone
+    monkeypatch.setattr(journal, "create", create)
+    writer.submit(entry(2))  # the next record makes its own segment
+    assert journalled(tmp_path) == ["q 2"]
+    writer.close()
+    assert stored == ["e1", "e2"]
+
+
 def test_replay_stores_what_a_crash_left_newest_last(tmp_path: Path) -> None:
     crashed = WriteBehind(lambda e: None, EntryJournal(tmp_path))
     crashed._start = lambda: None  # type: ignore[method-assign]  # its writer never ran
