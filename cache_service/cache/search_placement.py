@@ -6,8 +6,9 @@ flat scan, the candidates' reads and the guards take ~0.1 ms. So a scope whose r
 searches were that cheap is searched inline, like the exact read (`CacheFront`), and every
 other one in a thread, where a 100k scope's flat scan or a million's IVF probe (~1 ms) would
 otherwise stall every request the loop serves. Measured (`benchmarks/ab.py`, 1k entries,
-6 interleaved rounds against the same build searching in threads): semantic hit p50 6.88 →
-6.62 ms, a miss 10.9 → 10.1 ms, 32-client hits/s unchanged (319 → 322).
+6 interleaved rounds against the build searching in threads, this and the exact-key filter
+together: `benchmarks/results/ab_inline_search.json`): semantic hit p50 6.88 → 6.39 ms, a
+miss 10.59 → 10.21 ms, 32-client hits/s unchanged (317 → 315).
 
 The cost is each scope's own measure, a moving average of its searches' time wherever they
 ran, so a scope that grows (or whose store slows down) goes back to a thread by itself. A
