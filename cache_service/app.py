@@ -91,6 +91,9 @@ def create_app(
             the_store = await asyncio.to_thread(
                 DiskCacheStore, settings.store_dir, settings.store_size_limit_bytes
             )
+        # A store this process owns: read inline, written behind its answers, its size limit
+        # and its exact keys watched here. A shared one (Redis) is none of these.
+        local = the_store if isinstance(the_store, DiskCacheStore) else None
         # The model loads (seconds) while the index is restored from the store (seconds, ten
         # at a million entries), not before it: the index needs only the dimension, which
         # the model's manifest states (and the loaded model must then match).
@@ -133,9 +136,9 @@ def create_app(
         # Entries answered but not yet stored when the last process stopped go to the store
         # first, so the index is built with them (a fleet's store is written before answers).
         writer: WriteBehind | None = None
-        if isinstance(the_store, DiskCacheStore):
+        if local is not None:
             journal = EntryJournal(journal_dir(settings.data_dir))
-            replayed = await asyncio.to_thread(replay, journal, the_store.put, the_clock.now())
+            replayed = await asyncio.to_thread(replay, journal, local.put, the_clock.now())
             if replayed:
                 log.info("entries replayed from the journal", extra={"entries": replayed})
             writer = WriteBehind(cache.put, journal)
@@ -175,7 +178,7 @@ def create_app(
             default_ttl_s=settings.default_ttl_s,
             verifiers=(verifier,) if verifier is not None else (),
             floor=verifier.floor if verifier is not None else None,
-            exact_reads_inline=isinstance(the_store, DiskCacheStore),
+            exact_reads_inline=local is not None,
             writer=writer,
         )
 
@@ -267,11 +270,7 @@ def create_app(
         if snapshots is not None:
             background.append(snapshot_forever(snapshots, SNAPSHOT_INTERVAL_S))
         # A shared store's limit is its Redis's own (maxmemory), not this replica's.
-        capacity = (
-            Capacity(settings.store_size_limit_bytes)
-            if isinstance(the_store, DiskCacheStore)
-            else None
-        )
+        capacity = Capacity(settings.store_size_limit_bytes) if local is not None else None
         cache.capacity = capacity
         if capacity is not None:
             telemetry.metrics.watch_size_limit(capacity.limit_bytes)
@@ -282,8 +281,8 @@ def create_app(
         )
         if local_ledger is not None:
             background.append(local_ledger.persist_forever(settings.spend_snapshot_interval_s))
-        if isinstance(the_store, DiskCacheStore) and rebuilding is not None:
-            background.append(_load_keys(the_store, rebuilding))
+        if local is not None and rebuilding is not None:
+            background.append(_load_keys(local, rebuilding))
         tasks = [asyncio.create_task(work) for work in background]
         if rebuilding is not None:
             tasks.append(rebuilding)

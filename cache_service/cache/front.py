@@ -160,18 +160,18 @@ class CacheFront:
 
     async def exact(self, keys: RequestKeys) -> Lookup | None:
         """The entry stored under exactly this request, if it may be served."""
+        # An entry answered a moment ago and not yet stored is the newest under its key.
         writer = self.writer
-        pending = writer.pending(keys.exact_key) if writer is not None else None
-        if pending is not None and not pending.expired(self.cache.clock.now()):
-            return Lookup(pending, 1.0, "exact", reason="ok")
-        try:
-            if self.exact_reads_inline:
-                entry = self.cache.get_exact(keys.exact_key)
-            else:
-                entry = await asyncio.to_thread(self.cache.get_exact, keys.exact_key)
-        except StoreUnavailable:
-            self.store_unavailable += 1
-            return None  # fail open: the request goes upstream
+        entry = writer.pending(keys.exact_key) if writer is not None else None
+        if entry is None or entry.expired(self.cache.clock.now()):
+            try:
+                if self.exact_reads_inline:
+                    entry = self.cache.get_exact(keys.exact_key)
+                else:
+                    entry = await asyncio.to_thread(self.cache.get_exact, keys.exact_key)
+            except StoreUnavailable:
+                self.store_unavailable += 1
+                return None  # fail open: the request goes upstream
         if entry is not None and await self._servable(entry):
             return Lookup(entry, 1.0, "exact", reason="ok")
         return None
