@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,26 @@ def test_len_contains_and_iter(store: DiskCacheStore) -> None:
     assert all(i in store for i in ids)
     assert "e4" not in store
     assert {e.id for e in store.iter_entries()} == ids
+
+
+def test_iter_entries_reads_in_stored_order_a_chunk_at_a_time(store: DiskCacheStore) -> None:
+    # Ids that sort against the order they were stored: the scan follows the rows.
+    ids = [f"e{9 - i}" for i in range(7)]
+    for i, entry_id in enumerate(ids):
+        store.put(make_entry(entry_id, f"k{i}"))
+    store.put(make_entry("again", "k0"))  # replaces e9 under its exact key
+    # A record too large for SQLite's row lives in a file of its own: read from there.
+    big = make_entry("big", "k-big", response={"choices": [{"message": {"content": "x" * 99_999}}]})
+    store.put(big)
+    store.put(make_entry("brief", "k-brief", expires=T0 + 0.001))  # lives 1 ms
+    time.sleep(0.01)
+    assert [e.id for e in store.iter_entries(chunk=2)] == [*ids[1:], "again", "big"]
+    assert_same_entry(next(e for e in store.iter_entries(chunk=3) if e.id == "big"), big)
+
+    scan = store.iter_entries(chunk=2)
+    assert next(scan).id == "e8"
+    store.delete("e5")  # in a chunk not read yet
+    assert [e.id for e in scan] == ["e7", "e6", "e4", "e3", "again", "big"]
 
 
 def test_reopened_store_still_has_the_entry(tmp_path: Path) -> None:
