@@ -100,6 +100,8 @@ class CacheFront:
         self.exact_reads_inline = exact_reads_inline
         self.writer = writer
         self.placement = SearchPlacement()
+        self.lookups = 0
+        """Lookups in flight (`SearchPlacement`: one alone may search inline longer)."""
         self._journal_failing = False
         self.base_threshold = cache.accept_config.threshold if cache is not None else 1.0
         self.store_unavailable = 0
@@ -110,6 +112,15 @@ class CacheFront:
         return self.cache.ready
 
     async def lookup(
+        self, keys: RequestKeys, threshold: float | None, stages: dict[str, float]
+    ) -> Found:
+        self.lookups += 1
+        try:
+            return await self._lookup(keys, threshold, stages)
+        finally:
+            self.lookups -= 1
+
+    async def _lookup(
         self, keys: RequestKeys, threshold: float | None, stages: dict[str, float]
     ) -> Found:
         found = Found()
@@ -134,7 +145,8 @@ class CacheFront:
             with StageTimer(stages, "search"):
                 args = (keys.scope, found.vector, keys.prompt, threshold, bool(self.verifiers))
                 # Inline only with nothing pending: a flush would hold the loop on a store.
-                if self.placement.inline(keys.scope) and self._pending_writes() is None:
+                inline = self.placement.inline(keys.scope, alone=self.lookups == 1)
+                if inline and self._pending_writes() is None:
                     searched = self._search(*args)
                 else:
                     searched = await asyncio.to_thread(self._search, *args)

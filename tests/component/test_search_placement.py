@@ -3,6 +3,7 @@ with the same answers either way."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any
@@ -31,7 +32,7 @@ async def test_a_cheap_scope_is_searched_inline_and_a_slow_one_in_a_thread(
 
     monkeypatch.setattr(cache, "search", watched)
     # A bound far above this test's own searches, which a loaded CI box may slow down.
-    h.state["front"].placement = SearchPlacement(inline_s=0.005)
+    h.state["front"].placement = SearchPlacement(inline_s=0.005, alone_s=0.005)
     assert (await h.chat(Q)).headers["x-cache"] == "MISS"
     await h.state["front"].settle()
     for _ in range(3):
@@ -41,3 +42,42 @@ async def test_a_cheap_scope_is_searched_inline_and_a_slow_one_in_a_thread(
     for _ in range(8):
         assert (await h.chat(PARAPHRASE)).headers["x-cache-match"] == "semantic"
     assert ran_on[-1] is False
+
+
+async def test_a_lookup_alone_searches_inline_up_to_a_longer_bound_than_one_among_others(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    front = h.state["front"]
+    search = front.cache.search
+    ran_on: list[bool] = []
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        ran_on.append(threading.current_thread() is threading.main_thread())
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(front.cache, "search", watched)
+    # No search is cheap enough to run inline beside another lookup; alone, any is.
+    front.placement = SearchPlacement(inline_s=0.0, alone_s=1.0)
+    assert (await h.chat(Q)).headers["x-cache"] == "MISS"
+    await front.settle()
+    assert (await h.chat(PARAPHRASE)).headers["x-cache-match"] == "semantic"
+    assert ran_on == [False, True]
+
+    # Another lookup waits for its embedding: this one is no longer alone.
+    waiting, gate = asyncio.Event(), asyncio.Event()
+    embed = front.batcher.embed
+
+    async def held(text: str, timeout_s: float | None = None) -> Any:
+        if "token bucket" in text:
+            waiting.set()
+            await gate.wait()
+        return await embed(text, timeout_s)
+
+    monkeypatch.setattr(front.batcher, "embed", held)
+    other = asyncio.create_task(h.chat("What is a token bucket?"))
+    await waiting.wait()
+    assert (await h.chat(PARAPHRASE)).headers["x-cache-match"] == "semantic"
+    gate.set()
+    assert (await other).headers["x-cache"] == "MISS"
+    assert ran_on == [False, True, False, True]  # the held one searched alone, at the end
+    assert front.lookups == 0

@@ -33,3 +33,12 @@ def test_the_memory_of_scopes_is_bounded() -> None:
         p.took(f"scope-{i}", 0.0002)
     assert len(p._cost) <= 10_000
     assert p.inline("scope-24999")
+
+
+def test_a_lookup_alone_goes_inline_up_to_the_longer_bound() -> None:
+    p = SearchPlacement(inline_s=0.001, alone_s=0.004)
+    p.took("s", 0.003)
+    assert not p.inline("s") and p.inline("s", alone=True)
+    for _ in range(10):
+        p.took("s", 0.006)
+    assert not p.inline("s", alone=True)
