@@ -91,8 +91,8 @@ def create_app(
             the_store = await asyncio.to_thread(
                 DiskCacheStore, settings.store_dir, settings.store_size_limit_bytes
             )
-        # A store this process owns: read inline, written behind its answers, its size limit
-        # and its exact keys watched here. A shared one (Redis) is none of these.
+        # A store this process owns: read inline (latest exact hits from memory), written
+        # behind its answers, its limit and exact keys watched here. Not a shared one (Redis).
         local = the_store if isinstance(the_store, DiskCacheStore) else None
         # The model loads (seconds) while the index is restored from the store (seconds, ten
         # at a million entries), not before it: the index needs only the dimension, which
@@ -117,6 +117,7 @@ def create_app(
                 guards=not with_verifier or settings.verifier_guards,
             ),
             search_k=settings.search_k,
+            keep_hot=local is not None,
         )
         # A local store that lists its ids cheaply restarts from a snapshot of the index,
         # reconciled with it (the store stays the truth), instead of reading every entry.

@@ -19,6 +19,7 @@ import numpy as np
 
 from cache_service.cache.capacity import Capacity
 from cache_service.cache.guards import AcceptConfig, accept
+from cache_service.cache.hot_entries import HOT_ENTRIES, HotEntries
 from cache_service.cache.matching import Candidate
 from cache_service.protocols import Clock, Entry, EntryStore, Vector, VectorIndex, answer_json
 
@@ -92,7 +93,10 @@ class SemanticCache:
         accept_config: AcceptConfig,
         *,
         search_k: int = 4,
+        keep_hot: bool = False,
     ) -> None:
+        """`keep_hot`: the latest exact hits are kept in memory (`hot_entries.py`); only
+        for a store no other process changes."""
         self.store = store
         self.index = index
         self.clock = clock
@@ -107,6 +111,7 @@ class SemanticCache:
         # were ~56 B of every entry at a million (110 B a dict slot against 55).
         self._tracked: dict[str, dict[str, float | None]] = {}
         self._lock = threading.Lock()
+        self._hot = HotEntries(HOT_ENTRIES if keep_hot else 0)
         self.changes = 0
         """Counts changes to the index and tracking: a snapshot is only worth saving when
         it moved since the last one."""
@@ -114,10 +119,14 @@ class SemanticCache:
     # --- reads
 
     def get_exact(self, exact_key: str) -> Entry | None:
-        entry = self.store.get_by_exact_key(exact_key)
-        if entry is None or entry.expired(self.clock.now()):
-            return None
-        return entry
+        entry = self._hot.get(exact_key)
+        if entry is None:
+            mark = self._hot.mark()
+            entry = self.store.get_by_exact_key(exact_key)
+            if entry is None:
+                return None
+            self._hot.keep(entry, mark)
+        return None if entry.expired(self.clock.now()) else entry
 
     def search(
         self,
@@ -239,6 +248,7 @@ class SemanticCache:
         self._forget_many(scope, [entry_id])
 
     def _forget_many(self, scope: str, entry_ids: list[str]) -> None:
+        self._hot.forget(entry_ids)
         self.index.remove(scope, entry_ids)
         with self._lock:
             tracked = self._tracked.get(scope)
@@ -268,6 +278,7 @@ class SemanticCache:
         picked = [e.id for e in self.store.iter_entries() if doomed(e)]
         for entry_id in picked:
             self.delete(entry_id)
+        self._hot.forget_where(doomed)  # held in memory, evicted from the store meanwhile
         return len(picked)
 
     # --- maintenance

@@ -25,14 +25,19 @@ TTL = 600.0
 
 
 class Env:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, keep_hot: bool = False) -> None:
         self.dir = tmp_path / "entries"
         self.clock = FakeClock()
         self.embedder = HashingEmbedder()
         self.store = DiskCacheStore(self.dir)
         self.index = FaissIndex(HashingEmbedder.dim)
         self.cache = SemanticCache(
-            self.store, self.index, self.clock, AcceptConfig(threshold=THRESHOLD), search_k=4
+            self.store,
+            self.index,
+            self.clock,
+            AcceptConfig(threshold=THRESHOLD),
+            search_k=4,
+            keep_hot=keep_hot,
         )
 
     def vec(self, text: str) -> Vector:
@@ -73,9 +78,10 @@ class Env:
         return self.cache.search(scope, self.vec(prompt), prompt, **kw)
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
-    e = Env(tmp_path)
+@pytest.fixture(params=[False, True], ids=["store", "hot"])
+def env(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Env]:
+    """Every test twice: exact reads from the store, and with the latest kept in memory."""
+    e = Env(tmp_path, keep_hot=request.param)
     yield e
     e.store.close()
 
@@ -100,6 +106,78 @@ def test_put_then_get_exact(env: Env) -> None:
     assert got.id == e.id
     assert got.response == e.response
     assert env.cache.get_exact("scope-a|something else") is None
+
+
+def test_exact_reads_stay_right_across_every_kind_of_removal(env: Env) -> None:
+    def exact(key: str) -> str | None:
+        # Twice: the second read may come from memory, and must agree with the first.
+        first, second = env.cache.get_exact(key), env.cache.get_exact(key)
+        assert (first and first.id) == (second and second.id)
+        return second and second.id
+
+    a = env.put(Q)
+    assert exact(a.exact_key) == a.id
+    env.cache.delete(a.id)
+    assert exact(a.exact_key) is None
+    b = env.put(Q)
+    assert exact(b.exact_key) == b.id
+    c = env.put(Q)  # the same exact key: replaces b
+    assert exact(c.exact_key) == c.id
+    d = env.put("what is a token bucket", namespace="ns-b")
+    assert exact(d.exact_key) == d.id
+    assert env.cache.delete_where(namespace="ns-b") == 1
+    assert exact(d.exact_key) is None
+    env.clock.advance(TTL)
+    assert exact(c.exact_key) is None  # expired
+
+
+def test_a_repeated_exact_read_comes_from_memory_until_its_entry_leaves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = Env(tmp_path, keep_hot=True)
+    reads: list[str] = []
+    read = env.store.get_by_exact_key
+    monkeypatch.setattr(env.store, "get_by_exact_key", lambda k: reads.append(k) or read(k))
+    try:
+        a = env.put(Q)
+        for _ in range(3):
+            assert (got := env.cache.get_exact(a.exact_key)) is not None and got.id == a.id
+        assert len(reads) == 1
+        # Evicted under the store's size limit: a valid answer, still served from memory...
+        env.store.delete(a.id)
+        assert env.cache.get_exact(a.exact_key) is not None
+        # ...but never once invalidated.
+        assert env.cache.delete_where(namespace=a.namespace) == 0  # the store has none
+        assert env.cache.get_exact(a.exact_key) is None
+        # And the sweep, finding an evicted one gone, forgets it too.
+        b = env.put("what is a token bucket")
+        assert env.cache.get_exact(b.exact_key) is not None
+        env.store.delete(b.id)
+        assert env.cache.sweep().evicted == 2  # a and b
+        assert env.cache.get_exact(b.exact_key) is None
+    finally:
+        env.store.close()
+
+
+def test_an_entry_deleted_while_it_was_read_is_not_kept_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = Env(tmp_path, keep_hot=True)
+    try:
+        a = env.put(Q)
+        read = env.store.get_by_exact_key
+
+        def racing(key: str) -> Entry | None:
+            got = read(key)
+            env.cache.delete(a.id)  # another thread, between the read and keeping it
+            return got
+
+        monkeypatch.setattr(env.store, "get_by_exact_key", racing)
+        assert env.cache.get_exact(a.exact_key) is not None  # read before the delete
+        monkeypatch.setattr(env.store, "get_by_exact_key", read)
+        assert env.cache.get_exact(a.exact_key) is None
+    finally:
+        env.store.close()
 
 
 def test_semantic_search_finds_same_words(env: Env) -> None:
