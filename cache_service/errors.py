@@ -105,6 +105,15 @@ class QuotaUnavailable(ServiceError):
     code = "quota_unavailable"
 
 
+class OverCapacity(ServiceError):
+    """More connections or requests at once than `max_concurrency`: refused before the
+    request is read (`serving.py`), with a Retry-After."""
+
+    status = 503
+    type = "server_error"
+    code = "over_capacity"
+
+
 class StoreUnavailable(ServiceError):
     """The entry store cannot be reached (a shared store's server is away). The request
     path fails open on it (a lookup is a miss, a store is skipped); an operation that is

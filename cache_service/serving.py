@@ -4,7 +4,8 @@ too many connections cost a bounded amount instead of being held open indefinite
 - idle keep-alive connections close after `keep_alive_timeout_s` (uvicorn's timer);
 - a connection must send each request's headers within `header_timeout_s` (our timer,
   below: uvicorn arms none before the first request or while headers trickle in);
-- `max_concurrency` open connections or running requests: further requests get 503;
+- `max_concurrency` open connections or running requests: further requests get 503, in the
+  route's error format with a request id and Retry-After (uvicorn's own is plain text);
 - a request head over `max_header_bytes` gets 400 (counted here: httptools has no limit);
 - the body's own deadline, `body_timeout_s`, is kept where the body is read (`api/body.py`),
   so its 408 is written in the route's wire format.
@@ -21,9 +22,27 @@ import socket
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from cache_service.api.middleware import RequestIdMiddleware, error_response
+from cache_service.errors import OverCapacity
+from cache_service.flavors import for_route
 from cache_service.settings import Settings
+
+
+async def _over_capacity(scope: Any, receive: Any, send: Any) -> None:
+    """The 503 past `max_concurrency`, written as the app writes its errors, so SDKs raise
+    their usual error (and retry after Retry-After) and the answer carries a request id.
+    The request's URL picks the format: no route has matched (none will run)."""
+    refused = OverCapacity(
+        "the cache sidecar is serving as many requests as it allows; retry shortly",
+        headers={"retry-after": "1", "connection": "close"},
+    )
+    await error_response(for_route(scope.get("path")), refused)(scope, receive, send)
+
+
+_refuse: Any = RequestIdMiddleware(_over_capacity)
 
 
 class _HeadLimitsProtocol(HttpToolsProtocol):
@@ -69,6 +88,9 @@ class _HeadLimitsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._head_open = False
         super().on_headers_complete()
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        super()._start_asgi_task(cycle, _refuse if app is service_unavailable else app)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

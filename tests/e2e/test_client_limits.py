@@ -156,8 +156,22 @@ def test_connections_beyond_the_cap_get_503_instead_of_hanging(base: str) -> Non
         with connect(base) as s:
             s.sendall(get("/healthz"))
             s.settimeout(5)
-            status, _, _ = read_answer(s)
+            status, headers, body = read_answer(s)
             assert status == 503
+            # In the app's error format, as SDKs expect, with an id and when to retry.
+            assert json.loads(body)["error"]["code"] == "over_capacity"
+            assert headers["content-type"] == "application/json"
+            assert headers["retry-after"] == "1" and headers["x-request-id"]
+        with connect(base) as s:
+            chat = b'{"model": "claude-x", "max_tokens": 8, "messages": []}'
+            s.sendall(
+                b"POST /v1/messages HTTP/1.1\r\nHost: sidecar\r\nX-Request-Id: mine-1\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(chat), chat)
+            )
+            s.settimeout(5)
+            status, headers, body = read_answer(s)
+            assert status == 503 and headers["x-request-id"] == "mine-1"
+            assert json.loads(body)["type"] == "error"  # Anthropic's shape on its route
     finally:
         for s in idle:
             s.close()
