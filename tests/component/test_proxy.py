@@ -382,6 +382,8 @@ async def test_lookup_store_and_invalidate_api(h: Harness) -> None:
     )
     assert both.status_code == 400
 
+    exact = await h.client.post("/v1/cache/lookup", json={"model": "m", "prompt": Q})
+    assert exact.json()["match"] == "exact"  # now also held in memory
     deleted = await h.client.delete(f"/v1/cache/entries/{entry_id}")
     assert deleted.json()["deleted"] == 1
     assert (await h.client.delete(f"/v1/cache/entries/{entry_id}")).status_code == 404
@@ -392,6 +394,8 @@ async def test_lookup_store_and_invalidate_api(h: Harness) -> None:
 async def test_invalidate_by_namespace_and_model(h: Harness) -> None:
     await h.chat(Q, headers={"X-Cache-Namespace": "a"})
     await h.chat(Q, headers={"X-Cache-Namespace": "b"})
+    # Hits first: the latest exact hits are kept in memory, and must go with the entries.
+    assert (await h.chat(Q, headers={"X-Cache-Namespace": "a"})).headers["x-cache"] == "HIT"
     assert (await h.client.delete("/v1/cache")).status_code == 400
     r = await h.client.delete("/v1/cache", params={"namespace": "a"})
     assert r.json()["deleted"] == 1
@@ -399,6 +403,7 @@ async def test_invalidate_by_namespace_and_model(h: Harness) -> None:
     assert (await h.chat(Q, headers={"X-Cache-Namespace": "b"})).headers["x-cache"] == "HIT"
     r = await h.client.delete("/v1/cache", params={"model": "gpt-4o-mini"})
     assert r.json()["deleted"] == 2
+    assert (await h.chat(Q, headers={"X-Cache-Namespace": "b"})).headers["x-cache"] == "MISS"
 
 
 async def test_stats_count_outcomes_tokens_and_dollars(h: Harness) -> None:
