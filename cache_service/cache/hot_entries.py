@@ -29,6 +29,10 @@ from cache_service.protocols import Entry
 HOT_ENTRIES = 1024
 """Entries kept: ~4-5 KB each with their vector and answer, ~5 MB in all."""
 
+MAX_ANSWER_CHARS = 16 * 1024
+"""A longer answer is read from the store each time, so the memory held stays under ~20 MB
+whatever the answers' size; serving such an answer costs more than its read anyway."""
+
 
 class HotEntries:
     def __init__(self, size: int) -> None:
@@ -53,7 +57,7 @@ class HotEntries:
         return self._removals
 
     def keep(self, entry: Entry, mark: int) -> None:
-        if not self.size:
+        if not self.size or len(entry.body) > MAX_ANSWER_CHARS:
             return
         with self._lock:
             if mark != self._removals:

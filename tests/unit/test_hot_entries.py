@@ -3,11 +3,11 @@ entry removed from the store."""
 
 from __future__ import annotations
 
-from cache_service.cache.hot_entries import HotEntries
+from cache_service.cache.hot_entries import MAX_ANSWER_CHARS, HotEntries
 from cache_service.protocols import Entry
 
 
-def entry(entry_id: str, key: str, namespace: str = "ns") -> Entry:
+def entry(entry_id: str, key: str, namespace: str = "ns", body: str = "{}") -> Entry:
     return Entry(
         id=entry_id,
         scope="s",
@@ -16,7 +16,7 @@ def entry(entry_id: str, key: str, namespace: str = "ns") -> Entry:
         model="m",
         prompt="p",
         embedding=None,
-        body="{}",
+        body=body,
         created=0.0,
         expires=None,
         prompt_tokens=1,
@@ -68,4 +68,10 @@ def test_an_entry_read_across_a_removal_is_refused() -> None:
 def test_size_zero_keeps_nothing() -> None:
     hot = HotEntries(0)
     hot.keep(entry("a", "ka"), hot.mark())
+    assert hot.get("ka") is None
+
+
+def test_a_long_answer_is_not_kept() -> None:
+    hot = HotEntries(4)
+    hot.keep(entry("a", "ka", body="{" + "x" * MAX_ANSWER_CHARS + "}"), hot.mark())
     assert hot.get("ka") is None
