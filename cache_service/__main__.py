@@ -56,6 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         check_verifier,
         config_warnings,
         listen_socket,
+        lock_data_dir,
     )
     from cache_service.serving import serve
     from cache_service.settings import ConfigError, load_settings
@@ -78,6 +79,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         check_model(settings)
         check_verifier(settings)
         check_data_dir(settings.data_dir)
+        held = lock_data_dir(settings.data_dir)
         sock = listen_socket(settings.host, settings.port, "the sidecar")
         if settings.upstream_url is None and not settings.upstreams:
             url = _start_simulated(settings.host, settings.simulated_upstream_port)
@@ -94,7 +96,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"cache sidecar on http://{settings.host}:{settings.port}/v1 -> {', '.join(targets)}",
         file=sys.stderr,
     )
-    serve(app, settings, sock)
+    try:
+        serve(app, settings, sock)
+    finally:
+        held.close()
     return 0
 
 

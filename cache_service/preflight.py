@@ -1,5 +1,5 @@
 """What `serve` checks before it loads anything: the ports it must listen on, the model files
-and a writable data directory.
+and a writable data directory that no other sidecar holds.
 
 A sidecar that came up half-built is worse than one that refused: with its simulated
 upstream's port taken, the old `serve` logged the bind error and then forwarded every miss,
@@ -10,10 +10,13 @@ model, and the sockets are bound here and handed to the servers, never re-bound 
 
 from __future__ import annotations
 
+import fcntl
+import os
 import socket
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import IO
 
 from cache_service.settings import Settings
 
@@ -73,6 +76,32 @@ def check_data_dir(data_dir: Path) -> None:
             pass
     except OSError as e:
         raise StartupError(f"data directory {data_dir} is not writable: {e.strerror or e}") from e
+
+
+def lock_data_dir(data_dir: Path) -> IO[str]:
+    """Hold the data directory for this process's life (keep the returned file open), or a
+    StartupError naming the sidecar that holds it. One process owns a data directory: at
+    start it replays the entry and spend journals it finds there, and it keeps the store's
+    exact keys and latest hits in memory, so a second process on the same directory would
+    replay the first's journals and serve entries the first has deleted. An flock is
+    dropped by the kernel when its process ends, however it ends: no stale lock to clear."""
+    handle = (data_dir / "sidecar.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        by = f" (pid {holder})" if holder.isdigit() else ""
+        raise StartupError(
+            f"data directory {data_dir} is in use by another sidecar{by}: "
+            "give each sidecar its own --data-dir"
+        ) from e
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 def check_verifier(settings: Settings) -> None:

@@ -129,3 +129,17 @@ def test_serve_refuses_to_start_without_its_model_or_a_writable_data_dir(
     blocker.write_text("")
     err = _serve_refuses(blocker, port, {})  # its data dir would be a-file/d
     assert "not writable" in err
+
+
+def test_serve_refuses_a_data_dir_another_sidecar_holds(tmp_path: Path) -> None:
+    # One process owns a data directory (its journals are replayed at start, its exact keys
+    # and latest hits are kept in memory): a second on it would serve what the first deleted.
+    env = {"CACHE_SIMULATED_UPSTREAM_PORT": "0"}
+    port = free_port()
+    args = ["serve", "--port", str(port), "--data-dir", str(tmp_path / "d")]
+    with process(args, f"http://127.0.0.1:{port}/readyz", env=env):
+        err = _serve_refuses(tmp_path, ["--port", str(free_port())], env)
+        assert "in use by another sidecar (pid" in err and "--data-dir" in err
+    # Once it is gone, the directory is free again.
+    with process(args, f"http://127.0.0.1:{port}/readyz", env=env):
+        pass
