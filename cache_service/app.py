@@ -179,7 +179,7 @@ def create_app(
             default_ttl_s=settings.default_ttl_s,
             verifiers=(verifier,) if verifier is not None else (),
             floor=verifier.floor if verifier is not None else None,
-            exact_reads_inline=local is not None,
+            reads_inline=local is not None,
             writer=writer,
         )
 

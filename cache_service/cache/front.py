@@ -75,18 +75,20 @@ class CacheFront:
         default_ttl_s: float,
         verifiers: Sequence[Verifier] = (),
         floor: float | None = None,
-        exact_reads_inline: bool = False,
+        reads_inline: bool = False,
         writer: WriteBehind | None = None,
     ) -> None:
         """`floor`: with verifiers, the cosine candidates are searched down to instead of the
         similarity threshold (None: the threshold, as without verifiers).
 
-        `exact_reads_inline`: the exact read runs on the event loop instead of in a worker
-        thread. For a local SQLite store only (`app.py`): its read is two primary-key
-        lookups (tens of microseconds with the pages cached, one disk read per b-tree level
-        without), while the hop to a thread and back cost ~0.25 ms of an exact hit's p50
-        (1.78 against 2.02 ms, interleaved runs beside a 1.19 ms HTTP floor). A store across
-        the network (Redis) is always read in a thread.
+        `reads_inline`: the store is read on the event loop instead of in a worker thread:
+        the exact read always, a semantic search (which reads its candidates) when its
+        scope's searches are cheap (`SearchPlacement`). For a local SQLite store only
+        (`app.py`): its read is two primary-key lookups (tens of microseconds with the pages
+        cached, one disk read per b-tree level without), while the hop to a thread and back
+        cost ~0.25 ms of an exact hit's p50 (1.78 against 2.02 ms, interleaved runs beside a
+        1.19 ms HTTP floor). A store across the network (Redis) is always read in a thread:
+        a slow or unreachable server must never hold the loop.
 
         `writer`: entries are stored after their answer (`cache/write_behind.py`); None:
         before it, in a worker thread (a fleet's shared store)."""
@@ -97,7 +99,7 @@ class CacheFront:
         self.default_ttl_s = default_ttl_s
         self.verifiers = tuple(verifiers)
         self.floor = floor if self.verifiers else None
-        self.exact_reads_inline = exact_reads_inline
+        self.reads_inline = reads_inline
         self.writer = writer
         self.placement = SearchPlacement()
         self.lookups = 0
@@ -145,7 +147,9 @@ class CacheFront:
             with StageTimer(stages, "search"):
                 args = (keys.scope, found.vector, keys.prompt, threshold, bool(self.verifiers))
                 # Inline only with nothing pending: a flush would hold the loop on a store.
-                inline = self.placement.inline(keys.scope, alone=self.lookups == 1)
+                inline = self.reads_inline and self.placement.inline(
+                    keys.scope, alone=self.lookups == 1
+                )
                 if inline and self._pending_writes() is None:
                     searched = self._search(*args)
                 else:
@@ -177,7 +181,7 @@ class CacheFront:
         entry = writer.pending(keys.exact_key) if writer is not None else None
         if entry is None or entry.expired(self.cache.clock.now()):
             try:
-                if self.exact_reads_inline:
+                if self.reads_inline:
                     entry = self.cache.get_exact(keys.exact_key)
                 else:
                     entry = await asyncio.to_thread(self.cache.get_exact, keys.exact_key)

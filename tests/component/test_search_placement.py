@@ -81,3 +81,25 @@ async def test_a_lookup_alone_searches_inline_up_to_a_longer_bound_than_one_amon
     assert (await other).headers["x-cache"] == "MISS"
     assert ran_on == [False, True, False, True]  # the held one searched alone, at the end
     assert front.lookups == 0
+
+
+async def test_a_store_across_the_network_is_never_searched_inline(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    front = h.state["front"]
+    search = front.cache.search
+    ran_on: list[bool] = []
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        ran_on.append(threading.current_thread() is threading.main_thread())
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(front.cache, "search", watched)
+    front.placement = SearchPlacement(inline_s=1.0, alone_s=1.0)
+    # As for a fleet's Redis store (`app.py`): its candidates are network reads.
+    front.reads_inline = False
+    assert (await h.chat(Q)).headers["x-cache"] == "MISS"
+    await front.settle()
+    for _ in range(3):
+        assert (await h.chat(PARAPHRASE)).headers["x-cache-match"] == "semantic"
+    assert ran_on == [False] * 4
