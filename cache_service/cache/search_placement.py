@@ -1,4 +1,6 @@
-"""Where a semantic search runs: on the event loop when it is cheap, else in a thread.
+"""Where a semantic search runs: on the event loop when it is cheap, else in a thread. Only
+a local store's scopes are ever searched inline (`CacheFront.reads_inline`): a search reads
+its candidates from the store, and a fleet's store is across the network.
 
 Handing a search to a worker thread and back costs ~0.3 ms here whenever the cores were idle
 (waking a thread on this VM), more than a whole search of a small scope: at 1k entries the
