@@ -329,7 +329,10 @@ async def test_identical_concurrent_misses_make_one_upstream_call(h: Harness) ->
 
 
 async def test_unreachable_upstream_is_502(
-    settings_factory: Callable[..., Settings], embedder: HashingEmbedder, clock: FakeClock
+    settings_factory: Callable[..., Settings],
+    embedder: HashingEmbedder,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     from cache_service.app import create_app
     from cache_service.backends.upstream import HttpUpstream
@@ -349,6 +352,10 @@ async def test_unreachable_upstream_is_502(
         assert r.status_code == 502
         assert r.json()["error"]["code"] == "upstream_unavailable"
         assert r.headers["x-cache"] == "MISS"
+        # The cause is logged beside the request id, for the operator.
+        (failed,) = [rec for rec in caplog.records if rec.getMessage() == "upstream call failed"]
+        assert failed.__dict__["request_id"] == r.headers["x-request-id"]
+        assert failed.__dict__["code"] == "upstream_unavailable" and failed.__dict__["error"]
 
 
 async def test_lookup_store_and_invalidate_api(h: Harness) -> None:
