@@ -7,7 +7,10 @@ calls the very endpoint the route registers (`proxy.ENDPOINTS`); the route stays
 OpenAPI schema and for the relay's 405s, so there is one code path per flavour. What the
 skipped layers did for these routes is done here or still around the lane:
 - a `ServiceError` (or a starlette HTTPException) is answered in the flavour's error
-  format by `middleware.error_response`, as the exception handlers answer it;
+  format by `middleware.error_response`, as the exception handlers answer it; a 5xx among
+  them (the upstream failed or answered garbage, the store or the quota ledger is away) is
+  logged with its cause and request id, which the answer's code alone does not give the
+  operator;
 - anything else raised before the answer starts is answered 500 in the flavour's format
   (`middleware.unexpected_response`, what the `Exception` handler answers) and re-raised:
   ServerErrorMiddleware then sees a started answer and only re-raises, and the request-id
@@ -18,16 +21,20 @@ skipped layers did for these routes is done here or still around the lane:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from cache_service.api.body import request_id
 from cache_service.api.middleware import error_response, unexpected_response
 from cache_service.api.proxy import Endpoint
 from cache_service.errors import ServiceError
 from cache_service.flavors.base import Flavor
+
+log = logging.getLogger(__name__)
 
 
 class ProxyLane:
@@ -49,6 +56,9 @@ class ProxyLane:
         try:
             response = await endpoint(request)
         except (ServiceError, HTTPException) as exc:
+            if isinstance(exc, ServiceError) and exc.status >= 500:
+                cause = {"code": exc.code, "error": exc.message}
+                log.warning("request failed", extra={"request_id": request_id(request), **cause})
             response = error_response(flavor, exc)
         except Exception:
             await unexpected_response(flavor)(scope, receive, send)

@@ -163,12 +163,6 @@ class ProxyHandler:
             )
         except ServiceError as e:
             self.recorder.record(ctx, Outcome.ERROR)
-            if e.status >= 500:
-                # The caller sees the code; the operator needs the cause beside the request.
-                log.warning(
-                    "upstream call failed",
-                    extra={"request_id": ctx.request_id, "code": e.code, "error": e.message},
-                )
             e.headers = {**e.headers, "x-cache": state}
             raise
         resp = call.result

@@ -353,7 +353,7 @@ async def test_unreachable_upstream_is_502(
         assert r.json()["error"]["code"] == "upstream_unavailable"
         assert r.headers["x-cache"] == "MISS"
         # The cause is logged beside the request id, for the operator.
-        (failed,) = [rec for rec in caplog.records if rec.getMessage() == "upstream call failed"]
+        (failed,) = [rec for rec in caplog.records if rec.getMessage() == "request failed"]
         assert failed.__dict__["request_id"] == r.headers["x-request-id"]
         assert failed.__dict__["code"] == "upstream_unavailable" and failed.__dict__["error"]
 

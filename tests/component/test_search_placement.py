@@ -17,51 +17,56 @@ Q = "How do I reset my password?"
 PARAPHRASE = "how do I reset my password"
 
 
+class Searches:
+    """Records, for each search the request path runs, whether it ran on the event loop;
+    `delay` slows every search down."""
+
+    def __init__(self, h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.on_loop: list[bool] = []
+        self.delay = 0.0
+        cache = h.state["front"].cache
+        search = cache.search
+
+        def watched(*args: Any, **kwargs: Any) -> Any:
+            self.on_loop.append(threading.current_thread() is threading.main_thread())
+            time.sleep(self.delay)
+            return search(*args, **kwargs)
+
+        monkeypatch.setattr(cache, "search", watched)
+
+
+async def stored_by_a_miss(h: Harness) -> None:
+    assert (await h.chat(Q)).headers["x-cache"] == "MISS"
+    await h.state["front"].settle()
+
+
 async def test_a_cheap_scope_is_searched_inline_and_a_slow_one_in_a_thread(
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cache = h.state["front"].cache
-    search = cache.search
-    ran_on: list[bool] = []
-    delay = 0.0
-
-    def watched(*args: Any, **kwargs: Any) -> Any:
-        ran_on.append(threading.current_thread() is threading.main_thread())
-        time.sleep(delay)
-        return search(*args, **kwargs)
-
-    monkeypatch.setattr(cache, "search", watched)
+    searches = Searches(h, monkeypatch)
     # A bound far above this test's own searches, which a loaded CI box may slow down.
     h.state["front"].placement = SearchPlacement(inline_s=0.005, alone_s=0.005)
-    assert (await h.chat(Q)).headers["x-cache"] == "MISS"
-    await h.state["front"].settle()
+    await stored_by_a_miss(h)
     for _ in range(3):
         assert (await h.chat(PARAPHRASE)).headers["x-cache-match"] == "semantic"
-    assert ran_on == [False, True, True, True]  # the miss's search measured it in a thread
-    delay = 0.01  # the scope's searches got slow (it grew, the store slowed down)
+    # The miss's search measured it in a thread.
+    assert searches.on_loop == [False, True, True, True]
+    searches.delay = 0.01  # the scope's searches got slow (it grew, the store slowed down)
     for _ in range(8):
         assert (await h.chat(PARAPHRASE)).headers["x-cache-match"] == "semantic"
-    assert ran_on[-1] is False
+    assert searches.on_loop[-1] is False
 
 
 async def test_a_lookup_alone_searches_inline_up_to_a_longer_bound_than_one_among_others(
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     front = h.state["front"]
-    search = front.cache.search
-    ran_on: list[bool] = []
-
-    def watched(*args: Any, **kwargs: Any) -> Any:
-        ran_on.append(threading.current_thread() is threading.main_thread())
-        return search(*args, **kwargs)
-
-    monkeypatch.setattr(front.cache, "search", watched)
+    searches = Searches(h, monkeypatch)
     # No search is cheap enough to run inline beside another lookup; alone, any is.
     front.placement = SearchPlacement(inline_s=0.0, alone_s=1.0)
-    assert (await h.chat(Q)).headers["x-cache"] == "MISS"
-    await front.settle()
+    await stored_by_a_miss(h)
     assert (await h.chat(PARAPHRASE)).headers["x-cache-match"] == "semantic"
-    assert ran_on == [False, True]
+    assert searches.on_loop == [False, True]
 
     # Another lookup waits for its embedding: this one is no longer alone.
     waiting, gate = asyncio.Event(), asyncio.Event()
@@ -79,7 +84,7 @@ async def test_a_lookup_alone_searches_inline_up_to_a_longer_bound_than_one_amon
     assert (await h.chat(PARAPHRASE)).headers["x-cache-match"] == "semantic"
     gate.set()
     assert (await other).headers["x-cache"] == "MISS"
-    assert ran_on == [False, True, False, True]  # the held one searched alone, at the end
+    assert searches.on_loop == [False, True, False, True]  # the held one: alone, at the end
     assert front.lookups == 0
 
 
@@ -87,19 +92,11 @@ async def test_a_store_across_the_network_is_never_searched_inline(
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     front = h.state["front"]
-    search = front.cache.search
-    ran_on: list[bool] = []
-
-    def watched(*args: Any, **kwargs: Any) -> Any:
-        ran_on.append(threading.current_thread() is threading.main_thread())
-        return search(*args, **kwargs)
-
-    monkeypatch.setattr(front.cache, "search", watched)
+    searches = Searches(h, monkeypatch)
     front.placement = SearchPlacement(inline_s=1.0, alone_s=1.0)
     # As for a fleet's Redis store (`app.py`): its candidates are network reads.
     front.reads_inline = False
-    assert (await h.chat(Q)).headers["x-cache"] == "MISS"
-    await front.settle()
+    await stored_by_a_miss(h)
     for _ in range(3):
         assert (await h.chat(PARAPHRASE)).headers["x-cache-match"] == "semantic"
-    assert ran_on == [False] * 4
+    assert searches.on_loop == [False] * 4
