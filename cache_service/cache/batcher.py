@@ -106,9 +106,12 @@ class ModelBatcher(Generic[In, Out]):
                 self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
                 self._thread.start()
             self._ready.notify()
-        # shield: a caller giving up must not cancel the batch others are waiting on.
+        # The future is this caller's alone, so a cancellation that reaches it touches no one
+        # else's input. A timeout scope rather than `wait_for`, which wraps the wait in a
+        # task of its own (Python 3.11): a task and a loop turn more on every embedding.
         try:
-            return await asyncio.wait_for(asyncio.shield(job.future), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                return await job.future
         except (TimeoutError, asyncio.CancelledError):
             # Nobody waits for this input any more: the batcher skips it instead of computing
             # it late, so an overloaded model sheds work rather than queueing more of it.

@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Iterable
 
 from redis.exceptions import RedisError
+from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
 from cache_service.cache.feedback import FeedbackLearner, ServedHit
@@ -100,14 +101,16 @@ class ProxyHandler:
         if hit.match == "semantic":
             self.auditor.maybe_audit(ctx, entry, similarity)
         outcome = Outcome.EXACT_HIT if hit.match == "exact" else Outcome.SEMANTIC_HIT
-        self.recorder.record(ctx, outcome, entry.saved_usage())
         headers = hit_headers(hit, self.clock.now())
         if ctx.stream:
+            # Recorded before: a stream's background task is skipped if its caller leaves.
+            self.recorder.record(ctx, outcome, entry.saved_usage())
             events = ctx.flavor.replay(entry.response, ctx.request.stream_usage)
             return StreamingResponse(
                 _aiter(events), media_type="text/event-stream", headers=headers
             )
-        return Response(entry.body, media_type=JSON, headers=headers)
+        recorded = self.recorder.after_sent(ctx, outcome, entry.saved_usage())
+        return Response(entry.body, media_type=JSON, headers=headers, background=recorded)
 
     async def _miss(self, ctx: RequestContext, outcome: Outcome) -> Response:
         lease: FlightLease | None = None
@@ -177,8 +180,10 @@ class ProxyHandler:
             if invalid:
                 self.recorder.record(ctx, Outcome.ERROR)
                 raise invalid_answer(state)
-            self.recorder.record(ctx, outcome if resp.status < 400 else Outcome.ERROR)
-            return self._relay(ctx, resp, state, dict(COALESCED))
+            recorded = self.recorder.after_sent(
+                ctx, outcome if resp.status < 400 else Outcome.ERROR
+            )
+            return self._relay(ctx, resp, state, dict(COALESCED), recorded)
         async with call.hold:
             if invalid:
                 # The upstream did answer, so it may have billed: settled at the estimate,
@@ -192,14 +197,14 @@ class ProxyHandler:
                 await call.hold.release()
                 if ctx.directives.write:
                     extra["x-cache-stored"] = "false"  # an error is never cached
-                self.recorder.record(ctx, Outcome.ERROR, usage)
-                return self._relay(ctx, resp, state, extra)
+                recorded = self.recorder.after_sent(ctx, Outcome.ERROR, usage)
+                return self._relay(ctx, resp, state, extra, recorded)
             dollars = await call.hold.settle(usage)
             if ctx.directives.write:
                 stored = await self._store(ctx, call.info.downgraded_from, parsed, usage)
                 extra["x-cache-stored"] = "true" if stored else "false"
-            self.recorder.record(ctx, outcome, usage, dollars=dollars)
-            return self._relay(ctx, resp, state, extra)
+            recorded = self.recorder.after_sent(ctx, outcome, usage, dollars=dollars)
+            return self._relay(ctx, resp, state, extra, recorded)
 
     async def _store(
         self,
@@ -232,10 +237,15 @@ class ProxyHandler:
         return entry is not None
 
     def _relay(
-        self, ctx: RequestContext, resp: UpstreamResponse, state: str, extra: dict[str, str]
+        self,
+        ctx: RequestContext,
+        resp: UpstreamResponse,
+        state: str,
+        extra: dict[str, str],
+        recorded: BackgroundTask,
     ) -> Response:
         headers = {**resp.headers, **extra, **lookup_headers(ctx.found), "x-cache": state}
-        return Response(resp.body, status_code=resp.status, media_type=JSON, headers=headers)
+        return Response(resp.body, resp.status, headers, media_type=JSON, background=recorded)
 
 
 async def _aiter(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:

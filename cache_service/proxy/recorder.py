@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 import time
 
+from starlette.background import BackgroundTask
+
 from cache_service.pricing import NO_USAGE, PriceTable, Usage
 from cache_service.protocols import Clock
 from cache_service.proxy.context import RequestContext
@@ -34,6 +36,31 @@ class Recorder:
         self.prices = prices
         self.clock = clock
         self.log_prompts = log_prompts
+
+    def after_sent(
+        self,
+        ctx: RequestContext,
+        outcome: Outcome,
+        usage: Usage = NO_USAGE,
+        *,
+        dollars: float | None = None,
+    ) -> BackgroundTask:
+        """The same record, made once the answer has been sent: a response's background
+        task, which starlette runs right after the last byte. Stats, metrics, the outcome
+        log and the log line are nothing the caller waits for: ~0.15 ms of a miss here, and
+        a fifth of an exact hit's time in the app. Nothing awaits between that send and the
+        record (the server writes without waiting unless the socket's buffer is full), so
+        the event loop runs no other request in between: a stats read the caller sends
+        next still counts this one. Measured with `wait_for` replaced by timeout scopes on
+        the embedding and upstream waits (`benchmarks/ab.py`, 1k entries, 6 interleaved
+        rounds: `benchmarks/results/ab_record_after.json`): exact hit p50 0.712 → 0.635 ms
+        beside a 0.545 ms floor, a miss's added latency 10.22 → 9.65 ms, both 6 of 6
+        rounds; semantic hit 6.95 → 6.63 ms."""
+
+        async def record() -> None:
+            self.record(ctx, outcome, usage, dollars=dollars)
+
+        return BackgroundTask(record)
 
     def record(
         self,

@@ -648,3 +648,54 @@ async def test_an_answer_confirmed_as_stored_is_served_after_a_crash(
         assert (await h.chat(PARAPHRASE)).headers["x-cache-match"] == "semantic"
         assert await h.upstream_calls() == 0  # this life's upstream was never called
     assert EntryJournal(journal_dir(settings.data_dir)).segments() == []
+
+
+async def test_an_answer_is_recorded_right_after_its_last_byte(h: Harness) -> None:
+    """Stats and the outcome log wait until the answer has gone (nothing the caller waits
+    for), yet nothing runs between the two: the count is there as soon as the call ends."""
+    stats = h.state["stats"]
+
+    def requests() -> int:
+        return int(stats.snapshot()["total"]["requests"])
+
+    async def call(content: str) -> tuple[str, int, int]:
+        body = json.dumps(
+            {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]}
+        ).encode()
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/chat/completions",
+            "raw_path": b"/v1/chat/completions",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"content-type", b"application/json"), (b"host", b"sidecar")],
+            "client": ("127.0.0.1", 1),
+            "server": ("sidecar", 80),
+            "state": {},
+        }
+        received = False
+        seen: dict[str, Any] = {}
+
+        async def receive() -> dict[str, Any]:
+            nonlocal received
+            if received:
+                await asyncio.Event().wait()  # no disconnect while the answer is made
+            received = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                seen["cache"] = dict(message["headers"]).get(b"x-cache", b"").decode()
+            elif not message.get("more_body"):
+                seen["at_last_byte"] = requests()
+
+        await served(h.app, h.state)(scope, receive, send)
+        return seen["cache"], seen["at_last_byte"], requests()
+
+    before = requests()
+    assert await call(Q) == ("MISS", before, before + 1)
+    assert await call(Q) == ("HIT", before + 1, before + 2)
