@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
+from cache_service import verifier_setup
 from cache_service.api import admin, cache_api, dashboard, openapi, ops, proxy, reports
 from cache_service.api.cache_status import CacheStatusMiddleware
 from cache_service.api.middleware import install_error_handlers, install_request_ids
@@ -34,7 +35,6 @@ from cache_service.backends.store import DiskCacheStore
 from cache_service.backends.upstream import HttpUpstream
 from cache_service.cache.batcher import EmbeddingBatcher
 from cache_service.cache.capacity import Capacity
-from cache_service.cache.cross_encoder import CrossEncoderVerifier, choose_floor, choose_threshold
 from cache_service.cache.feedback import FeedbackLearner
 from cache_service.cache.front import CacheFront
 from cache_service.cache.guards import AcceptConfig
@@ -105,9 +105,10 @@ def create_app(
         dim = embedder.dim if embedder is not None else _manifest_dim(settings)
         # The verifier's model loads beside them too: the cache needs only to know whether
         # there will be one (it decides the guards), not the model itself.
-        with_verifier = _with_verifier(settings, pair_scorer)
-        verifying = asyncio.create_task(_verifier(settings, pair_scorer))
-        index = FaissIndex(dim)
+        with_verifier = verifier_setup.wanted(settings, pair_scorer)
+        verifying = asyncio.create_task(verifier_setup.load(settings, pair_scorer))
+        # Recall is measured down to the lowest cosine any search serves from.
+        index = FaissIndex(dim, recall_floor=verifier_setup.search_floor(settings, pair_scorer))
         cache = SemanticCache(
             the_store,
             index,
@@ -421,62 +422,6 @@ def _load_embedder(settings: Settings) -> Embedder:
     from cache_service.backends.embedder import load_embedder
 
     return load_embedder(settings.model_dir, settings.embedder_backend, settings.embed_threads)
-
-
-def verifier_wanted(settings: Settings) -> bool:
-    if settings.verifier == "off":
-        return False
-    return settings.verifier == "on" or (settings.verifier_dir / "manifest.json").is_file()
-
-
-def _with_verifier(settings: Settings, injected: PairScorer | None) -> bool:
-    """Whether this app runs a verifier (known before its model loads: the guards depend
-    on it). An injected model is used unless `verifier` is "off"."""
-    return settings.verifier != "off" and (injected is not None or verifier_wanted(settings))
-
-
-async def _verifier(settings: Settings, injected: PairScorer | None) -> CrossEncoderVerifier | None:
-    """The verifier `_with_verifier` promises, its model loaded; None where it says none."""
-    if not _with_verifier(settings, injected):
-        if settings.verifier != "off":
-            log.info(
-                "no verifier model; verifier off",
-                extra={"verifier_dir": str(settings.verifier_dir)},
-            )
-        return None
-    scorer = injected
-    if scorer is None:
-        from cache_service.preflight import check_verifier
-
-        # Again here (serve already checked): create_app is also built without the CLI.
-        check_verifier(settings)
-        scorer = await asyncio.to_thread(_load_pair_scorer, settings)
-    verifier = CrossEncoderVerifier(
-        scorer,
-        threshold=choose_threshold(
-            scorer.manifest,
-            error_bound=settings.verifier_error_bound,
-            override=settings.verifier_threshold,
-        ),
-        floor=choose_floor(scorer.manifest, settings.verifier_floor),
-        timeout_s=settings.verifier_timeout_ms / 1000,
-    )
-    log.info(
-        "verifier on",
-        extra={
-            "threshold": verifier.threshold,
-            "floor": verifier.floor,
-            "guards": settings.verifier_guards,
-        },
-    )
-    return verifier
-
-
-def _load_pair_scorer(settings: Settings) -> PairScorer:
-    from cache_service.backends.pair_scorer import OnnxPairScorer
-
-    # The embedder's thread count: the same cores, the same reasoning.
-    return OnnxPairScorer(settings.verifier_dir, settings.embed_threads)
 
 
 def _manifest_dim(settings: Settings) -> int:

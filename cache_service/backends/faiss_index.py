@@ -8,10 +8,12 @@ request path, to an IVF index (inner product, nlist ≈ 4·sqrt(n)) trained on t
 own vectors; once it trains on thousands of vectors it keeps them as 8-bit codes, and its
 scores are then within ~0.003 of the float ones (the cache re-scores what it reads). Its
 nprobe is the smallest that reaches `target_recall` recall@1 against the exact result,
-measured on a sample of the scope's own vectors with noise added;
-the measured figure is kept and reported by `stats()`, never assumed. Where that nprobe makes
-a search scan thousands of 8-bit codes (vectors spread evenly over the lists), the scope also
-gets 4-bit fast-scan codes that shortlist candidates for the 8-bit codes to rank
+measured on a sample of the scope's own vectors with noise added, down to `recall_floor`,
+the lowest cosine a search serves from (`ivf_build.noisy`); the figure is kept and reported
+by `stats()`, never assumed, and a scope measured down to a higher floor than the index's (a
+snapshot saved under a stricter configuration) is rebuilt. Where that nprobe makes a search
+scan thousands of 8-bit codes (vectors spread evenly over the lists), the scope also gets
+4-bit fast-scan codes that shortlist candidates for the 8-bit codes to rank
 (`fast_scan`), and the nprobe is chosen again through them.
 
 While a scope is being rebuilt, searches keep using its current index and every add and
@@ -45,7 +47,7 @@ from cache_service.backends.faiss_scope import (
     replay,
     summary_of,
 )
-from cache_service.backends.ivf_build import TARGET_RECALL, Built, Shrunk, build_ivf
+from cache_service.backends.ivf_build import RECALL_FLOOR, TARGET_RECALL, Built, Shrunk, build_ivf
 from cache_service.backends.rwlock import ReadWriteLock
 from cache_service.heap import give_back
 from cache_service.protocols import SearchHit, Vector
@@ -80,6 +82,7 @@ class FaissIndex:
         *,
         ivf_min: int | None = IVF_MIN,
         target_recall: float = TARGET_RECALL,
+        recall_floor: float = RECALL_FLOOR,
         retrain_factor: float = 4.0,
         background: bool = True,
         build_threads: int = 1,
@@ -91,6 +94,7 @@ class FaissIndex:
         self.dim = dim
         self.ivf_min = ivf_min
         self.target_recall = target_recall
+        self.recall_floor = recall_floor
         self.retrain_factor = retrain_factor
         self.build_threads = build_threads
         self._seed = seed
@@ -281,6 +285,7 @@ class FaissIndex:
                 nprobe=s.nprobe,
                 recall=s.recall,
                 trained_at=s.trained_at,
+                floor=s.floor,
             )
 
     def import_ivf(self, scope: str, saved: IvfExport) -> None:
@@ -315,7 +320,7 @@ class FaissIndex:
             s = self._scopes[scope] = Scope(self.dim)
             s.index, s.kind, s.fast = index, "ivf", fast
             s.nlist, s.nprobe, s.recall = saved.nlist, saved.nprobe, saved.recall
-            s.trained_at = saved.trained_at
+            s.trained_at, s.floor = saved.trained_at, saved.floor
             listed = keep.tolist()
             s.by_label.update(zip(listed, saved.ids, strict=True))
             s.by_id.update(zip(saved.ids, listed, strict=True))
@@ -331,8 +336,8 @@ class FaissIndex:
     def summary(self) -> dict[str, Any]:
         """stats() folded for an operator (scope names are tenants' hashes): how many
         scopes of each kind, how many are being built, and the lowest recall@1 measured
-        among the approximate ones (None when every scope is exact)."""
-        return summary_of(self.stats().values())
+        among the approximate ones (None when every scope is exact), down to which cosine."""
+        return {**summary_of(self.stats().values()), "recall_floor": self.recall_floor}
 
     def stats(self) -> dict[str, ScopeStats]:
         """Per scope: kind, size and, for an IVF scope, nlist, nprobe and the recall@1
@@ -403,7 +408,7 @@ class FaissIndex:
             return "ivf"
         if fast_scan.lacking(s):  # restored from a snapshot saved before fast-scan codes
             return "ivf"
-        return None
+        return "ivf" if s.floor > self.recall_floor else None
 
     def _wake(self) -> None:
         if not self._background or self._closed:
@@ -459,6 +464,7 @@ class FaissIndex:
                     s.index, s.kind, s.fast, s.log = new, kind, fast, None
                     self.rebuilds += 1
                     s.nlist, s.nprobe, s.recall, s.trained_at = nlist, nprobe, recall, trained_at
+                    s.floor = self.recall_floor
                     break
                 s.log = []
             replay(new, kind, pending, fast)  # a long log: drained outside the lock first
@@ -497,4 +503,5 @@ class FaissIndex:
             dim=self.dim,
             seed=self._seed,
             target_recall=self.target_recall,
+            floor=self.recall_floor,
         )

@@ -64,6 +64,8 @@ class IvfExport:
     nprobe: int
     recall: float | None
     trained_at: int
+    floor: float
+    """The cosine down to which its recall was measured (`ivf_build.noisy`)."""
 
 
 # While a build runs, every write is logged as (labels, vectors) for an add, (labels, None)
@@ -86,6 +88,7 @@ class Scope:
         "by_id",
         "by_label",
         "fast",
+        "floor",
         "hold_until",
         "index",
         "kind",
@@ -106,6 +109,7 @@ class Scope:
         self.nlist = 0
         self.nprobe = 0
         self.recall: float | None = None
+        self.floor = 1.0  # an IVF's: the cosine down to which its recall was measured
         self.trained_at = 0
         self.log: list[LogEntry] | None = None
         # After a failed build: no retry until the scope reaches this size, rather than on

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 import numpy as np
 
 from cache_service.backends.faiss_scope import IvfExport
+from cache_service.backends.ivf_build import RECALL_FLOOR
 from cache_service.backends.snapshot_files import (
     checked,
     fsync_dir,
@@ -227,6 +228,7 @@ def save_state(
             "nprobe": ivf.nprobe,
             "recall": ivf.recall,
             "trained_at": ivf.trained_at,
+            "floor": ivf.floor,
         }
         for n, ivf in ivfs
     ]
@@ -412,6 +414,8 @@ def _load(
                 nprobe=int(meta["nprobe"]),
                 recall=None if meta["recall"] is None else float(meta["recall"]),
                 trained_at=int(meta["trained_at"]),
+                # Saved before floors were recorded: measured down to cos ~0.7.
+                floor=float(meta.get("floor", RECALL_FLOOR)),
             ),
         )
     bare: dict[int, list[int]] = {}

@@ -131,7 +131,7 @@ def test_the_nprobe_chosen_is_the_smallest_that_reaches_the_target(
     assert measured[st.nprobe - 1] < index.target_recall  # one list fewer falls short
     # The truth it measured against is the exact one: with every list probed, recall is 1.
     ivf, fast = index._scopes["s"].index, index._scopes["s"].fast
-    queries = ivf_build.noisy(vectors[:200], np.random.default_rng(1))
+    queries = ivf_build.noisy(vectors[:200], np.random.default_rng(1), index.recall_floor)
     truth = (queries @ vectors.T).max(axis=1)
 
     def rows(labels: Any) -> Any:  # FaissIndex numbered the vectors 0.. in order
@@ -367,6 +367,7 @@ def test_the_summary_reports_kinds_and_the_lowest_measured_recall() -> None:
         "fast_scan_scopes": 0,
         "building": 0,
         "ivf_min_recall_at_1": None,
+        "recall_floor": ivf_build.RECALL_FLOOR,
     }
     index.maintain()
     summary = index.summary()
@@ -446,7 +447,7 @@ def test_an_8bit_scope_shortlists_with_fast_scan_codes_and_scores_from_its_8bit_
     s = index._scopes["s"]
     assert s.fast is not None and s.fast.ntotal == s.index.ntotal == 5000
     assert index.stats()["s"].fast_scan and index.summary()["fast_scan_scopes"] == 1
-    q = ivf_build.noisy(vectors[:300], np.random.default_rng(5))
+    q = ivf_build.noisy(vectors[:300], np.random.default_rng(5), index.recall_floor)
     exact = q @ vectors.T
     found = 0
     for i, query in enumerate(q):
@@ -480,3 +481,57 @@ def test_an_8bit_scope_restored_without_fast_scan_codes_is_searched_then_rebuilt
     assert restored._scopes["s"].fast is not None
     assert restored.search("s", vectors[7], 1)[0].entry_id == "id7"
     assert restored.maintain() == 0
+
+
+def _random_units(n: int, seed: int) -> Array:
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((n, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors
+
+
+def test_recall_queries_sit_between_the_floor_and_halfway_to_one() -> None:
+    vectors = _random_units(2000, seed=11)
+    for floor in (0.7, 0.92):
+        queries = ivf_build.noisy(vectors, np.random.default_rng(2), floor)
+        cosines = np.sum(queries * vectors, axis=1)
+        assert cosines.min() >= floor - 1e-4 and cosines.max() <= (1 + floor) / 2 + 1e-4
+        assert np.allclose(np.linalg.norm(queries, axis=1), 1.0, atol=1e-5)
+
+
+def test_a_higher_floor_probes_fewer_lists_at_the_same_recall() -> None:
+    """Unclustered vectors, where far queries need many lists: measured only down to the
+    floor a search serves from, the same target needs fewer."""
+    vectors = _random_units(8000, seed=12)
+    chosen = {}
+    for floor in (0.7, 0.92):
+        index = FaissIndex(DIM, ivf_min=1000, background=False, recall_floor=floor)
+        index.add_many("s", names(8000), vectors)
+        index.maintain()
+        st = index.stats()["s"]
+        assert st.recall_at_1 is not None and st.recall_at_1 >= index.target_recall
+        assert index._scopes["s"].floor == floor and index.summary()["recall_floor"] == floor
+        chosen[floor] = st.nprobe
+        # Held-out queries at the floor itself find their source about as often.
+        queries = ivf_build.noisy(vectors[:300], np.random.default_rng(9), floor)
+        found = sum(index.search("s", q, 1)[0].entry_id == f"id{i}" for i, q in enumerate(queries))
+        assert found / 300 >= 0.97
+    assert chosen[0.92] is not None and chosen[0.7] is not None
+    assert chosen[0.92] < chosen[0.7] / 2
+
+
+def test_a_scope_measured_down_to_a_higher_floor_is_rebuilt_for_a_lower_one() -> None:
+    vectors = _random_units(3000, seed=13)
+    strict = FaissIndex(DIM, ivf_min=1000, background=False, recall_floor=0.92)
+    strict.add_many("s", names(3000), vectors)
+    strict.maintain()
+    saved = strict.export_ivf("s")
+    assert saved is not None and saved.floor == 0.92
+    # Into an index that serves from 0.92 or above, it is kept as it is...
+    for floor, rebuilt in ((0.95, 0), (0.92, 0), (0.7, 1)):
+        index = FaissIndex(DIM, ivf_min=1000, background=False, recall_floor=floor)
+        index.import_ivf("s", saved)
+        assert index.stats()["s"].nprobe == saved.nprobe  # served at once, as saved
+        # ...into one that serves from lower, measured again down to its own floor.
+        assert index.maintain() == rebuilt
+        assert index._scopes["s"].floor == (saved.floor if not rebuilt else floor)

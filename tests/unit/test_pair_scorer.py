@@ -123,10 +123,10 @@ def test_long_inputs_are_truncated_not_refused(tiny_verifier_dir: Path) -> None:
 async def test_the_app_builds_the_verifier_from_the_model_directory(
     tiny_verifier_dir: Path, tmp_path: Path
 ) -> None:
-    from cache_service.app import _verifier
     from cache_service.cache.matching import Candidate
     from cache_service.protocols import Entry
     from cache_service.settings import load_settings
+    from cache_service.verifier_setup import load as _verifier
 
     settings = load_settings(
         None,
@@ -147,3 +147,17 @@ async def test_the_app_builds_the_verifier_from_the_model_directory(
         verifier.close()
     off = load_settings(None, data_dir=tmp_path, verifier_dir=tmp_path / "absent")
     assert await _verifier(off, None) is None  # auto, nothing shipped: off
+
+
+def test_searches_serve_from_the_verifiers_floor_or_the_lowest_request_threshold(
+    tiny_verifier_dir: Path, tmp_path: Path
+) -> None:
+    from cache_service.settings import load_settings
+    from cache_service.verifier_setup import search_floor
+
+    off = load_settings(data_dir=tmp_path, verifier="off", min_threshold=0.9)
+    assert search_floor(off, None) == 0.9
+    on = load_settings(data_dir=tmp_path, verifier="on", verifier_dir=tiny_verifier_dir)
+    manifest = json.loads((tiny_verifier_dir / "manifest.json").read_text())
+    assert search_floor(on, None) == manifest["floor"]
+    assert search_floor(on.model_copy(update={"verifier_floor": 0.8}), None) == 0.8
