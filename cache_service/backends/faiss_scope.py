@@ -116,6 +116,19 @@ class Scope:
         # every write.
         self.hold_until = 0
 
+    def stats(self) -> ScopeStats:
+        ivf = self.kind == "ivf"
+        return ScopeStats(
+            kind=self.kind,
+            size=int(self.index.ntotal),
+            nlist=self.nlist if ivf else None,
+            nprobe=self.nprobe if ivf else None,
+            recall_at_1=self.recall if ivf else None,
+            trained_at=self.trained_at if ivf else None,
+            fast_scan=self.fast is not None,
+            building=self.log is not None,
+        )
+
     def apply_add(self, labels: Labels, vecs: Vector) -> None:
         add_labels(self.index, labels, vecs, self.fast)
         if self.log is not None:
