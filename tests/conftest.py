@@ -5,6 +5,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -40,6 +41,25 @@ def settings_factory(tmp_path: Path) -> Callable[..., Settings]:
         return load_settings(None, data_dir=tmp_path / "data", **overrides)
 
     return make
+
+
+def http_scope(method: str, raw_path: str, headers: list[tuple[bytes, bytes]]) -> Scope:
+    """An HTTP request's ASGI scope as a server makes it, for tests that drive an app's
+    `receive` and `send` themselves (what httpx's ASGI transport does not let them see)."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": unquote(raw_path),
+        "raw_path": raw_path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "server": ("s", 80),
+        "client": ("c", 1),
+    }
 
 
 def served(app: ASGIApp, state: Mapping[str, Any]) -> ASGIApp:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Callable
-from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -18,7 +17,7 @@ from cache_service.app import create_app
 from cache_service.backends.upstream import HttpUpstream
 from cache_service.settings import Settings
 from tests.component.test_hostile_input import assert_refused
-from tests.conftest import served
+from tests.conftest import http_scope, served
 from tests.fakes import FakeClock, HashingEmbedder, recording_upstream
 
 
@@ -68,20 +67,7 @@ async def raw_get(app: ASGIApp, raw_path: str) -> httpx.Response:
         if message["type"] == "http.response.body" and not message.get("more_body"):
             done.set()
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": unquote(raw_path),
-        "raw_path": raw_path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"s"), (b"authorization", b"Bearer sk-caller")],
-        "server": ("s", 80),
-        "client": ("c", 1),
-    }
+    scope = http_scope("GET", raw_path, [(b"host", b"s"), (b"authorization", b"Bearer sk-caller")])
     await app(scope, receive, send)
     start, *rest = sent
     body = b"".join(m.get("body", b"") for m in rest)

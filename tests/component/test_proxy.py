@@ -16,7 +16,7 @@ import pytest
 from cache_service.backends.entry_journal import EntryJournal
 from cache_service.cache.write_behind import WriteBehind, journal_dir
 from cache_service.settings import Settings
-from tests.conftest import Harness, harness, journalled, served
+from tests.conftest import Harness, harness, http_scope, journalled, served
 from tests.fakes import FakeClock, HashingEmbedder
 
 Q = "How do I reset my password?"
@@ -662,21 +662,8 @@ async def test_an_answer_is_recorded_right_after_its_last_byte(h: Harness) -> No
         body = json.dumps(
             {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]}
         ).encode()
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": "/v1/chat/completions",
-            "raw_path": b"/v1/chat/completions",
-            "root_path": "",
-            "query_string": b"",
-            "headers": [(b"content-type", b"application/json"), (b"host", b"sidecar")],
-            "client": ("127.0.0.1", 1),
-            "server": ("sidecar", 80),
-            "state": {},
-        }
+        json_type = (b"content-type", b"application/json")
+        scope = http_scope("POST", "/v1/chat/completions", [json_type, (b"host", b"s")])
         received = False
         seen: dict[str, Any] = {}
 
