@@ -356,9 +356,8 @@ class _Loaded(NamedTuple):
 
 
 def _ready(cache: SemanticCache, loaded: _Loaded, started: float) -> Restored:
-    # Before ready, so that what a start leaves resident is what it keeps: the loading's
-    # lists, the store's ids, the snapshot's arrays and blobs (freed by now, if the caller let
-    # go of them) were ~140-270 B an entry of free heap, which glibc would otherwise keep.
+    # Before ready: the loading's lists, the store's ids, the snapshot's arrays and blobs (freed
+    # by now) were ~140-270 B an entry of free heap, which glibc would otherwise keep resident.
     give_back()
     cache.ready = True
     for entry_id in loaded.expired:
@@ -414,8 +413,7 @@ def _load(
                 nprobe=int(meta["nprobe"]),
                 recall=None if meta["recall"] is None else float(meta["recall"]),
                 trained_at=int(meta["trained_at"]),
-                # Saved before floors were recorded: measured down to cos ~0.7.
-                floor=float(meta.get("floor", RECALL_FLOOR)),
+                floor=float(meta.get("floor", RECALL_FLOOR)),  # older: measured to ~0.7
             ),
         )
     bare: dict[int, list[int]] = {}

@@ -180,6 +180,26 @@ def test_an_8bit_scope_is_restored_with_its_fast_scan_codes(
     assert index2.maintain() == 0
 
 
+def test_a_snapshot_saved_before_floors_were_kept_counts_as_measured_down_to_0_7(
+    world: World,
+) -> None:
+    cache, index, snaps = world.open(ivf_min=40)
+    world.fill(cache, 120)
+    cache.ready = True
+    assert index.maintain() == 2
+    assert snaps.save() is not None
+    path = world.snap_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    assert [i["floor"] for i in manifest["ivf"]] == [index.recall_floor] * 2
+    for saved in manifest["ivf"]:
+        del saved["floor"]
+    path.write_text(json.dumps(manifest))
+    _, index2, snaps2 = world.open(ivf_min=40)
+    assert snaps2.restore() is not None
+    assert {s.floor for s in index2._scopes.values()} == {ivf_build.RECALL_FLOOR}
+    assert index2.maintain() == 0  # what an index serving from 0.7 up needs
+
+
 def test_an_ivf_scope_is_restored_whole_without_a_build(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
