@@ -354,7 +354,7 @@ class FaissIndex:
         done = 0
         with self._maintaining:
             # Again while something was built: a building scope is never due, so one that
-            # grew past the retrain factor during its build (promoted at ~20k while a
+            # grew past the retrain factor during its build (promoted at ivf_min while a
             # restart's rebuild still added) kept that training until the next write, or
             # restart. Bounded, should a scope come out of its build still due.
             for _ in range(3):
