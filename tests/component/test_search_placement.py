@@ -35,18 +35,23 @@ class Searches:
         monkeypatch.setattr(cache, "search", watched)
 
 
-async def stored_by_a_miss(h: Harness) -> None:
+async def placed(
+    h: Harness, monkeypatch: pytest.MonkeyPatch, *, inline_s: float, alone_s: float
+) -> Searches:
+    """Searches recorded under these bounds, once a miss has stored Q (its own search, the
+    scope's first, runs in a thread: nothing has measured the scope yet)."""
+    searches = Searches(h, monkeypatch)
+    h.state["front"].placement = SearchPlacement(inline_s=inline_s, alone_s=alone_s)
     assert (await h.chat(Q)).headers["x-cache"] == "MISS"
     await h.state["front"].settle()
+    return searches
 
 
 async def test_a_cheap_scope_is_searched_inline_and_a_slow_one_in_a_thread(
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    searches = Searches(h, monkeypatch)
     # A bound far above this test's own searches, which a loaded CI box may slow down.
-    h.state["front"].placement = SearchPlacement(inline_s=0.005, alone_s=0.005)
-    await stored_by_a_miss(h)
+    searches = await placed(h, monkeypatch, inline_s=0.005, alone_s=0.005)
     for _ in range(3):
         assert (await h.chat(PARAPHRASE)).headers["x-cache-match"] == "semantic"
     # The miss's search measured it in a thread.
@@ -61,10 +66,8 @@ async def test_a_lookup_alone_searches_inline_up_to_a_longer_bound_than_one_amon
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     front = h.state["front"]
-    searches = Searches(h, monkeypatch)
     # No search is cheap enough to run inline beside another lookup; alone, any is.
-    front.placement = SearchPlacement(inline_s=0.0, alone_s=1.0)
-    await stored_by_a_miss(h)
+    searches = await placed(h, monkeypatch, inline_s=0.0, alone_s=1.0)
     assert (await h.chat(PARAPHRASE)).headers["x-cache-match"] == "semantic"
     assert searches.on_loop == [False, True]
 
@@ -92,11 +95,9 @@ async def test_a_store_across_the_network_is_never_searched_inline(
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     front = h.state["front"]
-    searches = Searches(h, monkeypatch)
-    front.placement = SearchPlacement(inline_s=1.0, alone_s=1.0)
     # As for a fleet's Redis store (`app.py`): its candidates are network reads.
     front.reads_inline = False
-    await stored_by_a_miss(h)
+    searches = await placed(h, monkeypatch, inline_s=1.0, alone_s=1.0)
     for _ in range(3):
         assert (await h.chat(PARAPHRASE)).headers["x-cache-match"] == "semantic"
     assert searches.on_loop == [False] * 4
