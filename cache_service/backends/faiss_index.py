@@ -15,6 +15,10 @@ scan thousands of 8-bit codes (vectors spread evenly over the lists), the scope 
 4-bit fast-scan codes that shortlist candidates for the 8-bit codes to rank
 (`fast_scan`), and the nprobe is chosen again through them.
 
+Entry ids and labels map through one `IdTable` for all scopes, each scope a numbered space
+in it (a label is its id's row): numpy arrays, not dicts of Python objects (~60 B an entry
+against ~140).
+
 While a scope is being rebuilt, searches keep using its current index and every add and
 remove is applied to it as usual and also logged; the log is replayed into the new index
 before it is swapped in under the write lock, so nothing written during a build is lost.
@@ -41,7 +45,6 @@ from cache_service.backends.faiss_scope import (
     ScopeStats,
     flat_index,
     index_labels,
-    labels_of,
     remove_labels,
     replay,
     summary_of,
@@ -49,6 +52,7 @@ from cache_service.backends.faiss_scope import (
 from cache_service.backends.ivf_build import RECALL_FLOOR, TARGET_RECALL, Built, Shrunk, build_ivf
 from cache_service.backends.rwlock import ReadWriteLock
 from cache_service.heap import give_back
+from cache_service.id_table import IdTable, distinct
 from cache_service.protocols import SearchHit, Vector
 
 log = logging.getLogger(__name__)
@@ -100,7 +104,8 @@ class FaissIndex:
         self.build_threads = build_threads
         self._seed = seed
         self._scopes: dict[str, Scope] = {}
-        self._next_label = 0
+        self._ids = IdTable()
+        self._numbered = 0  # scopes numbered so far
         # FAISS indexes are safe for concurrent searches, not for a search beside an add.
         self._lock = ReadWriteLock()
         # One build at a time (background thread or a caller's maintain()).
@@ -133,30 +138,33 @@ class FaissIndex:
 
     def add_many(self, scope: str, entry_ids: Sequence[str], vectors: Vector) -> None:
         ids, vecs = self._rows(entry_ids, vectors)
+        if not ids:
+            return
         with self._lock.write():
-            s = self._scopes.get(scope)
+            s = self._scope(scope)
             # Ids already in the scope, or earlier in this batch, are skipped: re-adding
             # (rebuild racing a store) must not duplicate, and the first vector stays.
-            known = set() if s is None else s.by_id.keys()
-            rows: dict[str, int] = {}
-            for row, entry_id in enumerate(ids):
-                if entry_id not in known and entry_id not in rows:
-                    rows[entry_id] = row
-            if not rows:
+            keep = np.flatnonzero(self._ids.rows(ids, s.no) < 0)
+            new = [ids[i] for i in keep.tolist()]
+            if len(set(new)) < len(new):
+                first = dict(zip(reversed(new), reversed(keep.tolist()), strict=True))
+                keep = np.sort(np.fromiter(first.values(), dtype=np.int64, count=len(first)))
+                new = [ids[i] for i in keep.tolist()]
+            if not new:
                 return
-            if s is None:
-                s = self._scopes[scope] = Scope(self.dim)
-            labels = np.arange(self._next_label, self._next_label + len(rows), dtype=np.int64)
-            self._next_label += len(rows)
-            if len(rows) < len(ids):
-                vecs = vecs[list(rows.values())]
-            s.apply_add(labels, vecs)
-            for label, entry_id in zip(labels.tolist(), rows, strict=True):
-                s.by_label[label] = entry_id
-                s.by_id[entry_id] = label
+            labels = self._ids.add(new, s.no)
+            s.apply_add(labels, vecs if len(new) == len(ids) else vecs[keep])
             due = self._due(s) is not None
         if due:
             self._wake()
+
+    def _scope(self, name: str) -> Scope:
+        """The scope, created (and numbered) if new. Under the write lock."""
+        s = self._scopes.get(name)
+        if s is None:
+            self._numbered += 1
+            s = self._scopes[name] = Scope(self.dim, self._numbered)
+        return s
 
     def search(self, scope: str, vector: Vector, k: int) -> list[SearchHit]:
         vec = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, self.dim)
@@ -173,10 +181,12 @@ class FaissIndex:
                     scores, labels = fast_scan.search(s.index, s.fast, vec, k, s.nlist)
             else:
                 scores, labels = s.index.search(vec, k)
+            found = labels[0] >= 0
             return [
-                SearchHit(s.by_label[int(label)], float(score))
-                for score, label in zip(scores[0], labels[0], strict=True)
-                if label >= 0
+                SearchHit(entry_id, score)
+                for entry_id, score in zip(
+                    self._ids.keys(labels[0][found]), scores[0][found].tolist(), strict=True
+                )
             ]
 
     def remove(self, scope: str, entry_ids: Iterable[str]) -> None:
@@ -184,21 +194,23 @@ class FaissIndex:
             s = self._scopes.get(scope)
             if s is None:
                 return
-            labels = [s.by_id.pop(i) for i in entry_ids if i in s.by_id]
-            if labels:
-                s.apply_remove(np.array(labels, dtype=np.int64))
-                for label in labels:
-                    del s.by_label[label]
+            rows = self._ids.rows(list(entry_ids), s.no)
+            labels = distinct(rows[rows >= 0])
+            if not len(labels):
+                return
+            s.apply_remove(labels)
+            self._ids.remove(labels)
             if s.index.ntotal == 0:
                 del self._scopes[scope]  # a build of it, if one runs, is dropped at the swap
                 return
-            due = bool(labels) and self._due(s) is not None
+            due = self._due(s) is not None
         if due:
             self._wake()
 
     def clear(self) -> None:
         with self._lock.write():
             self._scopes.clear()
+            self._ids = IdTable()
 
     def scopes(self) -> int:
         return len(self._scopes)
@@ -229,18 +241,16 @@ class FaissIndex:
                 if s.kind == "ivf":
                     # No flat code array to copy: read the vectors back through the IVF's
                     # direct map (slower, but a promoted scope is rare and this is a save).
-                    labels = labels_of(s)
+                    labels = self._ids.in_space(s.no)
                     vectors = np.ascontiguousarray(
                         s.index.reconstruct_batch(labels), dtype=np.float32
                     )
-                    return [s.by_label[label] for label in labels.tolist()], vectors
+                    return self._ids.keys(labels), vectors
                 if n <= len(spare):
                     flat = faiss.downcast_index(s.index.index)
                     codes = faiss.rev_swig_ptr(flat.codes.data(), n * self.dim * 4)  # type: ignore[attr-defined]
                     spare[:n] = codes.view(np.float32).reshape(n, self.dim)
-                    labels = faiss.vector_to_array(s.index.id_map)
-                    by_label = s.by_label
-                    return [by_label[label] for label in labels.tolist()], spare[:n]
+                    return self._ids.keys(faiss.vector_to_array(s.index.id_map)), spare[:n]
             size = n  # grew past the spare rows meanwhile: allocate again
 
     def import_scope(self, scope: str, entry_ids: Sequence[str], vectors: Vector) -> None:
@@ -251,17 +261,14 @@ class FaissIndex:
         if not ids:
             return
         with self._lock.write():
-            s = self._scopes.get(scope)
-            fresh = len(set(ids)) == len(ids) and (s is None or s.by_id.keys().isdisjoint(ids))
-            if fresh:
-                if s is None:
-                    s = self._scopes[scope] = Scope(self.dim)
-                labels = np.arange(self._next_label, self._next_label + len(ids), dtype=np.int64)
-                self._next_label += len(ids)
+            s = self._scope(scope)
+            try:
+                labels = self._ids.add(ids, s.no)  # ValueError: an id repeats or is there
+            except ValueError:
+                fresh = False
+            else:
+                fresh = True
                 s.apply_add(labels, vecs)  # logged if a build of the scope is running
-                listed = labels.tolist()
-                s.by_label.update(zip(listed, ids, strict=True))
-                s.by_id.update(zip(ids, listed, strict=True))
                 due = self._due(s) is not None
         if not fresh:
             self.add_many(scope, ids, vecs)
@@ -276,12 +283,12 @@ class FaissIndex:
             s = self._scopes.get(scope)
             if s is None or s.kind != "ivf" or s.index.ntotal == 0:
                 return None
-            labels = labels_of(s)
+            labels = self._ids.in_space(s.no)
             return IvfExport(
                 blob=faiss.serialize_index(s.index),
                 fast_blob=None if s.fast is None else faiss.serialize_index(s.fast),
                 labels=labels,
-                ids=[s.by_label[label] for label in labels.tolist()],
+                ids=self._ids.keys(labels),
                 nlist=s.nlist,
                 nprobe=s.nprobe,
                 recall=s.recall,
@@ -293,7 +300,9 @@ class FaissIndex:
         """Install a scope exported by export_ivf, keeping only the labels in
         `saved.labels` (the rest of what the index holds is removed): a restart then
         serves the scope from its trained lists at once. Raises ValueError when the scope
-        exists already or the blob is not an IVF index of this dimension."""
+        exists already, the blob is not an IVF index of this dimension, or a label or id is
+        taken by another scope (labels are one space for all scopes: restore IVF scopes
+        before adding others)."""
         # Already of its own class (and owning its memory: a downcast of the temporary
         # would point into freed memory).
         index = faiss.deserialize_index(saved.blob)
@@ -318,16 +327,15 @@ class FaissIndex:
         with self._lock.write():
             if scope in self._scopes:
                 raise ValueError(f"scope {scope[:12]} is already indexed")
-            s = self._scopes[scope] = Scope(self.dim)
+            s = self._scope(scope)
+            try:
+                self._ids.put(saved.ids, keep, s.no)
+            except ValueError:
+                del self._scopes[scope]
+                raise
             s.index, s.kind, s.fast = index, "ivf", fast
             s.nlist, s.nprobe, s.recall = saved.nlist, saved.nprobe, saved.recall
             s.trained_at, s.floor = saved.trained_at, saved.floor
-            listed = keep.tolist()
-            s.by_label.update(zip(listed, saved.ids, strict=True))
-            s.by_id.update(zip(saved.ids, listed, strict=True))
-            # Labels are per scope, but drawn from one counter: later adds to this scope
-            # must not reuse one of its restored labels.
-            self._next_label = max(self._next_label, max(listed, default=-1) + 1)
             due = self._due(s) is not None
         if due:
             self._wake()
@@ -425,7 +433,7 @@ class FaissIndex:
         with self._lock.read():  # no writer runs: the snapshot and the log start at one instant
             if self._scopes.get(name) is not s:
                 return 0
-            labels = labels_of(s)
+            labels = self._ids.in_space(s.no)
             s.log = []
         fast: Any = None
         recall: float | None = None
@@ -472,14 +480,13 @@ class FaissIndex:
     def _read(self, s: Scope, labels: Labels) -> Iterator[tuple[Labels, Vector]]:
         """The vectors of those of `labels` still in the scope, a chunk at a time, each chunk
         read under the read lock: a build never holds a second copy of a large scope. Labels
-        removed since the snapshot are skipped (their removal is in the log anyway)."""
+        removed since the snapshot are skipped (their removal is in the log anyway); a label
+        freed and taken again meanwhile is read with its new vector, and the log's removal
+        and add of it, replayed in order, leave that vector in the build too."""
         for start in range(0, len(labels), _READ_CHUNK):
             chunk = labels[start : start + _READ_CHUNK]
             with self._lock.read():
-                keep = np.fromiter(
-                    (label in s.by_label for label in chunk.tolist()), dtype=bool, count=len(chunk)
-                )
-                present = chunk[keep]
+                present = chunk[self._ids.column("space")[chunk] == s.no]
                 if not len(present):
                     continue
                 vecs = s.index.reconstruct_batch(present)

@@ -1,6 +1,6 @@
-"""One scope's FAISS index as FaissIndex keeps it: the index (flat or IVF), the maps between
-entry ids and FAISS labels, what an IVF build measured, and the log of writes made while a
-rebuild runs (replayed into the new index before the swap)."""
+"""One scope's FAISS index as FaissIndex keeps it: the index (flat or IVF), its space in
+FaissIndex's id table, what an IVF build measured, and the log of writes made
+while a rebuild runs (replayed into the new index before the swap)."""
 
 from __future__ import annotations
 
@@ -85,8 +85,6 @@ def flat_index(dim: int) -> Any:
 
 class Scope:
     __slots__ = (
-        "by_id",
-        "by_label",
         "fast",
         "floor",
         "hold_until",
@@ -94,18 +92,19 @@ class Scope:
         "kind",
         "log",
         "nlist",
+        "no",
         "nprobe",
         "recall",
         "trained_at",
     )
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, no: int) -> None:
+        self.no = no
+        """The scope's space in FaissIndex's id table: its labels are that space's rows."""
         self.index: Any = flat_index(dim)
         self.kind: Kind = "flat"
         # A large IVF scope's fast-scan first stage (fast_scan), over the same labels.
         self.fast: Any = None
-        self.by_label: dict[int, str] = {}
-        self.by_id: dict[str, int] = {}
         self.nlist = 0
         self.nprobe = 0
         self.recall: float | None = None
@@ -171,12 +170,6 @@ def index_labels(index: Any) -> Labels:
         if lists.list_size(i)
     ]
     return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
-
-
-def labels_of(s: Scope) -> Labels:
-    if s.kind == "flat":
-        return faiss.vector_to_array(s.index.id_map).astype(np.int64)
-    return np.fromiter(s.by_label, dtype=np.int64, count=len(s.by_label))
 
 
 def replay(index: Any, kind: Kind, pending: list[LogEntry], fast: Any = None) -> None:

@@ -376,6 +376,7 @@ def _load(
     gone = 0
     expired: list[str] = []
     keep = [False] * len(ids)
+    unread: set[str] = set()  # ids left for the store to give
     for row, entry_id in enumerate(ids):
         if entry_id not in store_ids:
             gone += 1
@@ -385,8 +386,37 @@ def _load(
             keep[row] = True
 
     expiry: list[float | None] = [None if math.isnan(e) else e for e in expires_all]
-
     loaded = 0
+
+    # IVF scopes first: they keep the labels they were saved with, and labels are one space
+    # for every scope, so the flat scopes' rows must come after.
+    nvec = len(state.vectors)
+    labels: list[int] = state.labels.tolist()
+    for scope_n, path, fast_path, meta in state.ivf:
+        rows = [r for r in range(nvec, len(ids)) if scope_of[r] == scope_n and labels[r] >= 0]
+        kept = [r for r in rows if keep[r]]
+        try:
+            index.import_ivf(
+                state.scopes[scope_n],
+                IvfExport(
+                    blob=np.fromfile(path, dtype=np.uint8),
+                    fast_blob=None if fast_path is None else np.fromfile(fast_path, np.uint8),
+                    labels=np.array([labels[r] for r in kept], dtype=np.int64),
+                    ids=[ids[r] for r in kept],
+                    nlist=int(meta["nlist"]),
+                    nprobe=int(meta["nprobe"]),
+                    recall=None if meta["recall"] is None else float(meta["recall"]),
+                    trained_at=int(meta["trained_at"]),
+                    floor=float(meta.get("floor", RECALL_FLOOR)),  # older: measured to ~0.7
+                ),
+            )
+        except ValueError as exc:
+            # A label in two scopes (older builds allowed it) or a blob that is not what it
+            # says: the scope's entries are read from the store instead, and built again.
+            log.warning("IVF scope of the snapshot not restored", extra={"reason": str(exc)})
+            for r in kept:
+                keep[r] = False
+            unread.update(ids[r] for r in kept)
     for scope_n, start, count in state.blocks:
         scope = state.scopes[scope_n]
         for a, b in _chunks(start, count):
@@ -397,25 +427,6 @@ def _load(
             vectors = np.asarray(block if len(rows) == b - a else block[[r - a for r in rows]])
             cache.track_many(scope, [ids[r] for r in rows], vectors, [expiry[r] for r in rows])
             loaded += len(rows)
-    nvec = len(state.vectors)
-    labels: list[int] = state.labels.tolist()
-    for scope_n, path, fast_path, meta in state.ivf:
-        rows = [r for r in range(nvec, len(ids)) if scope_of[r] == scope_n and labels[r] >= 0]
-        kept = [r for r in rows if keep[r]]
-        index.import_ivf(
-            state.scopes[scope_n],
-            IvfExport(
-                blob=np.fromfile(path, dtype=np.uint8),
-                fast_blob=None if fast_path is None else np.fromfile(fast_path, np.uint8),
-                labels=np.array([labels[r] for r in kept], dtype=np.int64),
-                ids=[ids[r] for r in kept],
-                nlist=int(meta["nlist"]),
-                nprobe=int(meta["nprobe"]),
-                recall=None if meta["recall"] is None else float(meta["recall"]),
-                trained_at=int(meta["trained_at"]),
-                floor=float(meta.get("floor", RECALL_FLOOR)),  # older: measured to ~0.7
-            ),
-        )
     bare: dict[int, list[int]] = {}
     for row in range(nvec, len(ids)):
         if keep[row]:
@@ -425,7 +436,7 @@ def _load(
             state.scopes[scope_n], [ids[r] for r in rows], None, [expiry[r] for r in rows]
         )
         loaded += len(rows)
-    known = set(ids)
+    known = set(ids) - unread
     missing = [entry_id for entry_id in store_ids if entry_id not in known]
     entries = (cache.store.get(entry_id) for entry_id in missing)
     read, expired_read = cache.load_entries(e for e in entries if e is not None)

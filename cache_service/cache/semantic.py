@@ -21,6 +21,7 @@ from cache_service.cache.capacity import Capacity
 from cache_service.cache.guards import AcceptConfig, accept
 from cache_service.cache.hot_entries import HOT_ENTRIES, HotEntries
 from cache_service.cache.matching import Candidate
+from cache_service.cache.tracking import Tracked
 from cache_service.protocols import Clock, Entry, EntryStore, Vector, VectorIndex, answer_json
 
 REBUILD_CHUNK = 4096
@@ -106,10 +107,7 @@ class SemanticCache:
         self.capacity: Capacity | None = None
         """The store's fill against its size limit, as the sweep last read it (None: the
         store's limit is not this process's to watch)."""
-        # scope -> entry id -> expires: what the sweep needs without reading every entry.
-        # Grouped by scope rather than keyed id -> (scope, expires): the tuple and its float
-        # were ~56 B of every entry at a million (110 B a dict slot against 55).
-        self._tracked: dict[str, dict[str, float | None]] = {}
+        self._tracked = Tracked()  # every entry, by scope, with its expiry
         self._lock = threading.Lock()
         self._hot = HotEntries(HOT_ENTRIES if keep_hot else 0)
         self.changes = 0
@@ -241,7 +239,7 @@ class SemanticCache:
         if entry.embedding is not None:
             self.index.add(entry.scope, entry.id, entry.embedding)
         with self._lock:
-            self._tracked.setdefault(entry.scope, {})[entry.id] = entry.expires
+            self._tracked.add(entry.scope, [entry.id], [entry.expires])
             self.changes += 1
 
     def _forget(self, entry_id: str, scope: str) -> None:
@@ -251,12 +249,7 @@ class SemanticCache:
         self._hot.forget(entry_ids)
         self.index.remove(scope, entry_ids)
         with self._lock:
-            tracked = self._tracked.get(scope)
-            if tracked is not None:
-                for entry_id in entry_ids:
-                    tracked.pop(entry_id, None)
-                if not tracked:
-                    del self._tracked[scope]
+            self._tracked.remove(scope, entry_ids)
             self.changes += 1
 
     def delete(self, entry_id: str) -> Entry | None:
@@ -353,22 +346,18 @@ class SemanticCache:
             else:
                 self.index.add_many(scope, entry_ids, vectors)
         with self._lock:
-            self._tracked.setdefault(scope, {}).update(zip(entry_ids, expires, strict=True))
+            self._tracked.add(scope, entry_ids, expires)
             self.changes += 1
 
     def tracked(self) -> dict[str, tuple[str, float | None]]:
         """A copy of entry id -> (scope, expires) for every tracked entry."""
         with self._lock:
-            return {
-                entry_id: (scope, expires)
-                for scope, tracked in self._tracked.items()
-                for entry_id, expires in tracked.items()
-            }
+            return self._tracked.copy()
 
     def tracked_by_scope(self) -> dict[str, dict[str, float | None]]:
         """A copy of scope -> entry id -> expires for every tracked entry."""
         with self._lock:
-            return {scope: dict(tracked) for scope, tracked in self._tracked.items()}
+            return self._tracked.by_scope()
 
     def apply_remote(
         self,
@@ -390,7 +379,7 @@ class SemanticCache:
                 continue
             if vector is None:
                 with self._lock:
-                    self._tracked.setdefault(scope, {})[entry_id] = expires
+                    self._tracked.add(scope, [entry_id], [expires])
                     self.changes += 1
             else:
                 pending.setdefault(scope, []).append((entry_id, vector, expires))
@@ -402,9 +391,7 @@ class SemanticCache:
             ids = [entry_id for entry_id, _, _ in rows]
             self.index.add_many(scope, ids, np.stack([vector for _, vector, _ in rows]))
             with self._lock:
-                tracked = self._tracked.setdefault(scope, {})
-                for entry_id, _, expires in rows:
-                    tracked[entry_id] = expires
+                self._tracked.add(scope, ids, [expires for _, _, expires in rows])
                 self.changes += 1
         pending.clear()
 
@@ -413,28 +400,24 @@ class SemanticCache:
         (evicted by diskcache's size limit)."""
         now = self.clock.now()
         with self._lock:
-            tracked = [
-                (entry_id, scope, expires)
-                for scope, entries in self._tracked.items()
-                for entry_id, expires in entries.items()
-            ]
-        live: list[tuple[str, str]] = []
+            dead = self._tracked.expired(now)
+            live_count = len(self._tracked) - len(dead)
         # Vectors leave the index in one call per scope: a removal from a flat FAISS index
         # is a pass over the whole scope (~0.3 s at a million vectors), so one call per id
         # would make a sweep after mass expiry or eviction take hours.
         doomed: dict[str, list[str]] = {}
-        for entry_id, scope, expires in tracked:
-            if expires is not None and now >= expires:
-                self.store.delete(entry_id)
-                doomed.setdefault(scope, []).append(entry_id)
-            else:
-                live.append((entry_id, scope))
-        expired = len(tracked) - len(live)
+        for entry_id, scope in dead:
+            self.store.delete(entry_id)
+            doomed.setdefault(scope, []).append(entry_id)
+        expired = len(dead)
         evicted = 0
         # Only pay for a full membership check when the store holds fewer entries than we
         # track, i.e. diskcache evicted some under its size limit (or a shared store
         # expired or evicted some on its own clock).
-        if len(self.store) < len(live):
+        if len(self.store) < live_count:
+            gone_already = set(dead)
+            with self._lock:
+                live = [pair for pair in self._tracked.pairs() if pair not in gone_already]
             if isinstance(self.store, BatchMembership):
                 gone = self.store.missing([entry_id for entry_id, _ in live])
             else:

@@ -63,13 +63,19 @@ class World:
         return cache, index, IndexSnapshots(self.snap_dir, cache, index, store, dim=DIM)
 
     def fill(
-        self, cache: SemanticCache, n: int, *, ttl_s: float = 3600, embed: bool = True
+        self,
+        cache: SemanticCache,
+        n: int,
+        *,
+        ttl_s: float = 3600,
+        embed: bool = True,
+        scopes: tuple[str, ...] = SCOPES,
     ) -> list[Entry]:
         out = []
         for _ in range(n):
             self.n += 1
             entry = cache.new_entry(
-                scope=SCOPES[self.n % 2],
+                scope=scopes[self.n % len(scopes)],
                 exact_key=f"k{self.n}",
                 namespace="ns",
                 model="m",
@@ -244,6 +250,56 @@ def test_an_ivf_scope_is_restored_whole_without_a_build(
     assert answers(again, more + survivors[:10]) == [
         (e.id, pytest.approx(1.0)) for e in more + survivors[:10]
     ]
+
+
+def test_ivf_and_flat_scopes_restore_side_by_side_the_ivf_without_a_build(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Labels are one space for every scope: the flat scope's rows, taken after the IVF
+    # scopes' in the saving process, must not take the labels the IVF lists were saved with.
+    cache, index, snaps = world.open(ivf_min=40)
+    promoted = world.fill(cache, 120)
+    assert index.maintain() == 2
+    flat = world.fill(cache, 10, scopes=("scope-c",))
+    cache.ready = True
+    assert snaps.save() is not None
+
+    def no_build(*_: Any, **__: Any) -> Any:
+        raise AssertionError("an IVF scope was trained again at restore")
+
+    monkeypatch.setattr(faiss_index, "build_ivf", no_build)
+    again, index2, snaps2 = world.open(ivf_min=40)
+    restored = snaps2.restore()
+    assert restored is not None
+    assert (restored.from_snapshot, restored.read_from_store, restored.gone) == (130, 0, 0)
+    kinds = {scope: st.kind for scope, st in index2.stats().items()}
+    assert kinds == {"scope-a": "ivf", "scope-b": "ivf", "scope-c": "flat"}
+    assert again.tracked() == cache.tracked()
+    assert answers(again, promoted + flat) == answers(cache, promoted + flat)
+
+
+def test_an_ivf_scope_the_index_refuses_is_read_from_the_store(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache, index, snaps = world.open(ivf_min=40)
+    entries = world.fill(cache, 120)
+    assert index.maintain() == 2
+    cache.ready = True
+    assert snaps.save() is not None
+    again, index2, snaps2 = world.open(ivf_min=40)
+    keep = index2.import_ivf
+
+    def refuse_b(scope: str, saved: Any) -> None:
+        if scope == "scope-b":  # as for a label two scopes of an older build shared
+            raise ValueError("rows already used or repeated")
+        keep(scope, saved)
+
+    monkeypatch.setattr(index2, "import_ivf", refuse_b)
+    restored = snaps2.restore()
+    assert restored is not None
+    assert (restored.from_snapshot, restored.read_from_store) == (60, 60)
+    assert again.tracked() == cache.tracked()
+    assert answers(again, entries) == answers(cache, entries)
 
 
 def test_entries_added_and_deleted_after_the_snapshot_are_reconciled(world: World) -> None:
