@@ -38,7 +38,8 @@ from typing import Any
 import numpy as np
 
 from cache_service.backends.faiss_index import FaissIndex
-from cache_service.backends.index_snapshot import IndexSnapshots, load_state, restore_state
+from cache_service.backends.index_snapshot import load_state
+from cache_service.backends.snapshots import IndexSnapshots, restore_state
 from cache_service.backends.store import DiskCacheStore
 from cache_service.cache.guards import AcceptConfig
 from cache_service.cache.semantic import SemanticCache

@@ -28,9 +28,9 @@ from cache_service.api.trim import TrimAfterLargeBodies
 from cache_service.backends.aiohttp_upstream import AiohttpUpstream
 from cache_service.backends.entry_journal import EntryJournal
 from cache_service.backends.faiss_index import FaissIndex
-from cache_service.backends.index_snapshot import SNAPSHOT_INTERVAL_S, IndexSnapshots
 from cache_service.backends.journal import SpendJournal
 from cache_service.backends.jsonfile import JsonFile
+from cache_service.backends.snapshots import SNAPSHOT_INTERVAL_S, IndexSnapshots
 from cache_service.backends.store import DiskCacheStore
 from cache_service.backends.upstream import HttpUpstream
 from cache_service.cache.batcher import EmbeddingBatcher

@@ -16,8 +16,8 @@ scan thousands of 8-bit codes (vectors spread evenly over the lists), the scope 
 (`fast_scan`), and the nprobe is chosen again through them.
 
 Entry ids and labels map through one `IdTable` for all scopes, each scope a numbered space
-in it (a label is its id's row): numpy arrays, not dicts of Python objects (~60 B an entry
-against ~140).
+in it (a label is its id's row): ~64 B an entry at a million in numpy arrays, where two dicts
+per scope held ~215 (the id string, its int label, two slots).
 
 While a scope is being rebuilt, searches keep using its current index and every add and
 remove is applied to it as usual and also logged; the log is replayed into the new index
@@ -61,9 +61,7 @@ IVF_MIN = 8_192
 """Vectors at which a scope is promoted to IVF: where a flat probe costs ten IVF ones. In the
 sidecar a probe finds the vectors out of cache (the model's pass has just run): a flat scan
 of 10k random 384-d vectors took 0.67 ms so, an IVF probe 0.06 ms at recall@1 0.995 down to
-cos 0.92 (nprobe 2 of 400); 5k: 0.05 ms, nprobe 1. It was 20k (flat under ~2 ms) while
-recall was measured down to cos 0.71 whatever the configuration, where small IVFs probed
-many lists."""
+cos 0.92 (nprobe 2 of 400); 5k: 0.05 ms, nprobe 1."""
 
 _READ_CHUNK = 16_384
 """Vectors a build reads from the live index per read-lock hold."""
@@ -147,9 +145,8 @@ class FaissIndex:
             keep = np.flatnonzero(self._ids.rows(ids, s.no) < 0)
             new = [ids[i] for i in keep.tolist()]
             if len(set(new)) < len(new):
-                first = dict(zip(reversed(new), reversed(keep.tolist()), strict=True))
-                keep = np.sort(np.fromiter(first.values(), dtype=np.int64, count=len(first)))
-                new = [ids[i] for i in keep.tolist()]
+                at = sorted(dict(zip(reversed(new), reversed(keep.tolist()), strict=True)).values())
+                keep, new = np.array(at, dtype=np.int64), [ids[i] for i in at]
             if not new:
                 return
             labels = self._ids.add(new, s.no)

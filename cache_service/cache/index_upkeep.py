@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from cache_service.backends.index_snapshot import IndexSnapshots
+from cache_service.backends.snapshots import IndexSnapshots
 from cache_service.cache.semantic import SemanticCache
 from cache_service.heap import give_back
 

@@ -16,15 +16,10 @@ import pytest
 
 from cache_service import app as app_module
 from cache_service.app import create_app
-from cache_service.backends import faiss_index, fast_scan, index_snapshot, ivf_build
+from cache_service.backends import faiss_index, fast_scan, ivf_build, snapshots
 from cache_service.backends.faiss_index import FaissIndex
-from cache_service.backends.index_snapshot import (
-    MANIFEST,
-    IndexSnapshots,
-    Saved,
-    SnapshotError,
-    load_state,
-)
+from cache_service.backends.index_snapshot import MANIFEST, Saved, SnapshotError, load_state
+from cache_service.backends.snapshots import IndexSnapshots
 from cache_service.backends.store import DiskCacheStore
 from cache_service.backends.upstream import HttpUpstream
 from cache_service.cache.guards import AcceptConfig
@@ -153,9 +148,7 @@ def test_a_restore_gives_the_heap_back_before_the_cache_is_ready(
     assert snaps.save() is not None
     again, _, snaps2 = world.open()
     ready_at_trim: list[bool] = []
-    monkeypatch.setattr(
-        index_snapshot, "give_back", lambda: ready_at_trim.append(again.ready) or True
-    )
+    monkeypatch.setattr(snapshots, "give_back", lambda: ready_at_trim.append(again.ready) or True)
     assert snaps2.restore() is not None
     assert ready_at_trim == [False] and again.ready
 
