@@ -11,6 +11,7 @@ Not thread-safe: SemanticCache holds its lock around it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -25,7 +26,7 @@ def _expiries(values: Iterable[Expiry]) -> np.ndarray:
 
 
 def _expiry(value: float) -> Expiry:
-    return None if np.isnan(value) else value
+    return None if math.isnan(value) else value  # np.isnan of a float: ~20 times slower
 
 
 class Tracked:
