@@ -22,6 +22,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from cache_service.id_table import distinct
+
 _MERGE_AT = 65_536
 """Recent keys that are merged into the sorted array: a set of them is ~4 MB, and a merge
 (one sorted union, ~10 ms at a million) runs once per that many stores."""
@@ -61,7 +63,7 @@ class KeyFilter:
         recent = np.fromiter(self._recent, dtype=np.uint64, count=len(self._recent))
         # Readers look in the recent set, then in the array: the new array is in place
         # before the set empties, so every key is in one of the two they read.
-        self._sorted = np.unique(np.concatenate((self._sorted, listed, recent)))
+        self._sorted = distinct(np.concatenate((self._sorted, listed, recent)))
         self._recent = set()
 
     def may_hold(self, key: str) -> bool:

@@ -16,6 +16,7 @@ from diskcache.core import MODE_RAW
 
 from cache_service.backends.key_filter import KeyFilter
 from cache_service.backends.records import from_record, to_record
+from cache_service.heap import give_back
 from cache_service.protocols import Entry
 
 _ENTRY = "e:"
@@ -121,6 +122,9 @@ class DiskCacheStore:
             "SELECT key FROM Cache WHERE key >= ? AND key < ? AND raw = 1", _EXACT_RANGE
         )
         self.keys.load(key[len(_EXACT) :] for (key,) in rows)
+        # The listing's million key strings left ~100 MB of free heap at a million entries
+        # (anonymous RSS 936 -> 1,036 MiB right after), which glibc would otherwise keep.
+        give_back()
         return len(self.keys)
 
     def _entry_keys(self) -> list[str]:
