@@ -89,8 +89,7 @@ class IdTable:
         self._used = np.zeros(0, dtype=bool)
         self._high = 0  # rows at or past this have never been used
         self._live = 0
-        # Freed rows, to hand out again. May hold rows used again since (put() takes rows
-        # without searching this), so every row taken from it is checked against _used.
+        # Freed rows, to hand out again.
         self._free = np.zeros(0, dtype=np.int64)
         self._nfree = 0
         # Open addressing: a slot holds a row, _EMPTY or _TOMB; rows < 2**31.
@@ -174,30 +173,6 @@ class IdTable:
         self._file(h, encoded, rows, space)
         return rows
 
-    def put(self, keys: Sequence[str], rows: Rows | Sequence[int], space: int) -> None:
-        """File keys new to `space` and unique under the given rows, which must be free: a
-        restore that keeps labels an index was saved with. ValueError otherwise."""
-        at = np.asarray(rows, dtype=np.int64)
-        if len(at) != len(keys):
-            raise ValueError(f"{len(keys)} keys, {len(at)} rows")
-        if not len(at):
-            return
-        if at.min() < 0 or at.max() >= 2**31 - 1:
-            raise ValueError("rows out of range")
-        h, encoded = self._new(keys, space)
-        top = int(at.max()) + 1
-        self._grow(top)
-        if len(distinct(at)) != len(at) or self._used[at].any():
-            raise ValueError("rows already used or repeated")
-        if top > self._high:
-            # Rows skipped over become free.
-            gap = np.ones(top - self._high, dtype=bool)
-            gap[at[at >= self._high] - self._high] = False
-            self._push_free(np.flatnonzero(gap) + self._high)
-            self._high = top
-        self._used[at] = True
-        self._file(h, encoded, at, space)
-
     def remove(self, rows: Rows | Sequence[int]) -> None:
         """Free rows in use (each once); their slots become tombstones."""
         at = distinct(np.asarray(rows, dtype=np.int64))
@@ -231,24 +206,17 @@ class IdTable:
     # ------------------------------------------------------------------------ internals
 
     def _take(self, n: int) -> Rows:
-        """n free rows, marked used: freed ones first, then fresh ones."""
-        got: list[Rows] = []
-        need = n
-        while need and self._nfree:
-            take = min(need, self._nfree)
-            cand = self._free[self._nfree - take : self._nfree]
-            self._nfree -= take
-            cand = distinct(cand[~self._used[cand]])  # rows put() took, or listed twice
-            self._used[cand] = True
-            got.append(cand)
-            need -= len(cand)
-        if need:
-            fresh = np.arange(self._high, self._high + need, dtype=np.int64)
-            self._grow(self._high + need)
-            self._high += need
-            self._used[fresh] = True
-            got.append(fresh)
-        return np.concatenate(got) if len(got) != 1 else got[0]
+        """n free rows, marked used: freed ones first (the stack's top), then fresh ones."""
+        reuse = min(n, self._nfree)
+        rows = self._free[self._nfree - reuse : self._nfree][::-1].copy()
+        self._nfree -= reuse
+        if reuse < n:
+            fresh = np.arange(self._high, self._high + n - reuse, dtype=np.int64)
+            self._grow(self._high + len(fresh))
+            self._high += len(fresh)
+            rows = np.concatenate((rows, fresh))
+        self._used[rows] = True
+        return rows
 
     def _new(
         self, keys: Sequence[str], space: int

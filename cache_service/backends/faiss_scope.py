@@ -15,6 +15,7 @@ import numpy.typing as npt
 from cache_service.protocols import Vector
 
 Labels = npt.NDArray[np.int64]
+_NO_MAP = 0  # faiss.DirectMap.NoMap (its stubs lack DirectMap)
 Kind = Literal["flat", "ivf"]
 
 
@@ -170,6 +171,33 @@ def index_labels(index: Any) -> Labels:
         if lists.list_size(i)
     ]
     return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
+
+
+def relabel(index: Any, old: Labels, new: Labels) -> None:
+    """Rewrite an IVF index's labels in place, old[i] -> new[i] (every label it holds must
+    be in `old`), and rebuild its direct map from them."""
+    if np.array_equal(old, new):
+        return
+    order = np.argsort(old)
+    lists = index.invlists
+    # Each list's own id array (array and block lists hand out theirs, not a copy), mapped
+    # in one pass: per list, searchsorted's calls cost more than the work at a million.
+    views = [
+        faiss.rev_swig_ptr(lists.get_ids(i), n)
+        for i in range(index.nlist)
+        if (n := lists.list_size(i))
+    ]
+    if views:
+        held = np.concatenate(views)
+        mapped = new[order][np.searchsorted(old[order], held)]
+        start = 0
+        for view in views:
+            view[:] = mapped[start : start + len(view)]
+            start += len(view)
+    kind = index.direct_map.type
+    if kind != _NO_MAP:
+        index.set_direct_map_type(_NO_MAP)  # setting the type it has is a no-op
+        index.set_direct_map_type(kind)
 
 
 def replay(index: Any, kind: Kind, pending: list[LogEntry], fast: Any = None) -> None:

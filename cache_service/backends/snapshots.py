@@ -3,9 +3,9 @@
 Restoring loads a snapshot (`index_snapshot.load_state`) in bulk, then reconciles it with
 the store's list of entry ids (one query, no entry read): ids the store no longer holds and
 expired ones are left out, and only the entries the snapshot lacks are read and indexed.
-IVF scopes go in first, keeping the labels their saved lists carry (labels are one space
-for every scope in FaissIndex). A snapshot that cannot be used is logged and ignored, and
-the caller rebuilds the index from the store.
+An IVF scope goes in whole, its lists relabelled to the index's rows; one the index refuses
+is read from the store instead. A snapshot that cannot be used is logged and ignored, and the
+caller rebuilds the index from the store.
 """
 
 from __future__ import annotations
@@ -112,8 +112,16 @@ def _load(
     expiry: list[float | None] = [None if math.isnan(e) else e for e in expires_all]
     loaded = 0
 
-    # IVF scopes first: they keep the labels they were saved with, and labels are one space
-    # for every scope, so the flat scopes' rows must come after.
+    for scope_n, start, count in state.blocks:
+        scope = state.scopes[scope_n]
+        for a, b in _chunks(start, count):
+            rows = [r for r in range(a, b) if keep[r]]
+            if not rows:
+                continue
+            block = state.vectors[a:b]
+            vectors = np.asarray(block if len(rows) == b - a else block[[r - a for r in rows]])
+            cache.track_many(scope, [ids[r] for r in rows], vectors, [expiry[r] for r in rows])
+            loaded += len(rows)
     nvec = len(state.vectors)
     labels: list[int] = state.labels.tolist()
     for scope_n, path, fast_path, meta in state.ivf:
@@ -135,22 +143,12 @@ def _load(
                 ),
             )
         except ValueError as exc:
-            # A label in two scopes (older builds allowed it) or a blob that is not what it
-            # says: the scope's entries are read from the store instead, and built again.
+            # A blob that is not what it says: the scope's entries are read from the store
+            # instead, and built again.
             log.warning("IVF scope of the snapshot not restored", extra={"reason": str(exc)})
             for r in kept:
                 keep[r] = False
             unread.update(ids[r] for r in kept)
-    for scope_n, start, count in state.blocks:
-        scope = state.scopes[scope_n]
-        for a, b in _chunks(start, count):
-            rows = [r for r in range(a, b) if keep[r]]
-            if not rows:
-                continue
-            block = state.vectors[a:b]
-            vectors = np.asarray(block if len(rows) == b - a else block[[r - a for r in rows]])
-            cache.track_many(scope, [ids[r] for r in rows], vectors, [expiry[r] for r in rows])
-            loaded += len(rows)
     bare: dict[int, list[int]] = {}
     for row in range(nvec, len(ids)):
         if keep[row]:

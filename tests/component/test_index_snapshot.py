@@ -248,8 +248,8 @@ def test_an_ivf_scope_is_restored_whole_without_a_build(
 def test_ivf_and_flat_scopes_restore_side_by_side_the_ivf_without_a_build(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Labels are one space for every scope: the flat scope's rows, taken after the IVF
-    # scopes' in the saving process, must not take the labels the IVF lists were saved with.
+    # Labels are rows of one table for every scope: the flat scope, restored first, takes
+    # rows with the numbers the IVF lists were saved with, so those are relabelled.
     cache, index, snaps = world.open(ivf_min=40)
     promoted = world.fill(cache, 120)
     assert index.maintain() == 2
@@ -283,7 +283,7 @@ def test_an_ivf_scope_the_index_refuses_is_read_from_the_store(
     keep = index2.import_ivf
 
     def refuse_b(scope: str, saved: Any) -> None:
-        if scope == "scope-b":  # as for a label two scopes of an older build shared
+        if scope == "scope-b":  # as for a blob that is not what it says
             raise ValueError("rows already used or repeated")
         keep(scope, saved)
 

@@ -418,6 +418,27 @@ def test_an_ivf_scope_exports_whole_and_imports_without_a_build(
         restored.import_ivf("s", saved)
 
 
+def test_an_imported_ivf_scope_is_relabelled_to_rows_beside_other_scopes() -> None:
+    # Labels are rows of one id table for every scope: the saved lists' labels (0..4999)
+    # are the very rows another scope holds here, so the import relabels its lists.
+    index, vectors = index_of(5000)
+    assert index.maintain() == 1
+    saved = index.export_ivf("s")
+    assert saved is not None
+    restored = FaissIndex(DIM, ivf_min=None, background=False)
+    other = clustered(5000, seed=5)
+    restored.add_many("t", [f"t{i}" for i in range(5000)], other)
+    restored.import_ivf("s", saved)
+    assert len(restored) == 10_000
+    for row in (0, 7, 4999):
+        assert restored.search("s", vectors[row], 1)[0].entry_id == f"id{row}"
+        assert restored.search("t", other[row], 1)[0].entry_id == f"t{row}"
+    restored.remove("s", ["id7"])  # through the rebuilt direct map, by its new label
+    assert all(h.entry_id != "id7" for h in restored.search("s", vectors[7], 10))
+    assert restored.search("t", other[7], 1)[0].entry_id == "t7"
+    assert len(restored) == 9_999
+
+
 def ivf_build_export(saved: Any, rows: list[int]) -> Any:
     """`saved` keeping only the labels at `rows`."""
     return dataclasses.replace(saved, labels=saved.labels[rows], ids=[saved.ids[r] for r in rows])

@@ -83,19 +83,6 @@ def test_many_uuid_ids_round_trip_through_bulk_calls() -> None:
     assert table.keys(rows[1::2][:5]) == ids[1::2][:5]
 
 
-def test_put_keeps_the_rows_it_is_given_and_frees_the_gaps() -> None:
-    table = IdTable()
-    table.put(["a", "b"], [3, 9], 0)
-    assert table.row("a", 0) == 3 and table.row("b", 0) == 9 and len(table) == 2
-    assert table.add(["c", "d"], 0).tolist() == [0, 1]
-    with pytest.raises(ValueError):
-        table.put(["e"], [9], 0)  # row taken
-    with pytest.raises(ValueError):
-        table.put(["a"], [4], 0)  # key taken
-    table.put(["a"], [4], 1)  # in another space it is not
-    assert table.add([f"n{i}" for i in range(6)], 0).tolist() == [2, 5, 6, 7, 8, 10]
-
-
 def test_repeated_or_known_keys_are_refused_without_taking_rows() -> None:
     table = IdTable()
     table.add(["a"], 0)
