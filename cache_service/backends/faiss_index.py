@@ -17,7 +17,7 @@ scan thousands of 8-bit codes (vectors spread evenly over the lists), the scope 
 
 Entry ids and labels map through one `IdTable` for all scopes, each scope a numbered space
 in it (a label is its id's row): ~64 B an entry at a million in numpy arrays, where two dicts
-per scope held ~215 (the id string, its int label, two slots).
+per scope held ~230 (the id string, its int label, two slots).
 
 While a scope is being rebuilt, searches keep using its current index and every add and
 remove is applied to it as usual and also logged; the log is replayed into the new index
