@@ -95,6 +95,15 @@ def world(tmp_path: Path, clock: FakeClock) -> Iterator[World]:
     w.close()
 
 
+def forbid_builds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From here on, training an IVF fails the test: a restore must install them whole."""
+
+    def no_build(*_: Any, **__: Any) -> Any:
+        raise AssertionError("an IVF scope was trained again at restore")
+
+    monkeypatch.setattr(faiss_index, "build_ivf", no_build)
+
+
 def answers(cache: SemanticCache, entries: list[Entry]) -> list[tuple[str | None, float | None]]:
     """What a search with each entry's own vector (in its own scope) serves."""
     out = []
@@ -167,10 +176,7 @@ def test_an_8bit_scope_is_restored_with_its_fast_scan_codes(
     manifest = json.loads((world.snap_dir / "manifest.json").read_text())
     assert all(i["fast"] is not None for i in manifest["ivf"])
 
-    def no_build(*_: Any, **__: Any) -> Any:
-        raise AssertionError("an IVF scope was trained again at restore")
-
-    monkeypatch.setattr(faiss_index, "build_ivf", no_build)
+    forbid_builds(monkeypatch)
     again, index2, snaps2 = world.open(ivf_min=40)
     assert snaps2.restore() is not None
     for name, s in index2._scopes.items():
@@ -219,10 +225,7 @@ def test_an_ivf_scope_is_restored_whole_without_a_build(
         cache.delete(e.id)
     survivors = entries[6:] + added
 
-    def no_build(*_: Any, **__: Any) -> Any:
-        raise AssertionError("an IVF scope was trained again at restore")
-
-    monkeypatch.setattr(faiss_index, "build_ivf", no_build)
+    forbid_builds(monkeypatch)
     again, index2, snaps2 = world.open(ivf_min=40)
     restored = snaps2.restore()
     assert restored is not None
@@ -257,10 +260,7 @@ def test_ivf_and_flat_scopes_restore_side_by_side_the_ivf_without_a_build(
     cache.ready = True
     assert snaps.save() is not None
 
-    def no_build(*_: Any, **__: Any) -> Any:
-        raise AssertionError("an IVF scope was trained again at restore")
-
-    monkeypatch.setattr(faiss_index, "build_ivf", no_build)
+    forbid_builds(monkeypatch)
     again, index2, snaps2 = world.open(ivf_min=40)
     restored = snaps2.restore()
     assert restored is not None
