@@ -92,6 +92,7 @@ def test_repeated_or_known_keys_are_refused_without_taking_rows() -> None:
     with pytest.raises(ValueError):
         table.add(["c"], -1)
     assert len(table) == 1 and table.add(["b"], 0).tolist() == [1]
+    assert table.rows(["", "a\x00", "a"], 0).tolist() == [-1, -1, 0]  # looked up, not refused
 
 
 def test_columns_follow_rows_and_reset_when_freed() -> None:
