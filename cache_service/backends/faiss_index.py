@@ -31,12 +31,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
 
-from cache_service.backends import fast_scan
+from cache_service.backends import fast_scan, ivf_io
 from cache_service.backends.faiss_scope import (
     IvfExport,
     Kind,
@@ -44,9 +45,7 @@ from cache_service.backends.faiss_scope import (
     Scope,
     ScopeStats,
     flat_index,
-    index_labels,
     relabel,
-    remove_labels,
     replay,
     summary_of,
 )
@@ -273,18 +272,22 @@ class FaissIndex:
         elif due:
             self._wake()  # a restored scope past ivf_min is promoted in the background
 
-    def export_ivf(self, scope: str) -> IvfExport | None:
+    def export_ivf(self, scope: str, files: tuple[Path, Path] | None = None) -> IvfExport | None:
         """An IVF scope serialised whole, with the id of each label (None for a flat or
-        unknown scope: export_scope() saves those). The copy is made under the read lock
-        (~0.4 GB at a million 8-bit vectors, ~1.1 s); writing it out is the caller's."""
+        unknown scope: export_scope() saves those). Under the read lock it is either copied
+        into memory or, given `files` (for the index and its fast-scan codes), written to
+        them, unsynced, so that a snapshot never holds it twice (~0.4 GB at a million 8-bit
+        vectors)."""
+
         with self._lock.read(long=True):  # searches go on beside it (rwlock.py)
             s = self._scopes.get(scope)
             if s is None or s.kind != "ivf" or s.index.ntotal == 0:
                 return None
             labels = self._ids.in_space(s.no)
+            main, fast = files or (None, None)
             return IvfExport(
-                blob=faiss.serialize_index(s.index),
-                fast_blob=None if s.fast is None else faiss.serialize_index(s.fast),
+                blob=ivf_io.dump(s.index, main),
+                fast_blob=None if s.fast is None else ivf_io.dump(s.fast, fast),
                 labels=labels,
                 ids=self._ids.keys(labels),
                 nlist=s.nlist,
@@ -301,27 +304,7 @@ class FaissIndex:
         id table and the lists are relabelled to them, so labels saved by another process
         (or an older build, which drew them sparsely) cost nothing. Raises ValueError when
         the scope exists already or the blob is not an IVF index of this dimension."""
-        # Already of its own class (and owning its memory: a downcast of the temporary
-        # would point into freed memory).
-        index = faiss.deserialize_index(saved.blob)
-        # The two kinds build_ivf makes (SWIG's classes do not share IndexIVF as a base).
-        kinds = (faiss.IndexIVFFlat, faiss.IndexIVFScalarQuantizer)
-        if not isinstance(index, kinds) or index.d != self.dim:
-            raise ValueError("not an IVF index of this dimension")
-        if len(saved.ids) != len(saved.labels):
-            raise ValueError("one entry id per label is needed")
-        fast = None
-        if saved.fast_blob is not None:
-            fast = faiss.deserialize_index(saved.fast_blob)
-            if not isinstance(fast, faiss.IndexIVFPQFastScan) or fast.d != self.dim:
-                raise ValueError("not a fast-scan IVF index of this dimension")
-        keep = np.ascontiguousarray(saved.labels, dtype=np.int64)
-        extra = np.setdiff1d(index_labels(index), keep, assume_unique=True)
-        if len(extra):
-            remove_labels(index, "ivf", extra, fast)
-        for held in (index, fast):
-            if held is not None and held.ntotal != len(keep):
-                raise ValueError(f"{len(keep)} labels to keep, {held.ntotal} in the index")
+        index, fast, keep = ivf_io.load(saved, self.dim)
         with self._lock.write():
             if scope in self._scopes:
                 raise ValueError(f"scope {scope[:12]} is already indexed")

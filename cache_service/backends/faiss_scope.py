@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import faiss
@@ -56,9 +57,12 @@ class IvfExport:
     lists and codes: restoring it costs a read, not a build), the entry id of each of its
     labels, and what its build chose and measured."""
 
-    blob: npt.NDArray[np.uint8]
-    fast_blob: npt.NDArray[np.uint8] | None
-    """Its fast-scan codes (fast_scan), serialised whole; None where it has none."""
+    blob: npt.NDArray[np.uint8] | Path
+    """The index serialised, in memory or in a file (FAISS's own format either way): a
+    snapshot writes and reads the file directly, never holding a second copy (~0.4 GB at a
+    million 8-bit vectors) in memory."""
+    fast_blob: npt.NDArray[np.uint8] | Path | None
+    """Its fast-scan codes (fast_scan), likewise; None where it has none."""
     labels: Labels
     ids: list[str]
     nlist: int

@@ -66,7 +66,9 @@ class ScopeExport(Protocol):
 
     def export_scope(self, scope: str) -> tuple[list[str], Vector]: ...
 
-    def export_ivf(self, scope: str) -> IvfExport | None: ...
+    def export_ivf(
+        self, scope: str, files: tuple[Path, Path] | None = None
+    ) -> IvfExport | None: ...
 
     def import_ivf(self, scope: str, saved: IvfExport) -> None: ...
 
@@ -120,6 +122,7 @@ def save_state(
     `tracked` is a copy this consumes: it is emptied as it is written."""
     started = time.perf_counter()
     directory.mkdir(parents=True, exist_ok=True)
+    gen = uuid.uuid4().hex[:16]
     scopes = sorted(tracked)
     vec_ids: list[str] = []
     vec_scope: list[int] = []
@@ -133,7 +136,10 @@ def save_state(
     ivfs: list[tuple[int, IvfExport]] = []
     for n, scope in enumerate(scopes):
         wanted = tracked.pop(scope)
-        ivf = index.export_ivf(scope)
+        # Written straight to its files (synced below, with the rest).
+        ivf = index.export_ivf(
+            scope, (directory / f"{gen}-ivf{n}.faiss", directory / f"{gen}-fast{n}.faiss")
+        )
         if ivf is not None:
             # Its rows go without float vectors: ids the index holds that `tracked` lacks
             # are left out here and removed from the index at restore.
@@ -169,7 +175,6 @@ def save_state(
     expires = np.array(
         [math.nan if e is None else e for e in (*vec_expires, *bare_expires)], dtype=np.float64
     )
-    gen = uuid.uuid4().hex[:16]
     files = {
         "ids": write_array_file(
             directory / f"{gen}-ids.npy", [np.array(all_ids, dtype=f"S{width}")], f"S{width}", 0

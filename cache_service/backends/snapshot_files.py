@@ -66,8 +66,16 @@ def write_array_file(
     return {"name": path.name, "bytes": out.size, "crc32": out.crc}
 
 
-def write_bytes_file(path: Path, data: np.ndarray[Any, Any]) -> dict[str, Any]:
-    """One file of raw bytes (a serialised FAISS index), fsync'd; its name, size, CRC-32."""
+def write_bytes_file(path: Path, data: np.ndarray[Any, Any] | Path) -> dict[str, Any]:
+    """One file of raw bytes (a serialised FAISS index), fsync'd; its name, size, CRC-32.
+    `data` may be that file already, written by FAISS: it is synced, and its CRC read back
+    from the page cache (~0.2 s for a million 8-bit vectors)."""
+    if isinstance(data, Path):
+        if data != path:
+            raise ValueError(f"{data.name} written where {path.name} was expected")
+        with open(path, "rb+") as f:
+            os.fsync(f.fileno())
+        return {"name": path.name, "bytes": path.stat().st_size, "crc32": crc_of(path)}
     with open(path, "wb") as f:
         out = _CrcWriter(f)
         out.write(np.ascontiguousarray(data, dtype=np.uint8).data.cast("B"))

@@ -131,8 +131,8 @@ def _load(
             index.import_ivf(
                 state.scopes[scope_n],
                 IvfExport(
-                    blob=np.fromfile(path, dtype=np.uint8),
-                    fast_blob=None if fast_path is None else np.fromfile(fast_path, np.uint8),
+                    blob=path,  # read by FAISS into the index, not copied first
+                    fast_blob=fast_path,
                     labels=np.array([labels[r] for r in kept], dtype=np.int64),
                     ids=[ids[r] for r in kept],
                     nlist=int(meta["nlist"]),

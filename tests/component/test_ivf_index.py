@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -416,6 +417,21 @@ def test_an_ivf_scope_exports_whole_and_imports_without_a_build(
     assert restored.search("s", vectors[2], 1)[0].entry_id == "id2"
     with pytest.raises(ValueError, match="already indexed"):
         restored.import_ivf("s", saved)
+
+
+def test_an_ivf_scope_exports_to_files_and_imports_from_them(tmp_path: Path) -> None:
+    # What a snapshot does: FAISS writes the lists and reads them back, no copy in memory.
+    index, vectors = index_of(5000)
+    assert index.maintain() == 1
+    files = (tmp_path / "ivf.faiss", tmp_path / "fast.faiss")
+    saved = index.export_ivf("s", files)
+    assert saved is not None and saved.blob == files[0] and files[0].stat().st_size > 0
+    in_memory = index.export_ivf("s")
+    assert in_memory is not None and bytes(in_memory.blob) == files[0].read_bytes()
+    restored = FaissIndex(DIM, ivf_min=1000, background=False)
+    restored.import_ivf("s", saved)
+    for row in (0, 7, 4999):
+        assert restored.search("s", vectors[row], 3) == index.search("s", vectors[row], 3)
 
 
 def test_an_imported_ivf_scope_is_relabelled_to_rows_beside_other_scopes() -> None:
