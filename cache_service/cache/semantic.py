@@ -158,7 +158,8 @@ class SemanticCache:
                 if best_rejected is None:
                     best_rejected = hit.similarity
                 break
-            entry = self.store.get(hit.entry_id)
+            mark = self._hot.mark()
+            entry = self._hot.get_id(hit.entry_id) or self.store.get(hit.entry_id)
             if entry is None or entry.expired(now) or entry.scope != scope:
                 # Evicted or expired under us: the index is only a hint, the store decides.
                 self.index.remove(scope, [hit.entry_id])
@@ -172,6 +173,7 @@ class SemanticCache:
             decision = accept(prompt, entry.prompt, similarity, config)
             verify_s += time.perf_counter() - started
             if decision.accepted:
+                self._hot.keep(entry, mark)  # a served answer: likely asked for again
                 survivors.append(Candidate(entry, similarity))
                 if not all_survivors:
                     break

@@ -180,6 +180,25 @@ def test_an_entry_deleted_while_it_was_read_is_not_kept_in_memory(
         env.store.close()
 
 
+def test_a_semantic_hit_is_then_read_from_memory_until_its_entry_leaves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = Env(tmp_path, keep_hot=True)
+    reads: list[str] = []
+    read = env.store.get
+    monkeypatch.setattr(env.store, "get", lambda i: reads.append(i) or read(i))
+    try:
+        a = env.put(Q)
+        env.put("what is a token bucket")
+        for _ in range(3):
+            assert (hit := env.search(SAME_WORDS).entry) is not None and hit.id == a.id
+        assert reads == [a.id]  # the candidates it served come from memory after that
+        assert env.cache.delete_where(namespace=a.namespace) == 2
+        assert env.search(SAME_WORDS).entry is None
+    finally:
+        env.store.close()
+
+
 def test_semantic_search_finds_same_words(env: Env) -> None:
     e = env.put()
     lookup = env.search(SAME_WORDS)
