@@ -131,13 +131,19 @@ def test_exact_reads_stay_right_across_every_kind_of_removal(env: Env) -> None:
     assert exact(c.exact_key) is None  # expired
 
 
+def counted(monkeypatch: pytest.MonkeyPatch, store: Any, method: str) -> list[str]:
+    """The arguments of every call of the store's `method` from here on, in order."""
+    reads: list[str] = []
+    read = getattr(store, method)
+    monkeypatch.setattr(store, method, lambda key: reads.append(key) or read(key))
+    return reads
+
+
 def test_a_repeated_exact_read_comes_from_memory_until_its_entry_leaves(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     env = Env(tmp_path, keep_hot=True)
-    reads: list[str] = []
-    read = env.store.get_by_exact_key
-    monkeypatch.setattr(env.store, "get_by_exact_key", lambda k: reads.append(k) or read(k))
+    reads = counted(monkeypatch, env.store, "get_by_exact_key")
     try:
         a = env.put(Q)
         for _ in range(3):
@@ -184,9 +190,7 @@ def test_a_semantic_hit_is_then_read_from_memory_until_its_entry_leaves(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     env = Env(tmp_path, keep_hot=True)
-    reads: list[str] = []
-    read = env.store.get
-    monkeypatch.setattr(env.store, "get", lambda i: reads.append(i) or read(i))
+    reads = counted(monkeypatch, env.store, "get")
     try:
         a = env.put(Q)
         env.put("what is a token bucket")
