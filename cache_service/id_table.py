@@ -174,6 +174,38 @@ class IdTable:
         self._file(h, encoded, rows, space)
         return rows
 
+    def file(self, keys: Sequence[str], space: int) -> tuple[Rows, npt.NDArray[np.bool_]]:
+        """The row of each key in `space`, filing those not there yet (one lookup for all):
+        the rows, and which positions were filed now. Of a key repeated among the new ones,
+        the first is filed and the rest share its row."""
+        rows = self.rows(keys, space)
+        filed = np.zeros(len(keys), dtype=bool)
+        absent = np.flatnonzero(rows < 0)
+        if not len(absent):
+            return rows, filed
+        fresh = [keys[i] for i in absent.tolist()]
+        if space < 0:
+            raise ValueError("spaces are numbers >= 0")
+        h = _hashes(fresh, space)
+        # Equal keys hash equal (the set, slower, only settles equal hashes).
+        if len(distinct(h)) < len(h) and len(set(fresh)) < len(fresh):
+            # Rare: the first occurrences are filed, the rest mapped to them.
+            first = dict(zip(reversed(fresh), reversed(absent.tolist()), strict=True))
+            at = np.array(sorted(first.values()), dtype=np.int64)
+            rows[at] = self.add([keys[i] for i in at.tolist()], space)
+            filed[at] = True
+            for i in absent.tolist():
+                rows[i] = rows[first[keys[i]]]
+            return rows, filed
+        # Known absent and unique: filed without add()'s checks, which would look them up
+        # a second time.
+        encoded = _encoded(fresh)  # before any row is taken: it refuses some ids
+        taken = self._take(len(fresh))
+        self._file(h, encoded, taken, space)
+        rows[absent] = taken
+        filed[absent] = True
+        return rows, filed
+
     def remove(self, rows: Rows | Sequence[int]) -> None:
         """Free rows in use (each once); their slots become tombstones."""
         at = distinct(np.asarray(rows, dtype=np.int64))

@@ -142,15 +142,10 @@ class FaissIndex:
             s = self._scope(scope)
             # Ids already in the scope, or earlier in this batch, are skipped: re-adding
             # (rebuild racing a store) must not duplicate, and the first vector stays.
-            keep = np.flatnonzero(self._ids.rows(ids, s.no) < 0)
-            new = [ids[i] for i in keep.tolist()]
-            if len(set(new)) < len(new):
-                at = sorted(dict(zip(reversed(new), reversed(keep.tolist()), strict=True)).values())
-                keep, new = np.array(at, dtype=np.int64), [ids[i] for i in at]
-            if not new:
+            labels, filed = self._ids.file(ids, s.no)
+            if not filed.any():
                 return
-            labels = self._ids.add(new, s.no)
-            s.apply_add(labels, vecs if len(new) == len(ids) else vecs[keep])
+            s.apply_add(labels[filed], vecs if filed.all() else vecs[filed])
             due = self._due(s) is not None
         if due:
             self._wake()
@@ -249,28 +244,6 @@ class FaissIndex:
                     spare[:n] = codes.view(np.float32).reshape(n, self.dim)
                     return self._ids.keys(faiss.vector_to_array(s.index.id_map)), spare[:n]
             size = n  # grew past the spare rows meanwhile: allocate again
-
-    def import_scope(self, scope: str, entry_ids: Sequence[str], vectors: Vector) -> None:
-        """add_many for rows that are new to the scope and unique (a snapshot's): one FAISS
-        call and the id maps built in bulk, with no per-id check. Falls back to add_many
-        (which skips ids already there) when any id repeats or is already in the scope."""
-        ids, vecs = self._rows(entry_ids, vectors)
-        if not ids:
-            return
-        with self._lock.write():
-            s = self._scope(scope)
-            try:
-                labels = self._ids.add(ids, s.no)  # ValueError: an id repeats or is there
-            except ValueError:
-                fresh = False
-            else:
-                fresh = True
-                s.apply_add(labels, vecs)  # logged if a build of the scope is running
-                due = self._due(s) is not None
-        if not fresh:
-            self.add_many(scope, ids, vecs)
-        elif due:
-            self._wake()  # a restored scope past ivf_min is promoted in the background
 
     def export_ivf(self, scope: str, files: tuple[Path, Path] | None = None) -> IvfExport | None:
         """An IVF scope serialised whole, with the id of each label (None for a flat or

@@ -342,11 +342,7 @@ class SemanticCache:
         """Index (with one add_many, unless `vectors` is None: entries without embedding)
         and track many entries of one scope known to be in the store: a snapshot's."""
         if vectors is not None and len(entry_ids):
-            bulk = getattr(self.index, "import_scope", None)
-            if bulk is not None:  # FaissIndex: no per-id checks for a snapshot's rows
-                bulk(scope, entry_ids, vectors)
-            else:
-                self.index.add_many(scope, entry_ids, vectors)
+            self.index.add_many(scope, entry_ids, vectors)
         with self._lock:
             self._tracked.add(scope, entry_ids, expires)
             self.changes += 1

@@ -55,18 +55,12 @@ class Tracked:
             no = self._numbers[scope] = self._numbered
             self._names[no] = scope
             self._sizes[no] = 0
-        rows = self._table.rows(entry_ids, no)
-        new = np.flatnonzero(rows < 0)
-        if len(new):
-            try:
-                rows[new] = self._table.add([entry_ids[i] for i in new.tolist()], no)
-            except ValueError:
-                if len(set(entry_ids)) == len(entry_ids):
-                    raise
-                latest = dict(zip(entry_ids, expires, strict=True))  # rare: an id repeats
-                self.add(scope, list(latest), list(latest.values()))
-                return
-            self._sizes[no] += len(new)
+        rows, filed = self._table.file(entry_ids, no)
+        self._sizes[no] += int(filed.sum())
+        if len(distinct(rows)) < len(rows):  # rare: an id repeats, and the last expiry wins
+            latest = dict(zip(rows.tolist(), expires, strict=True))
+            rows = np.fromiter(latest, dtype=np.int64, count=len(latest))
+            expires = list(latest.values())
         self._table.column("expires")[rows] = _expiries(expires)
 
     def remove(self, scope: str, entry_ids: Sequence[str]) -> None:

@@ -353,7 +353,7 @@ def test_a_promoted_scope_exports_and_imports_like_a_flat_one() -> None:
     order = {name: i for i, name in enumerate(names(1200))}
     assert np.allclose(exported, vectors[[order[i] for i in ids]])
     restored = FaissIndex(DIM, ivf_min=1000, background=False)
-    restored.import_scope("s", ids, exported)
+    restored.add_many("s", ids, exported)
     assert restored.maintain() == 1  # promoted again, past ivf_min
     for row in (0, 599, 1199):
         assert restored.search("s", vectors[row], 1)[0].entry_id == names(1200)[row]

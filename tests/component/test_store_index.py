@@ -410,12 +410,12 @@ def test_export_scope_hands_back_ids_and_vectors_for_add_many() -> None:
     assert copy.search("a", probe, 4) == index.search("a", probe, 4)
 
 
-def test_import_scope_adds_in_bulk_and_falls_back_on_known_or_repeated_ids() -> None:
+def test_add_many_adds_in_bulk_and_skips_known_or_repeated_ids() -> None:
     index = FaissIndex(DIM)
     vs = np.stack([vec(1.0, float(i)) for i in range(4)])
-    index.import_scope("a", ["e0", "e1"], vs[:2])
+    index.add_many("a", ["e0", "e1"], vs[:2])
     assert len(index) == 2
-    index.import_scope("a", ["e1", "e2", "e2"], vs[1:4])  # e1 known, e2 twice: first wins
+    index.add_many("a", ["e1", "e2", "e2"], vs[1:4])  # e1 known, e2 twice: first wins
     assert len(index) == 3
     ids, got = index.export_scope("a")
     assert sorted(ids) == ["e0", "e1", "e2"]
@@ -424,4 +424,4 @@ def test_import_scope_adds_in_bulk_and_falls_back_on_known_or_repeated_ids() -> 
     index.remove("a", ["e0"])
     assert index.search("a", vs[0], 1)[0].entry_id != "e0"
     with pytest.raises(ValueError):
-        index.import_scope("a", ["x"], vs[:2])
+        index.add_many("a", ["x"], vs[:2])

@@ -61,6 +61,19 @@ def test_one_id_in_two_spaces_is_two_rows() -> None:
     assert table.row("e1", 0) == -1 and table.row("e1", 7) == b
 
 
+def test_file_finds_known_keys_files_the_rest_and_says_which() -> None:
+    table = IdTable()
+    known = table.add(["a"], 0)[0]
+    rows, filed = table.file(["b", "a", "c", "b"], 0)
+    assert filed.tolist() == [True, False, True, False]  # a repeat shares the first's row
+    assert rows[1] == known and rows[3] == rows[0] and len(set(rows.tolist())) == 3
+    assert table.rows(["a", "b", "c"], 0).tolist() == [rows[1], rows[0], rows[2]]
+    assert table.file(["a", "b"], 0)[1].tolist() == [False, False]
+    with pytest.raises(ValueError):
+        table.file(["ok", ""], 0)
+    assert len(table) == 3  # nothing filed by the refused call
+
+
 def test_freed_rows_are_handed_out_again_lowest_first() -> None:
     table = IdTable()
     rows = table.add([f"e{i}" for i in range(10)], 0)
