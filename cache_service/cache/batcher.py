@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from collections import deque
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from cache_service.protocols import Embedder, Vector
+
+log = logging.getLogger(__name__)
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -84,14 +87,25 @@ class ModelBatcher(Generic[In, Out]):
         batch sizes the current load produces)."""
         return (len(self._pending) + self._running + 1) * self.per_input_s
 
-    async def run(self, item: In, timeout_s: float | None = None) -> Out:
+    async def run(
+        self,
+        item: In,
+        timeout_s: float | None = None,
+        *,
+        meanwhile: Callable[[], object] | None = None,
+    ) -> Out:
         """The model's output for one input; raises TimeoutError past the deadline (the
         caller decides what that means: a miss for the embedder, a refusal for a verifier).
 
         Admission: an input expected to wait more than ADMIT_FRACTION of its deadline is
         refused at once (`ModelBusy`). Waiting for it would mostly end in a timeout anyway,
         and queued behind the backlog it would make every later caller later still. An
-        idle model admits whatever its last measured cost: only a queue is evidence."""
+        idle model admits whatever its last measured cost: only a queue is evidence.
+
+        `meanwhile` is work the caller may need next, run on this thread while the model
+        computes this input, so that it costs no time of its own; only when the model was
+        idle, since under load this thread's time belongs to the other callers. A failure
+        in it is the caller's to meet again later: it is swallowed here."""
         busy = bool(self._pending) or self._running > 0  # an idle model always admits
         limit = None if timeout_s is None else timeout_s * ADMIT_FRACTION
         if busy and limit is not None and self.expected_wait_s() > limit:
@@ -106,6 +120,11 @@ class ModelBatcher(Generic[In, Out]):
                 self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
                 self._thread.start()
             self._ready.notify()
+        if meanwhile is not None and not busy:
+            try:
+                meanwhile()
+            except Exception:
+                log.debug("work beside the model failed", exc_info=True)
         # The future is this caller's alone, so a cancellation that reaches it touches no one
         # else's input. A timeout scope rather than `wait_for`, which wraps the wait in a
         # task of its own (Python 3.11): a task and a loop turn more on every embedding.
@@ -205,5 +224,11 @@ class EmbeddingBatcher(ModelBatcher[str, Vector]):
         )
         self.embedder = embedder
 
-    async def embed(self, text: str, timeout_s: float | None = None) -> Vector:
-        return await self.run(text, timeout_s)
+    async def embed(
+        self,
+        text: str,
+        timeout_s: float | None = None,
+        *,
+        meanwhile: Callable[[], object] | None = None,
+    ) -> Vector:
+        return await self.run(text, timeout_s, meanwhile=meanwhile)

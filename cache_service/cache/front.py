@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,16 +114,27 @@ class CacheFront:
         return self.cache.ready
 
     async def lookup(
-        self, keys: RequestKeys, threshold: float | None, stages: dict[str, float]
+        self,
+        keys: RequestKeys,
+        threshold: float | None,
+        stages: dict[str, float],
+        *,
+        meanwhile: Callable[[], object] | None = None,
     ) -> Found:
+        """`meanwhile`: what a miss will need, done while the prompt is embedded (see
+        `ModelBatcher.run`); never for an exact hit, which is answered before any embedding."""
         self.lookups += 1
         try:
-            return await self._lookup(keys, threshold, stages)
+            return await self._lookup(keys, threshold, stages, meanwhile)
         finally:
             self.lookups -= 1
 
     async def _lookup(
-        self, keys: RequestKeys, threshold: float | None, stages: dict[str, float]
+        self,
+        keys: RequestKeys,
+        threshold: float | None,
+        stages: dict[str, float],
+        meanwhile: Callable[[], object] | None,
     ) -> Found:
         found = Found()
         cache = self.cache
@@ -135,7 +146,9 @@ class CacheFront:
             return found
         try:
             with StageTimer(stages, "embed"):
-                found.vector = await self.batcher.embed(keys.prompt, self.embed_timeout_s)
+                found.vector = await self.batcher.embed(
+                    keys.prompt, self.embed_timeout_s, meanwhile=meanwhile
+                )
         except TimeoutError as e:
             # Fail open: a slow embedder must cost a cache hit, never an answer.
             found.embed_timeout = True

@@ -10,6 +10,7 @@ a 502 `upstream_invalid_response`, never stored.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator, Iterable
 
@@ -70,7 +71,12 @@ class ProxyHandler:
     async def handle(self, ctx: RequestContext) -> Response:
         assert ctx.request is not None
         if ctx.directives.read and lookup_allowed(ctx.request):
-            ctx.found = await self.front.lookup(ctx.keys, ctx.threshold, ctx.stages)
+            ctx.found = await self.front.lookup(
+                ctx.keys,
+                ctx.threshold,
+                ctx.stages,
+                meanwhile=functools.partial(self.chain.precount, ctx.request),
+            )
             hit = ctx.found.hit
             max_age = ctx.directives.max_age_s
             too_old = (

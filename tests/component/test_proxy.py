@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from cache_service import app as app_module
 from cache_service.backends.entry_journal import EntryJournal
 from cache_service.cache.write_behind import WriteBehind, journal_dir
 from cache_service.settings import Settings
@@ -686,3 +687,48 @@ async def test_an_answer_is_recorded_right_after_its_last_byte(h: Harness) -> No
     before = requests()
     assert await call(Q) == ("MISS", before, before + 1)
     assert await call(Q) == ("HIT", before + 1, before + 2)
+
+
+class CountWatchingEmbedder(HashingEmbedder):
+    """Once watching, holds each embedding until a token count has been made (2 s at most),
+    and notes whether one was: a count made only after the embedding is never seen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.watching = False
+        self.counted = threading.Event()
+        self.seen: list[bool] = []
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        if self.watching:
+            self.seen.append(self.counted.wait(2))
+            self.counted.clear()
+        return super().embed(texts)
+
+
+async def test_a_miss_counts_its_prompt_while_it_is_embedded_and_only_once(
+    settings_factory: Callable[..., Settings], clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A miss's quota estimate needs its prompt's tokens: counted while the model embeds the
+    # prompt (this thread would only wait), not after it, on the miss's own time.
+    embedder = CountWatchingEmbedder()
+    counted: list[str] = []
+
+    def count(text: str) -> int:
+        counted.append(text)
+        embedder.counted.set()
+        return len(text.split())
+
+    monkeypatch.setattr(app_module, "_token_counter", lambda: count)
+    # A deadline past the embedder's hold: a lookup that timed out would count at admission
+    # while the model still held, and look like a count made beside it.
+    settings = settings_factory(embed_timeout_ms=10_000, backoff_base_s=0.001)
+    async with harness(settings, embedder, clock) as h:
+        embedder.watching = True
+        miss = await h.chat(Q)
+        assert miss.headers["x-cache"] == "MISS"
+        assert embedder.seen == [True]
+        assert len(counted) == 1 and Q in counted[0]  # the admission took that count
+        exact = await h.chat(Q)
+        assert exact.headers["x-cache-match"] == "exact"
+        assert len(counted) == 1  # answered before any embedding or count

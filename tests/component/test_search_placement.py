@@ -75,11 +75,11 @@ async def test_a_lookup_alone_searches_inline_up_to_a_longer_bound_than_one_amon
     waiting, gate = asyncio.Event(), asyncio.Event()
     embed = front.batcher.embed
 
-    async def held(text: str, timeout_s: float | None = None) -> Any:
+    async def held(text: str, timeout_s: float | None = None, **kwargs: Any) -> Any:
         if "token bucket" in text:
             waiting.set()
             await gate.wait()
-        return await embed(text, timeout_s)
+        return await embed(text, timeout_s, **kwargs)
 
     monkeypatch.setattr(front.batcher, "embed", held)
     other = asyncio.create_task(h.chat("What is a token bucket?"))

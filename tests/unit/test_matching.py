@@ -309,3 +309,42 @@ async def test_a_model_answering_the_wrong_number_of_outputs_fails_its_callers()
         assert batcher.processed == 0
     finally:
         batcher.close()
+
+
+async def test_work_beside_the_model_runs_while_it_computes_and_only_when_idle() -> None:
+    side_done = threading.Event()
+    busy_started = threading.Event()
+    finish = threading.Event()
+
+    def model(batch: list[str]) -> list[int]:
+        if batch == ["first"]:
+            # Finishes only if the side work ran while the model computed, not after.
+            assert side_done.wait(5)
+        if batch == ["busy"]:
+            busy_started.set()
+            finish.wait(5)
+        return [len(x) for x in batch]
+
+    batcher: ModelBatcher[str, int] = ModelBatcher(model)
+    try:
+        assert await batcher.run("first", 5, meanwhile=side_done.set) == 5
+
+        # The model is computing another input: this thread is the other callers', and the
+        # side work is left for later.
+        busy = asyncio.create_task(batcher.run("busy", 5))
+        assert await asyncio.to_thread(busy_started.wait, 5)
+        skipped: list[int] = []
+        queued = asyncio.create_task(batcher.run("queued", 5, meanwhile=lambda: skipped.append(1)))
+        await asyncio.sleep(0.05)
+        finish.set()
+        assert (await busy, await queued) == (4, 6)
+        assert skipped == []
+
+        def broken() -> None:
+            raise RuntimeError("side work failed")
+
+        # A failure in the side work is not the lookup's: the input is computed all the same.
+        assert await batcher.run("x", 5, meanwhile=broken) == 1
+    finally:
+        finish.set()
+        batcher.close()
