@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from cache_service.backends.faiss_index import FaissIndex
+from cache_service.backends.faiss_scope import FLAT_SCORE_ERROR
 from cache_service.backends.store import DiskCacheStore
 from cache_service.cache import semantic as cache_module
 from cache_service.cache.guards import AcceptConfig
@@ -257,7 +258,7 @@ def test_below_threshold_sets_best_rejected(env: Env) -> None:
     assert lookup.entry is None
     assert lookup.match is None
     assert lookup.reason == "below_threshold"
-    assert lookup.best_rejected == pytest.approx(expected, abs=1e-5)
+    assert lookup.best_rejected == pytest.approx(expected, abs=FLAT_SCORE_ERROR)
 
 
 def test_guard_refusal_reason_and_best_rejected(env: Env) -> None:
@@ -268,7 +269,7 @@ def test_guard_refusal_reason_and_best_rejected(env: Env) -> None:
     lookup = env.search(query, threshold=0.5)
     assert lookup.entry is None
     assert lookup.reason == "numbers_differ"
-    assert lookup.best_rejected == pytest.approx(expected, abs=1e-5)
+    assert lookup.best_rejected == pytest.approx(expected, abs=FLAT_SCORE_ERROR)
 
 
 def test_per_request_threshold_can_be_stricter(env: Env) -> None:
@@ -279,7 +280,7 @@ def test_per_request_threshold_can_be_stricter(env: Env) -> None:
     strict = env.search(query, threshold=min(1.0, sim + 0.01))
     assert strict.entry is None
     assert strict.reason == "below_threshold"
-    assert strict.best_rejected == pytest.approx(sim, abs=1e-5)
+    assert strict.best_rejected == pytest.approx(sim, abs=FLAT_SCORE_ERROR)
 
 
 def test_empty_scope_is_no_candidates(env: Env) -> None:
@@ -575,7 +576,7 @@ def test_a_candidate_scored_just_under_the_threshold_is_rescored_from_its_vector
         assert hit.similarity == pytest.approx(true_similarity, abs=1e-6)
     else:  # too far under to be worth a read
         assert hit.entry is None and hit.reason == "below_threshold"
-        assert hit.best_rejected == pytest.approx(true_similarity - offset, abs=1e-6)
+        assert hit.best_rejected == pytest.approx(true_similarity - offset, abs=FLAT_SCORE_ERROR)
 
 
 def test_a_candidate_scored_above_the_threshold_but_truly_below_is_refused(env: Env) -> None:

@@ -7,10 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 import pytest
 
 from cache_service.backends.faiss_index import FaissIndex
+from cache_service.backends.faiss_scope import FLAT_ROUNDING, FLAT_SCORE_ERROR
 from cache_service.backends.store import DiskCacheStore
 from cache_service.protocols import Entry, Vector, answer_json
 from tests.fakes import HashingEmbedder
@@ -210,10 +212,32 @@ def test_search_orders_by_similarity() -> None:
     index.add("s", "same", vec(1, 0, 0))  # cos 1
     hits = index.search("s", q, 3)
     assert [h.entry_id for h in hits] == ["same", "near", "mid"]
-    assert hits[0].similarity == pytest.approx(1.0, abs=1e-6)
-    assert hits[1].similarity == pytest.approx(1 / np.sqrt(1.04), abs=1e-6)
-    assert hits[2].similarity == pytest.approx(1 / np.sqrt(2), abs=1e-6)
+    assert hits[0].similarity == pytest.approx(1.0, abs=FLAT_SCORE_ERROR)
+    assert hits[1].similarity == pytest.approx(1 / np.sqrt(1.04), abs=FLAT_SCORE_ERROR)
+    assert hits[2].similarity == pytest.approx(1 / np.sqrt(2), abs=FLAT_SCORE_ERROR)
     assert all(isinstance(h.similarity, float) for h in hits)
+
+
+def test_a_flat_scope_keeps_float16_vectors_and_scores_within_its_bound() -> None:
+    # Half of float32's memory: a multi-tenant cache keeps most entries in scopes too small
+    # ever to be promoted, and at 1.5 KB a vector those were past 1 KB an entry.
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((500, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = FaissIndex(DIM, background=False)
+    index.add_many("s", [f"e{i}" for i in range(len(vectors))], vectors)
+    flat = faiss.downcast_index(index._scopes["s"].index.index)
+    assert flat.code_size == 2 * DIM
+    assert flat.codes.size() == 2 * DIM * len(vectors)
+    # Concentrated vectors round worst: a few large components each off by up to 2^-11.
+    queries = np.vstack([vectors[:5], rng.standard_normal((5, DIM)), np.eye(DIM)[:5] + 0.1])
+    for q in queries.astype(np.float32):
+        q /= np.linalg.norm(q)
+        exact = vectors @ q
+        hits = index.search("s", q, 10)
+        assert [h.entry_id for h in hits][:1] == [f"e{int(np.argmax(exact))}"]
+        for h in hits:
+            assert abs(h.similarity - exact[int(h.entry_id[1:])]) <= FLAT_SCORE_ERROR
 
 
 def test_k_larger_than_scope_returns_all() -> None:
@@ -242,7 +266,7 @@ def test_readding_an_id_is_idempotent() -> None:
     assert len(index) == 1
     hits = index.search("s", vec(1, 0), 4)
     assert [h.entry_id for h in hits] == ["a"]
-    assert hits[0].similarity == pytest.approx(1.0, abs=1e-6)  # first vector kept
+    assert hits[0].similarity == pytest.approx(1.0, abs=FLAT_SCORE_ERROR)  # first vector kept
 
 
 def test_remove() -> None:
@@ -403,7 +427,7 @@ def test_export_scope_hands_back_ids_and_vectors_for_add_many() -> None:
     assert sorted(ids) == ["e0", "e1", "e3", "e4"]
     assert got.dtype == np.float32 and got.shape == (4, DIM)
     for entry_id, row in zip(ids, got, strict=True):
-        np.testing.assert_array_equal(row, vectors[entry_id])
+        np.testing.assert_allclose(row, vectors[entry_id], rtol=FLAT_ROUNDING, atol=1e-7)
     copy = FaissIndex(DIM)
     copy.add_many("a", ids, got)
     probe = vec(1.0, 3.0)
@@ -419,7 +443,7 @@ def test_add_many_adds_in_bulk_and_skips_known_or_repeated_ids() -> None:
     assert len(index) == 3
     ids, got = index.export_scope("a")
     assert sorted(ids) == ["e0", "e1", "e2"]
-    np.testing.assert_array_equal(got[ids.index("e2")], vs[2])
+    np.testing.assert_allclose(got[ids.index("e2")], vs[2], rtol=FLAT_ROUNDING, atol=1e-7)
     assert index.search("a", vs[0], 1)[0].entry_id == "e0"
     index.remove("a", ["e0"])
     assert index.search("a", vs[0], 1)[0].entry_id != "e0"
