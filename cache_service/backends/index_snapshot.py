@@ -11,7 +11,8 @@ five ``.npy`` files, plus one file per IVF scope, and carries each one's size an
     <gen>-ids.npy       tracked entry ids, utf-8, fixed width ("S<n>")
     <gen>-scopes.npy    int32, each row's scope (an index into the manifest's "scopes")
     <gen>-expires.npy   float64, each row's expiry (NaN: none)
-    <gen>-vectors.npy   float32 (m, dim): the vector of rows 0..m-1, grouped by scope as
+    <gen>-vectors.npy   float16 (m, dim), as flat scopes keep them (float32 from earlier
+                        builds, read too): the vector of rows 0..m-1, grouped by scope as
                         the manifest's "blocks" [scope, start, count] say; rows m.. have none
     <gen>-labels.npy    int64, each row's label in its scope's saved IVF index (-1: none)
     <gen>-ivf<n>.faiss  scope n's IVF index, serialised whole (trained lists, 8-bit codes):
@@ -44,6 +45,7 @@ import numpy as np
 
 from cache_service.backends.faiss_scope import IvfExport
 from cache_service.backends.snapshot_files import (
+    StreamedArrayFile,
     checked,
     fsync_dir,
     write_array_file,
@@ -127,49 +129,57 @@ def save_state(
     vec_ids: list[str] = []
     vec_scope: list[int] = []
     vec_expires: list[float | None] = []
-    vec_blocks: list[np.ndarray[Any, Any]] = []
+    # Float16: what a flat scope keeps (faiss_scope.flat_index), so nothing is lost, and half
+    # the bytes; written as each scope is exported, never gathered.
+    vectors_file = StreamedArrayFile(
+        directory / f"{gen}-vectors.npy", "<f2", dim, sum(len(t) for t in tracked.values())
+    )
     blocks: list[tuple[int, int, int]] = []
     bare_ids: list[str] = []
     bare_scope: list[int] = []
     bare_expires: list[float | None] = []
     bare_labels: list[int] = []
     ivfs: list[tuple[int, IvfExport]] = []
-    for n, scope in enumerate(scopes):
-        wanted = tracked.pop(scope)
-        # Written straight to its files (synced below, with the rest).
-        ivf = index.export_ivf(
-            scope, (directory / f"{gen}-ivf{n}.faiss", directory / f"{gen}-fast{n}.faiss")
-        )
-        if ivf is not None:
-            # Its rows go without float vectors: ids the index holds that `tracked` lacks
-            # are left out here and removed from the index at restore.
-            ivfs.append((n, ivf))
-            for label, entry_id in zip(ivf.labels.tolist(), ivf.ids, strict=True):
-                if entry_id in wanted:
-                    bare_ids.append(entry_id)
-                    bare_scope.append(n)
-                    bare_expires.append(wanted.pop(entry_id))
-                    bare_labels.append(label)
+    try:
+        for n, scope in enumerate(scopes):
+            wanted = tracked.pop(scope)
+            # Written straight to its files (synced below, with the rest).
+            ivf = index.export_ivf(
+                scope, (directory / f"{gen}-ivf{n}.faiss", directory / f"{gen}-fast{n}.faiss")
+            )
+            if ivf is not None:
+                # Its rows go without float vectors: ids the index holds that `tracked` lacks
+                # are left out here and removed from the index at restore.
+                ivfs.append((n, ivf))
+                for label, entry_id in zip(ivf.labels.tolist(), ivf.ids, strict=True):
+                    if entry_id in wanted:
+                        bare_ids.append(entry_id)
+                        bare_scope.append(n)
+                        bare_expires.append(wanted.pop(entry_id))
+                        bare_labels.append(label)
+                bare_ids.extend(wanted)
+                bare_scope.extend([n] * len(wanted))
+                bare_expires.extend(wanted.values())
+                bare_labels.extend([-1] * len(wanted))
+                continue
+            ids, vectors = index.export_scope(scope)
+            keep = [row for row, entry_id in enumerate(ids) if entry_id in wanted]
+            if len(keep) < len(ids):
+                vectors = vectors[keep]
+                ids = [ids[row] for row in keep]
+            if ids:
+                blocks.append((n, len(vec_ids), len(ids)))
+                vectors_file.append(vectors)
+                vec_ids.extend(ids)
+                vec_scope.extend([n] * len(ids))
+                vec_expires.extend(wanted.pop(entry_id) for entry_id in ids)
             bare_ids.extend(wanted)
             bare_scope.extend([n] * len(wanted))
             bare_expires.extend(wanted.values())
             bare_labels.extend([-1] * len(wanted))
-            continue
-        ids, vectors = index.export_scope(scope)
-        keep = [row for row, entry_id in enumerate(ids) if entry_id in wanted]
-        if len(keep) < len(ids):
-            vectors = vectors[keep]
-            ids = [ids[row] for row in keep]
-        if ids:
-            blocks.append((n, len(vec_ids), len(ids)))
-            vec_blocks.append(vectors)
-            vec_ids.extend(ids)
-            vec_scope.extend([n] * len(ids))
-            vec_expires.extend(wanted.pop(entry_id) for entry_id in ids)
-        bare_ids.extend(wanted)
-        bare_scope.extend([n] * len(wanted))
-        bare_expires.extend(wanted.values())
-        bare_labels.extend([-1] * len(wanted))
+    except BaseException:
+        vectors_file.discard()  # the partial file goes with the next save's leftovers
+        raise
     all_ids = [i.encode() for i in (*vec_ids, *bare_ids)]
     width = max((len(i) for i in all_ids), default=1)
     expires = np.array(
@@ -186,7 +196,7 @@ def save_state(
             0,
         ),
         "expires": write_array_file(directory / f"{gen}-expires.npy", [expires], "<f8", 0),
-        "vectors": write_array_file(directory / f"{gen}-vectors.npy", vec_blocks, "<f4", dim),
+        "vectors": vectors_file.close(),
         "labels": write_array_file(
             directory / f"{gen}-labels.npy",
             [np.full(len(vec_ids), -1, np.int64), np.array(bare_labels, dtype=np.int64)],
@@ -282,7 +292,8 @@ def load_state(directory: Path, *, dim: int) -> IndexState:
             or labels.shape != (count,)
             or any(not 0 <= n < len(scopes) for n, _, _, _ in ivf)
             or vectors.shape != (nvec, dim)
-            or vectors.dtype != np.float32
+            # float32 from builds before flat scopes kept float16
+            or vectors.dtype not in (np.float16, np.float32)
             or nvec > count
             or sum(c for _, _, c in blocks) != nvec
             or any(not 0 <= s < len(scopes) for s, _, _ in blocks)

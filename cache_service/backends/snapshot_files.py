@@ -66,6 +66,74 @@ def write_array_file(
     return {"name": path.name, "bytes": out.size, "crc32": out.crc}
 
 
+class StreamedArrayFile:
+    """One .npy file of rows appended a block at a time, for rows whose number is known only
+    once the last is written: a snapshot's flat vectors, exported scope by scope. Gathered
+    before writing, they were the index's vectors over again (1.5 GB of float32 at a million
+    entries in flat scopes, on every save). The header is written for at most `most` rows and
+    rewritten at `close` for the rows written, padded to its length; the CRC-32 is then read
+    back from the page cache (write_bytes_file does the same for FAISS's files)."""
+
+    def __init__(self, path: Path, dtype: Any, width: int, most: int) -> None:
+        self.path, self.dtype, self.width, self.most, self.rows = (
+            path,
+            np.dtype(dtype),
+            width,
+            most,
+            0,
+        )
+        self._f = open(path, "wb")  # noqa: SIM115 (closed by close(), or by the caller's error path)
+        self._head = self._header(most)
+        self._f.write(self._head)
+
+    def _header(self, rows: int, length: int = 0) -> bytes:
+        out = io.BytesIO()
+        np.lib.format.write_array_header_2_0(
+            out,
+            {
+                "descr": np.lib.format.dtype_to_descr(self.dtype),
+                "fortran_order": False,
+                "shape": (rows, self.width),
+            },
+        )
+        head = out.getvalue()
+        if len(head) < length:
+            # Version 2.0: 8 bytes of magic and version, the header's length (uint32), then
+            # the header, which ends in a newline; spaces before it pad.
+            pad = length - len(head)
+            size = int.from_bytes(head[8:12], "little") + pad
+            head = head[:8] + size.to_bytes(4, "little") + head[12:-1] + b" " * pad + b"\n"
+        return head
+
+    def append(self, block: np.ndarray[Any, Any]) -> None:
+        data = np.ascontiguousarray(block, dtype=self.dtype)
+        if data.shape[1:] != (self.width,):
+            raise ValueError(f"rows of width {self.width} expected, got {data.shape}")
+        if self.rows + len(data) > self.most:
+            raise ValueError(f"more than the {self.most} rows the header has room for")
+        if len(data):
+            self._f.write(data.data.cast("B"))
+            self.rows += len(data)
+
+    def close(self) -> dict[str, Any]:
+        """Finish the file, fsync'd; returns its name, size and CRC-32."""
+        # Fewer rows than `most` never need a longer header: padded to the same length.
+        head = self._header(self.rows, len(self._head))
+        self._f.seek(0)
+        self._f.write(head)
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        return {
+            "name": self.path.name,
+            "bytes": self.path.stat().st_size,
+            "crc32": crc_of(self.path),
+        }
+
+    def discard(self) -> None:
+        self._f.close()
+
+
 def write_bytes_file(path: Path, data: np.ndarray[Any, Any] | Path) -> dict[str, Any]:
     """One file of raw bytes (a serialised FAISS index), fsync'd; its name, size, CRC-32.
     `data` may be that file already, written by FAISS: it is synced, and its CRC read back

@@ -19,6 +19,7 @@ from cache_service.app import create_app
 from cache_service.backends import faiss_index, fast_scan, ivf_build, snapshots
 from cache_service.backends.faiss_index import FaissIndex
 from cache_service.backends.index_snapshot import MANIFEST, Saved, SnapshotError, load_state
+from cache_service.backends.snapshot_files import crc_of
 from cache_service.backends.snapshots import IndexSnapshots
 from cache_service.backends.store import DiskCacheStore
 from cache_service.backends.upstream import HttpUpstream
@@ -144,6 +145,30 @@ def test_save_then_restore_gives_the_same_search_results(world: World) -> None:
     assert raw_hits(index2, entries) == raw_hits(index, entries)
     assert {e.id for e in bare} <= again.tracked().keys()
     assert not snaps2.changed()  # restored exactly: the shutdown save has nothing to do
+
+
+def test_vectors_are_saved_as_float16_and_an_earlier_builds_float32_ones_still_restore(
+    world: World,
+) -> None:
+    cache, index, snaps = world.open()
+    entries = world.fill(cache, 40)
+    cache.ready = True
+    assert snaps.save() is not None
+    manifest = json.loads((world.snap_dir / MANIFEST).read_text())
+    meta = manifest["files"]["vectors"]
+    path = world.snap_dir / meta["name"]
+    saved = np.load(path)
+    # What the flat scopes hold, so nothing is lost: half of float32's bytes.
+    assert saved.dtype == np.float16 and saved.shape == (40, DIM)
+
+    # As a build before float16 flat scopes wrote it.
+    np.save(path, saved.astype(np.float32))
+    meta.update(bytes=path.stat().st_size, crc32=crc_of(path))
+    (world.snap_dir / MANIFEST).write_text(json.dumps(manifest))
+    _, index2, snaps2 = world.open()
+    restored = snaps2.restore()
+    assert restored is not None and restored.from_snapshot == 40
+    assert raw_hits(index2, entries) == raw_hits(index, entries)
 
 
 def test_a_restore_gives_the_heap_back_before_the_cache_is_ready(
