@@ -1,12 +1,13 @@
-"""FAISS vectors, one inner-product index per scope: exact while small, IVF past a size.
+"""FAISS vectors, one inner-product index per scope: flat (float16) while small, IVF past a size.
 
 Per-scope indexes make tenant isolation structural (a search cannot see another scope's
 vectors, whatever the threshold) and keep each search small. A scope starts as a flat
 (exhaustive) index of float16 vectors, which never misses a near duplicate and scores within
-~6e-5 of float32 (`faiss_scope.flat_index`). Past `ivf_min` vectors, `maintain()` promotes
-the scope, off the request path, to an IVF index (inner product, nlist ≈ 4·sqrt(n)) trained
-on the scope's own vectors; once it trains on thousands of vectors it keeps them as 8-bit
-codes, and its scores are then within ~0.003 of the float ones (the cache re-scores). Its
+5e-4 of float32, ~6e-5 for spread-out vectors (`faiss_scope.flat_index`). Past `ivf_min`
+vectors, `maintain()` promotes the scope, off the request path, to an IVF index (inner
+product, nlist ≈ 4·sqrt(n)) trained on the scope's own vectors; once it trains on thousands
+of vectors it keeps them as 8-bit codes, and its scores are then within ~0.003 of the float
+ones (the cache re-scores). Its
 nprobe is the smallest that reaches `target_recall` recall@1 against the exact result,
 measured on a sample of the scope's own vectors with noise added, down to `recall_floor`,
 the lowest cosine a search serves from (`ivf_build.noisy`); the figure is kept and reported

@@ -75,13 +75,11 @@ class StreamedArrayFile:
     back from the page cache (write_bytes_file does the same for FAISS's files)."""
 
     def __init__(self, path: Path, dtype: Any, width: int, most: int) -> None:
-        self.path, self.dtype, self.width, self.most, self.rows = (
-            path,
-            np.dtype(dtype),
-            width,
-            most,
-            0,
-        )
+        self.path = path
+        self.dtype = np.dtype(dtype)
+        self.width = width
+        self.most = most
+        self.rows = 0
         self._f = open(path, "wb")  # noqa: SIM115 (closed by close(), or by the caller's error path)
         self._head = self._header(most)
         self._f.write(self._head)
