@@ -42,37 +42,26 @@ def write_array_file(
     path: Path, blocks: Sequence[np.ndarray[Any, Any]], dtype: Any, width: int
 ) -> dict[str, Any]:
     """One .npy file of the rows of `blocks` concatenated (never concatenated in memory),
-    fsync'd; returns its name, size and CRC-32."""
-    rows = sum(len(b) for b in blocks)
-    shape: tuple[int, ...] = (rows, width) if width else (rows,)
-    header = io.BytesIO()
-    np.lib.format.write_array_header_2_0(
-        header,
-        {
-            "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
-            "fortran_order": False,
-            "shape": shape,
-        },
-    )
-    with open(path, "wb") as f:
-        out = _CrcWriter(f)
-        out.write(header.getvalue())
+    fsync'd; returns its name, size and CRC-32. `width` 0: one value a row."""
+    out = StreamedArrayFile(path, dtype, width, sum(len(b) for b in blocks))
+    try:
         for block in blocks:
-            data = np.ascontiguousarray(block, dtype=dtype)
-            if len(data):
-                out.write(data.data.cast("B"))
-        f.flush()
-        os.fsync(f.fileno())
-    return {"name": path.name, "bytes": out.size, "crc32": out.crc}
+            out.append(block)
+    except BaseException:
+        out.discard()
+        raise
+    return out.close()
 
 
 class StreamedArrayFile:
-    """One .npy file of rows appended a block at a time, for rows whose number is known only
-    once the last is written: a snapshot's flat vectors, exported scope by scope. Gathered
-    before writing, they were the index's vectors over again (1.5 GB of float32 at a million
-    entries in flat scopes, on every save). The header is written for at most `most` rows and
-    rewritten at `close` for the rows written, padded to its length; the CRC-32 is then read
-    back from the page cache (write_bytes_file does the same for FAISS's files)."""
+    """One .npy file of rows appended a block at a time, for rows whose number may be known
+    only once the last is written: a snapshot's flat vectors, exported scope by scope.
+    Gathered before writing, they were the index's vectors over again (1.5 GB of float32 at
+    a million entries in flat scopes, on every save). The header is written for at most
+    `most` rows; with fewer it is rewritten at `close` for the rows written, padded to its
+    length, and the CRC-32 is then read back from the page cache (write_bytes_file does the
+    same for FAISS's files), else it is the one counted while writing. `width` 0: one value
+    a row."""
 
     def __init__(self, path: Path, dtype: Any, width: int, most: int) -> None:
         self.path = path
@@ -80,9 +69,13 @@ class StreamedArrayFile:
         self.width = width
         self.most = most
         self.rows = 0
-        self._f = open(path, "wb")  # noqa: SIM115 (closed by close(), or by the caller's error path)
+        self._f = open(path, "wb")  # noqa: SIM115 (closed by close() or discard())
+        self._out = _CrcWriter(self._f)
         self._head = self._header(most)
-        self._f.write(self._head)
+        self._out.write(self._head)
+
+    def _shape(self, rows: int) -> tuple[int, ...]:
+        return (rows, self.width) if self.width else (rows,)
 
     def _header(self, rows: int, length: int = 0) -> bytes:
         out = io.BytesIO()
@@ -91,7 +84,7 @@ class StreamedArrayFile:
             {
                 "descr": np.lib.format.dtype_to_descr(self.dtype),
                 "fortran_order": False,
-                "shape": (rows, self.width),
+                "shape": self._shape(rows),
             },
         )
         head = out.getvalue()
@@ -105,28 +98,26 @@ class StreamedArrayFile:
 
     def append(self, block: np.ndarray[Any, Any]) -> None:
         data = np.ascontiguousarray(block, dtype=self.dtype)
-        if data.shape[1:] != (self.width,):
+        if data.shape[1:] != self._shape(0)[1:]:
             raise ValueError(f"rows of width {self.width} expected, got {data.shape}")
         if self.rows + len(data) > self.most:
             raise ValueError(f"more than the {self.most} rows the header has room for")
         if len(data):
-            self._f.write(data.data.cast("B"))
+            self._out.write(data.data.cast("B"))
             self.rows += len(data)
 
     def close(self) -> dict[str, Any]:
         """Finish the file, fsync'd; returns its name, size and CRC-32."""
-        # Fewer rows than `most` never need a longer header: padded to the same length.
-        head = self._header(self.rows, len(self._head))
-        self._f.seek(0)
-        self._f.write(head)
+        rewritten = self.rows != self.most
+        if rewritten:
+            # Fewer rows than `most` never need a longer header: padded to the same length.
+            self._f.seek(0)
+            self._f.write(self._header(self.rows, len(self._head)))
         self._f.flush()
         os.fsync(self._f.fileno())
         self._f.close()
-        return {
-            "name": self.path.name,
-            "bytes": self.path.stat().st_size,
-            "crc32": crc_of(self.path),
-        }
+        crc = crc_of(self.path) if rewritten else self._out.crc
+        return {"name": self.path.name, "bytes": self._out.size, "crc32": crc}
 
     def discard(self) -> None:
         self._f.close()
