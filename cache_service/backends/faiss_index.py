@@ -46,7 +46,9 @@ from cache_service.backends.faiss_scope import (
     Labels,
     Scope,
     ScopeStats,
+    flat_codes,
     flat_index,
+    flat_vectors,
     relabel,
     replay,
     summary_of,
@@ -241,11 +243,9 @@ class FaissIndex:
                     )
                     return self._ids.keys(labels), vectors
                 if n <= len(spare):
-                    # The flat codes are IEEE float16 (`flat_index`): numpy widens them.
-                    flat = faiss.downcast_index(s.index.index)
-                    codes = faiss.rev_swig_ptr(flat.codes.data(), n * self.dim * 2)  # type: ignore[attr-defined]
-                    spare[:n] = codes.view(np.float16).reshape(n, self.dim)
-                    return self._ids.keys(faiss.vector_to_array(s.index.id_map)), spare[:n]
+                    labels, codes = flat_codes(s.index)
+                    spare[:n] = codes  # numpy widens the float16
+                    return self._ids.keys(labels), spare[:n]
             size = n  # grew past the spare rows meanwhile: allocate again
 
     def export_ivf(self, scope: str, files: tuple[Path, Path] | None = None) -> IvfExport | None:
@@ -449,7 +449,10 @@ class FaissIndex:
                 present = chunk[self._ids.column("space")[chunk] == s.no]
                 if not len(present):
                     continue
-                vecs = s.index.reconstruct_batch(present)
+                if s.kind == "flat":
+                    vecs = flat_vectors(s.index, present)
+                else:
+                    vecs = s.index.reconstruct_batch(present)
             yield present, np.ascontiguousarray(vecs, dtype=np.float32)
 
     def _build_ivf(self, s: Scope, labels: Labels) -> Built:

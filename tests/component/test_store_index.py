@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cache_service.backends.faiss_index import FaissIndex
-from cache_service.backends.faiss_scope import FLAT_ROUNDING, FLAT_SCORE_ERROR
+from cache_service.backends.faiss_scope import FLAT_ROUNDING, FLAT_SCORE_ERROR, flat_vectors
 from cache_service.backends.store import DiskCacheStore
 from cache_service.protocols import Entry, Vector, answer_json
 from tests.fakes import HashingEmbedder
@@ -238,6 +238,29 @@ def test_a_flat_scope_keeps_float16_vectors_and_scores_within_its_bound() -> Non
         assert [h.entry_id for h in hits][:1] == [f"e{int(np.argmax(exact))}"]
         for h in hits:
             assert abs(h.similarity - exact[int(h.entry_id[1:])]) <= FLAT_SCORE_ERROR
+
+
+def test_a_flat_scopes_vectors_are_read_back_by_label_after_removals_shift_them() -> None:
+    # What a promotion reads: the flat index keeps no map from label to position, and a
+    # removal moves the vectors behind it down.
+    rng = np.random.default_rng(11)
+    vectors = rng.standard_normal((300, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = FaissIndex(DIM, background=False)
+    ids = [f"e{i}" for i in range(len(vectors))]
+    index.add_many("s", ids, vectors)
+    index.remove("s", ids[10:200:3])
+    scope = index._scopes["s"]
+    kept = [i for i in rng.permutation(len(ids)).tolist() if not (10 <= i < 200 and i % 3 == 1)]
+    labels = index._ids.rows([ids[i] for i in kept], scope.no)
+    assert (labels >= 0).all()
+    read = flat_vectors(scope.index, labels)
+    assert read.dtype == np.float32
+    np.testing.assert_allclose(read, vectors[kept], atol=FLAT_ROUNDING)
+    gone = index._ids.rows([ids[10]], scope.no)
+    assert gone[0] == -1
+    with pytest.raises(KeyError):
+        flat_vectors(scope.index, np.array([labels.max() + 5], dtype=np.int64))
 
 
 def test_k_larger_than_scope_returns_all() -> None:
