@@ -6,8 +6,9 @@ under two rows.
 At a million entries the Python objects of an id map cost more than the vectors: a 32-hex
 id as a `str` is ~80 B, its int label ~30 B and each dict slot it sits in ~60 B, and the
 index's two maps and the sweep's tracking held ~300 B an entry that way (measured). Here a
-row costs its id's bytes (`S<width>`), an 8-byte hash, a used flag, its space, its columns,
-and ~10 B of open-addressing slots: ~60 B for a 32-character id.
+row costs its id's bytes (`S<width>`; an entry id's 32 hex digits are kept as the 16 bytes
+they spell), an 8-byte hash, a used and a packed flag, its space, its columns, and ~10-17 B
+of open-addressing slots: ~45 B for an entry id.
 
 Rows are dense and reused once freed, so they serve directly as FAISS labels. Lookups
 hash with Python's own `hash(str)` (cached on the string; random per process, which is
@@ -21,6 +22,7 @@ never shrink (like a dict), so a table keeps the size of its largest fill.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -60,27 +62,66 @@ def distinct(values: npt.NDArray[Any]) -> npt.NDArray[Any]:
     return ordered[keep]
 
 
-def _encoded(keys: Sequence[str], *, check: bool = True) -> npt.NDArray[Any]:
+_HEX = re.compile("[0-9a-f]*")
+_PACKED = 16
+"""Bytes of a packed id: 32 lowercase hex digits, the form of the cache's entry ids
+(`uuid4().hex`), are kept as the 16 bytes they spell, half of their text; a flag column
+tells a packed id from another id of the same bytes."""
+
+
+def _packs(key: str) -> bool:
+    return len(key) == 2 * _PACKED and _HEX.fullmatch(key) is not None
+
+
+Encoded = tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]
+
+
+def _encoded(keys: Sequence[str], *, check: bool = True) -> Encoded:
+    """The bytes each key is kept as, and which of them are packed (`_PACKED`)."""
+    joined = "".join(keys)
+    # The usual case, entry ids alone, in a few C passes.
+    if (
+        len(joined) == 2 * _PACKED * len(keys)
+        and _HEX.fullmatch(joined)
+        and all(len(key) == 2 * _PACKED for key in keys)
+    ):
+        packed = np.frombuffer(bytes.fromhex(joined), dtype=f"S{_PACKED}")
+        return packed, np.ones(len(keys), dtype=bool)
+    flags = np.fromiter(map(_packs, keys), dtype=bool, count=len(keys))
     # numpy's fixed-width bytes drop trailing NULs: such a key would come back changed, so
     # it is refused for filing (a lookup of one finds nothing: its hash is another key's).
+    # A packed id's dropped NULs are put back when it is read: it is always 16 bytes.
     # Checked in C first (a Python test per key is ~0.1 s at a million).
-    if check and (not all(keys) or "\x00" in "".join(keys)):
+    if check and (not all(keys) or "\x00" in joined):
         for key in keys:
             if not key or key.endswith("\x00"):
                 raise ValueError(f"unsupported id {key!r}: empty or ending in NUL")
+    if flags.any():
+        values = [
+            bytes.fromhex(k) if p else k.encode() for k, p in zip(keys, flags.tolist(), strict=True)
+        ]
+        return np.array(values, dtype=np.bytes_), flags
     try:
-        return np.array(keys, dtype=np.bytes_)  # ASCII, the usual case: one C pass
+        return np.array(keys, dtype=np.bytes_), flags  # ASCII: one C pass
     except UnicodeEncodeError:
-        return np.array([key.encode() for key in keys], dtype=np.bytes_)
+        return np.array([key.encode() for key in keys], dtype=np.bytes_), flags
+
+
+def _decoded(value: bytes, packed: bool) -> str:
+    return value.ljust(_PACKED, b"\0").hex() if packed else value.decode()
+
+
+_FLAG = "packed"
 
 
 class IdTable:
     """`columns`: name -> (dtype, value of a free row), beside the built-in "space" (int32,
-    -1 when free). A removed row's columns go back to that value, so a vectorised filter
-    over `column(name)` never matches a free row. Spaces are numbers >= 0."""
+    -1 when free) and "packed" (bool: whether the row's id is packed, `_PACKED`). A removed
+    row's columns go back to that value, so a vectorised filter over `column(name)` never
+    matches a free row. Spaces are numbers >= 0."""
 
     def __init__(self, columns: Mapping[str, tuple[npt.DTypeLike, Any]] | None = None) -> None:
-        named = {"space": (np.int32, -1), **(columns or {})}
+        named = {"space": (np.int32, -1), _FLAG: (np.bool_, False), **(columns or {})}
         self._fills = {name: fill for name, (_, fill) in named.items()}
         self._cols: dict[str, npt.NDArray[Any]] = {
             name: np.full(0, fill, dtype=dtype) for name, (dtype, fill) in named.items()
@@ -109,14 +150,17 @@ class IdTable:
         slot = h & mask
         spaces = self._cols["space"]
         encoded: bytes | None = None
+        packed = False
         while True:
             r = int(self._slots[slot])
             if r == _EMPTY:
                 return -1
             if r >= 0 and self._hash[r] == h and spaces[r] == space:
                 if encoded is None:
-                    encoded = key.encode()
-                if self._ids[r] == encoded:
+                    packed = _packs(key)
+                    # As numpy keeps it: a packed id's trailing NULs dropped.
+                    encoded = bytes.fromhex(key).rstrip(b"\0") if packed else key.encode()
+                if self._ids[r] == encoded and self._cols[_FLAG][r] == packed:
                     return r
             slot = (slot + 1) & mask
 
@@ -129,8 +173,8 @@ class IdTable:
         if not n or not self._live:
             return out
         h = _hashes(keys, space)
-        encoded = _encoded(keys, check=False)
-        spaces = self._cols["space"]
+        encoded, packed = _encoded(keys, check=False)
+        spaces, flags = self._cols["space"], self._cols[_FLAG]
         mask = len(self._slots) - 1
         slot = h & mask
         todo = np.arange(n)
@@ -138,17 +182,25 @@ class IdTable:
             r = self._slots[slot[todo]].astype(np.int64)
             found = r >= 0
             found[found] = (self._hash[r[found]] == h[todo[found]]) & (spaces[r[found]] == space)
-            found[found] = self._ids[r[found]] == encoded[todo[found]]
+            found[found] = (self._ids[r[found]] == encoded[todo[found]]) & (
+                flags[r[found]] == packed[todo[found]]
+            )
             out[todo[found]] = r[found]
             todo = todo[~(found | (r == _EMPTY))]
             slot[todo] = (slot[todo] + 1) & mask
         return out
 
     def key(self, row: int) -> str:
-        return bytes(self._ids[row]).decode()
+        return _decoded(bytes(self._ids[row]), bool(self._cols[_FLAG][row]))
 
     def keys(self, rows: Rows | Sequence[int]) -> list[str]:
-        return [b.decode() for b in self._ids[np.asarray(rows, dtype=np.int64)].tolist()]
+        at = np.asarray(rows, dtype=np.int64)
+        ids, packed = self._ids[at], self._cols[_FLAG][at]
+        if len(at) and packed.all():
+            # The usual case, in one pass: the 16 bytes of each, NULs and all, in hex.
+            text = ids.view(np.uint8).reshape(len(at), -1)[:, :_PACKED].tobytes().hex()
+            return [text[i : i + 2 * _PACKED] for i in range(0, len(text), 2 * _PACKED)]
+        return [_decoded(b, p) for b, p in zip(ids.tolist(), packed.tolist(), strict=True)]
 
     def live(self) -> Rows:
         """Every row in use, ascending."""
@@ -251,9 +303,7 @@ class IdTable:
         self._used[rows] = True
         return rows
 
-    def _new(
-        self, keys: Sequence[str], space: int
-    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[Any]]:
+    def _new(self, keys: Sequence[str], space: int) -> tuple[npt.NDArray[np.int64], Encoded]:
         """The hashes and bytes of keys to file, or ValueError unless each is new to the
         space and unique."""
         if space < 0:
@@ -271,16 +321,16 @@ class IdTable:
             raise ValueError("ids repeat, or are already filed")
         return h, encoded
 
-    def _file(
-        self, h: npt.NDArray[np.int64], encoded: npt.NDArray[Any], rows: Rows, space: int
-    ) -> None:
+    def _file(self, h: npt.NDArray[np.int64], encoded: Encoded, rows: Rows, space: int) -> None:
         """Write new keys at rows already marked used, and into the slots."""
         n = len(rows)
         if not n:
             return
-        if encoded.dtype.itemsize > self._ids.dtype.itemsize:
-            self._ids = self._ids.astype(encoded.dtype)
-        self._ids[rows] = encoded
+        values, packed = encoded
+        if values.dtype.itemsize > self._ids.dtype.itemsize:
+            self._ids = self._ids.astype(values.dtype)
+        self._ids[rows] = values
+        self._cols[_FLAG][rows] = packed
         self._hash[rows] = h
         self._cols["space"][rows] = space
         self._live += n

@@ -27,7 +27,21 @@ def _check(table: IdTable, model: Model) -> None:
     assert table.keys(list(model.values())) == [key for _, key in model]
 
 
-_keys = st.text(min_size=1, max_size=6).filter(lambda k: not k.endswith("\x00"))
+# Entry ids are kept packed (32 lowercase hex digits as 16 bytes): some such ids, among them
+# ones ending in NUL bytes, beside ids that look like them or share their bytes.
+_LIKE_ENTRY_IDS = [
+    "00" * 16,
+    "ab" + "00" * 15,
+    "6162636465666768696a6b6c6d6e6f70",  # the bytes of the next one
+    "abcdefghijklmnop",
+    "AB" * 16,  # upper case: kept as text
+    "0" * 31,
+    "0" * 33,
+]
+_keys = st.one_of(
+    st.text(min_size=1, max_size=6).filter(lambda k: not k.endswith("\x00")),
+    st.sampled_from(_LIKE_ENTRY_IDS),
+)
 
 
 @settings(max_examples=150, deadline=None)
@@ -124,3 +138,30 @@ def test_non_ascii_and_longer_ids_widen_the_table() -> None:
     table.add(["é" * 40, "z"], 0)
     assert table.key(table.row("é" * 40, 0)) == "é" * 40
     assert table.rows(["ab", "z", "é" * 40, "é"], 0).tolist() == [0, 2, 1, -1]
+
+
+def test_entry_ids_are_kept_in_16_bytes_and_read_back_whole() -> None:
+    ids = [uuid.uuid4().hex for _ in range(1000)] + ["00" * 16, "ab" + "00" * 15]
+    table = IdTable()
+    rows = table.add(ids, 3)
+    assert table._ids.dtype.itemsize == 16  # half the text
+    assert table.keys(rows) == ids
+    assert [table.key(r) for r in rows[-2:].tolist()] == ids[-2:]
+    assert table.rows(ids, 3).tolist() == rows.tolist()
+    assert table.row("00" * 16, 3) == rows[-2] and table.row("ab" + "00" * 15, 3) == rows[-1]
+    # Another id of the same bytes, and upper-case hex, are other ids, filed as text.
+    alias, upper = "abcdefghijklmnop", ids[0].upper()
+    assert table.row(alias, 3) == -1 and table.row(upper, 3) == -1
+    more = table.add([alias, upper, "6162636465666768696a6b6c6d6e6f70"], 3)
+    assert table.keys(np.concatenate([more, rows[:2]])) == [
+        alias,
+        upper,
+        "6162636465666768696a6b6c6d6e6f70",
+        *ids[:2],
+    ]
+    assert table.rows([alias, "6162636465666768696a6b6c6d6e6f70"], 3).tolist() == [
+        more[0],
+        more[2],
+    ]
+    table.remove(more[:1])
+    assert table.row(alias, 3) == -1 and table.row("6162636465666768696a6b6c6d6e6f70", 3) == more[2]
