@@ -18,7 +18,7 @@ scan thousands of 8-bit codes (vectors spread evenly over the lists), the scope 
 (`fast_scan`), and the nprobe is chosen again through them.
 
 Entry ids and labels map through one `IdTable` for all scopes, each scope a numbered space
-in it (a label is its id's row): ~64 B an entry at a million in numpy arrays, where two dicts
+in it (a label is its id's row): ~48 B an entry at a million in numpy arrays, where two dicts
 per scope held ~230 (the id string, its int label, two slots).
 
 While a scope is being rebuilt, searches keep using its current index and every add and

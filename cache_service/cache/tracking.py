@@ -3,8 +3,8 @@ need without reading the store.
 
 Kept in an `IdTable` (a scope is a numbered space, the expiry a float64 column, NaN for
 none) rather than a dict per scope: with the index's two id maps, those dicts held ~300 B an
-entry at a million (id strings, ints, floats, slots); this table and the index's hold ~130
-(69 + 61 MiB measured at 1,004,700 entries).
+entry at a million (id strings, ints, floats, slots); this table and the index's hold ~104
+(54 + 46 MiB measured at 1,004,700 entries).
 
 Not thread-safe: SemanticCache holds its lock around it.
 """
