@@ -22,7 +22,6 @@ never shrink (like a dict), so a table keeps the size of its largest fill.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -62,15 +61,25 @@ def distinct(values: npt.NDArray[Any]) -> npt.NDArray[Any]:
     return ordered[keep]
 
 
-_HEX = re.compile("[0-9a-f]*")
 _PACKED = 16
 """Bytes of a packed id: 32 lowercase hex digits, the form of the cache's entry ids
 (`uuid4().hex`), are kept as the 16 bytes they spell, half of their text; a flag column
 tells a packed id from another id of the same bytes."""
 
 
+def _unhex(text: str) -> bytes | None:
+    """The bytes lowercase hex `text` spells, else None. fromhex also takes upper case and
+    spaces, which its hex() would not give back; it and the comparison are C passes, ~3
+    times faster than a regular expression over a million ids' text."""
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        return None
+    return raw if raw.hex() == text else None
+
+
 def _packs(key: str) -> bool:
-    return len(key) == 2 * _PACKED and _HEX.fullmatch(key) is not None
+    return len(key) == 2 * _PACKED and _unhex(key) is not None
 
 
 Encoded = tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]
@@ -82,11 +91,10 @@ def _encoded(keys: Sequence[str], *, check: bool = True) -> Encoded:
     # The usual case, entry ids alone, in a few C passes.
     if (
         len(joined) == 2 * _PACKED * len(keys)
-        and _HEX.fullmatch(joined)
-        and all(len(key) == 2 * _PACKED for key in keys)
+        and (raw := _unhex(joined)) is not None
+        and set(map(len, keys)) <= {2 * _PACKED}
     ):
-        packed = np.frombuffer(bytes.fromhex(joined), dtype=f"S{_PACKED}")
-        return packed, np.ones(len(keys), dtype=bool)
+        return np.frombuffer(raw, dtype=f"S{_PACKED}"), np.ones(len(keys), dtype=bool)
     flags = np.fromiter(map(_packs, keys), dtype=bool, count=len(keys))
     # numpy's fixed-width bytes drop trailing NULs: such a key would come back changed, so
     # it is refused for filing (a lookup of one finds nothing: its hash is another key's).

@@ -20,6 +20,9 @@ import numpy.typing as npt
 from cache_service.pricing import Usage
 
 Vector = npt.NDArray[np.float32]
+Vectors = npt.NDArray[np.float32] | npt.NDArray[np.float16]
+"""Rows of vectors to add: float16 where they were kept so (an index snapshot's flat
+scopes); an index converts them to what it keeps."""
 
 
 @runtime_checkable
@@ -82,7 +85,7 @@ class VectorIndex(Protocol):
 
     def add(self, scope: str, entry_id: str, vector: Vector) -> None: ...
 
-    def add_many(self, scope: str, entry_ids: Sequence[str], vectors: Vector) -> None:
+    def add_many(self, scope: str, entry_ids: Sequence[str], vectors: Vectors) -> None:
         """As add() for each id and row of the (n, dim) array in turn, in one bulk call.
         Raises ValueError, adding nothing, unless vectors has one row per id."""
         ...

@@ -57,7 +57,7 @@ from cache_service.backends.ivf_build import RECALL_FLOOR, TARGET_RECALL, Built,
 from cache_service.backends.rwlock import ReadWriteLock
 from cache_service.heap import give_back
 from cache_service.id_table import IdTable, distinct
-from cache_service.protocols import SearchHit, Vector
+from cache_service.protocols import SearchHit, Vector, Vectors
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +126,15 @@ class FaissIndex:
         vec = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, self.dim)
         self.add_many(scope, [entry_id], vec)
 
-    def _rows(self, entry_ids: Sequence[str], vectors: Vector) -> tuple[list[str], Vector]:
-        """The ids and their vectors as FAISS takes them, or ValueError unless there is one
-        row of `dim` per id."""
+    def _rows(self, entry_ids: Sequence[str], vectors: Vectors) -> tuple[list[str], Vectors]:
+        """The ids and their vectors as FAISS takes them (float16 rows stay float16: see
+        `faiss_scope.add_labels`), or ValueError unless there is one row of `dim` per id."""
         ids = list(entry_ids)
-        vecs = np.ascontiguousarray(vectors, dtype=np.float32)
+        vecs: Vectors = (
+            np.ascontiguousarray(vectors, dtype=np.float16)
+            if getattr(vectors, "dtype", None) == np.float16
+            else np.ascontiguousarray(vectors, dtype=np.float32)
+        )
         if vecs.shape != (len(ids), self.dim):
             raise ValueError(
                 f"{len(ids)} entry ids need vectors of shape ({len(ids)}, {self.dim}),"
@@ -138,7 +142,7 @@ class FaissIndex:
             )
         return ids, vecs
 
-    def add_many(self, scope: str, entry_ids: Sequence[str], vectors: Vector) -> None:
+    def add_many(self, scope: str, entry_ids: Sequence[str], vectors: Vectors) -> None:
         ids, vecs = self._rows(entry_ids, vectors)
         if not ids:
             return

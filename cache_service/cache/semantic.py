@@ -22,7 +22,15 @@ from cache_service.cache.guards import AcceptConfig, accept
 from cache_service.cache.hot_entries import HOT_ENTRIES, HotEntries
 from cache_service.cache.matching import Candidate
 from cache_service.cache.tracking import Tracked
-from cache_service.protocols import Clock, Entry, EntryStore, Vector, VectorIndex, answer_json
+from cache_service.protocols import (
+    Clock,
+    Entry,
+    EntryStore,
+    Vector,
+    VectorIndex,
+    Vectors,
+    answer_json,
+)
 
 REBUILD_CHUNK = 4096
 """Entries whose vectors rebuild() holds before handing them to the index in bulk."""
@@ -336,7 +344,7 @@ class SemanticCache:
         self,
         scope: str,
         entry_ids: Sequence[str],
-        vectors: Vector | None,
+        vectors: Vectors | None,
         expires: Sequence[float | None],
     ) -> None:
         """Index (with one add_many, unless `vectors` is None: entries without embedding)

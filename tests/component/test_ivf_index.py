@@ -13,7 +13,7 @@ import pytest
 
 from cache_service.backends import faiss_index, fast_scan, ivf_build
 from cache_service.backends.faiss_index import FaissIndex
-from cache_service.backends.faiss_scope import FLAT_ROUNDING, FLAT_SCORE_ERROR
+from cache_service.backends.faiss_scope import FLAT_ROUNDING, FLAT_SCORE_ERROR, flat_codes
 from cache_service.protocols import Vector
 
 DIM = 384
@@ -57,6 +57,22 @@ def test_a_scope_stays_flat_below_ivf_min_and_maintain_promotes_it_past() -> Non
     assert st.recall_at_1 is not None and st.recall_at_1 >= 0.99
     assert not st.building
     assert index.maintain() == 0  # nothing more to do
+
+
+def test_float16_rows_go_into_a_flat_scope_as_they_are_and_into_an_ivf_one_widened() -> None:
+    # How a snapshot's flat scopes come back: their rows are the float16 codes they were.
+    index, _ = index_of(1200)
+    assert index.maintain() == 1 and index.stats()["s"].kind == "ivf"
+    halves = clustered(300, seed=5).astype(np.float16)
+    index.add_many("flat", names(300), halves)
+    _, codes = flat_codes(index._scopes["flat"].index)
+    assert np.array_equal(codes, halves)
+    index.add_many("s", names(300, "h"), halves)
+    assert index.stats()["s"].size == 1500
+    for i in (0, 7, 299):
+        query = halves[i].astype(np.float32)
+        assert [h.entry_id for h in index.search("flat", query, 1)] == [f"id{i}"]
+        assert [h.entry_id for h in index.search("s", query, 1)] == [f"h{i}"]
 
 
 def test_never_promoted_without_ivf_min() -> None:
