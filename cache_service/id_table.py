@@ -78,8 +78,10 @@ def _unhex(text: str) -> bytes | None:
     return raw if raw.hex() == text else None
 
 
-def _packs(key: str) -> bool:
-    return len(key) == 2 * _PACKED and _unhex(key) is not None
+def _kept(key: str) -> tuple[bytes, bool]:
+    """The bytes one key is kept as, and whether they are packed."""
+    raw = _unhex(key) if len(key) == 2 * _PACKED else None
+    return (key.encode(), False) if raw is None else (raw, True)
 
 
 Encoded = tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]
@@ -95,7 +97,7 @@ def _encoded(keys: Sequence[str], *, check: bool = True) -> Encoded:
         and set(map(len, keys)) <= {2 * _PACKED}
     ):
         return np.frombuffer(raw, dtype=f"S{_PACKED}"), np.ones(len(keys), dtype=bool)
-    flags = np.fromiter(map(_packs, keys), dtype=bool, count=len(keys))
+    kept = list(map(_kept, keys))
     # numpy's fixed-width bytes drop trailing NULs: such a key would come back changed, so
     # it is refused for filing (a lookup of one finds nothing: its hash is another key's).
     # A packed id's dropped NULs are put back when it is read: it is always 16 bytes.
@@ -104,15 +106,8 @@ def _encoded(keys: Sequence[str], *, check: bool = True) -> Encoded:
         for key in keys:
             if not key or key.endswith("\x00"):
                 raise ValueError(f"unsupported id {key!r}: empty or ending in NUL")
-    if flags.any():
-        values = [
-            bytes.fromhex(k) if p else k.encode() for k, p in zip(keys, flags.tolist(), strict=True)
-        ]
-        return np.array(values, dtype=np.bytes_), flags
-    try:
-        return np.array(keys, dtype=np.bytes_), flags  # ASCII: one C pass
-    except UnicodeEncodeError:
-        return np.array([key.encode() for key in keys], dtype=np.bytes_), flags
+    flags = np.fromiter((packed for _, packed in kept), dtype=bool, count=len(keys))
+    return np.array([raw for raw, _ in kept], dtype=np.bytes_), flags
 
 
 def _decoded(value: bytes, packed: bool) -> str:
@@ -165,9 +160,9 @@ class IdTable:
                 return -1
             if r >= 0 and self._hash[r] == h and spaces[r] == space:
                 if encoded is None:
-                    packed = _packs(key)
+                    encoded, packed = _kept(key)
                     # As numpy keeps it: a packed id's trailing NULs dropped.
-                    encoded = bytes.fromhex(key).rstrip(b"\0") if packed else key.encode()
+                    encoded = encoded.rstrip(b"\0") if packed else encoded
                 if self._ids[r] == encoded and self._cols[_FLAG][r] == packed:
                     return r
             slot = (slot + 1) & mask
