@@ -16,7 +16,7 @@ from cache_service.backends.store import DiskCacheStore
 from cache_service.cache import semantic as cache_module
 from cache_service.cache.guards import AcceptConfig
 from cache_service.cache.semantic import SemanticCache
-from cache_service.protocols import Entry, SearchHit, Vector
+from cache_service.protocols import Entry, SearchHit, Vector, Vectors
 from tests.fakes import FakeClock, HashingEmbedder
 
 Q = "How do I reset my password?"
@@ -379,6 +379,23 @@ def test_rebuild_skips_and_deletes_expired(env: Env) -> None:
     assert fresh.id in env.store
 
 
+class _Recording(FaissIndex):
+    """The index's calls, by kind."""
+
+    def __init__(self) -> None:
+        super().__init__(HashingEmbedder.dim)
+        self.adds = 0
+        self.bulk: list[tuple[str, int]] = []
+
+    def add(self, scope: str, entry_id: str, vector: Vector) -> None:
+        self.adds += 1
+        super().add(scope, entry_id, vector)
+
+    def add_many(self, scope: str, entry_ids: Sequence[str], vectors: Vectors) -> None:
+        self.bulk.append((scope, len(entry_ids)))
+        super().add_many(scope, entry_ids, vectors)
+
+
 def test_rebuild_adds_vectors_in_bulk_in_bounded_chunks(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -388,22 +405,8 @@ def test_rebuild_adds_vectors_in_bulk_in_bounded_chunks(
     old = env.put("what is a token bucket", ttl_s=10)
     env.clock.advance(20)
 
-    class Recording(FaissIndex):
-        def __init__(self) -> None:
-            super().__init__(HashingEmbedder.dim)
-            self.adds = 0
-            self.bulk: list[tuple[str, int]] = []
-
-        def add(self, scope: str, entry_id: str, vector: Vector) -> None:
-            self.adds += 1
-            super().add(scope, entry_id, vector)
-
-        def add_many(self, scope: str, entry_ids: Sequence[str], vectors: Vector) -> None:
-            self.bulk.append((scope, len(entry_ids)))
-            super().add_many(scope, entry_ids, vectors)
-
     monkeypatch.setattr(cache_module, "REBUILD_CHUNK", 3)
-    index = Recording()
+    index = _Recording()
     cache = SemanticCache(env.store, index, env.clock, AcceptConfig(threshold=THRESHOLD))
     assert cache.rebuild() == len(live) + 1
     assert index.adds == 0
@@ -420,6 +423,26 @@ def test_rebuild_adds_vectors_in_bulk_in_bounded_chunks(
     assert exact is not None
     env.clock.advance(TTL)
     assert cache.sweep().expired == len(live) + 1
+
+
+def test_rebuild_gathers_the_vectors_of_many_scopes_into_fewer_calls(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Four scopes read in turn: flushing every scope each REBUILD_CHUNK vectors read would
+    # add one vector a call (a call's fixed cost then dominated a rebuild of 200 scopes).
+    live = [env.put(f"question {i} on topic {i}", scope=f"scope-{i % 4}") for i in range(24)]
+    monkeypatch.setattr(cache_module, "REBUILD_CHUNK", 4)
+    monkeypatch.setattr(cache_module, "REBUILD_HELD", 8)
+    index = _Recording()
+    cache = SemanticCache(env.store, index, env.clock, AcceptConfig(threshold=THRESHOLD))
+    assert cache.rebuild() == len(live)
+    assert sorted(n for _, n in index.bulk) == [2] * 12
+    one = [env.put(f"one scope, question {i}", scope="scope-9") for i in range(10)]
+    index = _Recording()
+    cache = SemanticCache(env.store, index, env.clock, AcceptConfig(threshold=THRESHOLD))
+    assert cache.rebuild() == len(live) + len(one)
+    assert [n for scope, n in index.bulk if scope == "scope-9"] == [4, 4, 2]
+    assert len(index) == len(live) + len(one)
 
 
 # ------------------------------------------------------------------ replacement and deletion
