@@ -8,7 +8,7 @@ id as a `str` is ~80 B, its int label ~30 B and each dict slot it sits in ~60 B,
 index's two maps and the sweep's tracking held ~300 B an entry that way (measured). Here a
 row costs its id's bytes (`S<width>`; an entry id's 32 hex digits are kept as the 16 bytes
 they spell), an 8-byte hash, a used and a packed flag, its space, its columns, and ~10-17 B
-of open-addressing slots: ~45 B for an entry id.
+of open-addressing slots: ~48 B for an entry id.
 
 Rows are dense and reused once freed, so they serve directly as FAISS labels. Lookups
 hash with Python's own `hash(str)` (cached on the string; random per process, which is
