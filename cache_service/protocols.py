@@ -20,7 +20,8 @@ import numpy.typing as npt
 from cache_service.pricing import Usage
 
 Vector = npt.NDArray[np.float32]
-Vectors = npt.NDArray[np.float32] | npt.NDArray[np.float16]
+Halves = npt.NDArray[np.float16]
+Vectors = Vector | Halves
 """Rows of vectors to add: float16 where they were kept so (an index snapshot's flat
 scopes); an index converts them to what it keeps."""
 

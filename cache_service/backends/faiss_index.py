@@ -57,7 +57,7 @@ from cache_service.backends.ivf_build import RECALL_FLOOR, TARGET_RECALL, Built,
 from cache_service.backends.rwlock import ReadWriteLock
 from cache_service.heap import give_back
 from cache_service.id_table import IdTable, distinct
-from cache_service.protocols import SearchHit, Vector, Vectors
+from cache_service.protocols import Halves, SearchHit, Vector, Vectors
 
 log = logging.getLogger(__name__)
 
@@ -219,10 +219,12 @@ class FaissIndex:
         with self._lock.read():
             return sum(s.index.ntotal for s in self._scopes.values())
 
-    def export_scope(self, scope: str) -> tuple[list[str], Vector]:
-        """One scope's entry ids and a copy of their vectors, (n, dim) float32 in the same
-        order, read in one consistent view: what an index snapshot saves. An unknown scope
-        gives no ids and a (0, dim) array. add_many(scope, ids, vectors) puts them back.
+    def export_scope(self, scope: str) -> tuple[list[str], Halves]:
+        """One scope's entry ids and a copy of their vectors, (n, dim) float16 as a flat
+        scope keeps them (an IVF scope's are read back and rounded so), in the same order,
+        read in one consistent view: what an index snapshot saves, in float16 too. An
+        unknown scope gives no ids and a (0, dim) array. add_many(scope, ids, vectors) puts
+        them back.
 
         The copy's memory is allocated and touched before the read lock is taken (page
         faults cost seconds at a million vectors here), so the lock is held for a memcpy
@@ -231,24 +233,22 @@ class FaissIndex:
             s = self._scopes.get(scope)
             size = 0 if s is None else s.index.ntotal
         while True:
-            spare = np.empty((size + size // 64 + 64, self.dim), dtype=np.float32)
+            spare = np.empty((size + size // 64 + 64, self.dim), dtype=np.float16)
             spare.fill(0)
             with self._lock.read(long=True):  # searches go on beside it (rwlock.py)
                 s = self._scopes.get(scope)
                 if s is None or s.index.ntotal == 0:
-                    return [], np.empty((0, self.dim), dtype=np.float32)
+                    return [], np.empty((0, self.dim), dtype=np.float16)
                 n = s.index.ntotal
                 if s.kind == "ivf":
                     # No flat code array to copy: read the vectors back through the IVF's
                     # direct map (slower, but a promoted scope is rare and this is a save).
                     labels = self._ids.in_space(s.no)
-                    vectors = np.ascontiguousarray(
-                        s.index.reconstruct_batch(labels), dtype=np.float32
-                    )
+                    vectors = s.index.reconstruct_batch(labels).astype(np.float16)
                     return self._ids.keys(labels), vectors
                 if n <= len(spare):
                     labels, codes = flat_codes(s.index)
-                    spare[:n] = codes  # numpy widens the float16
+                    spare[:n] = codes
                     return self._ids.keys(labels), spare[:n]
             size = n  # grew past the spare rows meanwhile: allocate again
 

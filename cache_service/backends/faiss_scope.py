@@ -13,7 +13,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from cache_service.protocols import Vector, Vectors
+from cache_service.protocols import Halves, Vector, Vectors
 
 Labels = npt.NDArray[np.int64]
 _NO_MAP = 0  # faiss.DirectMap.NoMap (its stubs lack DirectMap)
@@ -114,7 +114,7 @@ def flat_index(dim: int) -> Any:
     )
 
 
-def flat_codes(index: Any) -> tuple[Labels, npt.NDArray[np.float16]]:
+def flat_codes(index: Any) -> tuple[Labels, Halves]:
     """Views (not copies) of a flat index's labels and vectors, position by position: valid
     until the index next changes."""
     n, dim = index.ntotal, index.d

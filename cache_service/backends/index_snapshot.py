@@ -51,7 +51,7 @@ from cache_service.backends.snapshot_files import (
     write_array_file,
     write_bytes_file,
 )
-from cache_service.protocols import Vector
+from cache_service.protocols import Halves
 
 FORMAT = 2
 MANIFEST = "manifest.json"
@@ -66,7 +66,7 @@ class ScopeExport(Protocol):
     """An index that can hand over a scope's ids and vectors, and an IVF scope whole, and
     take the latter back (FaissIndex)."""
 
-    def export_scope(self, scope: str) -> tuple[list[str], Vector]: ...
+    def export_scope(self, scope: str) -> tuple[list[str], Halves]: ...
 
     def export_ivf(
         self, scope: str, files: tuple[Path, Path] | None = None
