@@ -108,7 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for name, side in sides if r % 2 == 0 else sides[::-1]:
                     _block(c, name, side, exact_body, queries, a.block, blocks[name])
                     if name != "floor":
-                        misses = L.miss_prompts(a.block // 4, f"{name}-{r}", random.Random(r))
+                        # The same prompts for every side (each stores in its own copy):
+                        # a side's name in them would make its prompts longer or shorter.
+                        misses = L.miss_prompts(a.block // 4, f"r{r}", random.Random(r))
                         _miss_block(c, direct, upstream, side, misses, blocks[name])
                         _concurrent_block(side, queries, a.block, a.clients, blocks[name])
         report = {

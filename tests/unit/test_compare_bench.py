@@ -5,6 +5,7 @@ GPTCache, installed by the `bench` extra, not in CI: `make bench-compare`.)"""
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
 import pytest
@@ -146,3 +147,22 @@ def test_floors_of_rounds_without_the_one_trip_floor_leave_it_null() -> None:
     rounds = [{p: {"p50_ms": 1.0, "load": 1.0} for p in ("http", "encode", "encode_miss")}]
     floors = compare.size_floors(rounds, {"per_s": 200.0, "load": 0.5})
     assert floors["http_encode_p50_ms"] is None and floors["http_p50_ms"] == 1.0
+
+
+def test_the_miss_floor_encodes_prompts_as_long_as_both_sides_misses() -> None:
+    """The floor under the latency a miss adds is one encode of a miss prompt: the prompts
+    it times must be as long, in word pieces, as those each side is sent. When each side's
+    name went into its prompts, the sidecar's ran 4 pieces longer than the floor's (~1 ms of
+    encode counted against it)."""
+    from cache_service.backends.embedder import load_token_counter
+
+    count = load_token_counter()
+
+    def mean_pieces(texts: list[str]) -> float:
+        return sum(count(t) for t in texts) / len(texts)
+
+    floor = mean_pieces(compare.Floors(None, "http://unused", 1).miss_texts)
+    for name in ("sidecar", "gptcache"):
+        for r in range(3):
+            sent = compare.round_misses(64, r, random.Random(f"{name}-r{r}"))
+            assert abs(mean_pieces(sent) - floor) < 0.5, (name, r)
