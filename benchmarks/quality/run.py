@@ -999,7 +999,18 @@ def _tmp_dir() -> str | None:
     return "/dev/shm" if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK) else None
 
 
-def load_embedder() -> tuple[Embedder, str]:
+def load_embedder(model_dir: Path | None = None) -> tuple[Embedder, str]:
+    """The serving model through sentence-transformers; or, with `model_dir`, the export
+    under it as serving would load it (`OnnxEmbedder`), e.g. an int8 copy
+    (`benchmarks/quantized_embedder.py`), named by its file's digest so that its cached
+    vectors never mix with another model's."""
+    if model_dir is not None:
+        from cache_service.backends.embedder import manifest, onnx_path
+        from cache_service.backends.onnx_embedder import OnnxEmbedder
+
+        exported = onnx_path(model_dir) / str(manifest(model_dir)["onnx_file"])
+        digest = hashlib.sha256(exported.read_bytes()).hexdigest()[:12]
+        return OnnxEmbedder(model_dir, 1), f"onnx-{digest}"
     import torch
 
     from cache_service.backends.embedder import SentenceTransformerEmbedder, onnx_path
@@ -1023,6 +1034,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, help="at most N pairs (conversations) per set")
     ap.add_argument("--out", type=Path, default=PROJECT_ROOT / "benchmarks" / "results")
     ap.add_argument("--no-gptcache", action="store_true", help="compute its rule instead")
+    ap.add_argument("--model-dir", type=Path, help="embed with this export (serving's loader)")
     args = ap.parse_args(argv)
     if args.dataset is not None and args.format is None:
         ap.error("--dataset needs --format")
@@ -1035,7 +1047,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     use_gptcache = not args.no_gptcache and gptcache_available()
     if not args.no_gptcache and not use_gptcache:
         log("gptcache (or sqlalchemy) not installed: GPTCache numbers will be COMPUTED")
-    embedder, backend = load_embedder()
+    embedder, backend = load_embedder(args.model_dir)
     table = VectorTable(embedder, f"minilm-{backend}")
     results = run(sets, table, use_gptcache=use_gptcache)
     runtime = time.perf_counter() - t0

@@ -1,0 +1,45 @@
+"""benchmarks/quantized_embedder.py: the int8 copy it writes is a model directory serving's
+loader reads, and its vectors stay near the float32 export's (what the benchmark measures
+is a quantised MiniLM, not something else)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.quantized_embedder import quantize
+from cache_service.backends.embedder import load_embedder, manifest
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+
+TEXTS = [
+    "How do I reset my password?",
+    "what's the fastest way to get a new password",
+    "Order 1234 arrived with a broken lid; how do I claim a replacement?",
+    "x",
+]
+
+
+def test_the_int8_copy_loads_as_a_model_dir_and_stays_near_the_float_vectors(
+    tmp_path: Path,
+) -> None:
+    out = quantize(MODELS, tmp_path / "int8")
+    described = manifest(out)
+    assert "int8" in described["revision"]
+    assert described["dimension"] == manifest(MODELS)["dimension"]
+    exported = out / described["onnx_dir"] / described["onnx_file"]
+    original = MODELS / described["onnx_dir"] / described["onnx_file"]
+    assert exported.stat().st_size < original.stat().st_size / 3  # weights in one byte
+    a = load_embedder(MODELS, "onnx").embed(TEXTS)
+    b = load_embedder(out, "onnx").embed(TEXTS)
+    assert np.allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+    same = (a * b).sum(axis=1)
+    assert same.min() > 0.97, same
+    assert not np.allclose(a, b, atol=1e-4)  # quantised, not a copy of the float weights
+    # A second call keeps what is there (setup scripts may run it twice).
+    before = exported.stat().st_mtime_ns
+    quantize(MODELS, tmp_path / "int8")
+    assert exported.stat().st_mtime_ns == before
+    assert json.loads((out / "manifest.json").read_text())["onnx_file"] == described["onnx_file"]
