@@ -49,6 +49,7 @@ def _start_simulated(host: str, port: int) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     from cache_service import logs
     from cache_service.app import create_app
+    from cache_service.model_identity import claim_local
     from cache_service.preflight import (
         StartupError,
         check_data_dir,
@@ -80,6 +81,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         check_verifier(settings)
         check_data_dir(settings.data_dir)
         held = lock_data_dir(settings.data_dir)
+        claim_local(settings)  # held: no other sidecar records another model meanwhile
         sock = listen_socket(settings.host, settings.port, "the sidecar")
         if settings.upstream_url is None and not settings.upstreams:
             url = _start_simulated(settings.host, settings.simulated_upstream_port)

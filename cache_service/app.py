@@ -44,6 +44,7 @@ from cache_service.cache.sweeping import sweep_forever
 from cache_service.cache.tenancy import Tenancy
 from cache_service.cache.verdicts import Verdicts
 from cache_service.cache.write_behind import WriteBehind, journal_dir, replay
+from cache_service.model_identity import ModelIdentity
 from cache_service.pricing import PriceTable, price_of
 from cache_service.protocols import Clock, Embedder, EntryStore, PairScorer, SystemClock, Upstream
 from cache_service.proxy.audit import Auditor
@@ -91,6 +92,9 @@ def create_app(
             the_store = await asyncio.to_thread(
                 DiskCacheStore, settings.store_dir, settings.store_size_limit_bytes
             )
+        if shared is not None and embedder is None:
+            # Before anything is read: a replica of another model must not join the fleet.
+            await shared.claim_model(ModelIdentity.of_model_dir(settings.model_dir))
         # A store this process owns: read inline (latest exact hits from memory), written
         # behind its answers, its limit and exact keys watched here. Not a shared one (Redis).
         local = the_store if isinstance(the_store, DiskCacheStore) else None

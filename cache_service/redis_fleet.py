@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from cache_service.cache.feedback_feed import FeedbackFeed
 from cache_service.cache.index_feed import IndexFeed
 from cache_service.cache.semantic import SemanticCache
 from cache_service.fleet import Fleet, default_replica_id
+from cache_service.model_identity import ModelIdentity, mismatch
 from cache_service.protocols import Clock
 from cache_service.proxy.fleet_flight import FleetFlights
 from cache_service.quota.failover import FailoverLedger
@@ -73,6 +75,7 @@ class RedisFleet:
     flights: FleetFlights
     feedback: FeedbackFeed
     fleet: Fleet
+    prefix: str
     _clients: list[aioredis.Redis] = field(default_factory=list)
     _feed: IndexFeed | None = None
 
@@ -116,8 +119,29 @@ class RedisFleet:
                 block_ms=max(1, int(settings.redis_timeout_s * 500)),
             ),
             fleet=fleet,
+            prefix=prefix,
             _clients=[shared],
         )
+
+    async def claim_model(self, configured: ModelIdentity) -> None:
+        """Record the fleet's model in Redis, or refuse (`ModelMismatch`) a replica whose
+        model differs: its vectors would be compared with the fleet's. With Redis away it is
+        not checked, and the replica starts, as it does for everything else."""
+        client, key = self._clients[0], f"{self.prefix}:model"
+        try:
+            await client.set(key, configured.to_json(), nx=True)
+            raw = await client.get(key)
+        except aioredis.RedisError:
+            log.warning("the fleet's embedding model not checked (redis unreachable)")
+            return
+        try:
+            recorded = ModelIdentity.parse(json.loads(raw)) if raw is not None else None
+        except ValueError:
+            recorded = None
+        if recorded is None:
+            log.warning("the fleet's embedding model record is unreadable", extra={"key": key})
+        elif recorded != configured:
+            raise mismatch(recorded, configured, f"redis (prefix {self.prefix!r})")
 
     async def load_feedback(self, learner: FeedbackLearner) -> None:
         """The fleet's verdicts so far (in place of this replica's own file)."""

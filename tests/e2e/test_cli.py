@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -129,6 +130,16 @@ def test_serve_refuses_to_start_without_its_model_or_a_writable_data_dir(
     blocker.write_text("")
     err = _serve_refuses(blocker, port, {})  # its data dir would be a-file/d
     assert "not writable" in err
+
+
+def test_serve_refuses_a_data_dir_whose_vectors_another_model_made(tmp_path: Path) -> None:
+    # `model_identity.py`: the stored vectors would be scored against another model's.
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "model.json").write_text(
+        json.dumps({"name": "all-MiniLM-L6-v2", "revision": "an int8 copy", "dimension": 384})
+    )
+    err = _serve_refuses(tmp_path, ["--port", str(free_port())], {})
+    assert "were embedded by all-MiniLM-L6-v2 (an int8 copy; 384-d)" in err
 
 
 def test_serve_refuses_a_data_dir_another_sidecar_holds(tmp_path: Path) -> None:
