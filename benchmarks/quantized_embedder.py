@@ -1,17 +1,14 @@
-"""An int8 copy of the embedder, to measure what it would change (not what serving uses).
+"""The int8 copy of the embedder (`cache_service/backends/quantize.py`) against the float32
+export: speed, and how far its vectors move.
 
 The embedder's forward pass is bound by reading its weights: ~90 MB of float32 per pass, past
 the 32 MiB L3 here, so a BERT-fused graph of the same weights (`onnxruntime.transformers`)
-gave the same vectors within 2e-7 and no speed. Weights in int8 (ONNX Runtime's dynamic
-quantisation, per channel) are a quarter of that. This writes such a copy as a model
-directory the sidecar and the benchmarks can load (`manifest.json` beside the export, as
-under `models/`), then times it against the float32 export and compares their vectors.
+gave the same vectors within 2e-7 and no speed; int8 weights are a quarter of that.
 
     python -m benchmarks.quantized_embedder --out /tmp/minilm-int8
 
 Then `python -m benchmarks.quality.run --model-dir /tmp/minilm-int8` measures hit quality
-with it, and a sidecar started with `CACHE_MODEL_DIR=/tmp/minilm-int8` serves with it.
-Results on record: README, "An int8 embedder, measured".
+with it. Results on record: README, "An int8 embedder".
 """
 
 from __future__ import annotations
@@ -20,7 +17,6 @@ import argparse
 import json
 import os
 import random
-import shutil
 import statistics
 import sys
 import time
@@ -30,34 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from cache_service.backends.quantize import quantize_model
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def quantize(model_dir: Path, out: Path) -> Path:
-    """`out` as a model directory whose export holds int8 weights; the tokenizer, pooling
-    and manifest are the float32 export's. Idempotent: an existing `out` is kept."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from cache_service.backends.embedder import manifest, onnx_path
-
-    described = manifest(model_dir)
-    exported = onnx_path(model_dir)
-    target = out / str(described["onnx_dir"])
-    model_file = target / str(described["onnx_file"])
-    if model_file.exists():
-        return out
-    shutil.copytree(exported, target, ignore=shutil.ignore_patterns("*.onnx"), dirs_exist_ok=True)
-    model_file.parent.mkdir(parents=True, exist_ok=True)
-    quantize_dynamic(
-        str(exported / str(described["onnx_file"])),
-        str(model_file),
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-    )
-    (out / "manifest.json").write_text(
-        json.dumps({**described, "revision": described["revision"] + ", int8 (dynamic)"}, indent=2)
-    )
-    return out
 
 
 def _p50_ms(embed: Any, texts: Sequence[str], n: int) -> float:
@@ -151,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="write the comparison here")
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    quantize(a.model_dir, a.out)
+    quantize_model(a.model_dir, a.out)
     report = compare(a.model_dir, a.out, a.n, a.rounds)
     text = json.dumps(report, indent=1)
     if a.json is not None:

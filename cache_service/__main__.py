@@ -1,4 +1,5 @@
-"""python -m cache_service serve | simulate-upstream | report | export-model | prices refresh"""
+"""python -m cache_service serve | simulate-upstream | report | export-model | quantize-model |
+prices refresh"""
 
 from __future__ import annotations
 
@@ -125,6 +126,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from cache_service.backends.quantize import quantize_model
+
+    out = quantize_model(Path(args.model_dir), Path(args.out))
+    print(f"int8 model ready at {out}: serve it with CACHE_MODEL_DIR={out} and a new data dir")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from cache_service.report.cli import run_cli
     from cache_service.settings import ConfigError, load_settings
@@ -192,6 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export-model", help="export the bundled model to ONNX under models/")
     export.add_argument("--model-dir", default="models")
     export.set_defaults(func=cmd_export)
+
+    quant = sub.add_parser(
+        "quantize-model", help="write an int8 copy of the model (faster, a little less recall)"
+    )
+    quant.add_argument("--model-dir", default="models")
+    quant.add_argument("--out", required=True, help="the copy's model directory")
+    quant.set_defaults(func=cmd_quantize)
 
     prices = sub.add_parser("prices", help="the shipped price table")
     prices_sub = prices.add_subparsers(dest="prices_command", required=True)

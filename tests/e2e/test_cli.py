@@ -132,6 +132,44 @@ def test_serve_refuses_to_start_without_its_model_or_a_writable_data_dir(
     assert "not writable" in err
 
 
+def test_an_int8_copy_of_the_model_serves_paraphrases_on_a_data_dir_of_its_own(
+    tmp_path: Path,
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "cache_service", "quantize-model", "--out", str(tmp_path / "m8")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    port = free_port()
+    env = {"CACHE_SIMULATED_UPSTREAM_PORT": "0", "CACHE_MODEL_DIR": str(tmp_path / "m8")}
+    args = ["serve", "--port", str(port), "--data-dir", str(tmp_path / "d8")]
+    with (
+        process(args, f"http://127.0.0.1:{port}/readyz", env=env),
+        openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-demo") as c,
+    ):
+        asked = "How do I reset my password?"
+        first = c.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": asked}]
+        )
+        assert first.headers["x-cache"] == "MISS"
+        para = c.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "how do i reset my password"}],
+        )
+        assert para.headers["x-cache"] == "HIT", para.headers
+        assert para.headers["x-cache-match"] == "semantic"
+    recorded = json.loads((tmp_path / "d8" / "model.json").read_text())
+    assert "int8" in recorded["revision"]
+    # The float32 model on that data dir would score its int8 vectors: refused.
+    err = _serve_refuses(
+        tmp_path, ["--port", str(free_port()), "--data-dir", str(tmp_path / "d8")], {}
+    )
+    assert "int8" in err and "were embedded by" in err
+
+
 def test_serve_refuses_a_data_dir_whose_vectors_another_model_made(tmp_path: Path) -> None:
     # `model_identity.py`: the stored vectors would be scored against another model's.
     (tmp_path / "d").mkdir()

@@ -1,6 +1,6 @@
-"""benchmarks/quantized_embedder.py: the int8 copy it writes is a model directory serving's
-loader reads, and its vectors stay near the float32 export's (what the benchmark measures
-is a quantised MiniLM, not something else)."""
+"""`quantize-model`: the int8 copy is a model directory serving's loader reads, its manifest
+names another revision (so a float32 data dir refuses it), and its vectors stay near the
+float32 export's."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.quantized_embedder import quantize
 from cache_service.backends.embedder import load_embedder, manifest
+from cache_service.backends.quantize import quantize_model
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 
@@ -25,9 +25,9 @@ TEXTS = [
 def test_the_int8_copy_loads_as_a_model_dir_and_stays_near_the_float_vectors(
     tmp_path: Path,
 ) -> None:
-    out = quantize(MODELS, tmp_path / "int8")
+    out = quantize_model(MODELS, tmp_path / "int8")
     described = manifest(out)
-    assert "int8" in described["revision"]
+    assert described["revision"] != manifest(MODELS)["revision"] and "int8" in described["revision"]
     assert described["dimension"] == manifest(MODELS)["dimension"]
     exported = out / described["onnx_dir"] / described["onnx_file"]
     original = MODELS / described["onnx_dir"] / described["onnx_file"]
@@ -40,6 +40,6 @@ def test_the_int8_copy_loads_as_a_model_dir_and_stays_near_the_float_vectors(
     assert not np.allclose(a, b, atol=1e-4)  # quantised, not a copy of the float weights
     # A second call keeps what is there (setup scripts may run it twice).
     before = exported.stat().st_mtime_ns
-    quantize(MODELS, tmp_path / "int8")
+    quantize_model(MODELS, tmp_path / "int8")
     assert exported.stat().st_mtime_ns == before
     assert json.loads((out / "manifest.json").read_text())["onnx_file"] == described["onnx_file"]
