@@ -3,7 +3,7 @@ compare them with another model's.
 
 A lookup compares its prompt's vector with stored ones by cosine, so both must come from one
 model. Point `model_dir` at another export (another model, or the same weights in int8,
-`benchmarks/quantized_embedder.py`: one text's two vectors differ by up to ~0.016 in cosine)
+`quantize-model`: one text's two vectors differ in cosine by up to ~0.016)
 and every stored vector would be scored against the other model's, silently: the threshold,
 the guards' tuning and the learned thresholds would no longer mean what they were measured
 to mean, and nothing would say so. So the first start records the model (its manifest's
@@ -76,7 +76,7 @@ def mismatch(recorded: ModelIdentity, configured: ModelIdentity, where: str) -> 
 
 def claim_file(file: JsonFile, configured: ModelIdentity) -> None:
     """Record `configured` as the data dir's model, or raise ModelMismatch if another one is
-    recorded there. Blocking (a small file): call it from a thread."""
+    recorded there."""
     recorded = ModelIdentity.parse(file.load())
     if recorded is None:
         file.save(asdict(configured))

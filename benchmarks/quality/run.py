@@ -47,6 +47,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse
 import atexit
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -1035,7 +1036,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=PROJECT_ROOT / "benchmarks" / "results")
     ap.add_argument("--no-gptcache", action="store_true", help="compute its rule instead")
     ap.add_argument("--model-dir", type=Path, help="embed with this export (serving's loader)")
+    ap.add_argument("--threshold", type=float, help="the default policy's cosine (else 0.92)")
     args = ap.parse_args(argv)
+    if args.threshold is not None:
+        # The policy the sidecar would serve with `similarity_threshold` set so: every use of
+        # DEFAULT below (lookups, tables, the plot, the JSON's meta) reads this one.
+        global DEFAULT
+        DEFAULT = dataclasses.replace(DEFAULT, threshold=args.threshold)
     if args.dataset is not None and args.format is None:
         ap.error("--dataset needs --format")
     t0 = time.perf_counter()
