@@ -11,15 +11,7 @@ import numpy as np
 
 from cache_service.backends.embedder import load_embedder, manifest
 from cache_service.backends.quantize import quantize_model
-
-MODELS = Path(__file__).resolve().parents[2] / "models"
-
-TEXTS = [
-    "How do I reset my password?",
-    "what's the fastest way to get a new password",
-    "Order 1234 arrived with a broken lid; how do I claim a replacement?",
-    "x",
-]
+from tests.unit.test_onnx_embedder import MODELS, TEXTS
 
 
 def test_the_int8_copy_loads_as_a_model_dir_and_stays_near_the_float_vectors(
