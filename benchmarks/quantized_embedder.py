@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from cache_service.backends.embedder import onnx_file
 from cache_service.backends.quantize import quantize_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,7 +91,7 @@ def compare(float_dir: Path, int8_dir: Path, n: int, rounds: int) -> dict[str, A
     keys = ("paraphrase_p50_ms", "miss_prompt_p50_ms", "batch32_per_s")
     return {
         "model_bytes": {
-            name: os.path.getsize(_onnx_file(d))
+            name: os.path.getsize(onnx_file(d))
             for name, d in (("float32", float_dir), ("int8", int8_dir))
         },
         "median": {name: {key: med(name, key) for key in keys} for name in models},
@@ -105,12 +106,6 @@ def compare(float_dir: Path, int8_dir: Path, n: int, rounds: int) -> dict[str, A
         },
         "runs": runs,
     }
-
-
-def _onnx_file(model_dir: Path) -> Path:
-    from cache_service.backends.embedder import manifest, onnx_path
-
-    return onnx_path(model_dir) / str(manifest(model_dir)["onnx_file"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

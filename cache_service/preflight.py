@@ -55,14 +55,12 @@ def check_model(settings: Settings) -> None:
             "models/ directory, or run `make setup`)"
         )
     if settings.embedder_backend == "onnx":
-        from cache_service.backends.embedder import manifest as read_manifest
-        from cache_service.backends.embedder import onnx_path
+        from cache_service.backends.embedder import onnx_file
 
-        name = str(read_manifest(settings.model_dir)["onnx_file"])
-        onnx_file = onnx_path(settings.model_dir) / name
-        if not onnx_file.is_file():
+        graph = onnx_file(settings.model_dir)
+        if not graph.is_file():
             raise StartupError(
-                f"embedding model: backend onnx but no {onnx_file} "
+                f"embedding model: backend onnx but no {graph} "
                 "(run `python -m cache_service export-model` or `make setup`)"
             )
 

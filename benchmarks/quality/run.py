@@ -1002,15 +1002,13 @@ def _tmp_dir() -> str | None:
 
 def load_embedder(model_dir: Path | None = None) -> tuple[Embedder, str]:
     """The serving model through sentence-transformers; or, with `model_dir`, the export
-    under it as serving would load it (`OnnxEmbedder`), e.g. an int8 copy
-    (`benchmarks/quantized_embedder.py`), named by its file's digest so that its cached
-    vectors never mix with another model's."""
+    under it as serving would load it (`OnnxEmbedder`), e.g. an int8 copy (`quantize-model`),
+    named by its file's digest so that its cached vectors never mix with another model's."""
     if model_dir is not None:
-        from cache_service.backends.embedder import manifest, onnx_path
+        from cache_service.backends.embedder import onnx_file
         from cache_service.backends.onnx_embedder import OnnxEmbedder
 
-        exported = onnx_path(model_dir) / str(manifest(model_dir)["onnx_file"])
-        digest = hashlib.sha256(exported.read_bytes()).hexdigest()[:12]
+        digest = hashlib.sha256(onnx_file(model_dir).read_bytes()).hexdigest()[:12]
         return OnnxEmbedder(model_dir, 1), f"onnx-{digest}"
     import torch
 

@@ -36,6 +36,11 @@ def onnx_path(model_dir: Path) -> Path:
     return model_dir / str(manifest(model_dir)["onnx_dir"])
 
 
+def onnx_file(model_dir: Path) -> Path:
+    """The ONNX graph the manifest names, under `onnx_path`."""
+    return onnx_path(model_dir) / str(manifest(model_dir)["onnx_file"])
+
+
 def _offline() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -58,8 +63,7 @@ def export_onnx(model_dir: Path) -> Path:
 def load_embedder(model_dir: Path, backend: str = "auto", threads: int = 1) -> Embedder:
     """The sidecar's embedder: the ONNX export run by ONNX Runtime alone when it exists (or
     `backend` is "onnx"); sentence-transformers on torch otherwise (or for "torch")."""
-    exported = onnx_path(model_dir) / str(manifest(model_dir)["onnx_file"])
-    if backend == "onnx" or (backend == "auto" and exported.exists()):
+    if backend == "onnx" or (backend == "auto" and onnx_file(model_dir).exists()):
         from cache_service.backends.onnx_embedder import OnnxEmbedder
 
         return OnnxEmbedder(model_dir, threads)

@@ -17,7 +17,7 @@ import json
 import shutil
 from pathlib import Path
 
-from cache_service.backends.embedder import manifest, onnx_path
+from cache_service.backends.embedder import manifest, onnx_file, onnx_path
 
 REVISION_SUFFIX = ", int8 (dynamic, per channel)"
 
@@ -28,15 +28,16 @@ def quantize_model(model_dir: Path, out: Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     described = manifest(model_dir)
-    exported = onnx_path(model_dir)
     target = out / str(described["onnx_dir"])
     model_file = target / str(described["onnx_file"])
     if model_file.exists() and (out / "manifest.json").exists():
         return out
-    shutil.copytree(exported, target, ignore=shutil.ignore_patterns("*.onnx"), dirs_exist_ok=True)
+    shutil.copytree(
+        onnx_path(model_dir), target, ignore=shutil.ignore_patterns("*.onnx"), dirs_exist_ok=True
+    )
     model_file.parent.mkdir(parents=True, exist_ok=True)
     quantize_dynamic(
-        str(exported / str(described["onnx_file"])),
+        str(onnx_file(model_dir)),
         str(model_file),
         weight_type=QuantType.QInt8,
         per_channel=True,
