@@ -100,10 +100,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     try:
-        serve(app, settings, sock)
+        started = serve(app, settings, sock)
     finally:
         held.close()
-    return 0
+    # uvicorn's own code for a failed startup (a fleet replica of another model, say): a
+    # supervisor must not read it as a clean stop.
+    return 0 if started else 3
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

@@ -147,6 +147,9 @@ def server_config(app: Any, settings: Settings) -> uvicorn.Config:
     )
 
 
-def serve(app: Any, settings: Settings, sock: socket.socket) -> None:
-    """Run on `sock`, bound by the caller before the app loaded (see `preflight`)."""
-    uvicorn.Server(server_config(app, settings)).run(sockets=[sock])
+def serve(app: Any, settings: Settings, sock: socket.socket) -> bool:
+    """Run on `sock`, bound by the caller before the app loaded (see `preflight`); False
+    when the app never started (its lifespan raised: uvicorn logs why and returns)."""
+    server = uvicorn.Server(server_config(app, settings))
+    server.run(sockets=[sock])
+    return server.started

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import redis
 
 from tests.e2e.test_openai_sdk import ROOT, free_port, process
 
@@ -178,6 +179,26 @@ def test_serve_refuses_a_data_dir_whose_vectors_another_model_made(tmp_path: Pat
     )
     err = _serve_refuses(tmp_path, ["--port", str(free_port())], {})
     assert "were embedded by all-MiniLM-L6-v2 (an int8 copy; 384-d)" in err
+
+
+def test_a_replica_of_another_model_fails_to_start_and_says_why(
+    tmp_path: Path, redis_url: str
+) -> None:
+    # The fleet's record, as a replica of an int8 copy would have left it.
+    record = {"name": "all-MiniLM-L6-v2", "revision": "an int8 copy", "dimension": 384}
+    redis.Redis.from_url(redis_url).set("llmcache:model", json.dumps(record))
+    done = subprocess.run(
+        [sys.executable, "-m", "cache_service", "serve", "--port", str(free_port()),
+         "--data-dir", str(tmp_path / "d"), "--redis-url", redis_url],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CACHE_SIMULATED_UPSTREAM_PORT": "0"},
+    )  # fmt: skip
+    # uvicorn's code for a failed startup: not 0, which a supervisor reads as a clean stop.
+    assert done.returncode == 3, done.stderr
+    assert "were embedded by all-MiniLM-L6-v2 (an int8 copy; 384-d)" in done.stderr
 
 
 def test_serve_refuses_a_data_dir_another_sidecar_holds(tmp_path: Path) -> None:
