@@ -1,5 +1,5 @@
 """python -m cache_service serve | simulate-upstream | report | export-model | quantize-model |
-prices refresh"""
+reembed | prices refresh"""
 
 from __future__ import annotations
 
@@ -136,6 +136,44 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reembed(args: argparse.Namespace) -> int:
+    from cache_service.backends.embedder import load_embedder
+    from cache_service.model_identity import ModelIdentity
+    from cache_service.preflight import StartupError, check_data_dir, check_model, lock_data_dir
+    from cache_service.reembed import reembed
+    from cache_service.settings import ConfigError, load_settings
+
+    try:
+        settings = load_settings(args.config, data_dir=args.data_dir)
+        if settings.redis_url is not None:
+            raise StartupError("a fleet's entries are in Redis: reembed moves a data dir only")
+        check_model(settings)
+        check_data_dir(settings.data_dir)
+        held = lock_data_dir(settings.data_dir)
+        target = ModelIdentity.of_model_dir(settings.model_dir)
+    except (ConfigError, StartupError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        embedder = load_embedder(settings.model_dir, settings.embedder_backend)
+        last = [-1]
+
+        def progress(done: int, total: int) -> None:
+            tenth = done * 10 // max(total, 1)
+            if tenth != last[0]:
+                last[0] = tenth
+                print(f"{done}/{total} entries", file=sys.stderr)
+
+        counts = reembed(settings, embedder, target, progress=progress)
+    finally:
+        held.close()
+    print(
+        f"{counts.entries} entries embedded again by {target} "
+        f"({counts.exact_only} matched exactly only, left as they were)"
+    )
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from cache_service.report.cli import run_cli
     from cache_service.settings import ConfigError, load_settings
@@ -210,6 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--model-dir", default="models")
     quant.add_argument("--out", required=True, help="the copy's model directory")
     quant.set_defaults(func=cmd_quantize)
+
+    again = sub.add_parser(
+        "reembed", help="embed a data dir's stored prompts again with the configured model"
+    )
+    again.add_argument("--config", help="the sidecar's config file (its data_dir, model_dir)")
+    again.add_argument("--data-dir", help="the data dir to move (default: the config's)")
+    again.set_defaults(func=cmd_reembed)
 
     prices = sub.add_parser("prices", help="the shipped price table")
     prices_sub = prices.add_subparsers(dest="prices_command", required=True)

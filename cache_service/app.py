@@ -30,7 +30,7 @@ from cache_service.backends.entry_journal import EntryJournal
 from cache_service.backends.faiss_index import FaissIndex
 from cache_service.backends.journal import SpendJournal
 from cache_service.backends.jsonfile import JsonFile
-from cache_service.backends.snapshots import SNAPSHOT_INTERVAL_S, IndexSnapshots
+from cache_service.backends.snapshots import SNAPSHOT_DIR, SNAPSHOT_INTERVAL_S, IndexSnapshots
 from cache_service.backends.store import DiskCacheStore
 from cache_service.backends.upstream import HttpUpstream
 from cache_service.cache.batcher import EmbeddingBatcher
@@ -129,7 +129,7 @@ def create_app(
         # With Redis, the index feed builds the index once the rest is wired (below).
         snapshots = (
             IndexSnapshots(
-                settings.data_dir / "index-snapshot",
+                settings.data_dir / SNAPSHOT_DIR,
                 cache,
                 index,
                 the_store,

@@ -77,7 +77,14 @@ def mismatch(recorded: ModelIdentity, configured: ModelIdentity, where: str) -> 
 def claim_file(file: JsonFile, configured: ModelIdentity) -> None:
     """Record `configured` as the data dir's model, or raise ModelMismatch if another one is
     recorded there."""
-    recorded = ModelIdentity.parse(file.load())
+    data = file.load()
+    if data.get("reembedding"):
+        raise StartupError(
+            f"the entries in {file.path.parent} were being embedded again by "
+            f"{ModelIdentity.parse(data)} when that stopped: run `python -m cache_service "
+            "reembed` again with that model to finish"
+        )
+    recorded = ModelIdentity.parse(data)
     if recorded is None:
         file.save(asdict(configured))
     elif recorded != configured:

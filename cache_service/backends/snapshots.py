@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cache_service")
 
+SNAPSHOT_DIR = "index-snapshot"
+"""Under the data dir."""
 SNAPSHOT_INTERVAL_S = 300.0
 """How often a running sidecar saves the snapshot, when the index changed since the last."""
 LOAD_CHUNK = 65536

@@ -133,42 +133,51 @@ def test_serve_refuses_to_start_without_its_model_or_a_writable_data_dir(
     assert "not writable" in err
 
 
-def test_an_int8_copy_of_the_model_serves_paraphrases_on_a_data_dir_of_its_own(
-    tmp_path: Path,
-) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "cache_service", "quantize-model", "--out", str(tmp_path / "m8")],
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cache_service", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=180,
+        env={**os.environ, **(env or {})},
     )
+
+
+def _ask(port: int, content: str) -> dict[str, str]:
+    with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-demo") as c:
+        answer = c.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": content}]
+        )
+    return dict(answer.headers)
+
+
+def test_a_data_dir_moves_to_the_int8_copy_of_the_model_with_reembed(tmp_path: Path) -> None:
+    done = _run("quantize-model", "--out", str(tmp_path / "m8"))
     assert done.returncode == 0, done.stderr
+    data = str(tmp_path / "d")
+    int8 = {"CACHE_SIMULATED_UPSTREAM_PORT": "0", "CACHE_MODEL_DIR": str(tmp_path / "m8")}
+    # An answer cached by the float32 model.
     port = free_port()
-    env = {"CACHE_SIMULATED_UPSTREAM_PORT": "0", "CACHE_MODEL_DIR": str(tmp_path / "m8")}
-    args = ["serve", "--port", str(port), "--data-dir", str(tmp_path / "d8")]
-    with (
-        process(args, f"http://127.0.0.1:{port}/readyz", env=env),
-        openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-demo") as c,
-    ):
-        asked = "How do I reset my password?"
-        first = c.chat.completions.with_raw_response.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": asked}]
-        )
-        assert first.headers["x-cache"] == "MISS"
-        para = c.chat.completions.with_raw_response.create(
-            model="gpt-4o-mini",
-            messages=[{"role": "user", "content": "how do i reset my password"}],
-        )
-        assert para.headers["x-cache"] == "HIT", para.headers
-        assert para.headers["x-cache-match"] == "semantic"
-    recorded = json.loads((tmp_path / "d8" / "model.json").read_text())
-    assert "int8" in recorded["revision"]
-    # The float32 model on that data dir would score its int8 vectors: refused.
-    err = _serve_refuses(
-        tmp_path, ["--port", str(free_port()), "--data-dir", str(tmp_path / "d8")], {}
-    )
-    assert "int8" in err and "were embedded by" in err
+    with process(["serve", "--port", str(port), "--data-dir", data], f"http://127.0.0.1:{port}/readyz",
+                 env={"CACHE_SIMULATED_UPSTREAM_PORT": "0"}):  # fmt: skip
+        assert _ask(port, "How do I reset my password?")["x-cache"] == "MISS"
+    # The int8 copy may not score its vector...
+    err = _serve_refuses(tmp_path, ["--port", str(free_port()), "--data-dir", data], int8)
+    assert "were embedded by" in err and "int8" in err
+    # ...until the stored prompts are embedded again by it.
+    moved = _run("reembed", "--data-dir", data, env=int8)
+    assert moved.returncode == 0, moved.stderr
+    assert "1 entries embedded again" in moved.stdout
+    port = free_port()
+    with process(["serve", "--port", str(port), "--data-dir", data], f"http://127.0.0.1:{port}/readyz",
+                 env=int8):  # fmt: skip
+        para = _ask(port, "how do i reset my password")
+        assert para["x-cache"] == "HIT" and para["x-cache-match"] == "semantic", para
+    assert "int8" in json.loads((tmp_path / "d" / "model.json").read_text())["revision"]
+    # And now the float32 model is the stranger.
+    err = _serve_refuses(tmp_path, ["--port", str(free_port()), "--data-dir", data], {})
+    assert "were embedded by" in err and "int8" in err
 
 
 def test_serve_refuses_a_data_dir_whose_vectors_another_model_made(tmp_path: Path) -> None:
