@@ -19,7 +19,6 @@ import os
 import random
 import statistics
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,31 +31,12 @@ from cache_service.backends.quantize import quantize_model
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _p50_ms(embed: Any, texts: Sequence[str], n: int) -> float:
-    for t in texts[:5]:
-        embed([t])
-    lat = []
-    for i in range(n):
-        t0 = time.perf_counter()
-        embed([texts[i % len(texts)]])
-        lat.append((time.perf_counter() - t0) * 1000)
-    return round(statistics.median(lat), 2)
-
-
-def _batch32_per_s(embed: Any, texts: Sequence[str], reps: int) -> float:
-    batch = [texts[i % len(texts)] for i in range(32)]
-    embed(batch)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        embed(batch)
-    return round(32 * reps / (time.perf_counter() - t0), 1)
-
-
 def compare(float_dir: Path, int8_dir: Path, n: int, rounds: int) -> dict[str, Any]:
     """Speed in alternation (one encode of a paraphrase, of a miss prompt, batch-32), and how
     far the int8 vectors are from the float32 ones: cosine between the two vectors of one
     text, and the change in the cosine of each labelled pair of the latency benchmark."""
     from benchmarks import latency as L
+    from benchmarks.compare import encode_batch32, encode_one
     from cache_service.backends.onnx_embedder import OnnxEmbedder
 
     models = {"float32": OnnxEmbedder(float_dir, 1), "int8": OnnxEmbedder(int8_dir, 1)}
@@ -73,15 +53,16 @@ def compare(float_dir: Path, int8_dir: Path, n: int, rounds: int) -> dict[str, A
     runs: list[dict[str, Any]] = []
     for r in range(rounds):
         for name in models if r % 2 == 0 else reversed(list(models)):
-            embed = models[name].embed
+            # The side-by-side benchmark's own floors, so the figures read alike.
+            model = models[name]
             runs.append(
                 {
                     "model": name,
                     "round": r,
                     "load": round(os.getloadavg()[0], 2),
-                    "paraphrase_p50_ms": _p50_ms(embed, paraphrases, n),
-                    "miss_prompt_p50_ms": _p50_ms(embed, misses, n),
-                    "batch32_per_s": _batch32_per_s(embed, paraphrases, max(10, n // 32)),
+                    "paraphrase_p50_ms": encode_one(model, paraphrases, n)["p50_ms"],
+                    "miss_prompt_p50_ms": encode_one(model, misses, n)["p50_ms"],
+                    "batch32_per_s": encode_batch32(model, paraphrases, n)["per_s"],
                 }
             )
 

@@ -53,8 +53,7 @@ def reembed(
     """Rewrite the vectors of the data dir's entries with `embedder` (the model `target`
     names), then record `target` as its model. The caller holds the data dir's lock."""
     record = JsonFile(settings.data_dir / RECORD)
-    before = record.load()
-    record.save({**dataclasses.asdict(target), "reembedding": True, "from": before})
+    record.save({**dataclasses.asdict(target), "reembedding": True})
     done = Reembedded()
     store = DiskCacheStore(settings.store_dir, settings.store_size_limit_bytes)
     try:
