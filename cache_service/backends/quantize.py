@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 from cache_service.backends.embedder import manifest, onnx_file, onnx_path
@@ -36,12 +37,16 @@ def quantize_model(model_dir: Path, out: Path) -> Path:
         onnx_path(model_dir), target, ignore=shutil.ignore_patterns("*.onnx"), dirs_exist_ok=True
     )
     model_file.parent.mkdir(parents=True, exist_ok=True)
-    quantize_dynamic(
-        str(onnx_file(model_dir)),
-        str(model_file),
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-    )
+    # ONNX Runtime writes a shape-inferred copy of its input beside it, and the float32
+    # export may be read-only (in the image it is root's, and serving runs as another user):
+    # where it could not write, it failed later with a FileNotFoundError. It quantises a copy.
+    source = onnx_file(model_dir)
+    with tempfile.TemporaryDirectory(prefix="quantize.") as tmp:
+        work = Path(tmp) / source.parent.name
+        shutil.copytree(source.parent, work)
+        quantize_dynamic(
+            str(work / source.name), str(model_file), weight_type=QuantType.QInt8, per_channel=True
+        )
     # The manifest last: a copy interrupted before it is made again by the next call.
     revision = str(described["revision"]) + REVISION_SUFFIX
     (out / "manifest.json").write_text(json.dumps({**described, "revision": revision}, indent=2))

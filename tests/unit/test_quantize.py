@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cache_service.backends.embedder import load_embedder, manifest
+from cache_service.backends.embedder import load_embedder, manifest, onnx_file
 from cache_service.backends.quantize import quantize_model
 from tests.unit.test_onnx_embedder import MODELS, TEXTS
 
@@ -17,7 +17,10 @@ from tests.unit.test_onnx_embedder import MODELS, TEXTS
 def test_the_int8_copy_loads_as_a_model_dir_and_stays_near_the_float_vectors(
     tmp_path: Path,
 ) -> None:
+    source_written = onnx_file(MODELS).parent.stat().st_mtime_ns
     out = quantize_model(MODELS, tmp_path / "int8")
+    # Nothing is written beside the float32 export, which may be read-only (the image's is).
+    assert onnx_file(MODELS).parent.stat().st_mtime_ns == source_written
     described = manifest(out)
     assert described["revision"] != manifest(MODELS)["revision"] and "int8" in described["revision"]
     assert described["dimension"] == manifest(MODELS)["dimension"]
