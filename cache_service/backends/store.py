@@ -24,6 +24,9 @@ _EXACT = "x:"
 # Every "e:..." key sorts in ["e:", "e;"): ";" is the character after ":".
 _KEY_RANGE = (_ENTRY, "e;")
 _EXACT_RANGE = (_EXACT, "x;")
+RELOAD_SLACK = 65_536
+"""Keys the exact-key filter may hold beyond twice the store's before a sweep reloads it: a
+small store is not listed again for a few stale keys."""
 # The entry filed under an exact key, in one statement: both rows unexpired, as diskcache's
 # own `get` reads them (`raw = 1`: a str key; the id is a short str, kept in the row).
 _ENTRY_BY_EXACT_KEY = (
@@ -68,11 +71,10 @@ class DiskCacheStore:
 
     def put(self, entry: Entry) -> str | None:
         ttl = self._ttl(entry)
-        self.keys.add(entry.exact_key)
         # One transaction: a crash leaves either both keys or neither. The entry is written
         # first within it, so even a torn write can only leave an entry without its exact
         # key (harmless), never an exact key without its entry.
-        with self._cache.transact():
+        with self.keys.adding(entry.exact_key), self._cache.transact():
             old_id = self._cache.get(_EXACT + entry.exact_key)
             self._cache.set(_ENTRY + entry.id, to_record(entry), expire=ttl)
             self._cache.set(_EXACT + entry.exact_key, entry.id, expire=ttl)
@@ -118,15 +120,21 @@ class DiskCacheStore:
     def load_keys(self) -> int:
         """Fill the exact-key filter from one range query (at start, in a thread); returns
         how many keys it listed."""
+        self.keys.load(self._exact_keys())
+        self._after_listing()
+        return len(self.keys)
+
+    def _exact_keys(self) -> Iterator[str]:
         rows = self._cache._sql(
             "SELECT key FROM Cache WHERE key >= ? AND key < ? AND raw = 1", _EXACT_RANGE
         )
-        self.keys.load(key[len(_EXACT) :] for (key,) in rows)
+        return (key[len(_EXACT) :] for (key,) in rows)
+
+    def _after_listing(self) -> None:
         self._drop_pages()
         # The listing's million key strings left ~100 MB of free heap at a million entries
         # (anonymous RSS 936 -> 1,036 MiB right after), which glibc would otherwise keep.
         give_back()
-        return len(self.keys)
 
     def _entry_keys(self) -> list[str]:
         # One indexed range query on diskcache's own table. Its iterkeys() pages 100 keys
@@ -172,8 +180,16 @@ class DiskCacheStore:
             after = rows[-1][0]
 
     def cull(self) -> int:
-        """Let diskcache drop what it knows has expired; returns how many keys went."""
-        return int(self._cache.expire())
+        """Let diskcache drop what it knows has expired, and the exact-key filter forget
+        the keys of entries gone, once they are most of it; returns how many keys went."""
+        culled = int(self._cache.expire())
+        # A listing costs ~3 s at a million keys (in the sweep's thread), so it waits until
+        # the filter holds the store's keys twice over: it then runs at most once per
+        # store's worth of entries gone, and the filter stays within twice the store.
+        if self.keys.loaded and len(self.keys) > 2 * len(self) + RELOAD_SLACK:
+            self.keys.reload(self._exact_keys)
+            self._after_listing()
+        return culled
 
     def __contains__(self, entry_id: str) -> bool:
         return (_ENTRY + entry_id) in self._cache

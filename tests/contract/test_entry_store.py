@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from cache_service.backends import store as store_module
 from cache_service.backends.records import from_record, to_record
 from cache_service.backends.redis_store import RedisEntryStore
 from cache_service.backends.store import DiskCacheStore
@@ -193,6 +194,32 @@ def test_the_disk_store_answers_an_absent_exact_key_without_sqlite(tmp_path: Pat
         assert_same_entry(store.get_by_exact_key("k1"), make_entry("e1", "k1"))
         assert_same_entry(store.get_by_exact_key("k2"), make_entry("e2", "k2"))
         assert statements  # those did query
+    finally:
+        store.close()
+
+
+def test_the_disk_stores_sweep_forgets_the_exact_keys_of_entries_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under TTL churn the key filter would grow by every key ever stored: once it holds
+    twice the store's keys, a cull lists them again."""
+    monkeypatch.setattr(store_module, "RELOAD_SLACK", 4)
+    store = DiskCacheStore(tmp_path / "entries")
+    try:
+        store.load_keys()
+        for i in range(10):
+            store.put(make_entry(f"e{i}", f"k{i}"))
+        for i in range(7):
+            store.delete(f"e{i}")
+        store.cull()  # 10 keys, 3 entries: within 2 x 3 + 4
+        assert len(store.keys) == 10
+        store.delete("e7")
+        store.cull()  # 10 keys, 2 entries: reloaded
+        assert len(store.keys) == 2
+        assert not store.keys.may_hold("k0") and not store.keys.may_hold("k7")
+        assert_same_entry(store.get_by_exact_key("k9"), make_entry("e9", "k9"))
+        store.put(make_entry("e10", "k10"))
+        assert_same_entry(store.get_by_exact_key("k10"), make_entry("e10", "k10"))
     finally:
         store.close()
 
