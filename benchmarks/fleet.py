@@ -43,15 +43,15 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import httpx
 import numpy as np
 import redis
 import redis.asyncio
-from latency import (
+
+from benchmarks.latency import (
     DIM,
     MODEL,
     PAIRS,
@@ -74,8 +74,7 @@ from latency import (
     summary,
     write_results,
 )
-from redis_store import entry as random_entry
-
+from benchmarks.redis_store import entry as random_entry
 from cache_service.backends.faiss_index import FaissIndex
 from cache_service.backends.redis_store import RedisEntryStore
 from cache_service.backends.store import DiskCacheStore
@@ -155,9 +154,14 @@ def env(**values: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def redis_info(client: redis.Redis, section: str) -> dict[str, Any]:
+    # redis-py types every reply as "maybe awaitable"; a sync client's never is.
+    return cast("dict[str, Any]", client.info(section))
+
+
 def redis_cpu_s(client: redis.Redis) -> float:
-    info = client.info("cpu")
-    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+    cpu = redis_info(client, "cpu")
+    return float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
 
 
 # ------------------------------------------------------------------ 1. HTTP, both modes
@@ -235,7 +239,7 @@ def interleaved(
 def commands_per(rclient: redis.Redis, n: float) -> dict[str, dict[str, float]]:
     """Redis's own account (INFO commandstats since the last CONFIG RESETSTAT): calls and
     CPU µs per request (or per second), busiest first."""
-    stats = rclient.info("commandstats")
+    stats = redis_info(rclient, "commandstats")
     rows = {
         k.removeprefix("cmdstat_"): {
             "calls": round(v["calls"] / n, 3),
@@ -293,7 +297,7 @@ def trace(
     names = script_names()
     out: dict[str, list[str]] = {}
     mon_client = redis.Redis(port=server.port)
-    with mon_client.monitor() as monitor:
+    with mon_client.monitor() as monitor:  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
         seen: list[str] = []
         stop = threading.Event()
 
@@ -375,7 +379,7 @@ def http_section(
     print(f"prefilled {args.size} entries ({fill_s:.1f} s), {copied} copied to Redis")
 
     _, sim_url = start_simulator(procs, workdir)
-    ns = SimpleNamespace(log_level="INFO", sweep_interval=3600.0)
+    ns = argparse.Namespace(log_level="INFO", sweep_interval=3600.0)
     side_e = start_sidecar(dir_e, ns, procs, sim_url, workdir / "embedded.log")
     with env(CACHE_REDIS_URL=server.url, CACHE_REPLICA_ID="replica-a"):
         side_r = start_sidecar(dir_r, ns, procs, sim_url, workdir / "redis-a.log")
@@ -723,11 +727,11 @@ def replay_worker(url: str, prefix: str, q: Any) -> None:
 def replay(url: str, n: int) -> dict[str, Any]:
     client = redis.Redis.from_url(url)
     prefix = "bench-replay"
-    mem0 = int(client.info("memory")["used_memory"])
+    mem0 = int(redis_info(client, "memory")["used_memory"])
     load0 = load1()
     fill_s = fill(url, prefix, n)
-    mem1 = int(client.info("memory")["used_memory"])
-    stream = client.memory_usage("{" + prefix + "}:events", samples=0) or 0
+    mem1 = int(redis_info(client, "memory")["used_memory"])
+    stream = cast("int | None", client.memory_usage("{" + prefix + "}:events", samples=0)) or 0
     length = client.xlen("{" + prefix + "}:events")
     print(f"filled {n} entries in {fill_s:.1f} s; used_memory +{(mem1 - mem0) / 1e6:.0f} MB")
     ctx = mp.get_context("spawn")

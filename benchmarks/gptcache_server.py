@@ -110,7 +110,9 @@ def prefill(data_dir: Path, entries: Iterable[tuple[str, np.ndarray, str]], size
 
     def flush_batch() -> None:
         dm.import_data(qs, ans, vs, [None] * len(qs))
-        qs.clear(), vs.clear(), ans.clear()
+        qs.clear()
+        vs.clear()
+        ans.clear()
 
     for prompt, vector, answer in entries:
         qs.append(prompt)
@@ -136,7 +138,7 @@ class SidecarEmbedding:
         self.dimension = self.embedder.dim
 
     def to_embeddings(self, data: str, **_: Any) -> np.ndarray:
-        return self.embedder.embed([data])[0]
+        return np.asarray(self.embedder.embed([data])[0])
 
 
 def build_cache(data_dir: Path, model_dir: Path, max_size: int) -> Any:

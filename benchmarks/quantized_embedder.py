@@ -67,7 +67,7 @@ def compare(float_dir: Path, int8_dir: Path, n: int, rounds: int) -> dict[str, A
             )
 
     def med(name: str, key: str) -> float:
-        return round(statistics.median(x[key] for x in runs if x["model"] == name), 2)
+        return round(float(statistics.median(x[key] for x in runs if x["model"] == name)), 2)
 
     keys = ("paraphrase_p50_ms", "miss_prompt_p50_ms", "batch32_per_s")
     return {

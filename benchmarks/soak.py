@@ -31,8 +31,8 @@ from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latency import PAIRS, ROOT, Procs, free_port, pct, rss_mib, wait_http
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.latency import PAIRS, ROOT, Procs, free_port, pct, rss_mib, wait_http
 
 MIX = (("exact", 0.45), ("paraphrase", 0.2), ("miss", 0.2), ("stream", 0.13), ("fault", 0.02))
 FAULTS = ("500", "drop")
@@ -146,7 +146,8 @@ async def drive(
     base: str, sim_url: str, pid: int, rate: float, seconds: float, window_s: float
 ) -> list[Any]:
     rng = random.Random(7)
-    kinds, weights = zip(*MIX, strict=True)
+    kinds = [kind for kind, _ in MIX]
+    weights = [weight for _, weight in MIX]
     # The driver must not be what melts: httpx's pool costs O(connections x queued) per
     # request, so a backlog inside it saturated the driver's own loop (100 % CPU) and its
     # latency read as the sidecar's. Requests queue on a semaphore instead (the wait still

@@ -62,6 +62,14 @@ def http_scope(method: str, raw_path: str, headers: list[tuple[bytes, bytes]]) -
     }
 
 
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[Mapping[str, Any]]:
+    """The app's lifespan, run as a server runs it, and the state it hands to `served`."""
+    async with app.router.lifespan_context(app) as state:
+        assert state is not None  # create_app's lifespan always yields its state
+        yield state
+
+
 def served(app: ASGIApp, state: Mapping[str, Any]) -> ASGIApp:
     """The app as a server runs it: each request gets a copy of the lifespan's state (httpx's
     ASGI transport runs no lifespan, so the test runs it and hands the state over here)."""
@@ -126,7 +134,7 @@ async def harness(
         settings, embedder=embedder, upstream=injected, clock=clock, pair_scorer=pair_scorer
     )
     async with (
-        app.router.lifespan_context(app) as state,
+        lifespan(app) as state,
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=served(app, state)), base_url="http://sidecar"
         ) as c,

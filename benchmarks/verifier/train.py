@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.export_only:
         pairs, data = training_pairs(args)
         print(json.dumps(data), flush=True)
-        tokenizer = AutoTokenizer.from_pretrained(str(base))
+        tokenizer = AutoTokenizer.from_pretrained(str(base))  # type: ignore[no-untyped-call]
         start = args.init or base
         model = AutoModelForSequenceClassification.from_pretrained(str(start), num_labels=1)
         rng = random.Random(args.seed)
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             "steps": steps,
             "train_seconds": round(time.monotonic() - started),
         }
-        earlier = []
+        earlier: list[dict[str, Any]] = []
         if args.init is not None and (args.init.parent / "manifest.json").exists():
             before = json.loads((args.init.parent / "manifest.json").read_text())
             earlier = before.get("stages") or [

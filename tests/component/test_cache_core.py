@@ -42,7 +42,8 @@ class Env:
         )
 
     def vec(self, text: str) -> Vector:
-        return self.embedder.embed([text])[0]
+        row: Vector = self.embedder.embed([text])[0]
+        return row
 
     def entry(
         self,
@@ -114,7 +115,7 @@ def test_exact_reads_stay_right_across_every_kind_of_removal(env: Env) -> None:
         # Twice: the second read may come from memory, and must agree with the first.
         first, second = env.cache.get_exact(key), env.cache.get_exact(key)
         assert (first and first.id) == (second and second.id)
-        return second and second.id
+        return second.id if second is not None else None
 
     a = env.put(Q)
     assert exact(a.exact_key) == a.id
@@ -136,7 +137,12 @@ def counted(monkeypatch: pytest.MonkeyPatch, store: Any, method: str) -> list[st
     """The arguments of every call of the store's `method` from here on, in order."""
     reads: list[str] = []
     read = getattr(store, method)
-    monkeypatch.setattr(store, method, lambda key: reads.append(key) or read(key))
+
+    def counting(key: str) -> Any:
+        reads.append(key)
+        return read(key)
+
+    monkeypatch.setattr(store, method, counting)
     return reads
 
 

@@ -172,9 +172,9 @@ async def test_admin_only_ops_guards_the_dashboard(
         # A browser is asked for the key (HTTP Basic: any user name, the key as password).
         refused = await h.client.get("/dashboard")
         assert refused.headers["www-authenticate"].startswith("Basic ")
-        for wrong in (b"adm:nope", b"adm", b"\xff:adm"):
-            auth = {"Authorization": "Basic " + b64encode(wrong).decode()}
-            assert (await h.client.get("/dashboard", headers=auth)).status_code == 401, wrong
+        for credentials in (b"adm:nope", b"adm", b"\xff:adm"):
+            auth = {"Authorization": "Basic " + b64encode(credentials).decode()}
+            assert (await h.client.get("/dashboard", headers=auth)).status_code == 401, credentials
         garbled = await h.client.get("/dashboard", headers={"Authorization": "Basic !!"})
         assert garbled.status_code == 401
         await h.chat("hello", headers={"Authorization": "Bearer k"})

@@ -15,18 +15,20 @@ import json
 import os
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from schemathesis import Case
 
 from cache_service.app import create_app
 from cache_service.settings import load_settings
 from tests.conftest import harness, served
 from tests.fakes import FakeClock, HashingEmbedder
+
+if TYPE_CHECKING:
+    from schemathesis.specs.openapi.schemas import OpenApiCase
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "30"))
 DESIGNED = {502, 503, 504}
@@ -66,7 +68,7 @@ def problem(response: httpx.Response) -> str | None:
     return None
 
 
-async def send(client: httpx.AsyncClient, case: Case) -> httpx.Response:
+async def send(client: httpx.AsyncClient, case: OpenApiCase) -> httpx.Response:
     kw = case.as_transport_kwargs(base_url="http://sidecar")
     for unused in ("cookies", "files"):
         kw.pop(unused, None)
@@ -89,7 +91,7 @@ def where(exc: BaseException) -> str:
     return f"unhandled {type(exc).__name__}: {str(exc)[:200]}{at}"
 
 
-async def outcome(client: httpx.AsyncClient, case: Case) -> str | None:
+async def outcome(client: httpx.AsyncClient, case: OpenApiCase) -> str | None:
     """What went wrong with one generated request, or None. The app's own 500 handler
     re-raises through the test transport, so an unhandled error arrives as the exception."""
     try:
@@ -136,7 +138,7 @@ def test_no_undesigned_5xx(operation: Any, tmp_path: Path) -> None:
                 suppress_health_check=list(HealthCheck),
             )
             @given(case=operation.as_strategy())
-            def check(case: Case) -> None:
+            def check(case: OpenApiCase) -> None:
                 found = runner.run(outcome(client, case))
                 assert found is None, (
                     f"{case.method} {case.formatted_path} {case.body!r:.300}: {found}"

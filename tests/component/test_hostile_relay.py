@@ -17,7 +17,7 @@ from cache_service.app import create_app
 from cache_service.backends.upstream import HttpUpstream
 from cache_service.settings import Settings
 from tests.component.test_hostile_input import assert_refused
-from tests.conftest import http_scope, served
+from tests.conftest import http_scope, lifespan, served
 from tests.fakes import FakeClock, HashingEmbedder, recording_upstream
 
 
@@ -39,7 +39,7 @@ async def relayed(
     upstream = recording_upstream(seen, api_key=None)
     app = create_app(settings_factory(), embedder=embedder, upstream=upstream, clock=clock)
     async with (
-        app.router.lifespan_context(app) as state,
+        lifespan(app) as state,
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=served(app, state)), base_url="http://s"
         ) as c,
@@ -112,10 +112,12 @@ async def test_relayed_paths_stay_below_the_upstream(relayed: Relayed, raw_path:
 
 async def test_the_upstream_refuses_a_url_off_its_base() -> None:
     seen: list[httpx.Request] = []
-    up = HttpUpstream(
-        "http://up/v1",
-        transport=httpx.MockTransport(lambda r: seen.append(r) or httpx.Response(200)),
-    )
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200)
+
+    up = HttpUpstream("http://up/v1", transport=httpx.MockTransport(handler))
     try:
         for path in ("http://evil/x", "../admin", "a/../../x"):
             with pytest.raises(Exception) as caught:

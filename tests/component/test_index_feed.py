@@ -280,7 +280,7 @@ def test_put_and_delete_write_typed_events_and_announce_the_store(
 ) -> None:
     a = replica("a")
     listener = redis.Redis.from_url(redis_url)
-    pubsub = listener.pubsub()
+    pubsub = listener.pubsub()  # type: ignore[no-untyped-call]  # unannotated in redis-py
     try:
         pubsub.subscribe(a.store.stored_channel(f"{SCOPE}|{Q}"))
         assert pubsub.get_message(timeout=1) is not None  # the subscription's confirmation

@@ -182,7 +182,12 @@ def test_a_restore_gives_the_heap_back_before_the_cache_is_ready(
     assert snaps.save() is not None
     again, _, snaps2 = world.open()
     ready_at_trim: list[bool] = []
-    monkeypatch.setattr(snapshots, "give_back", lambda: ready_at_trim.append(again.ready) or True)
+
+    def trim() -> bool:
+        ready_at_trim.append(again.ready)
+        return True
+
+    monkeypatch.setattr(snapshots, "give_back", trim)
     assert snaps2.restore() is not None
     assert ready_at_trim == [False] and again.ready
 
@@ -268,9 +273,9 @@ def test_an_ivf_scope_is_restored_whole_without_a_build(
         assert all(h.entry_id != e.id for h in index2.search(e.scope, e.embedding, 5))
     # Later writes get labels of their own: the restored ones stay found.
     more = world.fill(again, 4)
-    assert answers(again, more + survivors[:10]) == [
-        (e.id, pytest.approx(1.0)) for e in more + survivors[:10]
-    ]
+    got = answers(again, more + survivors[:10])
+    assert [entry_id for entry_id, _ in got] == [e.id for e in more + survivors[:10]]
+    assert [similarity for _, similarity in got] == pytest.approx([1.0] * len(got))
 
 
 def test_ivf_and_flat_scopes_restore_side_by_side_the_ivf_without_a_build(

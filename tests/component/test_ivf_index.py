@@ -527,7 +527,9 @@ def test_an_8bit_scope_restored_without_fast_scan_codes_is_searched_then_rebuilt
     monkeypatch.setattr(fast_scan, "WORTH_IT_CODES", 0)
     index, vectors = index_of(5000)
     index.maintain()
-    saved = dataclasses.replace(index.export_ivf("s"), fast_blob=None)  # an older snapshot
+    exported = index.export_ivf("s")
+    assert exported is not None
+    saved = dataclasses.replace(exported, fast_blob=None)  # an older snapshot
     restored = FaissIndex(DIM, ivf_min=1000, background=False)
     restored.import_ivf("s", saved)
     assert restored._scopes["s"].fast is None

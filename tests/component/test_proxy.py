@@ -12,12 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.types import Message
 
 from cache_service import app as app_module
 from cache_service.backends.entry_journal import EntryJournal
 from cache_service.cache.write_behind import WriteBehind, journal_dir
 from cache_service.settings import Settings
-from tests.conftest import Harness, harness, http_scope, journalled, served
+from tests.conftest import Harness, harness, http_scope, journalled, lifespan, served
 from tests.fakes import FakeClock, HashingEmbedder
 
 Q = "How do I reset my password?"
@@ -341,7 +342,7 @@ async def test_unreachable_upstream_is_502(
     upstream = HttpUpstream("http://127.0.0.1:9/v1", timeout_s=2, connect_timeout_s=1)
     app = create_app(settings_factory(), embedder=embedder, upstream=upstream, clock=clock)
     async with (
-        app.router.lifespan_context(app) as state,
+        lifespan(app) as state,
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=served(app, state)), base_url="http://s"
         ) as c,
@@ -675,7 +676,7 @@ async def test_an_answer_is_recorded_right_after_its_last_byte(h: Harness) -> No
             received = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 seen["cache"] = dict(message["headers"]).get(b"x-cache", b"").decode()
             elif not message.get("more_body"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,7 @@ async def test_evictions_are_counted_and_the_operator_warned(
                 json={"model": "m", "prompt": f"question {i}", "response": {"text": big}},
             )
             assert r.status_code == 201
-        cache: dict[str, float] = {}
+        cache: dict[str, Any] = {}
         for _ in range(200):
             await asyncio.sleep(0.05)
             stats = (await h.client.get("/v1/cache/stats")).json()

@@ -227,6 +227,7 @@ def test_a_flat_scope_keeps_float16_vectors_and_scores_within_its_bound() -> Non
     index = FaissIndex(DIM, background=False)
     index.add_many("s", [f"e{i}" for i in range(len(vectors))], vectors)
     flat = faiss.downcast_index(index._scopes["s"].index.index)
+    assert isinstance(flat, faiss.IndexFlatCodes)
     assert flat.code_size == 2 * DIM
     assert flat.codes.size() == 2 * DIM * len(vectors)
     # Concentrated vectors round worst: a few large components each off by up to 2^-11.

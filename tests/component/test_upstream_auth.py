@@ -13,7 +13,7 @@ from cache_service.backends.upstream import HttpUpstream
 from cache_service.flavors import ANTHROPIC, OPENAI_CHAT
 from cache_service.flavors.base import Flavor
 from cache_service.settings import Settings
-from tests.conftest import served
+from tests.conftest import lifespan, served
 from tests.fakes import FakeClock, HashingEmbedder, recording_upstream
 
 
@@ -43,8 +43,8 @@ async def test_operator_key_replaces_the_callers(
         "http://up/v1", api_key="sk-op", transport=httpx.MockTransport(handler), timeout_s=5
     )
     try:
-        headers = {**caller, "anthropic-version": "2023-06-01"}
-        await up.send(flavor.upstream_path, {"model": "m"}, headers, flavor.auth)
+        sent = {**caller, "anthropic-version": "2023-06-01"}
+        await up.send(flavor.upstream_path, {"model": "m"}, sent, flavor.auth)
     finally:
         await up.aclose()
     (headers,) = seen
@@ -68,7 +68,7 @@ async def test_relayed_openai_calls_keep_openai_auth_and_errors(
     app = create_app(settings, embedder=embedder, upstream=upstream, clock=clock)
     caller = {"authorization": "Bearer sk-caller"}
     async with (
-        app.router.lifespan_context(app) as state,
+        lifespan(app) as state,
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=served(app, state)), base_url="http://s"
         ) as c,

@@ -89,7 +89,7 @@ def error_of(path: str, r: httpx.Response) -> dict[str, Any]:
 def stream_error(path: str, r: httpx.Response) -> dict[str, Any]:
     """The error event that ended a stream (the last event), in the route's shape."""
     name, data = list(SSEParser().feed_events(r.content))[-1]
-    event = json.loads(data)
+    event: dict[str, Any] = json.loads(data)
     if path == MESSAGES:
         assert name == "error" and event["type"] == "error"
         error: dict[str, Any] = event["error"]

@@ -189,7 +189,7 @@ async def test_a_burst_from_four_replicas_spends_exactly_the_budget(
     await replicas[0].configure(*P, Limits(daily_budget_usd=1.0))
     assert await burst(replicas, 0.1) == 10
     use = (await replicas[2].scope_use(P)).daily_budget
-    assert (use.held, use.spent) == (pytest.approx(1.0), 0)
+    assert (use.held, use.spent) == pytest.approx((1.0, 0))
 
 
 # ----------------------------------------------------------------------- dead replicas
@@ -229,7 +229,7 @@ async def test_a_dead_replicas_holds_are_charged_at_their_estimate_after_the_lea
 
         await live.settle(mine, 40, 0.05)
         use = await live.scope_use(P)
-        assert (use.daily_budget.spent, use.daily_budget.held) == (pytest.approx(0.65), 0)
+        assert (use.daily_budget.spent, use.daily_budget.held) == pytest.approx((0.65, 0))
         assert (await live.snapshot()).in_flight == 0
     finally:
         await dead.close()
@@ -251,10 +251,7 @@ async def test_renewing_replicas_keep_their_holds_on_redis_time(redis_url: str) 
         snap = await live.snapshot()
         assert snap.in_flight == 1
         use = await live.scope_use(P)
-        assert (use.daily_budget.spent, use.daily_budget.held) == (
-            pytest.approx(0.2),
-            pytest.approx(0.2),
-        )
+        assert (use.daily_budget.spent, use.daily_budget.held) == pytest.approx((0.2, 0.2))
         await live.release(mine)
         assert (await live.snapshot()).in_flight == 0
     finally:

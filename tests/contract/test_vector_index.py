@@ -12,7 +12,7 @@ import pytest
 
 from cache_service.backends.faiss_index import FaissIndex
 from cache_service.backends.faiss_scope import FLAT_SCORE_ERROR
-from cache_service.protocols import SearchHit, Vector, VectorIndex
+from cache_service.protocols import SearchHit, VectorIndex, Vectors
 
 DIM = 384
 
@@ -27,7 +27,7 @@ class _EagerIVF(FaissIndex):
     def __init__(self, dim: int) -> None:
         super().__init__(dim, ivf_min=4, background=False)
 
-    def add_many(self, scope: str, entry_ids: Sequence[str], vectors: Vector) -> None:
+    def add_many(self, scope: str, entry_ids: Sequence[str], vectors: Vectors) -> None:
         super().add_many(scope, entry_ids, vectors)
         self.maintain()
 

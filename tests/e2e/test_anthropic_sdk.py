@@ -30,7 +30,7 @@ def client(base: str, namespace: str, **options: Any) -> Iterator[anthropic.Anth
         yield c
 
 
-def ask(c: anthropic.Anthropic, content: str, **kw: object) -> tuple[str, dict[str, str]]:
+def ask(c: anthropic.Anthropic, content: str, **kw: Any) -> tuple[str, dict[str, str]]:
     raw = c.messages.with_raw_response.create(
         model=MODEL, max_tokens=200, messages=[{"role": "user", "content": content}], **kw
     )

@@ -39,7 +39,8 @@ def chat(base: str, content: str, namespace: str, model: str = "gpt-4o-mini") ->
         timeout=30,
     )
     r.raise_for_status()
-    return r.headers["x-cache"] + ":" + r.headers.get("x-cache-match", "")
+    match: str = r.headers.get("x-cache-match", "")
+    return r.headers["x-cache"] + ":" + match
 
 
 def stats(base: str, **params: str) -> dict[str, Any]:

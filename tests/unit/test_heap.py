@@ -60,7 +60,12 @@ async def test_a_rebuild_at_start_is_followed_by_a_trim(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
-    monkeypatch.setattr(index_upkeep, "give_back", lambda: calls.append("trim") or True)
+
+    def trim() -> bool:
+        calls.append("trim")
+        return True
+
+    monkeypatch.setattr(index_upkeep, "give_back", trim)
     cache = _cache(tmp_path, FaissIndex(8, background=False))
     await index_upkeep.rebuild_index(cache)
     assert cache.ready and calls == ["trim"]
@@ -68,7 +73,12 @@ async def test_a_rebuild_at_start_is_followed_by_a_trim(
 
 def test_an_index_build_is_followed_by_a_trim(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    monkeypatch.setattr(faiss_index, "give_back", lambda: calls.append("trim") or True)
+
+    def trim() -> bool:
+        calls.append("trim")
+        return True
+
+    monkeypatch.setattr(faiss_index, "give_back", trim)
     index = FaissIndex(8, ivf_min=64, background=False)
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((100, 8)).astype(np.float32)

@@ -51,7 +51,8 @@ _keys = st.one_of(
 def test_it_matches_a_dict_through_adds_and_removes(
     steps: list[tuple[bool, int, list[str]]],
 ) -> None:
-    table, model = IdTable(), {}
+    table = IdTable()
+    model: Model = {}
     for adding, space, keys in steps:
         if adding:
             new = list(dict.fromkeys(k for k in keys if (space, k) not in model))

@@ -253,7 +253,7 @@ def message(
     }
 
 
-TOOL_USE = [
+TOOL_USE: list[dict[str, Any]] = [
     {"type": "text", "text": "Checking."},
     {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}},
 ]

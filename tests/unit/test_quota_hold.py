@@ -30,7 +30,7 @@ async def test_settle_charges_the_usage_at_the_called_models_price() -> None:
     ledger = LocalLedger(FakeClock())
     hold = await held(ledger)
     assert await hold.settle(Usage(1_000_000, 500_000)) == pytest.approx(2.0)
-    assert await spent(ledger) == (pytest.approx(2.0), 0, 0)
+    assert await spent(ledger) == pytest.approx((2.0, 0, 0))
 
 
 async def test_settle_charges_cached_prompt_tokens_at_the_cached_price() -> None:
@@ -38,7 +38,7 @@ async def test_settle_charges_cached_prompt_tokens_at_the_cached_price() -> None
     hold = await held(ledger)
     # 1M prompt tokens of which 800k cached: 200k at $1 + 800k at $0.10, no completion.
     assert await hold.settle(Usage(1_000_000, 0, cached=800_000)) == pytest.approx(0.28)
-    assert await spent(ledger) == (pytest.approx(0.28), 0, 0)
+    assert await spent(ledger) == pytest.approx((0.28, 0, 0))
 
 
 async def test_an_answer_without_usage_is_charged_the_estimate() -> None:

@@ -232,7 +232,7 @@ def test_text_parts_and_plain_string_have_different_exact_keys() -> None:
 
 
 def test_image_part_disables_semantic_matching() -> None:
-    parts = [
+    parts: list[dict[str, Any]] = [
         {"type": "text", "text": "What is in this picture?"},
         {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
     ]

@@ -92,7 +92,11 @@ def sim_for(config: SimConfig | None = None, max_retries: int = 0) -> tuple[Sim,
     raw = httpx.AsyncClient(transport=transport, base_url="http://sim")
     http = httpx.AsyncClient(transport=transport, base_url="http://sim/v1")
     sdk = openai.AsyncOpenAI(
-        base_url="http://sim/v1", api_key="x", http_client=http, max_retries=max_retries
+        base_url="http://sim/v1",
+        api_key="x",
+        # The SDK takes an httpx client as well as an httpx2 one; its annotation names httpx2.
+        http_client=http,  # type: ignore[arg-type]
+        max_retries=max_retries,
     )
     return Sim(raw, sdk), http
 
@@ -288,7 +292,7 @@ async def test_required_and_named_tool_choice_return_a_function_call(sim: Sim) -
     [item] = response.output
     assert item.type == "function_call"
     assert (item.name, item.arguments) == ("get_time", "{}")
-    assert response.tool_choice.type == "function"  # type: ignore[union-attr]
+    assert response.tool_choice.type == "function"
 
     auto = await sim.create(body_of(tools=[WEATHER_TOOL]))
     assert auto["output"][0]["type"] == "message"

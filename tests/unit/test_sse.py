@@ -100,7 +100,7 @@ def test_encode_round_trips_through_parser() -> None:
 # A data line's text: no line breaks, and no leading space (the field's separating space is
 # optional, so a leading space in the value is not representable without an extra space).
 line_text = st.text(
-    alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)),
+    alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=["Cs"]),
     max_size=20,
 ).filter(lambda s: not s.startswith(" "))
 events_strategy = st.lists(st.lists(line_text, min_size=1, max_size=3), max_size=6)
@@ -418,7 +418,7 @@ def test_replayed_chunks_validate_as_openai_sdk_types(
 
 
 content_text = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=200
+    alphabet=st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=200
 )
 
 

@@ -489,7 +489,7 @@ async def test_a_dropped_simulator_stream_is_not_complete() -> None:
     assert whole.result()["content"][0]["text"].startswith(partial)
 
 
-content_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=200)
+content_text = st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=200)
 
 
 @FAST

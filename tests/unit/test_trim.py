@@ -24,7 +24,12 @@ async def echo_size(scope: Scope, receive: Receive, send: Send) -> None:
 async def test_large_bodies_are_followed_by_one_trim() -> None:
     calls: list[int] = []
     app = TrimAfterLargeBodies(echo_size, threshold_bytes=1000)
-    app._trim = lambda pad: calls.append(pad) or 1
+
+    def trim(pad: int) -> int:
+        calls.append(pad)
+        return 1
+
+    app._trim = trim
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://t"
     ) as client:
