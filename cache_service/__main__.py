@@ -132,7 +132,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from cache_service.backends.quantize import quantize_model
 
     out = quantize_model(Path(args.model_dir), Path(args.out))
-    print(f"int8 model ready at {out}: serve it with CACHE_MODEL_DIR={out} and a new data dir")
+    print(
+        f"int8 model ready at {out}: serve it with CACHE_MODEL_DIR={out}; a data dir the float32"
+        ' model filled needs `reembed` first (README, "An int8 embedder")'
+    )
     return 0
 
 

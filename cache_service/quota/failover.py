@@ -104,7 +104,8 @@ class FailoverLedger:
         self.down_since: float | None = None
         self._next_try = 0.0
         self._limits: dict[Scope, Limits] = {}
-        self._unconfigured: set[Scope] = set()
+        self._unconfigured: dict[Scope, bool] = {}
+        """Scopes configured while the shared ledger was away: whether at run time."""
         self._last_use: dict[Scope, ScopeUse] = {}
         self._open: dict[str, Held] = {}
         self._unbooked: list[Booking] = []
@@ -122,9 +123,11 @@ class FailoverLedger:
             return False
         self._next_try = now + self.retry_s
         try:
-            for scope in list(self._unconfigured):
-                await self.shared.configure(*scope, self._limits[scope])
-                self._unconfigured.discard(scope)
+            for scope, at_run_time in list(self._unconfigured.items()):
+                self._limits[scope] = await self.shared.configure(
+                    *scope, self._limits[scope], at_run_time=at_run_time
+                )
+                del self._unconfigured[scope]
             if self._unbooked:
                 await self.shared.book(self._unbooked)
                 self.booked += len(self._unbooked)
@@ -205,18 +208,25 @@ class FailoverLedger:
         except UNREACHABLE as e:
             await self._went_down(e)
 
-    async def configure(self, kind: str, name: str, limits: Limits) -> None:
+    async def configure(
+        self, kind: str, name: str, limits: Limits, *, at_run_time: bool = False
+    ) -> Limits:
         scope = (kind, name)
         self._limits[scope] = limits
-        share = share_of(limits, self.replicas(), self._last_use.get(scope))
-        if self.policy == "share":
-            await self.local.configure(kind, name, share)
         try:
-            await self.shared.configure(kind, name, limits)
-            self._unconfigured.discard(scope)
+            self._limits[scope] = await self.shared.configure(
+                kind, name, limits, at_run_time=at_run_time
+            )
+            self._unconfigured.pop(scope, None)
         except UNREACHABLE as e:
-            self._unconfigured.add(scope)  # applied when the shared ledger is back
+            # Applied when the shared ledger is back, as what it was: a run-time change or
+            # the configuration's, which the shared ledger may keep an operator's over.
+            self._unconfigured[scope] = at_run_time
             await self._went_down(e)
+        if self.policy == "share":
+            share = share_of(self._limits[scope], self.replicas(), self._last_use.get(scope))
+            await self.local.configure(kind, name, share)
+        return self._limits[scope]
 
     async def scope_use(self, scope: Scope) -> ScopeUse:
         if await self._shared_ok():

@@ -64,8 +64,16 @@ class QuotaLedger(Protocol):
         """Nothing was sent upstream: the reservation stops counting at all."""
         ...
 
-    async def configure(self, kind: str, name: str, limits: Limits) -> None:
-        """Set or change a scope's limits; usage so far is kept."""
+    async def configure(
+        self, kind: str, name: str, limits: Limits, *, at_run_time: bool = False
+    ) -> Limits:
+        """Set or change a scope's limits; usage so far is kept. Returns the limits in force.
+
+        `at_run_time`: an operator's change (the admin API), which the configuration's
+        limits, applied again (a replica's restart, a project's first request), do not
+        undo. The configuration's are applied unless the scope's limits were changed at run
+        time since the configuration last gave it the same limits (or never gave it any): a
+        changed configuration is the newer intent, and wins."""
         ...
 
     async def scope_use(self, scope: Scope) -> ScopeUse: ...

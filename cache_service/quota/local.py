@@ -6,7 +6,9 @@ Durability: every hold and settlement is appended to the journal (one `write` ea
 the request goes on; a snapshot (`spend.json`, fsync + atomic replace) is taken every
 `interval_s` from the event loop's state, after which the journal it covers is dropped. A
 restart, or a SIGKILL, resumes from the snapshot plus the journal after it; a request in
-flight at the crash counts at its estimate (upstream may have billed it).
+flight at the crash counts at its estimate (upstream may have billed it). Limits changed at
+run time are in the snapshot too (taken within `interval_s` of the change), so a restart
+keeps them over the same configuration (the ledger protocol's rule).
 
 Single-threaded like the manager: every method runs on the event loop, and none awaits
 between reading and changing the state, so each is atomic there.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any
 
 from cache_service.backends.journal import SpendJournal
@@ -29,6 +32,22 @@ from cache_service.quota.manager import QuotaManager, Reservation
 from cache_service.quota.usage import QuotaSnapshot, ScopeUse
 
 log = logging.getLogger("cache_service.quota")
+
+
+def saved_run_time_limits(saved: dict[str, Any]) -> list[tuple[Scope, Limits, Limits | None]]:
+    """The limits changed at run time that a spend file holds: each scope's, and the
+    configuration's they were set over (None: none yet). ValueError if they are malformed."""
+    try:
+        return [
+            (
+                (str(row["kind"]), str(row["name"])),
+                Limits(**row["limits"]),
+                None if row.get("configured") is None else Limits(**row["configured"]),
+            )
+            for row in saved.get("run_time_limits", [])
+        ]
+    except (TypeError, KeyError, AttributeError) as e:
+        raise ValueError(f"malformed run_time_limits: {e!r}") from e
 
 
 class LocalLedger:
@@ -48,6 +67,9 @@ class LocalLedger:
         self.on_alert = on_alert
         self._open: dict[str, Reservation] = {}
         self._dirty = False
+        self._configured: dict[Scope, Limits] = {}
+        """The configuration's limits last applied to each scope."""
+        self._changed_at_run_time: set[Scope] = set()
         if snapshot_file is not None:
             self._recover(snapshot_file)
 
@@ -80,8 +102,24 @@ class LocalLedger:
         # drop them, or an upstream that only ever fails would grow the journal for good.
         self._dirty = True
 
-    async def configure(self, kind: str, name: str, limits: Limits) -> None:
+    async def configure(
+        self, kind: str, name: str, limits: Limits, *, at_run_time: bool = False
+    ) -> Limits:
+        scope = (kind, name)
+        if at_run_time:
+            self._changed_at_run_time.add(scope)
+            self._dirty = True
+        else:
+            # The protocol's rule: an operator's change outlives the same configuration
+            # applied again (here, a project's first request gets the "default" project's).
+            last, self._configured[scope] = self._configured.get(scope), limits
+            if scope in self._changed_at_run_time:
+                if last in (None, limits):
+                    return self.manager.limits(kind, name)
+                self._changed_at_run_time.discard(scope)
+                self._dirty = True
         self.manager.configure(kind, name, limits)
+        return limits
 
     async def scope_use(self, scope: Scope) -> ScopeUse:
         return self.manager.scope_snapshot(scope)
@@ -114,6 +152,17 @@ class LocalLedger:
         if saved or events:
             self.manager.restore_spend(saved.get("spend"), events)
             self.alerts.import_fired(saved.get("alerts", []))
+        try:
+            changed = saved_run_time_limits(saved)
+        except ValueError:
+            # Spend matters more than these: the start goes on, with the config's limits.
+            log.exception("limits changed at run time unreadable in the spend file; ignored")
+            changed = []
+        for scope, limits, configured in changed:
+            self.manager.configure(*scope, limits)
+            self._changed_at_run_time.add(scope)
+            if configured is not None:
+                self._configured[scope] = configured
         if self.journal is None:
             return
         if events:
@@ -162,10 +211,21 @@ class LocalLedger:
             self.journal.remove_through(covered)
 
     def _snapshot(self, journal_seq: int) -> dict[str, Any]:
-        """What the spend file holds: spend, fired alerts, and the last journal segment
-        already counted in them."""
+        """What the spend file holds: spend, fired alerts, the last journal segment already
+        counted in them, and the limits changed at run time (with the configuration's that
+        they were set over)."""
         return {
             "spend": self.manager.export_spend(),
             "alerts": self.alerts.export_fired(),
             "journal_seq": journal_seq,
+            "run_time_limits": [
+                {
+                    "kind": kind,
+                    "name": name,
+                    "limits": asdict(self.manager.limits(kind, name)),
+                    "configured": None if configured is None else asdict(configured),
+                }
+                for kind, name in sorted(self._changed_at_run_time)
+                for configured in [self._configured.get((kind, name))]
+            ],
         }

@@ -113,6 +113,7 @@ class RedisLedger:
         self._renew = redis_client.register_script(redis_scripts.RENEW)
         self._read = redis_client.register_script(redis_scripts.READ)
         self._book = redis_client.register_script(redis_scripts.BOOK)
+        self._configure = redis_client.register_script(redis_scripts.CONFIGURE)
         # Per incarnation: a replica restarted under the same name must not reuse the ids
         # of its previous life, which may still sit in a window log (a reused id would
         # move that entry to now and drop the old request from the count).
@@ -167,10 +168,12 @@ class RedisLedger:
     async def release(self, held: Held) -> None:
         await self._close_held(held, 0, 0, 0)
 
-    async def configure(self, kind: str, name: str, limits: Limits) -> None:
+    async def configure(
+        self, kind: str, name: str, limits: Limits, *, at_run_time: bool = False
+    ) -> Limits:
         sid = _sid((kind, name))
-        key = f"{self._tag}l:{sid}"
-        values: dict[str, str] = {"json": json.dumps(asdict(limits))}
+        as_json = json.dumps(asdict(limits))
+        values: dict[str, str] = {"json": as_json}
         numeric: tuple[tuple[str, float | None], ...] = (
             ("rpm", limits.rpm),
             ("tpm", limits.tpm),
@@ -181,12 +184,14 @@ class RedisLedger:
         )
         values.update((field, repr(value)) for field, value in numeric if value is not None)
         # Limits live in Redis and the scripts read them there, so every replica applies a
-        # change from its next call on; one transaction, so no script sees half of it.
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(key)
-            pipe.hset(key, mapping=values)
-            pipe.sadd(self._tag + "scopes", sid)
-            await pipe.execute()
+        # change from its next call on; one script, so no other sees half of it, and so a
+        # replica's start cannot undo an operator's change made in between (see the
+        # protocol's rule).
+        in_force = await self._configure(
+            keys=[f"{self._tag}l:{sid}", self._tag + "scopes"],
+            args=[sid, "1" if at_run_time else "0", as_json, *itertools.chain(*values.items())],
+        )
+        return Limits(**json.loads(_text(in_force)))
 
     async def scope_use(self, scope: Scope) -> ScopeUse:
         _, _, uses = await self._read_scopes([scope])

@@ -16,7 +16,9 @@ Keys under the prefix (a scope's id ``sid`` is the JSON of ``[kind, name]``)::
     scopes       set     every sid ever configured, reserved against or checked
     leases       zset    open reservation id -> lease expiry
     h:<id>       hash    an open reservation: s (sids, one per line), t (tokens), n (nano-$)
-    l:<sid>      hash    limits: rpm tpm rpd tpd db mb (budgets in nano-$), json (as given)
+    l:<sid>      hash    limits: rpm tpm rpd tpd db mb (budgets in nano-$), json (as given);
+                         cfg (json of the configuration's limits last applied), op ("1":
+                         changed at run time since)
     s:<sid>      hash    rq tk (window sums), dk mk (UTC day / month number of the counts),
                          dr dt dn mn (settled requests, tokens, nano-$ of the day; nano-$ of
                          the month), inf ht hn (holds in flight and the tokens, nano-$ held)
@@ -482,3 +484,27 @@ end
 return 1
 """
 )
+
+CONFIGURE = r"""
+-- KEYS[1] l:<sid>, KEYS[2] scopes. ARGV[1] sid, [2] "1" for a change at run time, [3] the
+-- limits' json, [4..] field, value pairs of the hash (json included). No clock: limits do
+-- not depend on time. Returns the json of the limits in force.
+local key = KEYS[1]
+local cfg = redis.call('HGET', key, 'cfg')
+if ARGV[2] == '1' then
+  redis.call('DEL', key)
+  redis.call('HSET', key, 'op', '1', unpack(ARGV, 4))
+  if cfg then
+    redis.call('HSET', key, 'cfg', cfg)
+  end
+elseif redis.call('HGET', key, 'op') == '1' and (not cfg or cfg == ARGV[3]) then
+  -- The operator's change is newer than these limits: kept, and the configuration noted,
+  -- so that a configuration changed later wins.
+  redis.call('HSET', key, 'cfg', ARGV[3])
+else
+  redis.call('DEL', key)
+  redis.call('HSET', key, 'cfg', ARGV[3], unpack(ARGV, 4))
+end
+redis.call('SADD', KEYS[2], ARGV[1])
+return redis.call('HGET', key, 'json')
+"""

@@ -80,6 +80,7 @@ def offline_budgets(
     against the config's limits; (None, why) where they cannot be known from files."""
     from cache_service.backends.journal import SpendJournal
     from cache_service.backends.jsonfile import JsonFile
+    from cache_service.quota.local import saved_run_time_limits
     from cache_service.quota.manager import QuotaManager
     from cache_service.quota.projects import project_limits
     from cache_service.telemetry.quota_view import budgets_of
@@ -87,13 +88,19 @@ def offline_budgets(
     if settings.redis_url:
         return None, "spend is the fleet's, kept in Redis (redis_url): see GET /v1/cache/report"
     manager = QuotaManager(_At(now))
-    for p in settings.projects:
-        manager.configure("project", p.name, project_limits(p))
+    configured = {("project", p.name): project_limits(p) for p in settings.projects}
+    for scope, limits in configured.items():
+        manager.configure(*scope, limits)
     try:
         saved = JsonFile(data_dir / "spend.json").load()
         covered = int(saved.get("journal_seq", 0))
         events, _ = SpendJournal(data_dir).recover(after=covered)
         manager.restore_spend(saved.get("spend"), events)
+        # As the server's start leaves them: a limit changed at run time stays unless the
+        # config now gives the scope other limits than those it was changed over.
+        for scope, limits, over in saved_run_time_limits(saved):
+            if scope not in configured or over in (None, configured[scope]):
+                manager.configure(*scope, limits)
     except (OSError, ValueError) as e:
         return None, f"the spend snapshot in {data_dir} is unreadable: {e}"
     return budgets_of(manager.snapshot()), None

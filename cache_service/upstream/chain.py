@@ -196,7 +196,7 @@ class UpstreamChain:
 
     async def set_limits(self, kind: str, name: str, limits: Limits) -> dict[str, Any]:
         """Change a scope's limits at run time; returns its use under them."""
-        await self.ledger.configure(kind, name, limits)
+        await self.ledger.configure(kind, name, limits, at_run_time=True)
         self.gate.notify()  # a raised limit may admit queued requests at once
         return (await self.ledger.scope_use((kind, name))).as_json()
 

@@ -154,3 +154,25 @@ async def test_two_replicas_bookings_both_count(
         assert (await one.scope_use(P)).daily_requests.used == 6
     finally:
         await other.close()
+
+
+async def test_a_replica_started_while_redis_is_away_keeps_the_operators_limits_after(
+    ledgers: tuple[RedisLedger, FakeClock], redis_server: RedisServer
+) -> None:
+    shared, clock = ledgers
+    running = failover(shared, clock, "share", "r0")
+    await running.configure(*P, Limits(rpm=10))
+    await running.configure(*P, Limits(rpm=4), at_run_time=True)
+    redis_server.stop()
+    try:
+        restarted = failover(shared, clock, "share", "r1")
+        # All it can know while Redis is away: its configuration (its share is of that).
+        assert await restarted.configure(*P, Limits(rpm=10)) == Limits(rpm=10)
+    finally:
+        redis_server.start()
+    clock.advance(1.0)  # its next try at the shared ledger
+    use = await restarted.scope_use(P)
+    assert restarted.down_since is None
+    # Applied once Redis answered, as a configuration: the operator's change is newer.
+    assert use.limits == Limits(rpm=4)
+    assert await restarted.configure(*P, Limits(rpm=10)) == Limits(rpm=4)

@@ -4,6 +4,7 @@ by replicas) is proved by adding one line to IMPLEMENTATIONS."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +29,7 @@ LedgerFactory = Callable[[FakeClock, Path], QuotaLedger]
 """Makes an empty ledger on the given clock, with the given directory for any files."""
 
 
-def _durable(clock: FakeClock, data: Path) -> QuotaLedger:
+def _durable(clock: FakeClock, data: Path) -> LocalLedger:
     return LocalLedger(
         clock, snapshot_file=JsonFile(data / "spend.json"), journal=SpendJournal(data)
     )
@@ -175,6 +176,58 @@ async def test_configure_changes_limits_and_keeps_usage(ledger: QuotaLedger) -> 
     use = await ledger.scope_use(P)
     assert (use.limits.rpm, use.requests.used, use.requests.remaining) == (2, 2, 0)
     assert isinstance(await ledger.reserve(SCOPES, 1, 0.0), Denial)
+
+
+async def test_a_limit_changed_at_run_time_outlives_the_same_configuration_applied_again(
+    ledger: QuotaLedger,
+) -> None:
+    configured, changed = Limits(rpm=10), Limits(rpm=3)
+    assert await ledger.configure(*P, configured) == configured
+    assert await ledger.configure(*P, changed, at_run_time=True) == changed
+    # A replica restarting (a rolling deploy) applies its configuration again.
+    assert await ledger.configure(*P, configured) == changed
+    assert (await ledger.scope_use(P)).limits == changed
+    # A changed configuration is newer than the operator's change, and wins; applied
+    # again, it stays.
+    assert await ledger.configure(*P, Limits(rpm=20)) == Limits(rpm=20)
+    assert await ledger.configure(*P, Limits(rpm=20)) == Limits(rpm=20)
+    assert (await ledger.scope_use(P)).limits == Limits(rpm=20)
+    # Run-time changes still replace each other.
+    await ledger.configure(*P, changed, at_run_time=True)
+    assert await ledger.configure(*P, Limits(rpm=4), at_run_time=True) == Limits(rpm=4)
+
+
+async def test_a_limit_set_at_run_time_before_any_configuration_is_kept_by_the_first(
+    ledger: QuotaLedger,
+) -> None:
+    """An unlisted project gets the "default" project's limits on its first request: an
+    operator's limits for it, set before that request, stay."""
+    await ledger.configure(*P, Limits(rpm=3), at_run_time=True)
+    assert await ledger.configure(*P, Limits(rpm=10)) == Limits(rpm=3)
+    assert await ledger.configure(*P, Limits(rpm=10)) == Limits(rpm=3)
+    assert await ledger.configure(*P, Limits(rpm=11)) == Limits(rpm=11)
+
+
+async def test_a_limit_changed_at_run_time_outlives_a_restart_of_the_process(
+    clock: FakeClock, tmp_path: Path
+) -> None:
+    first = _durable(clock, tmp_path)
+    await first.configure(*P, Limits(rpm=10))
+    await first.configure(*P, Limits(rpm=3), at_run_time=True)
+    first.close()
+    second = _durable(clock, tmp_path)
+    assert (await second.scope_use(P)).limits == Limits(rpm=3)
+    assert await second.configure(*P, Limits(rpm=10)) == Limits(rpm=3)  # the start's
+    assert await second.configure(*P, Limits(rpm=20)) == Limits(rpm=20)  # a changed config
+    second.close()
+    assert json.loads((tmp_path / "spend.json").read_text())["run_time_limits"] == []
+    # A spend file whose rows are malformed still starts, with the configuration's limits.
+    saved = json.loads((tmp_path / "spend.json").read_text())
+    saved["run_time_limits"] = [{"kind": "project", "name": "default", "limits": {"rpx": 1}}]
+    (tmp_path / "spend.json").write_text(json.dumps(saved))
+    third = _durable(clock, tmp_path)
+    assert await third.configure(*P, Limits(rpm=20)) == Limits(rpm=20)
+    third.close()
 
 
 async def test_snapshot_lists_every_scope_typed_and_json_ready(ledger: QuotaLedger) -> None:

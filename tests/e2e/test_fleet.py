@@ -302,3 +302,41 @@ def test_stats_for_the_fleet_add_up_every_replicas_own(fleet: list[Replica]) -> 
     )
     replicas = httpx.get(f"{fleet[0].url}/v1/cache/stats?scope=fleet", timeout=10).json()
     assert len(replicas["replicas"]) >= 3
+
+
+def test_a_limit_changed_at_run_time_outlives_a_replicas_restart(
+    upstream: Upstream, redis_srv: RedisServer, tmp_path: Path
+) -> None:
+    """Each replica writes its config file's limits to Redis as it starts: a rolling restart
+    must not undo an operator's change made through the admin API, while a config file
+    changed by a deploy still wins."""
+    env = {"CACHE_REDIS_PREFIX": "limits-restart", "CACHE_ADMIN_KEY": "operator-key"}
+
+    def burst_rpm(replica: Replica) -> int:
+        quota = httpx.get(f"{replica.url}/v1/quota", timeout=10).json()
+        scope = next(s for s in quota["scopes"] if (s["kind"], s["name"]) == ("project", "burst"))
+        rpm: int = scope["limits"]["rpm"]
+        return rpm
+
+    (a,) = start_replicas(1, upstream, redis_srv.url, tmp_path / "a", **env)
+    (b,) = start_replicas(1, upstream, redis_srv.url, tmp_path / "b", **env)
+    try:
+        changed = httpx.put(
+            f"{a.url}/v1/admin/limits",
+            headers={"authorization": "Bearer operator-key"},
+            json={"kind": "project", "name": "burst", "rpm": 3},
+            timeout=10,
+        )
+        assert changed.status_code == 200, changed.text
+        b.stop()
+        (b,) = start_replicas(1, upstream, redis_srv.url, tmp_path / "b", **env)
+        assert burst_rpm(a) == burst_rpm(b) == 3
+        b.stop()
+        deployed = [{**p, "rpm": 7} if p["name"] == "burst" else p for p in PROJECTS]
+        (b,) = start_replicas(
+            1, upstream, redis_srv.url, tmp_path / "b", CACHE_PROJECTS=json.dumps(deployed), **env
+        )
+        assert burst_rpm(a) == burst_rpm(b) == 7
+    finally:
+        a.stop()
+        b.stop()

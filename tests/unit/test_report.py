@@ -544,6 +544,37 @@ def test_cli_reads_budgets_quality_and_threshold_from_the_data_dir(
     assert r["similarity"]["threshold"] is None
 
 
+async def test_cli_budgets_show_a_limit_changed_at_run_time_as_the_servers_start_would(
+    tmp_path: Path,
+) -> None:
+    from cache_service.backends.journal import SpendJournal
+    from cache_service.backends.jsonfile import JsonFile
+    from cache_service.quota.local import LocalLedger
+    from cache_service.report.cli import offline_budgets
+
+    ledger = LocalLedger(
+        FakeClock(wall=T0),
+        snapshot_file=JsonFile(tmp_path / "spend.json"),
+        journal=SpendJournal(tmp_path),
+    )
+    await ledger.configure("project", "proj-a", Limits(daily_budget_usd=5.0))
+    await ledger.configure("project", "proj-a", Limits(daily_budget_usd=2.0), at_run_time=True)
+    ledger.close()
+
+    def limit(daily_budget_usd: float) -> float | None:
+        config = Settings(
+            data_dir=tmp_path, projects=[{"name": "proj-a", "daily_budget_usd": daily_budget_usd}]
+        )
+        budgets, why = offline_budgets(config, tmp_path, T0)
+        assert budgets is not None, why
+        (daily,) = [b for b in budgets if b["window"] == "daily"]
+        value: float | None = daily["limit_usd"]
+        return value
+
+    assert limit(5.0) == 2.0  # the config it was changed over: the change stays
+    assert limit(7.0) == 7.0  # a config changed since: it wins
+
+
 def test_read_only_breakdowns_of_a_log_from_before_the_new_columns(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
     write_old_outcome_log(path)
