@@ -185,8 +185,10 @@ class DiskCacheStore:
         culled = int(self._cache.expire())
         # A listing costs ~3 s at a million keys (in the sweep's thread), so it waits until
         # the filter holds the store's keys twice over: it then runs at most once per
-        # store's worth of entries gone, and the filter stays within twice the store.
-        if self.keys.loaded and len(self.keys) > 2 * len(self) + RELOAD_SLACK:
+        # store's worth of entries gone, and the filter stays within twice the store. The
+        # store's count (one query) is only read once the filter is past the slack.
+        held = len(self.keys)
+        if self.keys.loaded and held > RELOAD_SLACK and held > 2 * len(self) + RELOAD_SLACK:
             self.keys.reload(self._exact_keys)
             self._after_listing()
         return culled
