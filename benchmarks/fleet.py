@@ -274,6 +274,7 @@ def script_names() -> dict[str, str]:
     for module in (
         "cache_service.backends.redis_store",
         "cache_service.quota.redis_scripts",
+        "cache_service.quota.redis_limits",
         "cache_service.proxy.fleet_flight",
         "cache_service.fleet",
         "cache_service.cache.feedback_feed",

@@ -34,7 +34,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from cache_service.protocols import Clock
-from cache_service.quota import redis_scripts
+from cache_service.quota import redis_limits, redis_scripts
 from cache_service.quota.alerts import Alert, AlertSink, AlertTracker, payload
 from cache_service.quota.ledger import Booking, Held
 from cache_service.quota.limits import Denial, LimitName, Limits, Scope, worst
@@ -113,7 +113,7 @@ class RedisLedger:
         self._renew = redis_client.register_script(redis_scripts.RENEW)
         self._read = redis_client.register_script(redis_scripts.READ)
         self._book = redis_client.register_script(redis_scripts.BOOK)
-        self._configure = redis_client.register_script(redis_scripts.CONFIGURE)
+        self._configure = redis_client.register_script(redis_limits.CONFIGURE)
         # Per incarnation: a replica restarted under the same name must not reuse the ids
         # of its previous life, which may still sit in a window log (a reused id would
         # move that entry to now and drop the old request from the count).
