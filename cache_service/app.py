@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -144,7 +145,9 @@ def create_app(
         writer: WriteBehind | None = None
         if local is not None:
             journal = EntryJournal(journal_dir(settings.data_dir))
-            replayed = await asyncio.to_thread(replay, journal, local.put, the_clock.now())
+            now = the_clock.now()
+            put = functools.partial(local.put, now=now)
+            replayed = await asyncio.to_thread(replay, journal, put, now)
             if replayed:
                 log.info("entries replayed from the journal", extra={"entries": replayed})
             writer = WriteBehind(cache.put, journal)

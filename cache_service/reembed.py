@@ -20,6 +20,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from cache_service.backends.entry_journal import EntryJournal
 from cache_service.backends.jsonfile import JsonFile
@@ -58,7 +59,8 @@ def reembed(
     store = DiskCacheStore(settings.store_dir, settings.store_size_limit_bytes)
     try:
         # Entries answered but not stored when the last sidecar stopped: rewritten too.
-        replay(EntryJournal(journal_dir(settings.data_dir)), store.put, time.time())
+        now = time.time()
+        replay(EntryJournal(journal_dir(settings.data_dir)), partial(store.put, now=now), now)
         # The snapshot holds the old vectors, and a start trusts its vectors: the next start
         # rebuilds the index from the store instead.
         shutil.rmtree(settings.data_dir / SNAPSHOT_DIR, ignore_errors=True)
@@ -70,7 +72,7 @@ def reembed(
             if semantic:
                 vectors = embedder.embed([e.prompt for e in semantic])
                 for entry, vector in zip(semantic, vectors, strict=True):
-                    store.put(dataclasses.replace(entry, embedding=vector))
+                    store.put(dataclasses.replace(entry, embedding=vector), now=time.time())
                 done.entries += len(semantic)
             if progress is not None:
                 progress(min(start + BATCH, len(ids)), len(ids))

@@ -64,13 +64,14 @@ class DiskCacheStore:
         """Which exact keys were ever stored (`load_keys` at start): an absent key is
         answered without SQLite."""
 
-    def _ttl(self, entry: Entry) -> float | None:
-        if entry.expires is None:
-            return None
-        return max(entry.expires - entry.created, 0.001)
-
-    def put(self, entry: Entry) -> str | None:
-        ttl = self._ttl(entry)
+    def put(self, entry: Entry, *, now: float | None = None) -> str | None:
+        """`now`, on the clock that made the entry, for one stored later than it was made
+        (replayed from the entry journal, or re-embedded): diskcache counts a TTL from its
+        own write, so the row keeps only what is left of the entry's life. Without it the
+        entry is taken to be new (the writer stores it within milliseconds)."""
+        ttl = None
+        if entry.expires is not None:
+            ttl = max(entry.expires - (entry.created if now is None else now), 0.001)
         # One transaction: a crash leaves either both keys or neither. The entry is written
         # first within it, so even a torn write can only leave an entry without its exact
         # key (harmless), never an exact key without its entry.

@@ -4,6 +4,7 @@ to that model, and an interrupted run refused at start until it is run again."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,12 +39,17 @@ class Shifted(HashingEmbedder):
         return np.roll(super().embed(texts), 1, axis=1)
 
 
+MADE = time.time() - 3000
+"""When the entries were stored, on the wall clock `reembed` reads: 600 s of their hour left."""
+
+
 def _data_dir(tmp_path: Path, n: int) -> Settings:
     settings = Settings(data_dir=tmp_path / "d")
     claim_file(JsonFile(settings.data_dir / RECORD), OLD)
     store = DiskCacheStore(settings.store_dir)
     for i in range(n):
-        entry = make_entry(f"e{i}", f"k{i}", prompt=f"question {i} about passwords")
+        prompt = f"question {i} about passwords"
+        entry = make_entry(f"e{i}", f"k{i}", prompt=prompt, created=MADE, expires=MADE + 3600)
         if i % 10 == 0:  # matched exactly only: no vector
             entry = dataclasses.replace(entry, embedding=None)
         store.put(entry)
@@ -76,6 +82,13 @@ def test_every_vector_is_made_again_by_the_new_model_and_the_record_follows(
                 want = Shifted().embed([entry.prompt])[0]
                 assert np.allclose(entry.embedding, want, atol=1e-3)  # stored as float16
             assert store.get_by_exact_key(f"k{i}") is not None
+        # Rewritten, an entry's rows keep what was left of its life, not a new hour (the
+        # fixture stored them all as new; the exact-only ones are not rewritten).
+        for key in ("e:e1", "x:k1"):
+            (expire_time,) = store._cache._sql(
+                "SELECT expire_time FROM Cache WHERE key = ?", (key,)
+            ).fetchone()
+            assert expire_time == pytest.approx(MADE + 3600, abs=30)
     finally:
         store.close()
     assert not (settings.data_dir / SNAPSHOT_DIR).exists()  # its vectors were the old model's

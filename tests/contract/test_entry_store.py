@@ -198,6 +198,33 @@ def test_the_disk_store_answers_an_absent_exact_key_without_sqlite(tmp_path: Pat
         store.close()
 
 
+def test_an_entry_stored_after_it_was_made_keeps_only_the_rest_of_its_life_on_disk(
+    tmp_path: Path,
+) -> None:
+    """Replayed from the entry journal at start, or re-embedded: diskcache counts a TTL from
+    its own write, so an old entry's rows must not outlive its `expires`."""
+    store = DiskCacheStore(tmp_path / "entries")
+    try:
+        now = time.time()
+        made = make_entry("old", "k-old", created=now - 3000, expires=now + 600)
+        store.put(made, now=now)
+        store.put(make_entry("new", "k-new", created=now, expires=now + 600))
+        store.put(make_entry("gone", "k-gone", created=now - 3000, expires=now - 1), now=now)
+
+        def expire_time(key: str) -> float:
+            (row,) = store._cache._sql(
+                "SELECT expire_time FROM Cache WHERE key = ?", (key,)
+            ).fetchall()
+            return float(row[0])
+
+        for key in ("e:old", "x:k-old", "e:new", "x:k-new"):
+            assert expire_time(key) == pytest.approx(now + 600, abs=5), key
+        assert expire_time("e:gone") < now + 1  # past its life already: its rows go at once
+        assert_same_entry(store.get_by_exact_key("k-old"), made)
+    finally:
+        store.close()
+
+
 def test_the_disk_stores_sweep_forgets_the_exact_keys_of_entries_gone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
