@@ -273,6 +273,7 @@ def create_app(
             cache_tool_calls=settings.cache_tool_calls,
             fleet=shared.flights if shared is not None else None,
             fleet_wait_s=settings.request_deadline_s,
+            fleet_served=shared.served if shared is not None else None,
         )
         # With Redis, the index feed builds the index, then follows the other replicas.
         background = shared.tasks(cache, learner, stats) if shared is not None else []
@@ -310,6 +311,7 @@ def create_app(
                     learner_file,
                     tenancy,
                     shared.feedback if shared is not None else None,
+                    shared.served if shared is not None else None,
                 ),
                 front=front,
                 chain=chain,

@@ -34,6 +34,7 @@ from cache_service.cache.feedback import FeedbackLearner
 from cache_service.cache.feedback_feed import FeedbackFeed
 from cache_service.cache.index_feed import IndexFeed
 from cache_service.cache.semantic import SemanticCache
+from cache_service.cache.served_feed import ServedFeed
 from cache_service.fleet import Fleet, default_replica_id
 from cache_service.model_identity import ModelIdentity, mismatch
 from cache_service.protocols import Clock
@@ -74,6 +75,7 @@ class RedisFleet:
     redis_ledger: RedisLedger
     flights: FleetFlights
     feedback: FeedbackFeed
+    served: ServedFeed
     fleet: Fleet
     prefix: str
     _clients: list[aioredis.Redis] = field(default_factory=list)
@@ -118,6 +120,7 @@ class RedisFleet:
                 origin=replica,
                 block_ms=max(1, int(settings.redis_timeout_s * 500)),
             ),
+            served=ServedFeed(shared, prefix=prefix),
             fleet=fleet,
             prefix=prefix,
             _clients=[shared],
@@ -154,12 +157,14 @@ class RedisFleet:
         self, cache: SemanticCache, learner: FeedbackLearner, stats: Stats
     ) -> list[Coroutine[Any, Any, None]]:
         """The background work: index feed (which also first builds the index), verdicts,
-        heartbeat and stats, quota leases, and the use the fail-over policy divides."""
+        hits by request id, heartbeat and stats, quota leases, and the use the fail-over
+        policy divides."""
         self._feed = IndexFeed(cache, self.store)
         return [
             self.check_redis(),
             self._feed.run(),
             self.feedback.run(learner),
+            self.served.run(),
             self.fleet.run(stats),
             self.redis_ledger.renew_forever(),
             self._remember_use(),

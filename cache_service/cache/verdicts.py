@@ -11,6 +11,7 @@ from cache_service.backends.jsonfile import JsonFile
 from cache_service.cache.feedback import FeedbackLearner
 from cache_service.cache.feedback_feed import FeedbackFeed
 from cache_service.cache.semantic import SemanticCache
+from cache_service.cache.served_feed import ServedFeed
 from cache_service.cache.tenancy import Caller, Tenancy
 from cache_service.errors import BadRequest, NotFound
 
@@ -31,13 +32,16 @@ class Verdicts:
         file: JsonFile,
         tenancy: Tenancy,
         fleet: FeedbackFeed | None = None,
+        fleet_served: ServedFeed | None = None,
     ) -> None:
-        """`fleet`: share verdicts with the other replicas (None: this process alone)."""
+        """`fleet`: share verdicts with the other replicas (None: this process alone);
+        `fleet_served`: where the hits other replicas served are found by request id."""
         self.tenancy = tenancy
         self.learner = learner
         self.cache = cache
         self.file = file
         self.fleet = fleet
+        self.fleet_served = fleet_served
 
     async def judge(
         self, caller: Caller, *, request_id: str | None, entry_id: str | None, correct: bool
@@ -49,6 +53,8 @@ class Verdicts:
         if (entry_id is None) == (request_id is None):
             raise BadRequest("give exactly one of 'entry_id' or 'request_id'", param="entry_id")
         served = self.learner.find(request_id) if request_id else None
+        if served is None and request_id and self.fleet_served is not None:
+            served = await self.fleet_served.find(request_id)  # served by another replica
         if served is not None and not self.tenancy.owns(caller, served.namespace):
             served = None
         if request_id and served is None:

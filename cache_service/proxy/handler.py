@@ -22,6 +22,7 @@ from cache_service.cache.feedback import FeedbackLearner, ServedHit
 from cache_service.cache.front import CacheFront
 from cache_service.cache.policy import lookup_allowed
 from cache_service.cache.semantic import Lookup
+from cache_service.cache.served_feed import ServedFeed
 from cache_service.errors import ServiceError, invalid_answer
 from cache_service.pricing import NO_USAGE, Usage
 from cache_service.protocols import Clock, UpstreamResponse
@@ -53,9 +54,11 @@ class ProxyHandler:
         cache_tool_calls: bool,
         fleet: FleetFlights | None = None,
         fleet_wait_s: float = 60.0,
+        fleet_served: ServedFeed | None = None,
     ) -> None:
         """`fleet`: single flight across replicas (None: this process alone); a follower
-        waits for another replica's answer at most `fleet_wait_s`."""
+        waits for another replica's answer at most `fleet_wait_s`. `fleet_served`: hits
+        told to the fleet, so a verdict naming the request may reach any replica."""
         self.front = front
         self.chain = chain
         self.recorder = recorder
@@ -66,6 +69,7 @@ class ProxyHandler:
         self.flights: Flights[UpstreamCall[UpstreamResponse]] = Flights()
         self.fleet = fleet
         self.fleet_wait_s = fleet_wait_s
+        self.fleet_served = fleet_served
         self.streams = StreamRelay(front, chain, recorder, cache_tool_calls=cache_tool_calls)
 
     async def handle(self, ctx: RequestContext) -> Response:
@@ -101,9 +105,10 @@ class ProxyHandler:
         entry = hit.entry
         assert entry is not None and ctx.request is not None
         similarity = hit.similarity or 1.0
-        self.learner.served(
-            ctx.request_id, ServedHit(entry.id, entry.namespace, similarity, hit.match or "exact")
-        )
+        served = ServedHit(entry.id, entry.namespace, similarity, hit.match or "exact")
+        self.learner.served(ctx.request_id, served)
+        if self.fleet_served is not None:
+            self.fleet_served.remember(ctx.request_id, served)
         if hit.match == "semantic":
             self.auditor.maybe_audit(ctx, entry, similarity)
         outcome = Outcome.EXACT_HIT if hit.match == "exact" else Outcome.SEMANTIC_HIT

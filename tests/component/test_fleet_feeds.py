@@ -7,10 +7,14 @@ import asyncio
 import contextlib
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
-from cache_service.cache.feedback import FeedbackLearner
+from cache_service.cache.feedback import FeedbackLearner, ServedHit
 from cache_service.cache.feedback_feed import FeedbackFeed
+from cache_service.cache.served_feed import ServedFeed
 from cache_service.proxy.fleet_flight import FleetFlights
+from tests.redis_server import RedisServer
 
 
 async def test_a_verdict_given_on_one_replica_is_learned_by_the_others(redis_url: str) -> None:
@@ -87,5 +91,36 @@ async def test_a_dead_leaders_lock_lapses_after_its_lease(redis_url: str) -> Non
         assert await b.acquire("k") is not None
     finally:
         await b.close()
+        await a_client.aclose()
+        await b_client.aclose()
+
+
+async def test_a_hit_served_by_one_replica_is_found_by_request_id_on_another(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    a_client = Redis.from_url(redis_url, socket_timeout=0.5, retry=Retry(NoBackoff(), 0))
+    b_client = Redis.from_url(redis_url)
+    a = ServedFeed(a_client, prefix="t", ttl_s=60.0, max_pending=3)
+    b = ServedFeed(b_client, prefix="t")
+    hit = ServedHit("entry-1", "ns", 0.95, "semantic")
+    try:
+        a.remember("req-1", hit)
+        assert await b.find("req-1") is None  # not flushed yet
+        await a.flush()
+        assert await b.find("req-1") == hit
+        assert 0 < await b_client.pttl("t:served:req-1") <= 60_000
+        assert await b.find("req-never") is None
+        # Redis away: the hits wait, bounded, newest kept, and go once it answers.
+        redis_server.stop()
+        try:
+            for i in range(5):
+                a.remember(f"away-{i}", hit)
+                await a.flush()
+        finally:
+            redis_server.start()
+        await a.flush()
+        found = [await b.find(f"away-{i}") for i in range(5)]
+        assert found.count(hit) == 3 and found[-1] == hit
+    finally:
         await a_client.aclose()
         await b_client.aclose()

@@ -340,3 +340,27 @@ def test_a_limit_changed_at_run_time_outlives_a_replicas_restart(
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_verdict_naming_the_request_reaches_the_replica_that_did_not_serve_it(
+    fleet: list[Replica],
+) -> None:
+    """Behind a load balancer a verdict seldom comes back to the replica that served the hit;
+    named by its request id, any replica must find it."""
+    a, b, c = fleet
+    question = "Which replica served this answer about verdicts?"
+    assert chat(a.url, question).headers["x-cache"] == "MISS"
+    served = chat(a.url, question)
+    assert served.headers["x-cache"] == "HIT"
+
+    def judged() -> httpx.Response:
+        return httpx.post(
+            f"{b.url}/v1/cache/feedback",
+            json={"request_id": served.headers["x-request-id"], "correct": False},
+            headers={"X-Cache-Namespace": "fleet"},
+            timeout=10,
+        )
+
+    # Told to the fleet within a tenth of a second of the hit.
+    assert eventually(lambda: judged().status_code == 200, 2.0)
+    assert chat(c.url, question).headers["x-cache"] == "MISS"  # invalidated fleet-wide
