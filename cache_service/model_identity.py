@@ -74,6 +74,12 @@ def mismatch(recorded: ModelIdentity, configured: ModelIdentity, where: str) -> 
     )
 
 
+def write_record(file: JsonFile, identity: ModelIdentity, *, reembedding: bool = False) -> None:
+    """The data dir's record: `identity`, or with `reembedding` the model its entries are
+    being moved to (`reembed.py`), which a start refuses until the move is done."""
+    file.save({**asdict(identity), "reembedding": True} if reembedding else asdict(identity))
+
+
 def claim_file(file: JsonFile, configured: ModelIdentity) -> None:
     """Record `configured` as the data dir's model, or raise ModelMismatch if another one is
     recorded there."""
@@ -86,7 +92,7 @@ def claim_file(file: JsonFile, configured: ModelIdentity) -> None:
         )
     recorded = ModelIdentity.parse(data)
     if recorded is None:
-        file.save(asdict(configured))
+        write_record(file, configured)
     elif recorded != configured:
         raise mismatch(recorded, configured, str(file.path.parent))
 

@@ -27,7 +27,7 @@ from cache_service.backends.jsonfile import JsonFile
 from cache_service.backends.snapshots import SNAPSHOT_DIR
 from cache_service.backends.store import DiskCacheStore
 from cache_service.cache.write_behind import journal_dir, replay
-from cache_service.model_identity import RECORD, ModelIdentity
+from cache_service.model_identity import RECORD, ModelIdentity, write_record
 from cache_service.protocols import Embedder
 from cache_service.settings import Settings
 
@@ -54,7 +54,7 @@ def reembed(
     """Rewrite the vectors of the data dir's entries with `embedder` (the model `target`
     names), then record `target` as its model. The caller holds the data dir's lock."""
     record = JsonFile(settings.data_dir / RECORD)
-    record.save({**dataclasses.asdict(target), "reembedding": True})
+    write_record(record, target, reembedding=True)
     done = Reembedded()
     store = DiskCacheStore(settings.store_dir, settings.store_size_limit_bytes)
     try:
@@ -78,5 +78,5 @@ def reembed(
                 progress(min(start + BATCH, len(ids)), len(ids))
     finally:
         store.close()
-    record.save(dataclasses.asdict(target))
+    write_record(record, target)
     return done

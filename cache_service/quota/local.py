@@ -218,14 +218,14 @@ class LocalLedger:
             "spend": self.manager.export_spend(),
             "alerts": self.alerts.export_fired(),
             "journal_seq": journal_seq,
-            "run_time_limits": [
-                {
-                    "kind": kind,
-                    "name": name,
-                    "limits": asdict(self.manager.limits(kind, name)),
-                    "configured": None if configured is None else asdict(configured),
-                }
-                for kind, name in sorted(self._changed_at_run_time)
-                for configured in [self._configured.get((kind, name))]
-            ],
+            "run_time_limits": [self._run_time_row(s) for s in sorted(self._changed_at_run_time)],
+        }
+
+    def _run_time_row(self, scope: Scope) -> dict[str, Any]:
+        configured = self._configured.get(scope)
+        return {
+            "kind": scope[0],
+            "name": scope[1],
+            "limits": asdict(self.manager.limits(*scope)),
+            "configured": None if configured is None else asdict(configured),
         }
